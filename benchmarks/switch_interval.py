@@ -1,0 +1,48 @@
+"""``--switch-interval auto`` against fixed T ∈ {1, 2, 5, 10} for tad on sparse graphs.
+
+    python benchmarks/switch_interval.py --out benchmarks/results/switch
+
+Same scaled setting as ``paper_table.py`` (10 peers, Erdős–Rényi p ∈ {0.1, 0.02}); prints the final
+mean accuracy per T and the T that ``auto`` chose from the topology's spectral gap.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from grid import markdown_table, plot_curves, run
+
+INTERVALS = ["1", "2", "5", "10", "auto"]
+EDGE_PROBS = [0.1, 0.02]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/switch"))
+    parser.add_argument("--rounds", type=int, default=24)
+    parser.add_argument("--local-steps", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    common = dict(strategy="tad", peers=10, topology="er", rounds=args.rounds, local_steps=args.local_steps,
+                  batch_size=8, max_length=48, learning_rate=2e-3, eval_every=8, eval_samples=400, seed=args.seed)
+    results, folders = {}, {}
+    for p in EDGE_PROBS:
+        for t in INTERVALS:
+            folders[t, p] = args.out / f"T{t}-p{p:g}"
+            results[t, p] = run(folders[t, p], switch_interval=t, edge_prob=p, **common)
+    cols = [f"p = {p:g}" for p in EDGE_PROBS]
+
+    def cell(t, col):
+        r = results[t, float(col.split("= ")[1])]
+        return f"{r['mean_accuracy']:.4f}" + (f" (T={r['switch_interval']})" if t == "auto" else "")
+
+    print(markdown_table([f"T = {t}" if t != "auto" else "auto" for t in INTERVALS], cols,
+                         lambda row, col: cell(row.replace("T = ", ""), col)))
+    plot_curves(args.out / "accuracy.png", {f"ER p = {p:g}": {f"T={t}": folders[t, p] for t in INTERVALS}
+                                            for p in EDGE_PROBS}, "tad: switching interval")
+    print(f"plot: {args.out / 'accuracy.png'}")
+
+
+if __name__ == "__main__":
+    main()

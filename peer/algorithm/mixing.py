@@ -1,0 +1,93 @@
+"""Gossip mixing: Metropolis–Hastings weights over the round's undirected edge set, and the mix itself.
+
+Metropolis–Hastings (MH) weights for an undirected graph with degrees ``d``::
+
+    w_ij = 1 / (1 + max(d_i, d_j))      for every edge (i, j)
+    w_ii = 1 - sum_j w_ij
+
+The matrix is symmetric and every row sums to one, hence doubly stochastic: a mixing step
+``x_i <- sum_j w_ij x_j`` keeps the network-wide sum (and average) of every tensor exactly, up to
+floating-point rounding. Each node can compute its own row from its degree and its neighbours'
+degrees alone, which is what a networked peer needs.
+
+The functions are duck-typed over the array type: numpy arrays and torch tensors both work.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterable, Mapping
+
+import numpy as np
+
+Edge = tuple[int, int]
+
+
+def degrees(n: int, edges: Iterable[Edge]) -> list[int]:
+    """Degree of each of the ``n`` nodes in the undirected edge set."""
+    deg = [0] * n
+    for i, j in edges:
+        deg[i] += 1
+        deg[j] += 1
+    return deg
+
+
+def metropolis_hastings_weights(own_degree: int, neighbour_degrees: Mapping[Hashable, int]) -> tuple[float, dict]:
+    """One node's row of the MH matrix: ``(self_weight, {neighbour: weight})``.
+
+    ``neighbour_degrees`` maps each neighbour of this round to its degree in this round's graph.
+    Both ends of an edge compute the same ``w_ij``, which is what keeps the matrix symmetric.
+    """
+    weights = {nb: 1.0 / (1 + max(own_degree, d)) for nb, d in neighbour_degrees.items()}
+    return 1.0 - sum(weights.values()), weights
+
+
+def metropolis_hastings_matrix(n: int, edges: Iterable[Edge]) -> np.ndarray:
+    """The full ``n×n`` MH mixing matrix of an undirected edge set (self-loops are ignored)."""
+    edges = sorted({(min(i, j), max(i, j)) for i, j in edges if i != j})
+    deg = degrees(n, edges)
+    neighbours: list[dict[int, int]] = [{} for _ in range(n)]
+    for i, j in edges:
+        neighbours[i][j] = deg[j]
+        neighbours[j][i] = deg[i]
+    w = np.zeros((n, n))
+    for i in range(n):
+        self_weight, row = metropolis_hastings_weights(deg[i], neighbours[i])
+        w[i, i] = self_weight
+        for j, wij in row.items():
+            w[i, j] = wij
+    return w
+
+
+def mix(own: Mapping[str, object], neighbours: Mapping[Hashable, Mapping[str, object]],
+        weights: Mapping[Hashable, float], self_weight: float) -> dict[str, object]:
+    """``self_weight·own + Σ_j weights[j]·neighbours[j]``, tensor by tensor.
+
+    Every neighbour must carry exactly the tensor names of ``own``; a mismatch is a ValueError
+    rather than a silently half-mixed model.
+    """
+    for peer, tensors in neighbours.items():
+        if set(tensors) != set(own):
+            missing, extra = set(own) - set(tensors), set(tensors) - set(own)
+            raise ValueError(f"factors from {peer!r} do not match the local adapter: "
+                             f"missing {sorted(missing)[:3]}, unexpected {sorted(extra)[:3]}")
+    mixed = {}
+    for name, value in own.items():
+        acc = value * self_weight
+        for peer, tensors in neighbours.items():
+            acc = acc + tensors[name] * weights[peer]
+        mixed[name] = acc
+    return mixed
+
+
+def consensus_distance(states: list[Mapping[str, object]]) -> float:
+    """Mean over nodes of the squared Frobenius distance to the network average.
+
+    ``(1/N) Σ_i Σ_tensors ||x_i − x̄||²``. Zero exactly when all nodes hold the same tensors.
+    """
+    if not states:
+        return 0.0
+    total = 0.0
+    for name in states[0]:
+        mean = sum(s[name] for s in states) / len(states)
+        total += sum(float(((s[name] - mean) ** 2).sum()) for s in states)
+    return total / len(states)

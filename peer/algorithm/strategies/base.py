@@ -1,0 +1,50 @@
+"""The strategy interface: for each round, what trains, what is sent, and how received factors combine."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+from dataclasses import dataclass
+from typing import ClassVar
+
+from peer.algorithm.factors import A, B
+from peer.algorithm.mixing import mix
+
+BOTH = frozenset({A, B})
+
+
+@dataclass(frozen=True)
+class RoundPlan:
+    """What one round does. ``phase`` is ``"A"``, ``"B"`` or ``"AB"`` (for logs and metrics)."""
+
+    round: int
+    phase: str
+    train: frozenset[str]
+    mix: frozenset[str]
+
+
+class Strategy:
+    """Base class of a decentralized LoRA strategy.
+
+    A subclass sets ``name`` (the ``--strategy`` value) and implements ``plan``. The factors in
+    ``plan.mix`` are sent to the round's neighbours and replaced by ``combine``'s result; the others
+    stay local. ``combine`` defaults to the plain weighted average with the round's mixing weights.
+    """
+
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    default_switch_interval: ClassVar[int] = 1
+
+    def __init__(self, switch_interval: int | None = None) -> None:
+        self.switch_interval = switch_interval or self.default_switch_interval
+        if self.switch_interval < 1:
+            raise ValueError(f"switching interval must be >= 1, got {self.switch_interval}")
+
+    def plan(self, round_: int) -> RoundPlan:
+        raise NotImplementedError
+
+    def combine(self, own: Mapping[str, object], received: Mapping[Hashable, Mapping[str, object]],
+                weights: Mapping[Hashable, float], self_weight: float) -> dict[str, object]:
+        return mix(own, received, weights, self_weight)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(switch_interval={self.switch_interval})"

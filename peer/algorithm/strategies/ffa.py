@@ -1,0 +1,12 @@
+"""FFA-LoRA: A stays frozen at the shared initialisation; only B is trained and mixed."""
+
+from peer.algorithm.factors import B
+from peer.algorithm.strategies.base import RoundPlan, Strategy
+
+
+class FFALoRA(Strategy):
+    name = "ffa"
+    summary = "A frozen at the shared init; train and mix B"
+
+    def plan(self, round_: int) -> RoundPlan:
+        return RoundPlan(round_, B, frozenset({B}), frozenset({B}))

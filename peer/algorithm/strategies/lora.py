@@ -1,0 +1,11 @@
+"""Vanilla decentralized LoRA: both factors trained and both mixed every round."""
+
+from peer.algorithm.strategies.base import BOTH, RoundPlan, Strategy
+
+
+class LoRA(Strategy):
+    name = "lora"
+    summary = "train A and B, mix A and B"
+
+    def plan(self, round_: int) -> RoundPlan:
+        return RoundPlan(round_, "AB", BOTH, BOTH)

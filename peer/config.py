@@ -1,0 +1,122 @@
+"""Run configuration: one dataclass, filled from defaults, then a TOML file, then command-line flags.
+
+TOML keys are the flag names with dashes or underscores, at the top level, for example::
+
+    strategy = "tad"
+    switch-interval = "auto"
+    peers = 10
+    topology = "er"
+    edge-prob = 0.1
+    rounds = 40
+
+An unknown key or a value of the wrong type is an error that names the key, never a silent default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from peer.algorithm.strategies import available_strategies
+from peer.algorithm.topology import TOPOLOGIES
+from peer.data.partition import SCHEMES
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot run; the message names the setting."""
+
+
+@dataclass
+class RunConfig:
+    strategy: str = "tad"
+    switch_interval: str = "default"   # an integer, "auto", or "default" (the strategy's own: tad 5, rolora 1)
+    peers: int = 4
+    topology: str = "er"
+    edge_prob: float = 0.5
+    rounds: int = 20
+    local_steps: int = 5
+    batch_size: int = 16
+    learning_rate: float = 2e-3
+    max_length: int = 64
+    seed: int = 0
+    model: str = "minilm"
+    task: str = "movie-reviews"
+    partition: str = "label-skew"
+    dirichlet_alpha: float = 0.5
+    samples_per_peer: int = 0          # 0: split all training data
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.1
+    lora_targets: str = "query,value"
+    eval_every: int = 5                # evaluate every N rounds and after the last one
+    eval_samples: int = 500            # validation examples used per evaluation; 0: all
+    device: str = "auto"               # auto: cuda when present, else cpu
+
+    def validate(self) -> "RunConfig":
+        _check(self.strategy in available_strategies(), "strategy",
+               f"{self.strategy!r} is not one of {', '.join(available_strategies())}")
+        _check(self.topology in TOPOLOGIES, "topology", f"{self.topology!r} is not one of {', '.join(TOPOLOGIES)}")
+        _check(self.partition in SCHEMES, "partition", f"{self.partition!r} is not one of {', '.join(SCHEMES)}")
+        _check(self.switch_interval in ("auto", "default") or str(self.switch_interval).isdigit()
+               and int(self.switch_interval) >= 1, "switch-interval",
+               f"{self.switch_interval!r} must be a positive integer, 'auto' or 'default'")
+        for name in ("peers", "rounds", "local_steps", "batch_size", "max_length", "lora_r", "eval_every"):
+            _check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
+        for name in ("samples_per_peer", "eval_samples", "lora_alpha"):
+            _check(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
+        _check(0.0 <= self.edge_prob <= 1.0, "edge-prob", f"must lie in [0, 1], got {self.edge_prob}")
+        _check(self.learning_rate > 0, "learning-rate", f"must be > 0, got {self.learning_rate}")
+        _check(0.0 <= self.lora_dropout < 1.0, "lora-dropout", f"must lie in [0, 1), got {self.lora_dropout}")
+        _check(self.dirichlet_alpha > 0, "dirichlet-alpha", f"must be > 0, got {self.dirichlet_alpha}")
+        _check(self.max_length >= 8, "max-length", f"must be >= 8 tokens, got {self.max_length}")
+        _check(self.device in ("auto", "cpu") or self.device.startswith("cuda"), "device",
+               f"{self.device!r} must be auto, cpu or cuda[:N]")
+        return self
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key.replace('_', '-')}: {message}")
+
+
+def config_fields() -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(RunConfig)}
+
+
+def _coerce(key: str, value, target_type: str):
+    if target_type == "str":
+        if isinstance(value, (int, str)) and not isinstance(value, bool):
+            return str(value)
+    elif target_type == "int":
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif target_type == "float":
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    raise ConfigError(f"{key}: expected {target_type}, got {value!r}")
+
+
+def load_config(path: str | Path | None = None, overrides: dict | None = None) -> RunConfig:
+    """Defaults, then the TOML file at ``path`` (if any), then ``overrides`` (flags that were given)."""
+    values: dict = {}
+    if path is not None:
+        try:
+            raw = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        values.update({k.replace("-", "_"): v for k, v in raw.items()})
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    fields = config_fields()
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ConfigError(f"unknown setting(s) {', '.join(k.replace('_', '-') for k in unknown)}; "
+                          f"known: {', '.join(k.replace('_', '-') for k in fields)}")
+    typed = {k: _coerce(k.replace("_", "-"), v, fields[k].type) for k, v in values.items()}
+    return RunConfig(**typed).validate()

@@ -1,0 +1,41 @@
+"""One peer's side of a round, shared by every driver (the simulator and the networked daemon).
+
+A round is: train the plan's factors for K local steps, send the plan's mixed factors, combine them
+with what arrived using the round's mixing weights, load the result. The drivers differ only in how
+the factors travel and how the graph of the round is known; the arithmetic lives here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+
+import torch
+
+from peer.algorithm.strategies import RoundPlan, Strategy
+from peer.training.adapters import Adapter
+from peer.training.trainer import LocalTrainer
+
+
+class LocalPeer:
+    def __init__(self, peer_id: str, adapter: Adapter, trainer: LocalTrainer, strategy: Strategy,
+                 local_steps: int) -> None:
+        self.peer_id, self.adapter, self.trainer = peer_id, adapter, trainer
+        self.strategy, self.local_steps = strategy, local_steps
+
+    def plan(self, round_: int) -> RoundPlan:
+        return self.strategy.plan(round_)
+
+    def train(self, round_: int) -> float:
+        return self.trainer.train_round(round_, self.plan(round_).train, self.local_steps)
+
+    def outgoing(self, round_: int) -> dict[str, torch.Tensor]:
+        """The factors this peer sends to its neighbours in ``round_``."""
+        return self.adapter.factors(self.plan(round_).mix)
+
+    def mix(self, round_: int, received: Mapping[Hashable, Mapping[str, torch.Tensor]],
+            weights: Mapping[Hashable, float], self_weight: float) -> None:
+        """Replace the plan's mixed factors by the strategy's combination of own and received ones."""
+        own = self.outgoing(round_)
+        if not received:
+            return  # isolated this round: self_weight is 1, nothing changes
+        self.adapter.load_factors(self.strategy.combine(own, received, weights, self_weight))

@@ -1,0 +1,79 @@
+"""Turning a ``RunConfig`` into the pieces of a run: task, shards, model, strategy, topology.
+
+Shared by every driver, so that the simulator and the daemon build bit-identical peers from the same
+configuration.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from peer.algorithm.schedule import auto_switch_interval
+from peer.algorithm.strategies import Strategy, make_strategy
+from peer.algorithm.topology import Topology, make_topology
+from peer.config import RunConfig
+from peer.data.partition import partition
+from peer.data.tasks import TextTask, load_task
+from peer.training.adapters import LoraSettings, load_tokenizer
+from peer.training.tokenizer import Encoded, encode
+
+
+def peer_id(index: int) -> str:
+    return f"peer-{index:02d}"
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} asked for, but torch sees no CUDA device")
+    return torch.device(name)
+
+
+def lora_settings(cfg: RunConfig) -> LoraSettings:
+    targets = tuple(t.strip() for t in cfg.lora_targets.split(",") if t.strip())
+    return LoraSettings(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, target_modules=targets)
+
+
+def topology_for(cfg: RunConfig) -> Topology:
+    return make_topology(cfg.topology, cfg.peers, p=cfg.edge_prob, seed=cfg.seed)
+
+
+def resolve_switch_interval(cfg: RunConfig, topology: Topology) -> int | None:
+    """The integer T of the run: as given, from the topology's spectral gap (``auto``), or None
+    for the strategy's own default."""
+    if cfg.switch_interval == "default":
+        return None
+    if cfg.switch_interval == "auto":
+        return auto_switch_interval(topology.contraction())
+    return int(cfg.switch_interval)
+
+
+def strategy_for(cfg: RunConfig, topology: Topology) -> Strategy:
+    return make_strategy(cfg.strategy, resolve_switch_interval(cfg, topology))
+
+
+@dataclass
+class PreparedData:
+    task: TextTask
+    shards: list[Encoded]
+    validation: Encoded
+
+
+def prepare_data(cfg: RunConfig) -> PreparedData:
+    """Load the task, split it across ``cfg.peers`` peers and tokenize each shard and the validation set."""
+    task = load_task(cfg.task)
+    tokenizer = load_tokenizer(cfg.model)
+    parts = partition(task.train_labels, cfg.peers, cfg.partition, seed=cfg.seed, alpha=cfg.dirichlet_alpha,
+                      samples_per_peer=cfg.samples_per_peer or None)
+    train = encode(tokenizer, task.train_texts, task.train_pairs, task.train_labels, cfg.max_length)
+    val_idx = np.arange(len(task.val_texts))
+    if cfg.eval_samples:
+        val_idx = val_idx[: cfg.eval_samples]
+    validation = encode(tokenizer, [task.val_texts[i] for i in val_idx],
+                        [task.val_pairs[i] for i in val_idx] if task.val_pairs else None,
+                        task.val_labels[val_idx], cfg.max_length)
+    return PreparedData(task, [train.subset(p) for p in parts], validation)

