@@ -52,3 +52,29 @@ def test_csv_missing_label_column(tmp_path):
     path.write_text("text\nhello\nworld\n")
     with pytest.raises(ValueError, match="needs a 'text'"):
         load_task(f"csv:{path}")
+
+
+def test_glue_path_maps_columns_and_the_matched_validation_split(monkeypatch):
+    datasets = pytest.importorskip("datasets")
+
+    def fake_load_dataset(path, name):
+        assert (path, name) == ("nyu-mll/glue", "mnli")
+        split = lambda n: datasets.Dataset.from_dict(  # noqa: E731
+            {"premise": [f"p{i}" for i in range(n)], "hypothesis": [f"h{i}" for i in range(n)], "label": [i % 3 for i in range(n)]})
+        return datasets.DatasetDict(train=split(9), validation_matched=split(3), validation_mismatched=split(2))
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    task = load_task("glue/mnli")
+    assert task.num_labels == 3 and len(task.train_texts) == 9 and len(task.val_texts) == 3
+    assert task.train_pairs[0] == "h0" and task.val_labels.tolist() == [0, 1, 2]
+
+
+def test_glue_without_hub_access_says_what_to_do(monkeypatch):
+    datasets = pytest.importorskip("datasets")
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("no route to host")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(RuntimeError, match="offline, use --task movie-reviews"):
+        load_task("glue/sst2")
