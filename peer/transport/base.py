@@ -1,0 +1,147 @@
+"""The transport interface: how two peers swap one round's factors, whatever carries the bytes.
+
+Two implementations stand behind it and pass the same contract tests (``tests/test_transport_contract.py``):
+``GrpcTransport`` (real sockets, ``peer.transport.grpc_transport``) and ``MemoryTransport`` (one
+process, for fast tests and the simulator-like drivers).
+
+The swap is asymmetric on the wire but symmetric in effect: the client sends its factors, the
+server answers with its own (or a ``Rejected``), the client validates them and commits, and the
+server acknowledges. Each end counts the link only after that last step, so that both ends agree on
+whether the link was part of the round's graph (see ``ExchangeOutcomeUnknown`` for the one case
+where they may not, and how the daemon resolves it).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+PROTOCOL_VERSION = 1
+
+
+@dataclass
+class Header:
+    run_id: str
+    sender_id: str
+    round: int
+    phase: str
+    factors: tuple[str, ...]
+    schema_digest: bytes
+    payload_sha256: bytes = b""
+    payload_size: int = 0
+    degree: int = 0
+    link_estimate: float = 0.0
+    switch_interval: int = 0
+    schedule_round: int = 0
+    protocol_version: int = PROTOCOL_VERSION
+
+
+@dataclass
+class FactorMessage:
+    header: Header
+    payload: bytes
+
+
+@dataclass
+class NeighbourInfo:
+    peer_id: str
+    address: str
+    last_round: int = -1
+    last_exchange_unix: float = 0.0
+
+
+@dataclass
+class StatusInfo:
+    peer_id: str
+    run_id: str
+    round: int
+    phase: str
+    schema_digest: bytes
+    switch_interval: int = 0
+    neighbours: list[NeighbourInfo] = field(default_factory=list)
+    rejected: dict[str, int] = field(default_factory=dict)
+    protocol_version: int = PROTOCOL_VERSION
+
+
+class Rejected(Exception):
+    """A peer refused a message; ``reason`` is a stable code, ``current_round`` the refuser's round."""
+
+    def __init__(self, reason: str, detail: str = "", current_round: int = 0) -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason, self.detail, self.current_round = reason, detail, current_round
+
+
+class ExchangeFailed(Exception):
+    """The stream broke or timed out before the client committed: the link counts at neither end."""
+
+
+class ExchangeOutcomeUnknown(Exception):
+    """The client committed but no acknowledgement came back: the server may have counted the link.
+
+    The daemon asks the server (``Transport.outcome``) until the round's mixing deadline.
+    """
+
+    def __init__(self, message: FactorMessage) -> None:
+        super().__init__("commit sent, acknowledgement lost")
+        self.message = message
+
+
+class ExchangeServer(abc.ABC):
+    """What a peer offers to the transport (implemented by the daemon)."""
+
+    @abc.abstractmethod
+    async def respond(self, incoming: FactorMessage) -> FactorMessage:
+        """Validate the client's factors and return this peer's own for the same round, or raise Rejected."""
+
+    @abc.abstractmethod
+    async def commit(self, header: Header) -> None:
+        """The client accepted our factors: count the link for ``header.round``."""
+
+    @abc.abstractmethod
+    async def abort(self, header: Header) -> None:
+        """The stream ended without a commit: forget what ``respond`` staged for this link."""
+
+    @abc.abstractmethod
+    def status(self) -> StatusInfo: ...
+
+    @abc.abstractmethod
+    async def current_factors(self, run_id: str) -> FactorMessage:
+        """The latest mixed factors (both A and B), for a late joiner; raise Rejected if none or wrong run."""
+
+    @abc.abstractmethod
+    def outcome(self, peer_id: str, round_: int) -> bool | None:
+        """Did the link with ``peer_id`` count in ``round_``? None when unknown."""
+
+    def count_rejection(self, reason: str) -> None:
+        """Called by transports for messages refused before they reach ``respond`` (framing, hash, size)."""
+
+
+Validator = Callable[[FactorMessage], Awaitable[None]]
+
+
+class Transport(abc.ABC):
+    @abc.abstractmethod
+    async def serve(self, server: ExchangeServer, address: str) -> str:
+        """Start answering at ``address`` (``host:port``, port 0 for any); returns the bound address."""
+
+    @abc.abstractmethod
+    async def exchange(self, address: str, outgoing: FactorMessage, validate: Validator,
+                       timeout: float) -> FactorMessage:
+        """Swap factors with the peer at ``address``; returns its factors once the link counted.
+
+        ``validate`` checks the server's answer and raises Rejected to refuse it (then nothing counts).
+        Raises Rejected, ExchangeFailed or ExchangeOutcomeUnknown.
+        """
+
+    @abc.abstractmethod
+    async def status(self, address: str, timeout: float) -> StatusInfo: ...
+
+    @abc.abstractmethod
+    async def fetch(self, address: str, run_id: str, timeout: float) -> FactorMessage: ...
+
+    @abc.abstractmethod
+    async def outcome(self, address: str, run_id: str, peer_id: str, round_: int, timeout: float) -> bool | None: ...
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...

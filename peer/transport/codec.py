@@ -1,0 +1,72 @@
+"""Factor tensors on the wire: safetensors bytes, a schema digest, and validation on arrival.
+
+The payload of a message is one safetensors file holding the factors being sent, with PEFT's
+adapter-free tensor names. The receiver checks it against its own adapter's schema before anything
+touches the model: names, dtypes, shapes, finite values. Any failure is a ``DecodeError`` whose
+``reason`` is a short stable code (for counters) and whose message says what was wrong.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+Schema = dict[str, tuple[str, tuple[int, ...]]]
+
+
+class DecodeError(ValueError):
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason, self.detail = reason, detail
+
+
+def schema_of(tensors: Mapping[str, torch.Tensor]) -> Schema:
+    return {name: (str(t.dtype).removeprefix("torch."), tuple(t.shape)) for name, t in tensors.items()}
+
+
+def schema_digest(schema: Schema) -> bytes:
+    """sha256 over the sorted (name, dtype, shape) triples: equal iff two adapters can mix."""
+    h = hashlib.sha256()
+    for name in sorted(schema):
+        dtype, shape = schema[name]
+        h.update(f"{name}|{dtype}|{','.join(map(str, shape))}\n".encode())
+    return h.digest()
+
+
+def encode_factors(tensors: Mapping[str, torch.Tensor]) -> bytes:
+    return st_save({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()})
+
+
+def sha256(payload: bytes) -> bytes:
+    return hashlib.sha256(payload).digest()
+
+
+def decode_factors(payload: bytes, schema: Schema, expected_names: set[str] | None = None) -> dict[str, torch.Tensor]:
+    """Parse and validate a payload against the local ``schema``.
+
+    ``expected_names``: exactly these tensors must be present (the factors the header announced).
+    """
+    try:
+        tensors = st_load(bytes(payload))
+    except (SafetensorError, ValueError, RuntimeError, OverflowError) as exc:
+        raise DecodeError("malformed-payload", f"not a valid safetensors payload ({exc})") from None
+    unknown = set(tensors) - set(schema)
+    if unknown:
+        raise DecodeError("tensor-names", f"tensors not in the local adapter: {sorted(unknown)[:3]}")
+    if expected_names is not None and set(tensors) != expected_names:
+        missing = sorted(expected_names - set(tensors))
+        raise DecodeError("tensor-names", f"missing announced tensors: {missing[:3]}")
+    for name, tensor in tensors.items():
+        dtype, shape = schema[name]
+        if str(tensor.dtype).removeprefix("torch.") != dtype:
+            raise DecodeError("tensor-dtype", f"{name}: dtype {tensor.dtype} != local {dtype}")
+        if tuple(tensor.shape) != shape:
+            raise DecodeError("tensor-shape", f"{name}: shape {tuple(tensor.shape)} != local {shape}")
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise DecodeError("non-finite", f"{name} holds NaN or Inf")
+    return tensors

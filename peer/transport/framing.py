@@ -1,0 +1,116 @@
+"""Splitting a ``FactorMessage`` into frames and reassembling it with every size and hash check.
+
+Shared by the transports so that each refuses exactly the same things for the same reasons.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+
+from peer.transport.base import PROTOCOL_VERSION, FactorMessage, Header, Rejected
+from peer.transport.codec import sha256
+from peer.transport.pb import peer_pb2 as pb
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Caps on what a peer accepts, and how long it waits for the next frame.
+
+    - ``chunk_size``: bytes per chunk sent. 1 MiB moves well over loopback and LANs; much smaller
+      chunks cost per-frame overhead, much larger ones raise memory peaks.
+    - ``max_payload_bytes``: largest payload accepted (a r=8 adapter of RoBERTa-large is ~3 MB; the
+      default 256 MiB leaves room for big models and high ranks).
+    - ``max_chunks``: most chunks in one stream, so a sender cannot trickle tiny chunks forever.
+    - ``frame_timeout``: seconds to wait for the next frame of a stream before giving up. Too small
+      shows as ``stalled`` rejections between healthy peers on a slow link; too large keeps a stalled
+      stream (a crashed or hostile peer) holding resources that long.
+    """
+
+    chunk_size: int = 1 << 20
+    max_payload_bytes: int = 256 << 20
+    max_chunks: int = 1 << 16
+    frame_timeout: float = 10.0
+
+
+def header_to_pb(h: Header) -> pb.Header:
+    return pb.Header(protocol_version=h.protocol_version, run_id=h.run_id, sender_id=h.sender_id, round=h.round,
+                     phase=h.phase, factors=list(h.factors), schema_digest=h.schema_digest,
+                     payload_sha256=h.payload_sha256, payload_size=h.payload_size, degree=h.degree,
+                     link_estimate=h.link_estimate, switch_interval=h.switch_interval,
+                     schedule_round=h.schedule_round)
+
+
+def header_from_pb(h: pb.Header) -> Header:
+    return Header(run_id=h.run_id, sender_id=h.sender_id, round=h.round, phase=h.phase, factors=tuple(h.factors),
+                  schema_digest=bytes(h.schema_digest), payload_sha256=bytes(h.payload_sha256),
+                  payload_size=h.payload_size, degree=h.degree, link_estimate=h.link_estimate,
+                  switch_interval=h.switch_interval, schedule_round=h.schedule_round,
+                  protocol_version=h.protocol_version)
+
+
+def seal(header: Header, payload: bytes) -> FactorMessage:
+    """A message whose header carries the payload's size and hash."""
+    header.payload_size, header.payload_sha256 = len(payload), sha256(payload)
+    return FactorMessage(header, payload)
+
+
+def to_frames(message: FactorMessage, chunk_size: int) -> Iterator[pb.Frame]:
+    yield pb.Frame(header=header_to_pb(message.header))
+    view = memoryview(message.payload)
+    for start in range(0, len(view), chunk_size):
+        yield pb.Frame(chunk=pb.Chunk(data=bytes(view[start:start + chunk_size])))
+
+
+def reject_frame(r: Rejected) -> pb.Frame:
+    return pb.Frame(reject=pb.Reject(reason=r.reason, detail=r.detail, current_round=r.current_round))
+
+
+def check_header(header: Header, limits: Limits) -> None:
+    if header.protocol_version != PROTOCOL_VERSION:
+        raise Rejected("protocol-version", f"version {header.protocol_version}, this peer speaks {PROTOCOL_VERSION}")
+    if header.payload_size > limits.max_payload_bytes:
+        raise Rejected("too-large", f"{header.payload_size} bytes announced, limit {limits.max_payload_bytes}")
+
+
+def check_payload(message: FactorMessage) -> None:
+    if len(message.payload) != message.header.payload_size:
+        raise Rejected("truncated", f"{len(message.payload)} of {message.header.payload_size} bytes arrived")
+    if sha256(message.payload) != message.header.payload_sha256:
+        raise Rejected("payload-hash", "payload does not match the hash in its header")
+
+
+async def read_message(next_frame: Callable[[], Awaitable[pb.Frame | None]], limits: Limits) -> FactorMessage:
+    """Read Header, Chunk* from a stream; raise Rejected for anything malformed, oversized or stalled."""
+
+    async def frame() -> pb.Frame:
+        try:
+            f = await asyncio.wait_for(next_frame(), limits.frame_timeout)
+        except asyncio.TimeoutError:
+            raise Rejected("stalled", f"no frame for {limits.frame_timeout:g} s") from None
+        if f is None:
+            raise Rejected("truncated", "stream ended mid-message")
+        if f.HasField("reject"):
+            raise Rejected(f.reject.reason, f.reject.detail, f.reject.current_round)
+        return f
+
+    first = await frame()
+    if not first.HasField("header"):
+        raise Rejected("framing", "a message must start with a header")
+    header = header_from_pb(first.header)
+    check_header(header, limits)
+    buf, chunks = bytearray(), 0
+    while len(buf) < header.payload_size:
+        f = await frame()
+        if not f.HasField("chunk"):
+            raise Rejected("framing", "expected a chunk")
+        chunks += 1
+        if chunks > limits.max_chunks:
+            raise Rejected("too-many-chunks", f"more than {limits.max_chunks} chunks")
+        buf += f.chunk.data
+        if len(buf) > header.payload_size:
+            raise Rejected("too-large", f"more bytes than the {header.payload_size} announced")
+    message = FactorMessage(header, bytes(buf))
+    check_payload(message)
+    return message

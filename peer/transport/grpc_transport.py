@@ -1,0 +1,196 @@
+"""The gRPC transport: factor swaps as bidirectional streams of chunks (``proto/tadlora/v1/peer.proto``).
+
+One channel per remote address is kept open and reused across rounds. Messages are split into
+``Limits.chunk_size`` chunks, so no single gRPC message comes near the 2 GB limit whatever the
+adapter's size; the gRPC message cap is set just above one chunk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import grpc
+
+from peer.transport.base import (ExchangeFailed, ExchangeOutcomeUnknown, ExchangeServer, FactorMessage,
+                                 NeighbourInfo, Rejected, StatusInfo, Transport, Validator)
+from peer.transport.framing import (Limits, check_header, check_payload, header_from_pb, header_to_pb,
+                                    read_message, reject_frame, to_frames)
+from peer.transport.pb import peer_pb2 as pb
+from peer.transport.pb import peer_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+
+def _channel_options(limits: Limits) -> list[tuple[str, int]]:
+    cap = limits.chunk_size + (64 << 10)
+    return [("grpc.max_receive_message_length", cap), ("grpc.max_send_message_length", cap)]
+
+
+def status_to_pb(s: StatusInfo) -> pb.StatusReply:
+    return pb.StatusReply(
+        protocol_version=s.protocol_version, peer_id=s.peer_id, run_id=s.run_id, round=s.round, phase=s.phase,
+        schema_digest=s.schema_digest, switch_interval=s.switch_interval, rejected=s.rejected,
+        neighbours=[pb.Neighbour(peer_id=n.peer_id, address=n.address, last_round=n.last_round,
+                                 last_exchange_unix=n.last_exchange_unix) for n in s.neighbours])
+
+
+def status_from_pb(s: pb.StatusReply) -> StatusInfo:
+    return StatusInfo(peer_id=s.peer_id, run_id=s.run_id, round=s.round, phase=s.phase,
+                      schema_digest=bytes(s.schema_digest), switch_interval=s.switch_interval,
+                      rejected=dict(s.rejected), protocol_version=s.protocol_version,
+                      neighbours=[NeighbourInfo(n.peer_id, n.address, n.last_round, n.last_exchange_unix)
+                                  for n in s.neighbours])
+
+
+class _Servicer(pb_grpc.PeerServicer):
+    def __init__(self, server: ExchangeServer, limits: Limits) -> None:
+        self.server, self.limits = server, limits
+
+    async def Exchange(self, request_iterator, context):
+        frames = request_iterator.__aiter__()
+
+        async def next_frame():
+            try:
+                return await frames.__anext__()
+            except StopAsyncIteration:
+                return None
+
+        try:
+            incoming = await read_message(next_frame, self.limits)
+            reply = await self.server.respond(incoming)
+        except Rejected as r:
+            self.server.count_rejection(r.reason)
+            yield reject_frame(r)
+            return
+        committed = False
+        try:
+            for frame in to_frames(reply, self.limits.chunk_size):
+                yield frame
+            try:
+                answer = await asyncio.wait_for(next_frame(), self.limits.frame_timeout)
+            except asyncio.TimeoutError:
+                answer = None
+            if answer is not None and answer.HasField("commit") and answer.commit.round == incoming.header.round:
+                await self.server.commit(incoming.header)
+                committed = True
+                yield pb.Frame(ack=pb.CommitAck(round=incoming.header.round))
+        finally:
+            if not committed:
+                await self.server.abort(incoming.header)
+
+    async def Status(self, request, context):
+        return status_to_pb(self.server.status())
+
+    async def Fetch(self, request, context):
+        try:
+            message = await self.server.current_factors(request.run_id)
+        except Rejected as r:
+            yield reject_frame(r)
+            return
+        for frame in to_frames(message, self.limits.chunk_size):
+            yield frame
+
+    async def Outcome(self, request, context):
+        counted = self.server.outcome(request.peer_id, request.round)
+        return pb.OutcomeReply(counted=bool(counted), known=counted is not None)
+
+
+class GrpcTransport(Transport):
+    def __init__(self, limits: Limits = Limits()) -> None:
+        self.limits = limits
+        self._server: grpc.aio.Server | None = None
+        self._channels: dict[str, grpc.aio.Channel] = {}
+
+    async def serve(self, server: ExchangeServer, address: str) -> str:
+        self._server = grpc.aio.server(options=_channel_options(self.limits))
+        pb_grpc.add_PeerServicer_to_server(_Servicer(server, self.limits), self._server)
+        port = self._server.add_insecure_port(address)
+        if port == 0:
+            raise OSError(f"cannot listen on {address}")
+        await self._server.start()
+        return f"{address.rsplit(':', 1)[0]}:{port}"
+
+    def _stub(self, address: str) -> pb_grpc.PeerStub:
+        channel = self._channels.get(address)
+        if channel is None:
+            channel = self._channels[address] = grpc.aio.insecure_channel(address, options=_channel_options(self.limits))
+        return pb_grpc.PeerStub(channel)
+
+    async def exchange(self, address: str, outgoing: FactorMessage, validate: Validator,
+                       timeout: float) -> FactorMessage:
+        call = self._stub(address).Exchange(timeout=timeout)
+        committed, reply = False, None
+
+        async def write_message():
+            for frame in to_frames(outgoing, self.limits.chunk_size):
+                await call.write(frame)
+
+        async def next_frame():
+            f = await call.read()
+            return None if f is grpc.aio.EOF else f
+
+        # Write in the background and read at once: a server that refuses after the header
+        # (wrong run, too large) answers before the client has pushed every chunk.
+        writer = asyncio.create_task(write_message())
+        try:
+            try:
+                reply = await read_message(next_frame, self.limits)
+            finally:
+                if not writer.done():
+                    writer.cancel()
+                await asyncio.gather(writer, return_exceptions=True)
+            try:
+                await validate(reply)
+            except Rejected as r:
+                await call.write(reject_frame(r))
+                raise
+            await call.write(pb.Frame(commit=pb.Commit(round=outgoing.header.round)))
+            committed = True
+            ack = await next_frame()
+            if ack is None or not ack.HasField("ack"):
+                raise ExchangeOutcomeUnknown(reply)
+            await call.done_writing()
+            return reply
+        except grpc.aio.AioRpcError as exc:
+            if committed:
+                raise ExchangeOutcomeUnknown(reply) from None
+            raise ExchangeFailed(f"{address}: {exc.code().name} {exc.details()}") from None
+        finally:
+            call.cancel()
+
+    async def status(self, address: str, timeout: float) -> StatusInfo:
+        try:
+            return status_from_pb(await self._stub(address).Status(pb.StatusRequest(), timeout=timeout))
+        except grpc.aio.AioRpcError as exc:
+            raise ExchangeFailed(f"{address}: {exc.code().name}") from None
+
+    async def fetch(self, address: str, run_id: str, timeout: float) -> FactorMessage:
+        call = self._stub(address).Fetch(pb.FetchRequest(run_id=run_id), timeout=timeout)
+
+        async def next_frame():
+            f = await call.read()
+            return None if f is grpc.aio.EOF else f
+
+        try:
+            return await read_message(next_frame, self.limits)
+        except grpc.aio.AioRpcError as exc:
+            raise ExchangeFailed(f"{address}: {exc.code().name}") from None
+        finally:
+            call.cancel()
+
+    async def outcome(self, address: str, run_id: str, peer_id: str, round_: int, timeout: float) -> bool | None:
+        try:
+            reply = await self._stub(address).Outcome(
+                pb.OutcomeRequest(run_id=run_id, peer_id=peer_id, round=round_), timeout=timeout)
+        except grpc.aio.AioRpcError:
+            return None
+        return reply.counted if reply.known else None
+
+    async def close(self) -> None:
+        for channel in self._channels.values():
+            await channel.close()
+        self._channels.clear()
+        if self._server is not None:
+            await self._server.stop(grace=0.5)
+            self._server = None

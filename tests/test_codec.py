@@ -1,0 +1,55 @@
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from peer.transport.codec import DecodeError, decode_factors, encode_factors, schema_digest, schema_of
+
+T = {"m.lora_A.weight": torch.randn(2, 8), "m.lora_B.weight": torch.zeros(8, 2)}
+SCHEMA = schema_of(T)
+
+
+def test_round_trip_and_digest():
+    back = decode_factors(encode_factors(T), SCHEMA, set(T))
+    assert all(torch.equal(back[k], v) for k, v in T.items())
+    assert schema_digest(SCHEMA) == schema_digest(schema_of({k: v.clone() for k, v in T.items()}))
+    assert schema_digest(SCHEMA) != schema_digest(schema_of({"m.lora_A.weight": torch.randn(3, 8)}))
+
+
+@pytest.mark.parametrize("tensors, reason", [
+    ({"m.lora_A.weight": torch.randn(3, 8)}, "tensor-shape"),
+    ({"m.lora_A.weight": torch.randn(2, 8, dtype=torch.float64)}, "tensor-dtype"),
+    ({"x.lora_A.weight": torch.randn(2, 8)}, "tensor-names"),
+    ({"m.lora_A.weight": torch.full((2, 8), float("nan"))}, "non-finite"),
+    ({"m.lora_A.weight": torch.full((2, 8), float("inf"))}, "non-finite"),
+])
+def test_bad_tensors_are_refused_with_a_reason(tensors, reason):
+    with pytest.raises(DecodeError) as info:
+        decode_factors(encode_factors(tensors), SCHEMA)
+    assert info.value.reason == reason
+
+
+def test_missing_announced_tensor():
+    with pytest.raises(DecodeError, match="missing"):
+        decode_factors(encode_factors({"m.lora_A.weight": T["m.lora_A.weight"]}), SCHEMA, set(T))
+
+
+@given(st.binary(max_size=512))
+@settings(max_examples=300, deadline=None)
+def test_arbitrary_bytes_never_crash_the_decoder(data):
+    try:
+        decode_factors(data, SCHEMA)
+    except DecodeError:
+        pass
+
+
+@given(st.integers(0, 200), st.binary(min_size=1, max_size=8))
+@settings(max_examples=200, deadline=None)
+def test_truncated_or_spliced_payloads_are_refused_or_valid(cut, junk):
+    payload = encode_factors(T)
+    damaged = payload[:cut] + junk
+    try:
+        out = decode_factors(damaged, SCHEMA)
+    except DecodeError:
+        return
+    assert set(out) <= set(T)

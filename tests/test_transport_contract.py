@@ -1,0 +1,205 @@
+"""One contract, two transports: every test here runs over gRPC on loopback and in memory."""
+
+import asyncio
+
+import pytest
+import torch
+
+from peer.transport.base import (ExchangeFailed, ExchangeServer, FactorMessage, Header, Rejected, StatusInfo)
+from peer.transport.codec import decode_factors, encode_factors, schema_digest, schema_of
+from peer.transport.framing import Limits, seal
+from peer.transport.grpc_transport import GrpcTransport
+from peer.transport.memory import MemoryNetwork, MemoryTransport
+
+LIMITS = Limits(chunk_size=1024, max_payload_bytes=1 << 20, frame_timeout=2.0)
+
+
+def tensors(value: float, n: int = 3) -> dict[str, torch.Tensor]:
+    return {f"layer.{i}.lora_A.weight": torch.full((4, 16), value + i) for i in range(n)}
+
+
+SCHEMA = schema_of(tensors(0.0))
+
+
+def message(sender: str, round_: int, value: float, run: str = "run-1") -> FactorMessage:
+    payload = encode_factors(tensors(value))
+    return seal(Header(run_id=run, sender_id=sender, round=round_, phase="A", factors=("A",),
+                       schema_digest=schema_digest(SCHEMA)), payload)
+
+
+class FakePeer(ExchangeServer):
+    def __init__(self, peer_id: str, round_: int, value: float) -> None:
+        self.peer_id, self.round, self.value = peer_id, round_, value
+        self.commits, self.aborts, self.received, self.rejections = [], [], [], {}
+
+    async def respond(self, incoming):
+        h = incoming.header
+        if h.run_id != "run-1":
+            raise Rejected("run", f"run {h.run_id!r}", self.round)
+        if h.round != self.round:
+            raise Rejected("round-behind" if h.round < self.round else "round-ahead", "", self.round)
+        self.received.append(decode_factors(incoming.payload, SCHEMA))
+        return message(self.peer_id, self.round, self.value)
+
+    async def commit(self, header):
+        self.commits.append((header.sender_id, header.round))
+
+    async def abort(self, header):
+        self.aborts.append((header.sender_id, header.round))
+
+    def status(self):
+        return StatusInfo(self.peer_id, "run-1", self.round, "A", schema_digest(SCHEMA), 3, [], dict(self.rejections))
+
+    async def current_factors(self, run_id):
+        if run_id != "run-1":
+            raise Rejected("run", "other run")
+        return message(self.peer_id, self.round, self.value)
+
+    def outcome(self, peer_id, round_):
+        return (peer_id, round_) in self.commits if round_ == self.round else None
+
+    def count_rejection(self, reason):
+        self.rejections[reason] = self.rejections.get(reason, 0) + 1
+
+
+async def accept(_):
+    return None
+
+
+@pytest.fixture(params=["grpc", "memory"])
+def transports(request):
+    network = MemoryNetwork()
+
+    def make():
+        return GrpcTransport(LIMITS) if request.param == "grpc" else MemoryTransport(network, LIMITS)
+    return make
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+async def _pair(make, server_round=5, value=7.0):
+    server_t, client_t = make(), make()
+    peer = FakePeer("peer-b", server_round, value)
+    address = await server_t.serve(peer, "127.0.0.1:0")
+    return server_t, client_t, peer, address
+
+
+def test_swap_delivers_both_ways_and_both_ends_count_it(transports):
+    async def scenario():
+        server_t, client_t, peer, address = await _pair(transports)
+        try:
+            reply = await client_t.exchange(address, message("peer-a", 5, 1.0), accept, timeout=5)
+            got = decode_factors(reply.payload, SCHEMA)
+            assert torch.equal(got["layer.2.lora_A.weight"], torch.full((4, 16), 9.0))
+            assert torch.equal(peer.received[0]["layer.0.lora_A.weight"], torch.full((4, 16), 1.0))
+            assert peer.commits == [("peer-a", 5)] and peer.aborts == []
+            assert await client_t.outcome(address, "run-1", "peer-a", 5, timeout=2) is True
+        finally:
+            await client_t.close()
+            await server_t.close()
+    run(scenario())
+
+
+def test_payload_larger_than_many_chunks(transports):
+    big = {f"t{i}.lora_B.weight": torch.randn(64, 64) for i in range(8)}  # 128 KiB in 1 KiB chunks
+    schema = schema_of(big)
+
+    async def scenario():
+        server_t, client_t, peer, address = await _pair(transports)
+        peer.respond = lambda incoming: _echo(incoming)
+        try:
+            out = seal(Header("run-1", "peer-a", 5, "B", ("B",), schema_digest(schema)), encode_factors(big))
+            reply = await client_t.exchange(address, out, accept, timeout=10)
+            back = decode_factors(reply.payload, schema)
+            assert all(torch.equal(back[k], v) for k, v in big.items())
+        finally:
+            await client_t.close()
+            await server_t.close()
+
+    async def _echo(incoming):
+        return FactorMessage(incoming.header, incoming.payload)
+    run(scenario())
+
+
+def test_message_of_the_wrong_round_is_rejected_and_nothing_counts(transports):
+    async def scenario():
+        server_t, client_t, peer, address = await _pair(transports, server_round=6)
+        try:
+            with pytest.raises(Rejected) as info:
+                await client_t.exchange(address, message("peer-a", 5, 1.0), accept, timeout=5)
+            assert info.value.reason == "round-behind" and info.value.current_round == 6
+            assert peer.commits == [] and peer.received == []
+        finally:
+            await client_t.close()
+            await server_t.close()
+    run(scenario())
+
+
+def test_client_refusing_the_answer_counts_at_neither_end(transports):
+    async def refuse(_):
+        raise Rejected("schema", "not for me")
+
+    async def scenario():
+        server_t, client_t, peer, address = await _pair(transports)
+        try:
+            with pytest.raises(Rejected):
+                await client_t.exchange(address, message("peer-a", 5, 1.0), refuse, timeout=5)
+            for _ in range(50):  # the server learns of the abort when the stream closes
+                if peer.aborts:
+                    break
+                await asyncio.sleep(0.02)
+            assert peer.commits == [] and peer.aborts == [("peer-a", 5)]
+        finally:
+            await client_t.close()
+            await server_t.close()
+    run(scenario())
+
+
+def test_corrupted_payload_is_refused_by_hash(transports):
+    async def scenario():
+        server_t, client_t, peer, address = await _pair(transports)
+        try:
+            bad = message("peer-a", 5, 1.0)
+            bad.payload = bad.payload[:-1] + bytes([bad.payload[-1] ^ 1])
+            with pytest.raises(Rejected) as info:
+                await client_t.exchange(address, bad, accept, timeout=5)
+            assert info.value.reason == "payload-hash"
+            assert peer.received == [] and peer.rejections == {"payload-hash": 1}
+        finally:
+            await client_t.close()
+            await server_t.close()
+    run(scenario())
+
+
+def test_oversized_payload_is_refused(transports):
+    async def scenario():
+        server_t, client_t, peer, address = await _pair(transports)
+        try:
+            big = seal(Header("run-1", "peer-a", 5, "A", ("A",), b""), b"\0" * (LIMITS.max_payload_bytes + 1))
+            with pytest.raises(Rejected) as info:
+                await client_t.exchange(address, big, accept, timeout=5)
+            assert info.value.reason == "too-large"
+        finally:
+            await client_t.close()
+            await server_t.close()
+    run(scenario())
+
+
+def test_status_fetch_and_unreachable_peer(transports):
+    async def scenario():
+        server_t, client_t, peer, address = await _pair(transports)
+        try:
+            status = await client_t.status(address, timeout=2)
+            assert (status.peer_id, status.round, status.switch_interval) == ("peer-b", 5, 3)
+            fetched = await client_t.fetch(address, "run-1", timeout=2)
+            assert decode_factors(fetched.payload, SCHEMA)["layer.0.lora_A.weight"][0, 0] == 7.0
+            with pytest.raises(Rejected):
+                await client_t.fetch(address, "run-2", timeout=2)
+        finally:
+            await client_t.close()
+            await server_t.close()
+        with pytest.raises(ExchangeFailed):
+            await client_t.exchange(address, message("peer-a", 5, 1.0), accept, timeout=1)
+    run(scenario())
