@@ -13,7 +13,7 @@ import json
 import logging
 import sys
 
-from peer.config import ConfigError, config_fields, load_config
+from peer.config import ConfigError, DaemonConfig, config_fields, load_config, load_daemon_config
 
 HELP = {
     "strategy": "lora | ffa | rolora | fedsa | tad",
@@ -39,16 +39,35 @@ HELP = {
     "device": "auto | cpu | cuda | cuda:N",
 }
 
+HELP.update({
+    "peer_index": "this peer's shard of the data, 0 .. peers-1",
+    "peer_id": "this peer's id (default: peer-<index>)",
+    "run_id": "the run this peer belongs to; peers of other runs are ignored",
+    "listen": "host:port of this peer's gRPC endpoint (port 0: any free port)",
+    "peer": "static peers, comma-separated host:port (usable with mDNS)",
+    "mdns": "1: discover peers by mDNS; 0: static peers only",
+    "mdns_interface": "address to run mDNS on (default: the host of --listen)",
+    "round_timeout_min": "lower bound of the adaptive exchange deadline, seconds",
+    "round_timeout_max": "upper bound of the adaptive exchange deadline, seconds",
+    "discovery_wait": "seconds to look for peers before the first round",
+    "chunk_size": "bytes per gRPC chunk",
+    "frame_timeout": "seconds without a frame before a stream counts as stalled",
+})
+
 _TYPES = {"int": int, "float": float, "str": str}
+
+
+def _add_flags(parser: argparse.ArgumentParser, cls=None) -> None:
+    for name, field in config_fields(cls).items():
+        parser.add_argument("--" + name.replace("_", "-"), dest=name, type=_TYPES[field.type], default=None,
+                            help=f"{HELP.get(name, '')} (default: {field.default})")
 
 
 def _add_run_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="TOML file with settings (flags override it)")
     parser.add_argument("--out", help="directory for metrics.jsonl, summary.json and the peers' adapters")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    for name, field in config_fields().items():
-        parser.add_argument("--" + name.replace("_", "-"), dest=name, type=_TYPES[field.type], default=None,
-                            help=f"{HELP.get(name, '')} (default: {field.default})")
+    _add_flags(parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,7 +75,23 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     sim = sub.add_parser("simulate", help="run N virtual peers in one process")
     _add_run_flags(sim)
+    daemon = sub.add_parser("run", help="run one peer daemon (gRPC + mDNS)")
+    _add_run_flags(daemon)
+    _add_flags(daemon, DaemonConfig)
     return parser
+
+
+def _run_daemon(args: argparse.Namespace) -> int:
+    names = list(config_fields()) + list(config_fields(DaemonConfig))
+    run, net = load_daemon_config(args.config, {name: getattr(args, name) for name in names})
+    from pathlib import Path
+
+    from peer.daemon.main import main as daemon_main
+
+    out = Path(args.out or f"runs/{net.run_id}/{net.peer_id}")
+    summary = daemon_main(run, net, out)
+    print(json.dumps({k: summary.get(k) for k in ("peer_id", "rounds", "mean_accuracy")}))
+    return 0
 
 
 def _run_simulate(args: argparse.Namespace) -> int:
@@ -76,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "simulate":
             return _run_simulate(args)
+        if args.command == "run":
+            return _run_daemon(args)
     except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"tadlora: error: {exc}", file=sys.stderr)
         return 2

@@ -84,8 +84,43 @@ def _check(ok: bool, key: str, message: str) -> None:
         raise ConfigError(f"{key.replace('_', '-')}: {message}")
 
 
-def config_fields() -> dict[str, dataclasses.Field]:
-    return {f.name: f for f in dataclasses.fields(RunConfig)}
+def config_fields(cls=None) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(cls or RunConfig)}
+
+
+@dataclass
+class DaemonConfig:
+    """The network settings of ``tadlora run`` (on top of a RunConfig)."""
+
+    peer_index: int = 0                # which shard of the data this peer trains on (0 .. peers-1)
+    peer_id: str = ""                  # default: peer-<index>
+    run_id: str = "tadlora"            # peers of other runs are ignored
+    listen: str = "127.0.0.1:0"        # host:port of the gRPC endpoint (port 0: any free port)
+    peer: str = ""                     # static peers, comma-separated host:port (with or without mDNS)
+    mdns: int = 1                      # 1: announce and browse by mDNS; 0: static peers only
+    mdns_interface: str = ""           # address to run mDNS on; default: the host of --listen
+    round_timeout_min: float = 2.0     # seconds; see peer/daemon/clock.py for how to choose
+    round_timeout_max: float = 60.0
+    discovery_wait: float = 3.0        # seconds to look for peers before the first round
+    chunk_size: int = 1 << 20          # bytes per gRPC chunk
+    frame_timeout: float = 10.0        # seconds without a frame before a stream counts as stalled
+
+    def validate(self, run: RunConfig) -> "DaemonConfig":
+        _check(0 <= self.peer_index < run.peers, "peer-index", f"must lie in [0, {run.peers}), got {self.peer_index}")
+        _check(":" in self.listen, "listen", f"must be host:port, got {self.listen!r}")
+        _check(0 < self.round_timeout_min <= self.round_timeout_max, "round-timeout-min",
+               "need 0 < round-timeout-min <= round-timeout-max")
+        _check(self.chunk_size >= 1024, "chunk-size", f"must be >= 1024 bytes, got {self.chunk_size}")
+        _check(self.frame_timeout > 0, "frame-timeout", "must be > 0")
+        _check(run.topology in ("er", "complete"), "topology",
+               "the daemon runs 'complete' or 'er' (--edge-prob); ring and pairwise are simulator-only")
+        if not self.peer_id:
+            self.peer_id = f"peer-{self.peer_index:02d}"
+        return self
+
+    @property
+    def static_peers(self) -> list[str]:
+        return [p.strip() for p in self.peer.split(",") if p.strip()]
 
 
 def _coerce(key: str, value, target_type: str):
@@ -103,6 +138,17 @@ def _coerce(key: str, value, target_type: str):
 
 def load_config(path: str | Path | None = None, overrides: dict | None = None) -> RunConfig:
     """Defaults, then the TOML file at ``path`` (if any), then ``overrides`` (flags that were given)."""
+    return _load(path, overrides, [RunConfig])[0].validate()
+
+
+def load_daemon_config(path: str | Path | None = None, overrides: dict | None = None) -> tuple[RunConfig, DaemonConfig]:
+    """Like ``load_config``, for the daemon: one file and one set of flags fill both dataclasses."""
+    run, daemon = _load(path, overrides, [RunConfig, DaemonConfig])
+    run.validate()
+    return run, daemon.validate(run)
+
+
+def _load(path, overrides, classes) -> list:
     values: dict = {}
     if path is not None:
         try:
@@ -113,10 +159,10 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
         values.update({k.replace("-", "_"): v for k, v in raw.items()})
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    fields = config_fields()
-    unknown = sorted(set(values) - set(fields))
+    all_fields = {name: f for cls in classes for name, f in config_fields(cls).items()}
+    unknown = sorted(set(values) - set(all_fields))
     if unknown:
         raise ConfigError(f"unknown setting(s) {', '.join(k.replace('_', '-') for k in unknown)}; "
-                          f"known: {', '.join(k.replace('_', '-') for k in fields)}")
-    typed = {k: _coerce(k.replace("_", "-"), v, fields[k].type) for k, v in values.items()}
-    return RunConfig(**typed).validate()
+                          f"known: {', '.join(k.replace('_', '-') for k in all_fields)}")
+    typed = {k: _coerce(k.replace("_", "-"), v, all_fields[k].type) for k, v in values.items()}
+    return [cls(**{k: v for k, v in typed.items() if k in config_fields(cls)}) for cls in classes]

@@ -31,6 +31,7 @@ class FakePeer(ExchangeServer):
     def __init__(self, peer_id: str, round_: int, value: float) -> None:
         self.peer_id, self.round, self.value = peer_id, round_, value
         self.commits, self.aborts, self.received, self.rejections = [], [], [], {}
+        self.closed = False
 
     async def respond(self, incoming):
         h = incoming.header
@@ -42,7 +43,10 @@ class FakePeer(ExchangeServer):
         return message(self.peer_id, self.round, self.value)
 
     async def commit(self, header):
+        if self.closed:
+            return False
         self.commits.append((header.sender_id, header.round))
+        return True
 
     async def abort(self, header):
         self.aborts.append((header.sender_id, header.round))
@@ -202,4 +206,18 @@ def test_status_fetch_and_unreachable_peer(transports):
             await server_t.close()
         with pytest.raises(ExchangeFailed):
             await client_t.exchange(address, message("peer-a", 5, 1.0), accept, timeout=1)
+    run(scenario())
+
+
+def test_commit_after_the_server_closed_the_round_counts_nowhere(transports):
+    async def scenario():
+        server_t, client_t, peer, address = await _pair(transports)
+        peer.closed = True
+        try:
+            with pytest.raises(Rejected) as info:
+                await client_t.exchange(address, message("peer-a", 5, 1.0), accept, timeout=5)
+            assert info.value.reason == "round-closed" and peer.commits == []
+        finally:
+            await client_t.close()
+            await server_t.close()
     run(scenario())

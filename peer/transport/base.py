@@ -95,8 +95,12 @@ class ExchangeServer(abc.ABC):
         """Validate the client's factors and return this peer's own for the same round, or raise Rejected."""
 
     @abc.abstractmethod
-    async def commit(self, header: Header) -> None:
-        """The client accepted our factors: count the link for ``header.round``."""
+    async def commit(self, header: Header) -> bool:
+        """The client accepted our factors: count the link for ``header.round``.
+
+        Returns False when it is too late (the round's mixing already happened): then the link counts
+        at neither end and the client is told so.
+        """
 
     @abc.abstractmethod
     async def abort(self, header: Header) -> None:

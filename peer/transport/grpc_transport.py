@@ -72,9 +72,11 @@ class _Servicer(pb_grpc.PeerServicer):
             except asyncio.TimeoutError:
                 answer = None
             if answer is not None and answer.HasField("commit") and answer.commit.round == incoming.header.round:
-                await self.server.commit(incoming.header)
-                committed = True
-                yield pb.Frame(ack=pb.CommitAck(round=incoming.header.round))
+                committed = await self.server.commit(incoming.header)
+                if committed:
+                    yield pb.Frame(ack=pb.CommitAck(round=incoming.header.round))
+                else:
+                    yield reject_frame(Rejected("round-closed", "the server mixed this round already"))
         finally:
             if not committed:
                 await self.server.abort(incoming.header)
@@ -148,6 +150,8 @@ class GrpcTransport(Transport):
             await call.write(pb.Frame(commit=pb.Commit(round=outgoing.header.round)))
             committed = True
             ack = await next_frame()
+            if ack is not None and ack.HasField("reject"):
+                raise Rejected(ack.reject.reason, ack.reject.detail, ack.reject.current_round)
             if ack is None or not ack.HasField("ack"):
                 raise ExchangeOutcomeUnknown(reply)
             await call.done_writing()

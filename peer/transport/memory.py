@@ -72,7 +72,8 @@ class MemoryTransport(Transport):
         except Rejected:
             await server.abort(incoming.header)
             raise
-        await server.commit(incoming.header)
+        if not await server.commit(incoming.header):
+            raise Rejected("round-closed", "the server mixed this round already")
         return copy.deepcopy(reply)
 
     async def status(self, address: str, timeout: float) -> StatusInfo:

@@ -1,0 +1,94 @@
+"""``tadlora run``: start one peer daemon in this process (asyncio on uvloop) and run it to the end.
+
+Writes to ``--out DIR``: ``endpoint.json`` (peer id, address, pid) as soon as it listens,
+``rounds.jsonl`` (one line per round), ``checkpoint.pt`` (every round), and at the end
+``summary.json`` and ``peers/<peer-id>/adapter/`` (PEFT format). SIGINT and SIGTERM stop it
+cleanly after the current step; a restart with the same ``--out`` resumes from the checkpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+
+from peer.config import DaemonConfig, RunConfig
+from peer.daemon.node import PeerDaemon
+from peer.discovery.mdns import MdnsDiscovery, PeerRecord
+from peer.transport.base import PROTOCOL_VERSION
+from peer.transport.framing import Limits
+from peer.transport.grpc_transport import GrpcTransport
+
+log = logging.getLogger("tadlora.daemon")
+
+
+async def _static_peers(daemon: PeerDaemon, addresses: list[str]) -> None:
+    """Keep asking static addresses until each answered (peers may start later than us)."""
+    pending = set(addresses)
+    while pending:
+        for address in list(pending):
+            before = set(daemon.known.values())
+            await daemon.add_static_peer(address)
+            if address in set(daemon.known.values()) - before or address in daemon.known.values():
+                pending.discard(address)
+        await asyncio.sleep(1.0)
+
+
+async def _wait_for_peers(daemon: PeerDaemon, expected: int, seconds: float) -> None:
+    until = time.monotonic() + seconds
+    while len(daemon.known) < expected and time.monotonic() < until:
+        await asyncio.sleep(0.1)
+
+
+async def run_daemon(run: RunConfig, net: DaemonConfig, out: Path) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    transport = GrpcTransport(Limits(chunk_size=net.chunk_size, frame_timeout=net.frame_timeout))
+    daemon = PeerDaemon(run, net, out, transport)
+    daemon.resume()
+    daemon.address = await transport.serve(daemon, net.listen)
+    (out / "endpoint.json").write_text(json.dumps({"peer_id": daemon.peer_id, "address": daemon.address,
+                                                   "pid": os.getpid()}))
+    log.info("%s: listening on %s (run %s)", daemon.peer_id, daemon.address, net.run_id)
+    log.warning("%s: no certificates given: this daemon accepts factors from any peer of run %r",
+                daemon.peer_id, net.run_id)
+    discovery = None
+    if net.mdns:
+        interface = net.mdns_interface or net.listen.rsplit(":", 1)[0]
+        discovery = MdnsDiscovery(
+            PeerRecord(daemon.peer_id, net.run_id, daemon.address, PROTOCOL_VERSION, daemon.digest.hex()),
+            on_found=lambda rec: daemon.add_peer(rec.peer_id, rec.address), on_lost=daemon.remove_peer,
+            interfaces=[interface])
+        await discovery.start()
+    static = asyncio.create_task(_static_peers(daemon, net.static_peers))
+    loop = asyncio.get_running_loop()
+    current = asyncio.current_task()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, lambda: (daemon.stopping.set(), current.cancel()))
+    try:
+        try:
+            await _wait_for_peers(daemon, run.peers - 1, net.discovery_wait)
+            await daemon.run_rounds()
+        except asyncio.CancelledError:
+            log.info("%s: stopping at round %d", daemon.peer_id, daemon.round)
+            return {"peer_id": daemon.peer_id, "rounds": daemon.round, "stopped": True}
+        summary = await loop.run_in_executor(daemon.worker, daemon.finish)
+        await asyncio.sleep(1.0)  # let neighbours finish their last exchanges with us
+        return summary
+    finally:
+        static.cancel()
+        if discovery is not None:
+            await discovery.close()
+        await transport.close()
+        daemon.worker.shutdown(wait=False, cancel_futures=True)
+
+
+def main(run: RunConfig, net: DaemonConfig, out: Path) -> dict:
+    try:
+        import uvloop
+    except ImportError:  # declared as a dependency; still run without it rather than not at all
+        return asyncio.run(run_daemon(run, net, out))
+    return uvloop.run(run_daemon(run, net, out))
