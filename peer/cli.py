@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     sim = sub.add_parser("simulate", help="run N virtual peers in one process")
     _add_run_flags(sim)
+    bed = sub.add_parser("testbed", help="N daemons as local processes with real gRPC and mDNS (the main command)")
+    _add_run_flags(bed)
+    bed.set_defaults(peers=None)
     daemon = sub.add_parser("run", help="run one peer daemon (gRPC + mDNS)")
     _add_run_flags(daemon)
     _add_flags(daemon, DaemonConfig)
@@ -105,6 +108,19 @@ def _run_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_testbed(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from peer.testbed import format_table, run_testbed
+
+    cfg = load_config(args.config, {name: getattr(args, name) for name in config_fields()})
+    out = Path(args.out or "runs/testbed")
+    summary = run_testbed(cfg, out)
+    print(format_table(summary))
+    print(f"summary: {out / 'summary.json'}  plot: {out / 'testbed.png'}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
@@ -113,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
             return _run_simulate(args)
         if args.command == "run":
             return _run_daemon(args)
+        if args.command == "testbed":
+            return _run_testbed(args)
     except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"tadlora: error: {exc}", file=sys.stderr)
         return 2

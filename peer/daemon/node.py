@@ -168,6 +168,8 @@ class PeerDaemon(ExchangeServer):
             raise Rejected(exc.reason, exc.detail, self.round) from None
 
     def _note_behind(self, round_: int, peer_id: str) -> None:
+        if peer_id not in self.known:
+            return  # only a known peer of this run can tell us that we are behind
         if self.behind is None or round_ > self.behind[0]:
             self.behind = (round_, peer_id)
 
@@ -195,7 +197,7 @@ class PeerDaemon(ExchangeServer):
         try:
             if address is None:
                 raise ExchangeFailed(f"{peer_id} has no address")
-            await self.transport.exchange(address, self.own[round_], validate, max(0.1, until - time.monotonic()))
+            await self._exchange_retrying_while_behind(address, round_, validate, until)
             self._count(round_, peer_id, staged)
         except ExchangeOutcomeUnknown:
             if await self._ask_outcome(address, round_, peer_id, until) and staged:
@@ -208,6 +210,35 @@ class PeerDaemon(ExchangeServer):
             log.info("%s: link to %s in round %d failed: %s", self.peer_id, peer_id, round_, exc)
         finally:
             self.settled[round_][peer_id].set()
+
+    async def _exchange_retrying_while_behind(self, address: str, round_: int, validate, until: float) -> None:
+        # A neighbour two rounds behind refuses with "round-ahead"; it is catching up, so wait for it
+        # (until the deadline) rather than run ahead alone.
+        while True:
+            try:
+                await self.transport.exchange(address, self.own[round_], validate, max(0.1, until - time.monotonic()))
+                return
+            except Rejected as r:
+                if r.reason != "round-ahead" or time.monotonic() + 0.2 >= until:
+                    raise
+            await asyncio.sleep(0.2)
+
+    async def _watch(self, round_: int, peer_id: str, until: float) -> None:
+        """Settle a link that the neighbour should open as soon as it cannot come any more: the
+        neighbour is unreachable (crashed, partitioned) or already past this round. Without this a
+        dead neighbour of lower id would hold every round until the deadline."""
+        event = self.settled[round_][peer_id]
+        while not event.is_set() and time.monotonic() < until:
+            await asyncio.sleep(0.5)
+            if event.is_set() or peer_id not in self.known:
+                break
+            try:
+                status = await self.transport.status(self.known[peer_id], timeout=1.0)
+            except ExchangeFailed:
+                break
+            if status.round > round_:
+                break
+        event.set()
 
     def _count(self, round_: int, peer_id: str, staged: dict) -> None:
         if round_ > self.closed_upto:
@@ -241,6 +272,7 @@ class PeerDaemon(ExchangeServer):
         until = start + self.deadline.current()
         links = self.candidates[round_]
         clients = [asyncio.create_task(self._link(round_, pid, until)) for pid in links if self.peer_id < pid]
+        clients += [asyncio.create_task(self._watch(round_, pid, until)) for pid in links if pid < self.peer_id]
         waits = [asyncio.create_task(self.settled[round_][pid].wait()) for pid in links]
         if waits:
             await asyncio.wait(waits, timeout=max(0.0, until - time.monotonic()))
@@ -339,7 +371,9 @@ class PeerDaemon(ExchangeServer):
                     continue
             if statuses:
                 self._note_behind(*max(statuses))
-        if self.behind is None or self.behind[0] <= self.round:
+        # One round of lag is normal between peers that were not linked in the last round; only a
+        # peer two or more rounds behind has missed rounds and must adopt.
+        if self.behind is None or self.behind[0] <= self.round + 1:
             self.behind = None
             return
         target, pid = self.behind
@@ -350,7 +384,7 @@ class PeerDaemon(ExchangeServer):
         except (ExchangeFailed, Rejected, DecodeError, KeyError) as exc:
             log.warning("%s: could not fetch factors from %s: %s", self.peer_id, pid, exc)
             return
-        if message.header.round <= self.round:
+        if message.header.round <= self.round + 1:
             return
         self.adapter.load_factors(tensors)
         self.trainer.last_trained = frozenset()  # fresh moments: the factors are someone else's

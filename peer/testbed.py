@@ -1,0 +1,143 @@
+"""``tadlora testbed``: N peer daemons as separate OS processes on this machine, real gRPC and mDNS.
+
+Each daemon gets its own shard of the data (``--peer-index``), its own output folder
+``OUT/<peer-id>/`` and one CPU thread (so that N processes share the cores without fighting).
+Everything they exchange stays on loopback. When all have finished, it prints a table (each peer's
+accuracy, rounds, bytes sent and received), writes ``OUT/summary.json`` (with ``mean_accuracy``) and
+``OUT/testbed.png`` (training loss and links per round). Every process it started is stopped on
+Ctrl-C, on SIGTERM and on failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+from peer.config import DaemonConfig, RunConfig
+
+
+def _flags(settings: dict) -> list[str]:
+    out = []
+    for key, value in settings.items():
+        out += ["--" + key.replace("_", "-"), str(value)]
+    return out
+
+
+class Testbed:
+    def __init__(self, run: RunConfig, out: Path, daemon_settings: dict | None = None) -> None:
+        self.run, self.out = run, Path(out)
+        self.run_id = f"testbed-{uuid.uuid4().hex[:8]}"
+        self.daemon_settings = {"listen": "127.0.0.1:0", "run_id": self.run_id, **(daemon_settings or {})}
+        self.procs: dict[int, subprocess.Popen] = {}
+
+    def peer_dir(self, index: int) -> Path:
+        return self.out / f"peer-{index:02d}"
+
+    def command(self, index: int, extra: dict | None = None) -> list[str]:
+        return ([sys.executable, "-m", "peer.cli", "run", "--peer-index", str(index), "--out", str(self.peer_dir(index))]
+                + _flags(self.run.as_dict()) + _flags({**self.daemon_settings, **(extra or {})}))
+
+    def start(self, index: int, extra: dict | None = None) -> subprocess.Popen:
+        """Start peer ``index``; ``extra`` overrides daemon settings for this peer only."""
+        self.peer_dir(index).mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+        log = (self.peer_dir(index) / "daemon.log").open("ab")
+        proc = subprocess.Popen(self.command(index, extra), stdout=log, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)
+        self.procs[index] = proc
+        return proc
+
+    def kill(self, index: int, sig: int = signal.SIGKILL) -> None:
+        proc = self.procs.get(index)
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(sig)
+            proc.wait()
+
+    def stop_all(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+        deadline = time.monotonic() + 10
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def wait(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        for index, proc in self.procs.items():
+            code = proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            if code != 0:
+                tail = (self.peer_dir(index) / "daemon.log").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"peer-{index:02d} exited with code {code}:\n{tail}")
+
+    def rounds(self, index: int) -> list[dict]:
+        path = self.peer_dir(index) / "rounds.jsonl"
+        return [json.loads(l) for l in path.read_text().splitlines()] if path.exists() else []
+
+    def summary(self) -> dict:
+        peers = {}
+        for index in range(self.run.peers):
+            s = json.loads((self.peer_dir(index) / "summary.json").read_text())
+            rounds = self.rounds(index)
+            peers[s["peer_id"]] = {"accuracy": s["mean_accuracy"], "rounds": s["rounds"],
+                                   "bytes_sent": sum(r["bytes_sent"] for r in rounds),
+                                   "bytes_received": sum(r["bytes_received"] for r in rounds)}
+        return {"run_id": self.run_id, "config": self.run.as_dict(), "peers": peers,
+                "mean_accuracy": float(np.mean([p["accuracy"] for p in peers.values()]))}
+
+
+def format_table(summary: dict) -> str:
+    lines = [f"{'peer':<10} {'accuracy':>9} {'rounds':>7} {'sent MB':>9} {'received MB':>12}"]
+    for pid, p in summary["peers"].items():
+        lines.append(f"{pid:<10} {p['accuracy']:>9.4f} {p['rounds']:>7} {p['bytes_sent'] / 1e6:>9.2f} "
+                     f"{p['bytes_received'] / 1e6:>12.2f}")
+    lines.append(f"{'mean':<10} {summary['mean_accuracy']:>9.4f}")
+    return "\n".join(lines)
+
+
+def plot(testbed: Testbed, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (loss_ax, link_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    for index in range(testbed.run.peers):
+        rounds = testbed.rounds(index)
+        xs = [r["round"] for r in rounds]
+        loss_ax.plot(xs, [r["train_loss"] for r in rounds], label=f"peer-{index:02d}")
+        link_ax.plot(xs, [len(r["neighbours"]) for r in rounds], marker=".", label=f"peer-{index:02d}")
+    loss_ax.set(xlabel="round", ylabel="training loss", title="local training loss")
+    link_ax.set(xlabel="round", ylabel="links that counted", title="links per round")
+    loss_ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def run_testbed(run: RunConfig, out: Path, daemon_settings: dict | None = None, timeout: float = 3600) -> dict:
+    testbed = Testbed(run, out, daemon_settings)
+    previous = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        for index in range(run.peers):
+            testbed.start(index)
+        print(f"testbed {testbed.run_id}: {run.peers} daemons started, logs in {out}/peer-*/daemon.log",
+              file=sys.stderr, flush=True)
+        testbed.wait(timeout)
+    finally:
+        testbed.stop_all()
+        signal.signal(signal.SIGTERM, previous)
+    summary = testbed.summary()
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    plot(testbed, out / "testbed.png")
+    return summary

@@ -1,0 +1,158 @@
+"""Real daemons as OS processes on loopback: real gRPC, real mDNS, real kill -9."""
+
+import asyncio
+import json
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from peer.config import load_config
+from peer.sim import simulate
+from peer.testbed import Testbed
+from peer.transport.base import Header, Rejected
+from peer.transport.codec import encode_factors
+from peer.transport.framing import seal
+from peer.transport.grpc_transport import GrpcTransport
+
+pytestmark = pytest.mark.slow
+
+TINY = dict(model="tiny-bert", task="synthetic", batch_size=8, max_length=32, eval_samples=64,
+            learning_rate=1e-2, device="cpu")
+NET = dict(discovery_wait=30.0, round_timeout_min=2.0, round_timeout_max=30.0)
+
+
+def _all_rounds(bed: Testbed) -> dict[int, list[dict]]:
+    by_round: dict[int, list[dict]] = {}
+    for i in range(bed.run.peers):
+        for record in bed.rounds(i):
+            record["peer"] = f"peer-{i:02d}"
+            by_round.setdefault(record["round"], []).append(record)
+    return by_round
+
+
+def _wait_for_rounds(bed: Testbed, index: int, count: int, timeout: float = 60) -> None:
+    until = time.monotonic() + timeout
+    while len(bed.rounds(index)) < count:
+        assert time.monotonic() < until, f"peer-{index:02d} did not reach {count} rounds"
+        assert bed.procs[index].poll() is None, f"peer-{index:02d} exited early"
+        time.sleep(0.1)
+
+
+def test_daemons_equal_the_simulator_on_a_complete_graph(tmp_path):
+    cfg = load_config(overrides=dict(TINY, peers=3, rounds=4, local_steps=2, topology="complete"))
+    bed = Testbed(cfg, tmp_path / "bed", NET)
+    try:
+        for i in range(3):
+            bed.start(i)
+        bed.wait(timeout=120)
+    finally:
+        bed.stop_all()
+    simulate(cfg, out=tmp_path / "sim", progress=False)
+    for i in range(3):
+        pid = f"peer-{i:02d}"
+        net = load_file(str(tmp_path / "bed" / pid / "peers" / pid / "adapter" / "adapter_model.safetensors"))
+        sim = load_file(str(tmp_path / "sim" / "peers" / pid / "adapter" / "adapter_model.safetensors"))
+        assert net.keys() == sim.keys()
+        for key in net:
+            assert torch.allclose(net[key], sim[key], atol=1e-6), key
+    for round_, records in _all_rounds(bed).items():
+        assert len(records) == 3 and {r["phase"] for r in records} == {"B"}
+        assert all(len(r["neighbours"]) == 2 for r in records)
+
+
+def test_lossy_links_keep_sums_and_both_ends_agree(tmp_path):
+    cfg = load_config(overrides=dict(TINY, peers=4, rounds=8, local_steps=2, topology="er", edge_prob=0.5,
+                                     switch_interval="2", strategy="tad"))
+    bed = Testbed(cfg, tmp_path / "bed", NET)
+    try:
+        for i in range(4):
+            bed.start(i)
+        bed.wait(timeout=120)
+    finally:
+        bed.stop_all()
+    rounds = _all_rounds(bed)
+    assert any(len(r["neighbours"]) < 3 for records in rounds.values() for r in records)  # some links dropped
+    for round_, records in rounds.items():
+        assert len({r["phase"] for r in records}) == 1, f"phases differ in round {round_}"
+        links = {(r["peer"], n) for r in records for n in r["neighbours"]}
+        assert all((b, a) in links for a, b in links), f"one-sided link in round {round_}"
+        if len(records) == 4:
+            for factor in ("a", "b"):
+                before = sum(r[f"sum_{factor}_before"] for r in records)
+                after = sum(r[f"sum_{factor}_after"] for r in records)
+                assert after == pytest.approx(before, abs=1e-4)
+        for r in records:
+            assert r["self_weight"] + sum(r["weights"].values()) == pytest.approx(1.0)
+
+
+def _status_and_bad_message(address: str) -> tuple:
+    async def go():
+        transport = GrpcTransport()
+        try:
+            status = await transport.status(address, timeout=5)
+            header = Header(run_id=status.run_id, sender_id="intruder", round=status.round + 1000, phase="B",
+                            factors=("A", "B"), schema_digest=status.schema_digest)
+            with pytest.raises(Rejected) as info:
+                async def accept(_):
+                    return None
+                await transport.exchange(address, seal(header, encode_factors({})), accept, timeout=5)
+            stale = Header(run_id=status.run_id, sender_id="intruder", round=0, phase="B", factors=("A", "B"),
+                           schema_digest=status.schema_digest)
+            with pytest.raises(Rejected) as info_stale:
+                await transport.exchange(address, seal(stale, encode_factors({})), accept, timeout=5)
+            after = await transport.status(address, timeout=5)
+            return status, info.value.reason, info_stale.value.reason, after
+        finally:
+            await transport.close()
+    return asyncio.run(go())
+
+
+def test_kill_9_and_restart_resumes_and_rejoins(tmp_path):
+    cfg = load_config(overrides=dict(TINY, peers=3, rounds=40, local_steps=40, topology="complete"))
+    bed = Testbed(cfg, tmp_path / "bed", dict(NET, round_timeout_min=1.0, round_timeout_max=20.0))
+    try:
+        for i in range(3):
+            bed.start(i)
+        _wait_for_rounds(bed, 0, 3)
+        address = json.loads((bed.peer_dir(0) / "endpoint.json").read_text())["address"]
+        status, far_reason, stale_reason, after = _status_and_bad_message(address)
+        assert status.peer_id == "peer-00" and {n.peer_id for n in status.neighbours} == {"peer-01", "peer-02"}
+        assert far_reason == "round-ahead" and stale_reason == "round-behind"
+        assert sum(after.rejected.values()) >= 2
+
+        bed.kill(1, signal.SIGKILL)
+        killed_at = len(bed.rounds(1))
+        time.sleep(1.0)
+        bed.start(1)
+        bed.wait(timeout=180)
+    finally:
+        bed.stop_all()
+    log = (bed.peer_dir(1) / "daemon.log").read_text()
+    assert "resumed at round" in log
+    after_restart = bed.rounds(1)[killed_at:]
+    assert after_restart, "the restarted peer ran no round"
+    assert any(r["neighbours"] for r in after_restart), "the restarted peer never linked again"
+    assert json.loads((bed.peer_dir(1) / "summary.json").read_text())["rounds"] == 40
+    assert max(r["round"] for r in bed.rounds(1)) == 39
+
+
+def test_late_joiner_adopts_the_current_round_and_factors(tmp_path):
+    cfg = load_config(overrides=dict(TINY, peers=3, rounds=16, local_steps=25, topology="complete"))
+    bed = Testbed(cfg, tmp_path / "bed", dict(NET, discovery_wait=1.0, round_timeout_min=1.0, round_timeout_max=3.0))
+    try:
+        bed.start(0)
+        bed.start(1)
+        _wait_for_rounds(bed, 0, 5)
+        bed.start(2, {"discovery_wait": 30.0})  # it waits to know both before it trains
+        bed.wait(timeout=180)
+    finally:
+        bed.stop_all()
+    log = (bed.peer_dir(2) / "daemon.log").read_text()
+    assert "adopted round" in log
+    late = bed.rounds(2)
+    assert late[0]["round"] >= 4, "the late peer started from round 0 instead of the current round"
+    assert any(r["neighbours"] for r in late)
