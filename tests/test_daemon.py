@@ -156,3 +156,24 @@ def test_late_joiner_adopts_the_current_round_and_factors(tmp_path):
     late = bed.rounds(2)
     assert late[0]["round"] >= 4, "the late peer started from round 0 instead of the current round"
     assert any(r["neighbours"] for r in late)
+
+
+def test_switch_interval_auto_agrees_across_peers_with_different_observations(tmp_path):
+    cfg = load_config(overrides=dict(TINY, peers=4, rounds=24, local_steps=2, topology="er", edge_prob=0.3,
+                                     switch_interval="auto", strategy="tad"))
+    bed = Testbed(cfg, tmp_path / "bed", NET)
+    try:
+        for i in range(4):
+            bed.start(i)
+        bed.wait(timeout=150)
+    finally:
+        bed.stop_all()
+    rounds = _all_rounds(bed)
+    full = {r: recs for r, recs in rounds.items() if len(recs) == 4}
+    assert len(full) >= 18
+    for round_, records in full.items():
+        assert len({r["phase"] for r in records}) == 1, f"phases differ in round {round_}"
+        assert len({r["switch_interval"] for r in records}) == 1, f"intervals differ in round {round_}"
+    estimates = {round(r["link_estimate"], 3) for recs in full.values() for r in recs}
+    assert len(estimates) > 1, "the peers' local link estimates never differed"
+    assert {r["phase"] for recs in full.values() for r in recs} == {"A", "B"}  # it did switch

@@ -65,3 +65,44 @@ def test_auto_interval_grows_as_the_gap_shrinks_and_is_clipped():
     assert values[0] >= 1 and values[-1] == 20
     with pytest.raises(ValueError):
         auto_switch_interval(1.5)
+
+
+def test_agreed_schedule_decides_the_same_length_whatever_order_proposals_arrive_in():
+    from peer.algorithm.schedule import AgreedSchedule
+
+    proposals = {"p0": 3, "p1": 7, "p2": 2}
+    peers = {name: AgreedSchedule(2, gossip_rounds=2) for name in proposals}
+    for name, schedule in peers.items():
+        schedule.propose(proposals[name])
+    # gossip in different orders: p0 hears p1 only via p2, p2 hears everyone late
+    peers["p2"].merge(0, peers["p1"].proposal())
+    peers["p0"].merge(0, peers["p2"].proposal())
+    peers["p1"].merge(0, peers["p0"].proposal())
+    for schedule in peers.values():
+        schedule.decide(2)
+        schedule.decide(2)  # idempotent
+    assert {s.interval for s in peers.values()} == {7}
+    phases = [[s.phase(r) for r in range(12)] for s in peers.values()]
+    assert all(p == list("BBAAAAAAABBB") for p in phases)
+
+
+def test_agreed_schedule_ignores_proposals_for_another_phase_and_round_trips():
+    from peer.algorithm.schedule import AgreedSchedule
+
+    s = AgreedSchedule(3, gossip_rounds=3)
+    s.merge(5, 9)  # tagged with a decision this peer did not make
+    s.decide(3)
+    assert s.interval == 3 and s.phase(3) == "A" and s.phase(6) == "B"
+
+
+def test_agreed_schedule_decides_only_after_the_gossip_window():
+    from peer.algorithm.schedule import AgreedSchedule
+
+    s = AgreedSchedule(2, gossip_rounds=5)
+    s.propose(4)
+    for r in range(12):
+        s.decide(r)
+    # boundaries at 2, 4 keep T=2 (window not over); 6 decides T=4
+    assert [seg[:2] for seg in s.segments[:4]] == [(0, 2), (2, 2), (4, 2), (6, 4)]
+    again = AgreedSchedule.from_state(s.to_state())
+    assert [again.phase(r) for r in range(10)] == [s.phase(r) for r in range(10)]

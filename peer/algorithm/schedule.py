@@ -63,3 +63,93 @@ def auto_switch_interval(contraction: float, constant: float = AUTO_SWITCH_CONST
     if gap <= 0.0:
         return t_max  # no mixing at all: the longest phase is the least harmful
     return int(min(t_max, max(1, round(constant / math.sqrt(gap)))))
+
+
+class AgreedSchedule:
+    """Phases whose lengths are decided during the run, identically at every peer (daemon ``auto``).
+
+    The schedule is a list of phases ``(start, length, factor)``, alternating factors, B first. A
+    *decision* fixes the length of the phases that follow; decisions happen only at phase boundaries
+    that lie at least ``gossip_rounds`` rounds after the previous decision. Between two decisions
+    every peer proposes a length (from what it measured, see ``peer.daemon``) and every exchange
+    header carries the largest proposal the sender holds, tagged with the round of the previous
+    decision. Peers keep the maximum; at the next decision each takes the maximum it holds (its
+    current length when it holds none).
+
+    The maximum of a set does not depend on the order in which its elements arrive, so all peers
+    decide the same length whenever the largest proposal reached every peer within the window: true
+    when the links that count during ``gossip_rounds`` rounds connect all peers (a window of 10 rounds
+    of an Erdős–Rényi graph with p = 0.3 on 4 peers holds 18 links on average). A peer that missed it
+    switches at other rounds than its neighbours; the symptom is ``phase`` rejections in the status
+    counters; the fix is a longer window.
+    """
+
+    def __init__(self, interval: int, start: int = 0, factor: str = B, gossip_rounds: int = 10,
+                 decided_at: int | None = None) -> None:
+        if interval < 1:
+            raise ValueError(f"switching interval must be >= 1 round, got {interval}")
+        self.segments: list[tuple[int, int, str]] = [(start, interval, factor)]
+        self.gossip_rounds = gossip_rounds
+        self.decided_at = start if decided_at is None else decided_at
+        self.proposals: dict[int, int] = {}
+
+    @property
+    def current(self) -> tuple[int, int, str]:
+        return self.segments[-1]
+
+    @property
+    def interval(self) -> int:
+        return self.current[1]
+
+    def _segment(self, round_: int) -> tuple[int, int, str]:
+        start, length, factor = self.segments[0]
+        for segment in self.segments:
+            if segment[0] <= round_:
+                start, length, factor = segment
+        # beyond the decided phases: continue with the last length (provisional until decided)
+        if round_ >= start + length:
+            skipped = (round_ - start) // length
+            start += skipped * length
+            factor = factor if skipped % 2 == 0 else (A if factor == B else B)
+        return start, length, factor
+
+    def phase(self, round_: int) -> str:
+        if round_ < 0:
+            raise ValueError(f"rounds count from 0, got {round_}")
+        return self._segment(round_)[2]
+
+    def propose(self, interval: int) -> None:
+        """This peer's own proposal for the length decided next."""
+        self.proposals[self.decided_at] = max(self.proposals.get(self.decided_at, 0), int(interval))
+
+    def merge(self, decided_at: int, proposal: int) -> None:
+        """A neighbour's largest proposal, tagged with the round of its previous decision."""
+        if proposal > 0 and decided_at == self.decided_at:
+            self.proposals[decided_at] = max(self.proposals.get(decided_at, 0), int(proposal))
+
+    def proposal(self) -> int:
+        return self.proposals.get(self.decided_at, 0)
+
+    def decide(self, round_: int) -> None:
+        """Call at the start of every round: at a phase boundary, start the next phase (deciding its
+        length when the window is over). Idempotent."""
+        start, length, factor = self.current
+        if round_ != start + length:
+            return
+        next_length = length
+        if round_ - self.decided_at >= self.gossip_rounds:
+            next_length = self.proposals.pop(self.decided_at, length)
+            self.decided_at = round_
+        self.segments.append((round_, next_length, A if factor == B else B))
+
+    def to_state(self) -> dict:
+        return {"segments": [list(seg) for seg in self.segments], "proposals": dict(self.proposals),
+                "gossip_rounds": self.gossip_rounds, "decided_at": self.decided_at}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "AgreedSchedule":
+        start, length, factor = state["segments"][0]
+        schedule = cls(int(length), int(start), factor, int(state["gossip_rounds"]), int(state["decided_at"]))
+        schedule.segments = [(int(a), int(b), c) for a, b, c in state["segments"]]
+        schedule.proposals = {int(k): int(v) for k, v in state["proposals"].items()}
+        return schedule

@@ -29,14 +29,16 @@ import asyncio
 import json
 import logging
 import time
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from peer.algorithm.factors import A, B, FACTORS, select
+from peer.algorithm.schedule import AgreedSchedule, auto_switch_interval
+from peer.algorithm.topology import ErdosRenyi
 from peer.config import DaemonConfig, RunConfig
 from peer.daemon.checkpoint import load_checkpoint, save_checkpoint
 from peer.daemon.clock import AdaptiveDeadline
@@ -86,6 +88,11 @@ class PeerDaemon(ExchangeServer):
         self.behind: tuple[int, str] | None = None
         self.stopping = asyncio.Event()
         self.address = ""
+        # switch-interval auto: phase lengths agreed at run time from the measured link availability
+        self.schedule = AgreedSchedule(self.strategy.switch_interval) if run.switch_interval == "auto" else None
+        if self.schedule is not None:
+            self.strategy.schedule = self.schedule
+        self.link_window: deque[tuple[int, int]] = deque(maxlen=20)  # (links counted, links possible)
 
     # ------------------------------------------------------------------ server side (ExchangeServer)
 
@@ -107,6 +114,7 @@ class PeerDaemon(ExchangeServer):
             raise Rejected("not-a-link", f"{h.sender_id} is not a link of round {h.round} here", self.round)
         own = self.own[h.round]
         tensors = self._decode(incoming, own.header)
+        self._merge_proposal(h)
         self.staged[(h.round, h.sender_id)] = (tensors, h.degree, h.payload_size)
         return own
 
@@ -167,6 +175,20 @@ class PeerDaemon(ExchangeServer):
         except DecodeError as exc:
             raise Rejected(exc.reason, exc.detail, self.round) from None
 
+    def _merge_proposal(self, h: Header) -> None:
+        if self.schedule is not None:
+            self.schedule.merge(h.schedule_round, h.proposed_interval)
+
+    def link_estimate(self) -> float:
+        """Fraction of possible links that counted over the recent rounds (the configured p before any)."""
+        counted, possible = map(sum, zip(*self.link_window)) if self.link_window else (0, 0)
+        return counted / possible if possible else self.edge_prob
+
+    def own_proposal(self) -> int:
+        """T for the next phase from this peer's measurement: the spectral-gap rule of
+        ``auto_switch_interval`` applied to an Erdős–Rényi graph with the estimated link probability."""
+        return _interval_for(len(self.known) + 1, round(self.link_estimate(), 2))
+
     def _note_behind(self, round_: int, peer_id: str) -> None:
         if peer_id not in self.known:
             return  # only a known peer of this run can tell us that we are behind
@@ -175,11 +197,15 @@ class PeerDaemon(ExchangeServer):
 
     # ------------------------------------------------------------------ client side
 
-    def _header(self, round_: int) -> Header:
+    def _header(self, round_: int, phase: str | None = None, factors: tuple[str, ...] | None = None) -> Header:
         plan = self.strategy.plan(round_)
-        return Header(run_id=self.net.run_id, sender_id=self.peer_id, round=round_, phase=plan.phase,
-                      factors=tuple(sorted(plan.mix)), schema_digest=self.digest,
-                      degree=len(self.candidates.get(round_, ())), switch_interval=self.strategy.switch_interval)
+        return Header(run_id=self.net.run_id, sender_id=self.peer_id, round=round_, phase=phase or plan.phase,
+                      factors=factors or tuple(sorted(plan.mix)), schema_digest=self.digest,
+                      degree=len(self.candidates.get(round_, ())), switch_interval=self.strategy.switch_interval,
+                      schedule_round=self.schedule.decided_at if self.schedule else 0,
+                      phase_start=self.schedule.current[0] if self.schedule else 0,
+                      proposed_interval=self.schedule.proposal() if self.schedule else 0,
+                      link_estimate=self.link_estimate())
 
     async def _link(self, round_: int, peer_id: str, until: float) -> None:
         """Open the exchange with a neighbour of higher id; settle the link either way."""
@@ -190,6 +216,7 @@ class PeerDaemon(ExchangeServer):
             if reply.header.sender_id != peer_id or reply.header.round != round_:
                 raise Rejected("round", f"answer for round {reply.header.round} from {reply.header.sender_id}")
             staged["tensors"] = self._decode(reply, self.own[round_].header)
+            self._merge_proposal(reply.header)
             staged["degree"] = reply.header.degree
             staged["bytes"] = reply.header.payload_size
 
@@ -293,6 +320,7 @@ class PeerDaemon(ExchangeServer):
         self.local.mix(round_, {pid: t for pid, (t, _, _) in links.items()}, weights, self_weight)
         after = self.adapter.factors()
         now = time.time()
+        self.link_window.append((len(links), len(self.known)))
         self.history[round_] = set(links)
         for pid in links:
             self.last_link[pid] = (round_, now)
@@ -308,15 +336,17 @@ class PeerDaemon(ExchangeServer):
                 "sum_b_before": total(before, B), "sum_b_after": total(after, B)}
 
     def _publish_latest(self, next_round: int) -> None:
-        header = Header(run_id=self.net.run_id, sender_id=self.peer_id, round=next_round, phase="AB",
-                        factors=FACTORS, schema_digest=self.digest)
+        header = self._header(next_round, factors=FACTORS)
+        if self.schedule is not None:
+            header.phase = self.schedule.current[2]  # the phase that began at schedule_round
         self.latest = seal(header, encode_factors(self.adapter.factors()))
 
     def _checkpoint(self, next_round: int) -> None:
         save_checkpoint(self.out, {
             "peer_id": self.peer_id, "run_id": self.net.run_id, "round": next_round,
             "adapter": self.adapter.state(), "optimizer": self.trainer.optimizer.state_dict(),
-            "last_trained": sorted(self.trainer.last_trained)})
+            "last_trained": sorted(self.trainer.last_trained),
+            "schedule": self.schedule.to_state() if self.schedule else {}})
 
     def _forget(self, round_: int) -> None:
         for table in (self.own, self.own_ready, self.candidates, self.settled, self.history):
@@ -325,13 +355,27 @@ class PeerDaemon(ExchangeServer):
         for key in [k for k in self.staged if k[0] <= round_]:
             self.staged.pop(key)
 
+    def _use_schedule(self, schedule: AgreedSchedule) -> None:
+        self.schedule = schedule
+        self.strategy.schedule = schedule
+
+    def _advance_schedule(self, round_: int) -> dict:
+        if self.schedule is None:
+            return {}
+        self.schedule.decide(round_)
+        self.schedule.propose(self.own_proposal())
+        return {"switch_interval": self.schedule.interval, "phase_start": self.schedule.current[0],
+                "decided_at": self.schedule.decided_at,
+                "proposal": self.own_proposal(), "link_estimate": self.link_estimate()}
+
     async def _run_round(self, round_: int) -> None:
         t0 = time.monotonic()
+        schedule_info = self._advance_schedule(round_)
         plan = self.strategy.plan(round_)
         loss = await self._train(round_)
         self._open_round(round_)
         exchange_seconds = await self._exchange(round_)
-        record = {"round": round_, "phase": plan.phase, "train_loss": loss, **self._mix(round_),
+        record = {"round": round_, "phase": plan.phase, "train_loss": loss, **schedule_info, **self._mix(round_),
                   "exchange_seconds": exchange_seconds, "deadline": self.deadline.current()}
         self._publish_latest(round_ + 1)
         self._checkpoint(round_ + 1)
@@ -354,6 +398,8 @@ class PeerDaemon(ExchangeServer):
         self.adapter.load_state(state["adapter"])
         self.trainer.optimizer.load_state_dict(state["optimizer"])
         self.trainer.last_trained = frozenset(state["last_trained"])
+        if self.schedule is not None and state.get("schedule"):
+            self._use_schedule(AgreedSchedule.from_state(state["schedule"]))
         self.round = int(state["round"])
         self.closed_upto = self.round - 1
         self._publish_latest(self.round)
@@ -389,6 +435,11 @@ class PeerDaemon(ExchangeServer):
         self.adapter.load_factors(tensors)
         self.trainer.last_trained = frozenset()  # fresh moments: the factors are someone else's
         self.trainer.optimizer.state.clear()
+        if self.schedule is not None:  # and its phase schedule
+            h = message.header
+            self._use_schedule(AgreedSchedule(max(1, h.switch_interval), int(h.phase_start), h.phase,
+                                              decided_at=int(h.schedule_round)))
+            self.schedule.merge(h.schedule_round, h.proposed_interval)
         log.info("%s: behind (round %d); adopted round %d and the factors of %s", self.peer_id, self.round,
                  message.header.round, pid)
         self.round = int(message.header.round)
@@ -436,3 +487,8 @@ class PeerDaemon(ExchangeServer):
                    "config": self.run.as_dict()}
         (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         return summary
+
+
+@lru_cache(maxsize=256)
+def _interval_for(n_peers: int, link_probability: float) -> int:
+    return auto_switch_interval(ErdosRenyi(n=n_peers, seed=0, p=link_probability).contraction(samples=200))

@@ -34,6 +34,8 @@ class Header:
     link_estimate: float = 0.0
     switch_interval: int = 0
     schedule_round: int = 0
+    proposed_interval: int = 0
+    phase_start: int = 0
     protocol_version: int = PROTOCOL_VERSION
 
 

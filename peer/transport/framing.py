@@ -39,7 +39,8 @@ def header_to_pb(h: Header) -> pb.Header:
                      phase=h.phase, factors=list(h.factors), schema_digest=h.schema_digest,
                      payload_sha256=h.payload_sha256, payload_size=h.payload_size, degree=h.degree,
                      link_estimate=h.link_estimate, switch_interval=h.switch_interval,
-                     schedule_round=h.schedule_round)
+                     schedule_round=h.schedule_round, proposed_interval=h.proposed_interval,
+                     phase_start=h.phase_start)
 
 
 def header_from_pb(h: pb.Header) -> Header:
@@ -47,6 +48,7 @@ def header_from_pb(h: pb.Header) -> Header:
                   schema_digest=bytes(h.schema_digest), payload_sha256=bytes(h.payload_sha256),
                   payload_size=h.payload_size, degree=h.degree, link_estimate=h.link_estimate,
                   switch_interval=h.switch_interval, schedule_round=h.schedule_round,
+                  proposed_interval=h.proposed_interval, phase_start=h.phase_start,
                   protocol_version=h.protocol_version)
 
 

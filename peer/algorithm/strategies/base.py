@@ -8,6 +8,7 @@ from typing import ClassVar
 
 from peer.algorithm.factors import A, B
 from peer.algorithm.mixing import mix
+from peer.algorithm.schedule import PhaseSchedule
 
 BOTH = frozenset({A, B})
 
@@ -35,9 +36,12 @@ class Strategy:
     default_switch_interval: ClassVar[int] = 1
 
     def __init__(self, switch_interval: int | None = None) -> None:
-        self.switch_interval = switch_interval or self.default_switch_interval
-        if self.switch_interval < 1:
-            raise ValueError(f"switching interval must be >= 1, got {self.switch_interval}")
+        self.schedule = PhaseSchedule(switch_interval or self.default_switch_interval)
+
+    @property
+    def switch_interval(self) -> int:
+        """The current phase length (fixed, or the latest decided one of an ``AgreedSchedule``)."""
+        return self.schedule.interval
 
     def plan(self, round_: int) -> RoundPlan:
         raise NotImplementedError

@@ -1,7 +1,6 @@
 """RoLoRA ported to the decentralized setting: alternate factors (T = 1 by default) and mix only the
 factor being trained, so the frozen factor of each peer drifts apart from its neighbours'."""
 
-from peer.algorithm.schedule import PhaseSchedule
 from peer.algorithm.strategies.base import RoundPlan, Strategy
 
 
@@ -11,5 +10,5 @@ class RoLoRA(Strategy):
     default_switch_interval = 1
 
     def plan(self, round_: int) -> RoundPlan:
-        phase = PhaseSchedule(self.switch_interval).phase(round_)
+        phase = self.schedule.phase(round_)
         return RoundPlan(round_, phase, frozenset({phase}), frozenset({phase}))

@@ -4,7 +4,6 @@ Mixing the frozen factor too drives it to consensus during the phase; once all A
 mixed product is exact (Σ_j W_ij B_j · A), which is what removes the cross terms of plain mixing.
 """
 
-from peer.algorithm.schedule import PhaseSchedule
 from peer.algorithm.strategies.base import BOTH, RoundPlan, Strategy
 
 
@@ -14,5 +13,5 @@ class TADLoRA(Strategy):
     default_switch_interval = 5
 
     def plan(self, round_: int) -> RoundPlan:
-        phase = PhaseSchedule(self.switch_interval).phase(round_)
+        phase = self.schedule.phase(round_)
         return RoundPlan(round_, phase, frozenset({phase}), BOTH)
