@@ -177,3 +177,30 @@ def test_switch_interval_auto_agrees_across_peers_with_different_observations(tm
     estimates = {round(r["link_estimate"], 3) for recs in full.values() for r in recs}
     assert len(estimates) > 1, "the peers' local link estimates never differed"
     assert {r["phase"] for recs in full.values() for r in recs} == {"A", "B"}  # it did switch
+
+
+def _free_ports(n: int) -> list[int]:
+    import socket
+
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def test_static_peers_without_mdns(tmp_path):
+    cfg = load_config(overrides=dict(TINY, peers=2, rounds=3, local_steps=2, topology="complete"))
+    ports = _free_ports(2)
+    bed = Testbed(cfg, tmp_path / "bed", dict(NET, mdns=0))
+    try:
+        for i in range(2):
+            bed.start(i, {"listen": f"127.0.0.1:{ports[i]}", "peer": f"127.0.0.1:{ports[1 - i]}"})
+        bed.wait(timeout=120)
+    finally:
+        bed.stop_all()
+    for i in range(2):
+        assert all(len(r["neighbours"]) == 1 for r in bed.rounds(i))
+        assert "found peer-" in (bed.peer_dir(i) / "daemon.log").read_text()
