@@ -5,7 +5,7 @@ time-varying Erdős–Rényi graph with edge probability p ∈ {0.5, 0.1, 0.02}.
 
 Prints a method × p table of the final mean accuracy over peers and writes ``accuracy.png``
 (accuracy against rounds, one panel per p). Settings that differ from the paper are flags, with
-defaults chosen to finish in about 45 minutes on 2 cores; ``benchmarks/README.md`` lists them.
+defaults chosen to finish in about an hour on 2 cores; ``benchmarks/README.md`` lists them.
 """
 
 from __future__ import annotations
@@ -23,12 +23,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/paper"))
     parser.add_argument("--peers", type=int, default=10)
-    parser.add_argument("--rounds", type=int, default=24)
+    parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--local-steps", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=48)
-    parser.add_argument("--learning-rate", type=float, default=2e-3)
-    parser.add_argument("--eval-every", type=int, default=8)
+    parser.add_argument("--learning-rate", type=float, default=5e-3)
+    parser.add_argument("--eval-every", type=int, default=10)
     parser.add_argument("--eval-samples", type=int, default=400)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--methods", default=",".join(METHODS))

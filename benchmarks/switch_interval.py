@@ -13,6 +13,8 @@ from pathlib import Path
 
 from grid import markdown_table, plot_curves, run
 
+from peer.algorithm import auto_switch_interval, make_topology
+
 INTERVALS = ["1", "2", "5", "10", "auto"]
 EDGE_PROBS = [0.1, 0.02]
 
@@ -20,22 +22,26 @@ EDGE_PROBS = [0.1, 0.02]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/switch"))
-    parser.add_argument("--rounds", type=int, default=24)
+    parser.add_argument("--reuse", type=Path, default=Path("benchmarks/results/paper"),
+                        help="folder of paper_table.py's runs: its tad T=5 runs are reused, not repeated")
+    parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--local-steps", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     common = dict(strategy="tad", peers=10, topology="er", rounds=args.rounds, local_steps=args.local_steps,
-                  batch_size=8, max_length=48, learning_rate=2e-3, eval_every=8, eval_samples=400, seed=args.seed)
+                  batch_size=8, max_length=48, learning_rate=5e-3, eval_every=10, eval_samples=400, seed=args.seed)
     results, folders = {}, {}
     for p in EDGE_PROBS:
+        auto_t = str(auto_switch_interval(make_topology("er", 10, p=p, seed=args.seed).contraction()))
         for t in INTERVALS:
-            folders[t, p] = args.out / f"T{t}-p{p:g}"
-            results[t, p] = run(folders[t, p], switch_interval=t, edge_prob=p, **common)
+            fixed = auto_t if t == "auto" else t  # auto picks one of the fixed T: the same run, not run twice
+            folders[t, p] = args.reuse / f"tad-p{p:g}" if fixed == "5" else args.out / f"T{fixed}-p{p:g}"
+            results[t, p] = run(folders[t, p], switch_interval=fixed, edge_prob=p, **common)
     cols = [f"p = {p:g}" for p in EDGE_PROBS]
 
     def cell(t, col):
         r = results[t, float(col.split("= ")[1])]
-        return f"{r['mean_accuracy']:.4f}" + (f" (T={r['switch_interval']})" if t == "auto" else "")
+        return f"{r['mean_accuracy']:.4f}" + (f" (chose T={r['switch_interval']})" if t == "auto" else "")
 
     print(markdown_table([f"T = {t}" if t != "auto" else "auto" for t in INTERVALS], cols,
                          lambda row, col: cell(row.replace("T = ", ""), col)))

@@ -125,9 +125,13 @@ def plot(testbed: Testbed, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt  # SIGTERM takes the same clean-up path as Ctrl-C
+
+
 def run_testbed(run: RunConfig, out: Path, daemon_settings: dict | None = None, timeout: float = 3600) -> dict:
     testbed = Testbed(run, out, daemon_settings)
-    previous = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         for index in range(run.peers):
             testbed.start(index)

@@ -204,3 +204,50 @@ def test_static_peers_without_mdns(tmp_path):
     for i in range(2):
         assert all(len(r["neighbours"]) == 1 for r in bed.rounds(i))
         assert "found peer-" in (bed.peer_dir(i) / "daemon.log").read_text()
+
+
+def _alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is dead for our purpose
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_sigterm_stops_a_daemon_cleanly_and_ctrl_c_stops_the_whole_testbed(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "bed"
+    cmd = [sys.executable, "-m", "peer.cli", "testbed", "--out", str(out), "--peers", "3", "--rounds", "500",
+           "--local-steps", "20", "--topology", "complete"] + sum((["--" + k.replace("_", "-"), str(v)]
+                                                                   for k, v in TINY.items()), [])
+    bed = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        until = time.monotonic() + 90
+        while not all((out / f"peer-{i:02d}" / "rounds.jsonl").exists() for i in range(3)):
+            assert time.monotonic() < until and bed.poll() is None, "testbed did not start"
+            time.sleep(0.2)
+        pids = [json.loads((out / f"peer-{i:02d}" / "endpoint.json").read_text())["pid"] for i in range(3)]
+        os.kill(pids[2], signal.SIGTERM)  # one daemon alone: it stops by itself, cleanly
+        until = time.monotonic() + 30
+        while _alive(pids[2]):
+            assert time.monotonic() < until, "daemon ignored SIGTERM"
+            time.sleep(0.1)
+        assert "stopping at round" in (out / "peer-02" / "daemon.log").read_text()
+        bed.send_signal(signal.SIGINT)  # Ctrl-C on the testbed: every daemon goes
+        assert bed.wait(timeout=30) != 0
+        for pid in pids:
+            until = time.monotonic() + 15
+            while _alive(pid):
+                assert time.monotonic() < until, f"daemon {pid} left behind"
+                time.sleep(0.1)
+    finally:
+        if bed.poll() is None:
+            bed.kill()
