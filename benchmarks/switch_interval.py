@@ -2,7 +2,7 @@
 
     python benchmarks/switch_interval.py --out benchmarks/results/switch
 
-Same scaled setting as ``paper_table.py`` (10 peers, Erdős–Rényi p ∈ {0.1, 0.02}); prints the final
+Same scaled setting as ``paper_table.py`` (10 peers, Erdős–Rényi p ∈ {0.02, 0.1}); prints the final
 mean accuracy per T and the T that ``auto`` chose from the topology's spectral gap.
 """
 
@@ -16,7 +16,7 @@ from grid import markdown_table, plot_curves, run
 from peer.algorithm import auto_switch_interval, make_topology
 
 INTERVALS = ["1", "2", "5", "10", "auto"]
-EDGE_PROBS = [0.1, 0.02]
+EDGE_PROBS = "0.02,0.1"
 
 
 def main() -> None:
@@ -27,17 +27,19 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--local-steps", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--edge-probs", default=EDGE_PROBS, help="comma-separated edge probabilities")
     args = parser.parse_args()
+    edge_probs = [float(p) for p in args.edge_probs.split(",")]
     common = dict(strategy="tad", peers=10, topology="er", rounds=args.rounds, local_steps=args.local_steps,
                   batch_size=8, max_length=48, learning_rate=5e-3, eval_every=10, eval_samples=400, seed=args.seed)
     results, folders = {}, {}
-    for p in EDGE_PROBS:
+    for p in edge_probs:
         auto_t = str(auto_switch_interval(make_topology("er", 10, p=p, seed=args.seed).contraction()))
         for t in INTERVALS:
             fixed = auto_t if t == "auto" else t  # auto picks one of the fixed T: the same run, not run twice
             folders[t, p] = args.reuse / f"tad-p{p:g}" if fixed == "5" else args.out / f"T{fixed}-p{p:g}"
             results[t, p] = run(folders[t, p], switch_interval=fixed, edge_prob=p, **common)
-    cols = [f"p = {p:g}" for p in EDGE_PROBS]
+    cols = [f"p = {p:g}" for p in edge_probs]
 
     def cell(t, col):
         r = results[t, float(col.split("= ")[1])]
@@ -46,7 +48,7 @@ def main() -> None:
     print(markdown_table([f"T = {t}" if t != "auto" else "auto" for t in INTERVALS], cols,
                          lambda row, col: cell(row.replace("T = ", ""), col)))
     plot_curves(args.out / "accuracy.png", {f"ER p = {p:g}": {f"T={t}": folders[t, p] for t in INTERVALS}
-                                            for p in EDGE_PROBS}, "tad: switching interval")
+                                            for p in edge_probs}, "tad: switching interval")
     print(f"plot: {args.out / 'accuracy.png'}")
 
 

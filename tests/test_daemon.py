@@ -34,6 +34,18 @@ def _all_rounds(bed: Testbed) -> dict[int, list[dict]]:
     return by_round
 
 
+def run_bed(cfg, folder: Path, settings: dict, extra: dict | None = None, timeout: float = 150) -> Testbed:
+    """Start every peer of ``cfg`` (``extra``: per-peer settings), wait for all, stop whatever is left."""
+    bed = Testbed(cfg, folder, settings)
+    try:
+        for i in range(cfg.peers):
+            bed.start(i, (extra or {}).get(i))
+        bed.wait(timeout=timeout)
+    finally:
+        bed.stop_all()
+    return bed
+
+
 def _wait_for_rounds(bed: Testbed, index: int, count: int, timeout: float = 60) -> None:
     until = time.monotonic() + timeout
     while len(bed.rounds(index)) < count:
@@ -44,13 +56,7 @@ def _wait_for_rounds(bed: Testbed, index: int, count: int, timeout: float = 60) 
 
 def test_daemons_equal_the_simulator_on_a_complete_graph(tmp_path):
     cfg = load_config(overrides=dict(TINY, peers=3, rounds=4, local_steps=2, topology="complete"))
-    bed = Testbed(cfg, tmp_path / "bed", NET)
-    try:
-        for i in range(3):
-            bed.start(i)
-        bed.wait(timeout=120)
-    finally:
-        bed.stop_all()
+    bed = run_bed(cfg, tmp_path / "bed", NET, timeout=120)
     simulate(cfg, out=tmp_path / "sim", progress=False)
     for i in range(3):
         pid = f"peer-{i:02d}"
@@ -67,13 +73,7 @@ def test_daemons_equal_the_simulator_on_a_complete_graph(tmp_path):
 def test_lossy_links_keep_sums_and_both_ends_agree(tmp_path):
     cfg = load_config(overrides=dict(TINY, peers=4, rounds=8, local_steps=2, topology="er", edge_prob=0.5,
                                      switch_interval="2", strategy="tad"))
-    bed = Testbed(cfg, tmp_path / "bed", NET)
-    try:
-        for i in range(4):
-            bed.start(i)
-        bed.wait(timeout=120)
-    finally:
-        bed.stop_all()
+    bed = run_bed(cfg, tmp_path / "bed", NET, timeout=120)
     rounds = _all_rounds(bed)
     assert any(len(r["neighbours"]) < 3 for records in rounds.values() for r in records)  # some links dropped
     for round_, records in rounds.items():
@@ -161,13 +161,7 @@ def test_late_joiner_adopts_the_current_round_and_factors(tmp_path):
 def test_switch_interval_auto_agrees_across_peers_with_different_observations(tmp_path):
     cfg = load_config(overrides=dict(TINY, peers=4, rounds=24, local_steps=2, topology="er", edge_prob=0.3,
                                      switch_interval="auto", strategy="tad"))
-    bed = Testbed(cfg, tmp_path / "bed", NET)
-    try:
-        for i in range(4):
-            bed.start(i)
-        bed.wait(timeout=150)
-    finally:
-        bed.stop_all()
+    bed = run_bed(cfg, tmp_path / "bed", NET, timeout=150)
     rounds = _all_rounds(bed)
     full = {r: recs for r, recs in rounds.items() if len(recs) == 4}
     assert len(full) >= 18
@@ -194,13 +188,8 @@ def _free_ports(n: int) -> list[int]:
 def test_static_peers_without_mdns(tmp_path):
     cfg = load_config(overrides=dict(TINY, peers=2, rounds=3, local_steps=2, topology="complete"))
     ports = _free_ports(2)
-    bed = Testbed(cfg, tmp_path / "bed", dict(NET, mdns=0))
-    try:
-        for i in range(2):
-            bed.start(i, {"listen": f"127.0.0.1:{ports[i]}", "peer": f"127.0.0.1:{ports[1 - i]}"})
-        bed.wait(timeout=120)
-    finally:
-        bed.stop_all()
+    bed = run_bed(cfg, tmp_path / "bed", dict(NET, mdns=0),
+                  {i: {"listen": f"127.0.0.1:{ports[i]}", "peer": f"127.0.0.1:{ports[1 - i]}"} for i in range(2)})
     for i in range(2):
         assert all(len(r["neighbours"]) == 1 for r in bed.rounds(i))
         assert "found peer-" in (bed.peer_dir(i) / "daemon.log").read_text()

@@ -1,6 +1,7 @@
 """One contract, two transports: every test here runs over gRPC on loopback and in memory."""
 
 import asyncio
+import contextlib
 
 import pytest
 import torch
@@ -83,26 +84,28 @@ def run(coro):
     return asyncio.run(coro)
 
 
-async def _pair(make, server_round=5, value=7.0):
+@contextlib.asynccontextmanager
+async def pair(make, server_round=5, value=7.0):
+    """A server peer and a client transport; both transports closed on the way out."""
     server_t, client_t = make(), make()
     peer = FakePeer("peer-b", server_round, value)
     address = await server_t.serve(peer, "127.0.0.1:0")
-    return server_t, client_t, peer, address
+    try:
+        yield client_t, peer, address
+    finally:
+        await client_t.close()
+        await server_t.close()
 
 
 def test_swap_delivers_both_ways_and_both_ends_count_it(transports):
     async def scenario():
-        server_t, client_t, peer, address = await _pair(transports)
-        try:
+        async with pair(transports) as (client_t, peer, address):
             reply = await client_t.exchange(address, message("peer-a", 5, 1.0), accept, timeout=5)
             got = decode_factors(reply.payload, SCHEMA)
             assert torch.equal(got["layer.2.lora_A.weight"], torch.full((4, 16), 9.0))
             assert torch.equal(peer.received[0]["layer.0.lora_A.weight"], torch.full((4, 16), 1.0))
             assert peer.commits == [("peer-a", 5)] and peer.aborts == []
             assert await client_t.outcome(address, "run-1", "peer-a", 5, timeout=2) is True
-        finally:
-            await client_t.close()
-            await server_t.close()
     run(scenario())
 
 
@@ -111,16 +114,12 @@ def test_payload_larger_than_many_chunks(transports):
     schema = schema_of(big)
 
     async def scenario():
-        server_t, client_t, peer, address = await _pair(transports)
-        peer.respond = lambda incoming: _echo(incoming)
-        try:
+        async with pair(transports) as (client_t, peer, address):
+            peer.respond = _echo
             out = seal(Header("run-1", "peer-a", 5, "B", ("B",), schema_digest(schema)), encode_factors(big))
             reply = await client_t.exchange(address, out, accept, timeout=10)
             back = decode_factors(reply.payload, schema)
             assert all(torch.equal(back[k], v) for k, v in big.items())
-        finally:
-            await client_t.close()
-            await server_t.close()
 
     async def _echo(incoming):
         return FactorMessage(incoming.header, incoming.payload)
@@ -129,15 +128,11 @@ def test_payload_larger_than_many_chunks(transports):
 
 def test_message_of_the_wrong_round_is_rejected_and_nothing_counts(transports):
     async def scenario():
-        server_t, client_t, peer, address = await _pair(transports, server_round=6)
-        try:
+        async with pair(transports, server_round=6) as (client_t, peer, address):
             with pytest.raises(Rejected) as info:
                 await client_t.exchange(address, message("peer-a", 5, 1.0), accept, timeout=5)
             assert info.value.reason == "round-behind" and info.value.current_round == 6
             assert peer.commits == [] and peer.received == []
-        finally:
-            await client_t.close()
-            await server_t.close()
     run(scenario())
 
 
@@ -146,8 +141,7 @@ def test_client_refusing_the_answer_counts_at_neither_end(transports):
         raise Rejected("schema", "not for me")
 
     async def scenario():
-        server_t, client_t, peer, address = await _pair(transports)
-        try:
+        async with pair(transports) as (client_t, peer, address):
             with pytest.raises(Rejected):
                 await client_t.exchange(address, message("peer-a", 5, 1.0), refuse, timeout=5)
             for _ in range(50):  # the server learns of the abort when the stream closes
@@ -155,69 +149,52 @@ def test_client_refusing_the_answer_counts_at_neither_end(transports):
                     break
                 await asyncio.sleep(0.02)
             assert peer.commits == [] and peer.aborts == [("peer-a", 5)]
-        finally:
-            await client_t.close()
-            await server_t.close()
     run(scenario())
 
 
 def test_corrupted_payload_is_refused_by_hash(transports):
     async def scenario():
-        server_t, client_t, peer, address = await _pair(transports)
-        try:
+        async with pair(transports) as (client_t, peer, address):
             bad = message("peer-a", 5, 1.0)
             bad.payload = bad.payload[:-1] + bytes([bad.payload[-1] ^ 1])
             with pytest.raises(Rejected) as info:
                 await client_t.exchange(address, bad, accept, timeout=5)
             assert info.value.reason == "payload-hash"
             assert peer.received == [] and peer.rejections == {"payload-hash": 1}
-        finally:
-            await client_t.close()
-            await server_t.close()
     run(scenario())
 
 
 def test_oversized_payload_is_refused(transports):
     async def scenario():
-        server_t, client_t, peer, address = await _pair(transports)
-        try:
+        async with pair(transports) as (client_t, peer, address):
             big = seal(Header("run-1", "peer-a", 5, "A", ("A",), b""), b"\0" * (LIMITS.max_payload_bytes + 1))
             with pytest.raises(Rejected) as info:
                 await client_t.exchange(address, big, accept, timeout=5)
             assert info.value.reason == "too-large"
-        finally:
-            await client_t.close()
-            await server_t.close()
     run(scenario())
 
 
 def test_status_fetch_and_unreachable_peer(transports):
     async def scenario():
-        server_t, client_t, peer, address = await _pair(transports)
-        try:
+        async with pair(transports) as (client_t, peer, address):
             status = await client_t.status(address, timeout=2)
             assert (status.peer_id, status.round, status.switch_interval) == ("peer-b", 5, 3)
             fetched = await client_t.fetch(address, "run-1", timeout=2)
             assert decode_factors(fetched.payload, SCHEMA)["layer.0.lora_A.weight"][0, 0] == 7.0
             with pytest.raises(Rejected):
                 await client_t.fetch(address, "run-2", timeout=2)
-        finally:
-            await client_t.close()
-            await server_t.close()
+        closed = transports()  # the server is gone now
         with pytest.raises(ExchangeFailed):
-            await client_t.exchange(address, message("peer-a", 5, 1.0), accept, timeout=1)
+            await closed.exchange(address, message("peer-a", 5, 1.0), accept, timeout=1)
+        await closed.close()
     run(scenario())
 
 
 def test_commit_after_the_server_closed_the_round_counts_nowhere(transports):
     async def scenario():
-        server_t, client_t, peer, address = await _pair(transports)
-        peer.closed = True
-        try:
+        async with pair(transports) as (client_t, peer, address):
+            peer.closed = True
             with pytest.raises(Rejected) as info:
                 await client_t.exchange(address, message("peer-a", 5, 1.0), accept, timeout=5)
             assert info.value.reason == "round-closed" and peer.commits == []
-        finally:
-            await client_t.close()
-            await server_t.close()
     run(scenario())

@@ -17,9 +17,9 @@ optimising one block at a time. No constant is published. We use
 
     T = clip(round(c / √(1−ρ)), 1, T_max),  c = AUTO_SWITCH_CONSTANT = 1.0, T_max = 20
 
-With c = 1 a complete graph (ρ = 0) gets T = 1, a 10-node ring gets T = 2, an Erdős–Rényi graph on 10
-nodes gets T = 2 at p = 0.5 and about T = 5 at p = 0.1. ``benchmarks/README.md`` reports how ``auto``
-compares with fixed T on sparse graphs.
+With c = 1, on 10 nodes: a complete graph (ρ = 0) gets T = 1, a ring T = 2, an Erdős–Rényi graph
+T = 1 at p = 0.5, T = 2 at p = 0.1 and T = 4 at p = 0.02. ``benchmarks/README.md`` reports how
+``auto`` compares with fixed T on sparse graphs.
 """
 
 from __future__ import annotations
