@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_flags(sim)
     bed = sub.add_parser("testbed", help="N daemons as local processes with real gRPC and mDNS (the main command)")
     _add_run_flags(bed)
+    bed.add_argument("--netns", action="store_true",
+                     help="each daemon in its own network namespace behind a bridge (needs root)")
+    bed.add_argument("--scenario", help="TOML file of scripted faults (see peer/scenario.py)")
     bed.set_defaults(peers=None)
     daemon = sub.add_parser("run", help="run one peer daemon (gRPC + mDNS)")
     _add_run_flags(daemon)
@@ -113,9 +116,15 @@ def _run_testbed(args: argparse.Namespace) -> int:
 
     from peer.testbed import format_table, run_testbed
 
+    from peer.netns import netns_available
+    from peer.scenario import load_scenario
+
     cfg = load_config(args.config, {name: getattr(args, name) for name in config_fields()})
+    events = load_scenario(args.scenario, cfg.peers) if args.scenario else []
+    if args.netns and (why := netns_available()):
+        raise RuntimeError(f"--netns: {why}")
     out = Path(args.out or "runs/testbed")
-    summary = run_testbed(cfg, out)
+    summary = run_testbed(cfg, out, netns=args.netns, events=events)
     print(format_table(summary))
     print(f"summary: {out / 'summary.json'}  plot: {out / 'testbed.png'}")
     return 0

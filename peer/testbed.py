@@ -21,7 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from peer.config import DaemonConfig, RunConfig
+from peer.config import RunConfig
+from peer.netns import NetnsLab
+from peer.scenario import NETWORK_ACTIONS, Event
 
 
 def _flags(settings: dict) -> list[str]:
@@ -81,6 +83,36 @@ class Testbed:
                 tail = (self.peer_dir(index) / "daemon.log").read_text(errors="replace")[-2000:]
                 raise RuntimeError(f"peer-{index:02d} exited with code {code}:\n{tail}")
 
+    def progress(self) -> int:
+        """Rounds finished by the most advanced peer."""
+        return max((len(self.rounds(i)) for i in range(self.run.peers)), default=0)
+
+    def apply(self, event: Event) -> None:
+        if event.action in NETWORK_ACTIONS:
+            raise ValueError(f"'{event.action}' needs the network-namespace testbed (--netns)")
+        if event.action == "kill":
+            self.kill(event.peer)
+        elif event.action in ("restart", "start"):
+            self.start(event.peer)
+
+    def drive(self, events: list[Event], timeout: float) -> None:
+        """Start the peers that have no ``start`` event, fire the events when due, wait for all."""
+        held_back = {e.peer for e in events if e.action == "start"}
+        for index in range(self.run.peers):
+            if index not in held_back:
+                self.start(index)
+        began, pending = time.monotonic(), list(events)
+        while pending:
+            if time.monotonic() - began > timeout:
+                raise TimeoutError(f"scenario not finished after {timeout:g} s: {pending[0]}")
+            done, elapsed = self.progress(), time.monotonic() - began
+            while pending and pending[0].due(done, elapsed):
+                event = pending.pop(0)
+                print(f"round {done}, {elapsed:.0f} s: {event.action} peer-{event.peer:02d}", file=sys.stderr, flush=True)
+                self.apply(event)
+            time.sleep(0.1)
+        self.wait(max(1.0, timeout - (time.monotonic() - began)))
+
     def rounds(self, index: int) -> list[dict]:
         path = self.peer_dir(index) / "rounds.jsonl"
         return [json.loads(l) for l in path.read_text().splitlines()] if path.exists() else []
@@ -95,6 +127,29 @@ class Testbed:
                                    "bytes_received": sum(r["bytes_received"] for r in rounds)}
         return {"run_id": self.run_id, "config": self.run.as_dict(), "peers": peers,
                 "mean_accuracy": float(np.mean([p["accuracy"] for p in peers.values()]))}
+
+
+class NetnsTestbed(Testbed):
+    """The same testbed with each daemon in its own network namespace (see ``peer.netns``)."""
+
+    def __init__(self, run: RunConfig, out: Path, lab: NetnsLab, daemon_settings: dict | None = None) -> None:
+        super().__init__(run, out, daemon_settings)
+        self.lab = lab
+
+    def command(self, index: int, extra: dict | None = None) -> list[str]:
+        address = self.lab.address(index)
+        settings = {"listen": f"{address}:7070", "mdns_interface": address, **(extra or {})}
+        return self.lab.wrap(index, super().command(index, settings))
+
+    def apply(self, event: Event) -> None:
+        if event.action == "link-down":
+            self.lab.set_link(event.peer, False)
+        elif event.action == "link-up":
+            self.lab.set_link(event.peer, True)
+        elif event.action == "bandwidth":
+            self.lab.limit_bandwidth(event.peer, None if event.rate == "off" else event.rate)
+        else:
+            super().apply(event)
 
 
 def format_table(summary: dict) -> str:
@@ -129,17 +184,25 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt  # SIGTERM takes the same clean-up path as Ctrl-C
 
 
-def run_testbed(run: RunConfig, out: Path, daemon_settings: dict | None = None, timeout: float = 3600) -> dict:
-    testbed = Testbed(run, out, daemon_settings)
+def run_testbed(run: RunConfig, out: Path, daemon_settings: dict | None = None, timeout: float = 3600,
+                netns: bool = False, events: list[Event] | None = None) -> dict:
     previous = signal.signal(signal.SIGTERM, _interrupt)
+    lab = NetnsLab(run.peers) if netns else None
     try:
-        for index in range(run.peers):
-            testbed.start(index)
-        print(f"testbed {testbed.run_id}: {run.peers} daemons started, logs in {out}/peer-*/daemon.log",
-              file=sys.stderr, flush=True)
-        testbed.wait(timeout)
+        if lab is not None:
+            lab.up()
+            testbed: Testbed = NetnsTestbed(run, out, lab, daemon_settings)
+        else:
+            testbed = Testbed(run, out, daemon_settings)
+        print(f"testbed {testbed.run_id}: {run.peers} daemons{' in namespaces ' + lab.tag if lab else ''}, "
+              f"logs in {out}/peer-*/daemon.log", file=sys.stderr, flush=True)
+        try:
+            testbed.drive(events or [], timeout)
+        finally:
+            testbed.stop_all()
     finally:
-        testbed.stop_all()
+        if lab is not None:
+            lab.down()
         signal.signal(signal.SIGTERM, previous)
     summary = testbed.summary()
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

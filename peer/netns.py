@@ -1,0 +1,123 @@
+"""Several hosts on one machine: Linux network namespaces joined by a bridge (needs root and ``ip``).
+
+Layout for a lab with tag T and N peers::
+
+    namespace T-br : bridge "br0" with one port per peer (T-b<i>)
+    namespace T-p<i>: interface T-v<i> with address <subnet>.<10+i>/24, loopback up
+
+SAFETY: the lab's subnet is only ever addressed from inside its namespaces. While the lab exists a
+``blackhole`` route for the subnet sits in the root namespace, so that nothing in the root namespace
+can send a packet towards it by mistake (its default route would carry it off the machine). ``down``
+removes everything the lab created: its processes (by PID), its namespaces (and with them the veth
+pairs and the bridge), and the route; it runs on normal exit, on exceptions, on Ctrl-C and SIGTERM
+(through the caller's ``finally``) and is safe to call twice.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import uuid
+from dataclasses import dataclass, field
+
+DEFAULT_SUBNET = "10.213.7"
+
+
+def netns_available() -> str:
+    """Empty when namespaces can be made here; otherwise the reason they cannot."""
+    if os.geteuid() != 0:
+        return "network namespaces need root"
+    if shutil.which("ip") is None:
+        return "the 'ip' command (iproute2) is missing"
+    probe = f"tdlprobe{uuid.uuid4().hex[:6]}"
+    made = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
+    if made.returncode != 0:
+        return f"ip netns add failed: {made.stderr.strip()}"
+    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
+    return ""
+
+
+def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(["ip", *args], capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise RuntimeError(f"ip {' '.join(args)}: {result.stderr.strip()}")
+    return result
+
+
+@dataclass
+class NetnsLab:
+    peers: int
+    subnet: str = DEFAULT_SUBNET
+    tag: str = field(default_factory=lambda: f"tdl{uuid.uuid4().hex[:4]}")
+    created: list[str] = field(default_factory=list)
+    route: bool = False
+
+    @property
+    def bridge_ns(self) -> str:
+        return f"{self.tag}-br"
+
+    def peer_ns(self, i: int) -> str:
+        return f"{self.tag}-p{i}"
+
+    def address(self, i: int) -> str:
+        return f"{self.subnet}.{10 + i}"
+
+    def _port(self, i: int) -> str:
+        return f"{self.tag}b{i}"
+
+    def up(self) -> "NetnsLab":
+        try:
+            _ip("route", "add", "blackhole", f"{self.subnet}.0/24")
+            self.route = True
+            self._namespace(self.bridge_ns)
+            _ip("-n", self.bridge_ns, "link", "add", "br0", "type", "bridge")
+            _ip("-n", self.bridge_ns, "link", "set", "br0", "up")
+            for i in range(self.peers):
+                self._add_peer(i)
+        except Exception:
+            self.down()
+            raise
+        return self
+
+    def _namespace(self, name: str) -> None:
+        _ip("netns", "add", name)
+        self.created.append(name)
+        _ip("-n", name, "link", "set", "lo", "up")
+
+    def _add_peer(self, i: int) -> None:
+        ns, inner, port = self.peer_ns(i), f"{self.tag}v{i}", self._port(i)
+        self._namespace(ns)
+        # create the pair directly inside the namespaces: it never exists in the root namespace
+        _ip("-n", ns, "link", "add", inner, "type", "veth", "peer", "name", port, "netns", self.bridge_ns)
+        _ip("-n", self.bridge_ns, "link", "set", port, "master", "br0")
+        _ip("-n", self.bridge_ns, "link", "set", port, "up")
+        _ip("-n", ns, "addr", "add", f"{self.address(i)}/24", "dev", inner)
+        _ip("-n", ns, "link", "set", inner, "up")
+
+    def wrap(self, i: int, command: list[str]) -> list[str]:
+        """``command`` run inside peer i's namespace."""
+        return ["ip", "netns", "exec", self.peer_ns(i), *command]
+
+    def set_link(self, i: int, up: bool) -> None:
+        """Unplug (or plug back) peer i's cable at the bridge."""
+        _ip("-n", self.bridge_ns, "link", "set", self._port(i), "up" if up else "down")
+
+    def limit_bandwidth(self, i: int, rate: str | None) -> None:
+        """Token-bucket limit on traffic towards peer i (``rate`` like "1mbit"); None removes it."""
+        base = ["tc", "-n", self.bridge_ns, "qdisc"]
+        if rate is None:
+            subprocess.run([*base, "del", "dev", self._port(i), "root"], capture_output=True)
+            return
+        result = subprocess.run([*base, "replace", "dev", self._port(i), "root", "tbf", "rate", rate,
+                                 "burst", "32kbit", "latency", "400ms"], capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"tc tbf on {self._port(i)}: {result.stderr.strip()}")
+
+    def down(self) -> None:
+        for name in reversed(self.created):
+            _ip("netns", "del", name, check=False)
+        self.created.clear()
+        if self.route:
+            _ip("route", "del", "blackhole", f"{self.subnet}.0/24", check=False)
+            self.route = False

@@ -1,0 +1,66 @@
+"""Scripted faults for a testbed: what happens to which peer, at which round or second.
+
+A scenario is a TOML file of events::
+
+    [[event]]
+    at_round = 3          # when the most advanced peer has finished this many rounds
+    action = "link-down"  # link-down | link-up | bandwidth | kill | restart | start
+    peer = 2
+
+    [[event]]
+    at_seconds = 40       # or: seconds after the testbed started
+    action = "bandwidth"
+    peer = 1
+    rate = "1mbit"        # "off" removes the limit
+
+``kill`` is SIGKILL; ``restart`` starts the peer again with the same output folder (it resumes from
+its checkpoint); ``start`` starts a peer that was held back (a late joiner: peers with a ``start``
+event are not started with the others). Link and bandwidth events need the network-namespace
+testbed (``tadlora testbed --netns``).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+ACTIONS = ("link-down", "link-up", "bandwidth", "kill", "restart", "start")
+NETWORK_ACTIONS = ("link-down", "link-up", "bandwidth")
+
+
+@dataclass(frozen=True)
+class Event:
+    action: str
+    peer: int
+    at_round: int | None = None
+    at_seconds: float | None = None
+    rate: str | None = None
+
+    def due(self, rounds_done: int, seconds: float) -> bool:
+        if self.at_round is not None:
+            return rounds_done >= self.at_round
+        return seconds >= (self.at_seconds or 0.0)
+
+
+def load_scenario(path: str | Path, peers: int) -> list[Event]:
+    try:
+        raw = tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ValueError(f"scenario file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"scenario file {path} is not valid TOML: {exc}") from None
+    events = []
+    for n, item in enumerate(raw.get("event", []), 1):
+        where = f"{path}: event {n}"
+        action, peer = item.get("action"), item.get("peer")
+        if action not in ACTIONS:
+            raise ValueError(f"{where}: action {action!r} is not one of {', '.join(ACTIONS)}")
+        if not isinstance(peer, int) or not 0 <= peer < peers:
+            raise ValueError(f"{where}: peer must be an index in [0, {peers}), got {peer!r}")
+        if ("at_round" in item) == ("at_seconds" in item):
+            raise ValueError(f"{where}: give exactly one of at_round and at_seconds")
+        if action == "bandwidth" and not isinstance(item.get("rate"), str):
+            raise ValueError(f"{where}: bandwidth needs rate = \"1mbit\" (or \"off\")")
+        events.append(Event(action, peer, item.get("at_round"), item.get("at_seconds"), item.get("rate")))
+    return sorted(events, key=lambda e: (e.at_round is None, e.at_round or 0, e.at_seconds or 0.0))

@@ -1,0 +1,86 @@
+"""The network-namespace testbed: real hosts on one machine, a link flap and a peer restart.
+
+Runs when the suite runs as root with network namespaces available; skipped with the reason
+otherwise. Everything it creates lives inside namespaces of its own and is removed at the end.
+"""
+
+import json
+import subprocess
+
+import pytest
+
+from peer.config import load_config
+from peer.netns import NetnsLab, netns_available
+from peer.scenario import Event, load_scenario
+from peer.testbed import NetnsTestbed
+
+WHY_NOT = netns_available()
+needs_netns = pytest.mark.skipif(bool(WHY_NOT), reason=f"network-namespace testbed skipped: {WHY_NOT}")
+
+TINY = dict(model="tiny-bert", task="synthetic", batch_size=8, max_length=32, eval_samples=64,
+            learning_rate=1e-2, device="cpu")
+
+
+def _namespaces() -> str:
+    return subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+
+
+def _blackholes() -> str:
+    return subprocess.run(["ip", "route", "show", "type", "blackhole"], capture_output=True, text=True).stdout
+
+
+def test_scenario_files_are_checked(tmp_path):
+    good = tmp_path / "s.toml"
+    good.write_text('[[event]]\nat_round = 4\naction = "kill"\npeer = 1\n'
+                    '[[event]]\nat_seconds = 2.5\naction = "bandwidth"\npeer = 0\nrate = "1mbit"\n')
+    events = load_scenario(good, peers=3)
+    assert events == [Event("kill", 1, at_round=4), Event("bandwidth", 0, at_seconds=2.5, rate="1mbit")]
+    for text, message in [('[[event]]\nat_round = 1\naction = "explode"\npeer = 0\n', "action"),
+                          ('[[event]]\nat_round = 1\naction = "kill"\npeer = 7\n', "peer must be"),
+                          ('[[event]]\naction = "kill"\npeer = 0\n', "exactly one"),
+                          ('[[event]]\nat_round = 1\naction = "bandwidth"\npeer = 0\n', "rate")]:
+        bad = tmp_path / "bad.toml"
+        bad.write_text(text)
+        with pytest.raises(ValueError, match=message):
+            load_scenario(bad, peers=3)
+
+
+@needs_netns
+def test_lab_is_isolated_and_leaves_nothing_behind():
+    lab = NetnsLab(2)
+    lab.up()
+    try:
+        assert f"{lab.subnet}.0/24" in _blackholes()  # the root namespace cannot reach the lab
+        assert lab.tag in _namespaces()
+    finally:
+        lab.down()
+        lab.down()  # twice is harmless
+    assert lab.tag not in _namespaces() and f"{lab.subnet}.0/24" not in _blackholes()
+
+
+@needs_netns
+@pytest.mark.slow
+def test_three_peers_in_namespaces_survive_a_link_flap_and_a_restart(tmp_path):
+    cfg = load_config(overrides=dict(TINY, peers=3, rounds=30, local_steps=40, topology="complete"))
+    lab = NetnsLab(3)
+    lab.up()
+    try:
+        bed = NetnsTestbed(cfg, tmp_path / "bed", lab, dict(discovery_wait=30.0, round_timeout_min=1.0,
+                                                           round_timeout_max=10.0))
+        events = [Event("link-down", 2, at_round=3), Event("link-up", 2, at_round=6),
+                  Event("kill", 1, at_round=9), Event("restart", 1, at_round=10)]
+        try:
+            bed.drive(events, timeout=240)
+        finally:
+            bed.stop_all()
+    finally:
+        lab.down()
+    assert lab.tag not in _namespaces() and f"{lab.subnet}.0/24" not in _blackholes()
+
+    rounds = {i: bed.rounds(i) for i in range(3)}
+    assert any(not r["neighbours"] for r in rounds[2]), "peer-02 kept its links while unplugged"
+    assert all(r["neighbours"] for r in rounds[2][-3:]), "peer-02 did not reconnect"
+    assert "resumed at round" in (bed.peer_dir(1) / "daemon.log").read_text()
+    assert any(r["neighbours"] for r in rounds[1][12:]), "peer-01 never linked again after its restart"
+    for i in range(3):
+        assert json.loads((bed.peer_dir(i) / "summary.json").read_text())["rounds"] == 30
