@@ -52,6 +52,11 @@ def test_lab_is_isolated_and_leaves_nothing_behind():
     try:
         assert f"{lab.subnet}.0/24" in _blackholes()  # the root namespace cannot reach the lab
         assert lab.tag in _namespaces()
+        show = ["tc", "-n", lab.bridge_ns, "qdisc", "show", "dev", f"{lab.tag}b1"]
+        lab.limit_bandwidth(1, "1mbit")
+        assert "tbf" in subprocess.run(show, capture_output=True, text=True).stdout
+        lab.limit_bandwidth(1, None)
+        assert "tbf" not in subprocess.run(show, capture_output=True, text=True).stdout
     finally:
         lab.down()
         lab.down()  # twice is harmless
