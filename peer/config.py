@@ -148,16 +148,20 @@ def load_daemon_config(path: str | Path | None = None, overrides: dict | None = 
     return run, daemon.validate(run)
 
 
+def read_toml(path: str | Path, what: str = "config file") -> dict:
+    """Parse a TOML file; a missing or malformed file is a ConfigError that names it."""
+    try:
+        return tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{what} {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{what} {path} is not valid TOML: {exc}") from None
+
+
 def _load(path, overrides, classes) -> list:
     values: dict = {}
     if path is not None:
-        try:
-            raw = tomllib.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"config file {path} does not exist") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
-        values.update({k.replace("-", "_"): v for k, v in raw.items()})
+        values.update({k.replace("-", "_"): v for k, v in read_toml(path).items()})
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
     all_fields = {name: f for cls in classes for name, f in config_fields(cls).items()}
     unknown = sorted(set(values) - set(all_fields))

@@ -21,9 +21,10 @@ testbed (``tadlora testbed --netns``).
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+
+from peer.config import read_toml
 
 ACTIONS = ("link-down", "link-up", "bandwidth", "kill", "restart", "start")
 NETWORK_ACTIONS = ("link-down", "link-up", "bandwidth")
@@ -44,12 +45,7 @@ class Event:
 
 
 def load_scenario(path: str | Path, peers: int) -> list[Event]:
-    try:
-        raw = tomllib.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise ValueError(f"scenario file {path} does not exist") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ValueError(f"scenario file {path} is not valid TOML: {exc}") from None
+    raw = read_toml(path, "scenario file")
     events = []
     for n, item in enumerate(raw.get("event", []), 1):
         where = f"{path}: event {n}"
