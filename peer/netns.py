@@ -52,6 +52,7 @@ class NetnsLab:
     tag: str = field(default_factory=lambda: f"tdl{uuid.uuid4().hex[:4]}")
     created: list[str] = field(default_factory=list)
     route: bool = False
+    drops: dict[int, dict[int, int]] = field(default_factory=dict)  # receiver -> sender -> percent dropped
 
     @property
     def bridge_ns(self) -> str:
@@ -114,10 +115,34 @@ class NetnsLab:
         if result.returncode != 0:
             raise RuntimeError(f"tc tbf on {self._port(i)}: {result.stderr.strip()}")
 
+    def set_drop(self, receiver: int, sender: int, percent: int) -> None:
+        """Drop ``percent`` % of the packets from ``sender`` arriving at ``receiver`` (100: a one-way
+        partition, 0: none). Applied with nftables inside the receiver's namespace."""
+        if not 0 <= percent <= 100:
+            raise ValueError(f"drop percentage must lie in [0, 100], got {percent}")
+        if shutil.which("nft") is None:
+            raise RuntimeError("packet loss and partitions need nftables ('nft'): apt-get install nftables")
+        rules = self.drops.setdefault(receiver, {})
+        if percent:
+            rules[sender] = percent
+        else:
+            rules.pop(sender, None)
+        lines = [f"ip saddr {self.address(s)} drop" if p == 100 else
+                 f"ip saddr {self.address(s)} numgen random mod 100 < {p} drop" for s, p in sorted(rules.items())]
+        script = "\n".join(["table inet tadlora {", "  chain input {",
+                             "    type filter hook input priority 0; policy accept;",
+                             *(f"    {line}" for line in lines), "  }", "}", ""])
+        ns = self.peer_ns(receiver)
+        subprocess.run(["ip", "netns", "exec", ns, "nft", "delete", "table", "inet", "tadlora"], capture_output=True)
+        result = subprocess.run(["ip", "netns", "exec", ns, "nft", "-f", "-"], input=script, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"nft in {ns}: {result.stderr.strip()}")
+
     def down(self) -> None:
         for name in reversed(self.created):
             _ip("netns", "del", name, check=False)
         self.created.clear()
+        self.drops.clear()
         if self.route:
             _ip("route", "del", "blackhole", f"{self.subnet}.0/24", check=False)
             self.route = False

@@ -13,6 +13,19 @@ A scenario is a TOML file of events::
     peer = 1
     rate = "1mbit"        # "off" removes the limit
 
+    [[event]]
+    at_round = 5
+    action = "loss"       # random loss on the link peer <-> other, both directions
+    peer = 0
+    other = 1             # omitted: every link of the peer
+    percent = 20          # 0 removes it
+
+    [[event]]
+    at_round = 8
+    action = "partition"  # one-way: packets from other to peer are dropped ("heal" undoes it)
+    peer = 2
+    other = 0
+
 ``kill`` is SIGKILL; ``restart`` starts the peer again with the same output folder (it resumes from
 its checkpoint); ``start`` starts a peer that was held back (a late joiner: peers with a ``start``
 event are not started with the others). Link and bandwidth events need the network-namespace
@@ -26,8 +39,8 @@ from pathlib import Path
 
 from peer.config import read_toml
 
-ACTIONS = ("link-down", "link-up", "bandwidth", "kill", "restart", "start")
-NETWORK_ACTIONS = ("link-down", "link-up", "bandwidth")
+ACTIONS = ("link-down", "link-up", "bandwidth", "loss", "partition", "heal", "kill", "restart", "start")
+NETWORK_ACTIONS = ("link-down", "link-up", "bandwidth", "loss", "partition", "heal")
 
 
 @dataclass(frozen=True)
@@ -37,6 +50,8 @@ class Event:
     at_round: int | None = None
     at_seconds: float | None = None
     rate: str | None = None
+    other: int | None = None
+    percent: int | None = None
 
     def due(self, rounds_done: int, seconds: float) -> bool:
         if self.at_round is not None:
@@ -58,5 +73,14 @@ def load_scenario(path: str | Path, peers: int) -> list[Event]:
             raise ValueError(f"{where}: give exactly one of at_round and at_seconds")
         if action == "bandwidth" and not isinstance(item.get("rate"), str):
             raise ValueError(f"{where}: bandwidth needs rate = \"1mbit\" (or \"off\")")
-        events.append(Event(action, peer, item.get("at_round"), item.get("at_seconds"), item.get("rate")))
+        other = item.get("other")
+        if other is not None and (not isinstance(other, int) or not 0 <= other < peers or other == peer):
+            raise ValueError(f"{where}: other must be another peer's index in [0, {peers}), got {other!r}")
+        if action in ("partition", "heal") and other is None:
+            raise ValueError(f"{where}: {action} needs other = <peer index>")
+        percent = item.get("percent")
+        if action == "loss" and (not isinstance(percent, int) or not 0 <= percent <= 100):
+            raise ValueError(f"{where}: loss needs percent = 0..100")
+        events.append(Event(action, peer, item.get("at_round"), item.get("at_seconds"), item.get("rate"),
+                            other, percent))
     return sorted(events, key=lambda e: (e.at_round is None, e.at_round or 0, e.at_seconds or 0.0))

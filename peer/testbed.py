@@ -148,6 +148,13 @@ class NetnsTestbed(Testbed):
             self.lab.set_link(event.peer, True)
         elif event.action == "bandwidth":
             self.lab.limit_bandwidth(event.peer, None if event.rate == "off" else event.rate)
+        elif event.action == "loss":
+            others = [event.other] if event.other is not None else [j for j in range(self.run.peers) if j != event.peer]
+            for other in others:
+                self.lab.set_drop(event.peer, other, event.percent or 0)
+                self.lab.set_drop(other, event.peer, event.percent or 0)
+        elif event.action in ("partition", "heal"):
+            self.lab.set_drop(event.peer, event.other, 100 if event.action == "partition" else 0)
         else:
             super().apply(event)
 

@@ -5,7 +5,9 @@ otherwise. Everything it creates lives inside namespaces of its own and is remov
 """
 
 import json
+import shutil
 import subprocess
+import time
 
 import pytest
 
@@ -36,6 +38,8 @@ def test_scenario_files_are_checked(tmp_path):
     events = load_scenario(good, peers=3)
     assert events == [Event("kill", 1, at_round=4), Event("bandwidth", 0, at_seconds=2.5, rate="1mbit")]
     for text, message in [('[[event]]\nat_round = 1\naction = "explode"\npeer = 0\n', "action"),
+                          ('[[event]]\nat_round = 1\naction = "partition"\npeer = 0\n', "needs other"),
+                          ('[[event]]\nat_round = 1\naction = "loss"\npeer = 0\npercent = 120\n', "percent"),
                           ('[[event]]\nat_round = 1\naction = "kill"\npeer = 7\n', "peer must be"),
                           ('[[event]]\naction = "kill"\npeer = 0\n', "exactly one"),
                           ('[[event]]\nat_round = 1\naction = "bandwidth"\npeer = 0\n', "rate")]:
@@ -89,3 +93,37 @@ def test_three_peers_in_namespaces_survive_a_link_flap_and_a_restart(tmp_path):
     assert any(r["neighbours"] for r in rounds[1][12:]), "peer-01 never linked again after its restart"
     for i in range(3):
         assert json.loads((bed.peer_dir(i) / "summary.json").read_text())["rounds"] == 30
+
+
+@needs_netns
+@pytest.mark.skipif(shutil.which("nft") is None, reason="loss and partition faults need nftables (nft)")
+def test_random_loss_and_one_way_partition_drop_what_they_should():
+    import sys
+
+    lab = NetnsLab(2)
+    lab.up()
+
+    def received(count=600):
+        listener = subprocess.Popen(lab.wrap(1, [sys.executable, "-c", (
+            "import socket\n"
+            f"s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('{lab.address(1)}', 9999)); s.settimeout(1.5)\n"
+            "n=0\n"
+            "try:\n    while True: s.recv(64); n+=1\nexcept OSError: pass\n"
+            "print(n)\n")]), stdout=subprocess.PIPE, text=True)
+        time.sleep(0.8)
+        subprocess.run(lab.wrap(0, [sys.executable, "-c", (
+            "import socket, time\n"
+            "s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+            f"for i in range({count}): s.sendto(b'x', ('{lab.address(1)}', 9999)); time.sleep(0.0005)\n")]), check=True)
+        return int(listener.communicate(timeout=20)[0])
+
+    try:
+        assert received() == 600
+        lab.set_drop(1, 0, 30)
+        assert 0.55 * 600 < received() < 0.85 * 600
+        lab.set_drop(1, 0, 100)
+        assert received() == 0
+        lab.set_drop(1, 0, 0)
+        assert received() == 600
+    finally:
+        lab.down()
