@@ -31,9 +31,7 @@ async def _static_peers(daemon: PeerDaemon, addresses: list[str]) -> None:
     pending = set(addresses)
     while pending:
         for address in list(pending):
-            before = set(daemon.known.values())
-            await daemon.add_static_peer(address)
-            if address in set(daemon.known.values()) - before or address in daemon.known.values():
+            if await daemon.add_static_peer(address):
                 pending.discard(address)
         await asyncio.sleep(1.0)
 

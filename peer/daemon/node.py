@@ -457,16 +457,19 @@ class PeerDaemon(ExchangeServer):
         if self.known.pop(peer_id, None):
             log.info("%s: lost %s", self.peer_id, peer_id)
 
-    async def add_static_peer(self, address: str) -> None:
-        """Ask a static address who it is; keep it if it is of this run and schema."""
+    async def add_static_peer(self, address: str) -> bool:
+        """Ask a static address who it is and keep it if it is of this run and schema; False while it
+        does not answer (it may start later)."""
         try:
             status = await self.transport.status(address, timeout=2.0)
         except ExchangeFailed:
-            return
+            return False
         if status.run_id == self.net.run_id and status.schema_digest == self.digest:
             self.add_peer(status.peer_id, address)
         else:
-            log.info("%s: ignoring %s at %s: run %r", self.peer_id, status.peer_id, address, status.run_id)
+            log.info("%s: ignoring %s at %s: run %r or another schema", self.peer_id, status.peer_id, address,
+                     status.run_id)
+        return True
 
     # ------------------------------------------------------------------ whole run
 
