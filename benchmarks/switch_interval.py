@@ -9,6 +9,7 @@ mean accuracy per T and the T that ``auto`` chose from the topology's spectral g
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from grid import markdown_table, plot_curves, run
@@ -28,6 +29,7 @@ def main() -> None:
     parser.add_argument("--local-steps", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--edge-probs", default=EDGE_PROBS, help="comma-separated edge probabilities")
+    parser.add_argument("--report-only", action="store_true", help="tabulate the runs that exist; run nothing")
     args = parser.parse_args()
     edge_probs = [float(p) for p in args.edge_probs.split(",")]
     common = dict(strategy="tad", peers=10, topology="er", rounds=args.rounds, local_steps=args.local_steps,
@@ -37,17 +39,30 @@ def main() -> None:
         auto_t = str(auto_switch_interval(make_topology("er", 10, p=p, seed=args.seed).contraction()))
         for t in INTERVALS:
             fixed = auto_t if t == "auto" else t  # auto picks one of the fixed T: the same run, not run twice
-            folders[t, p] = args.reuse / f"tad-p{p:g}" if fixed == "5" else args.out / f"T{fixed}-p{p:g}"
-            results[t, p] = run(folders[t, p], switch_interval=fixed, edge_prob=p, **common)
+            folders[t, p] = (args.reuse / f"tad-p{p:g}" if fixed == "5" else args.out / f"T{fixed}-p{p:g}"), fixed
+    # the most telling runs first (auto, the extremes), so that an interrupted run has them
+    for t in ["auto", "1", "10", "2", "5"]:
+        for p in edge_probs:
+            folder, fixed = folders[t, p]
+            if args.report_only:
+                if (folder / "summary.json").exists():
+                    results[t, p] = json.loads((folder / "summary.json").read_text())
+                continue
+            results[t, p] = run(folder, switch_interval=fixed, edge_prob=p, **common)
+    folders = {k: v[0] for k, v in folders.items()}
     cols = [f"p = {p:g}" for p in edge_probs]
 
     def cell(t, col):
-        r = results[t, float(col.split("= ")[1])]
+        r = results.get((t, float(col.split("= ")[1])))
+        if r is None:
+            return "not run"
         return f"{r['mean_accuracy']:.4f}" + (f" (chose T={r['switch_interval']})" if t == "auto" else "")
 
     print(markdown_table([f"T = {t}" if t != "auto" else "auto" for t in INTERVALS], cols,
                          lambda row, col: cell(row.replace("T = ", ""), col)))
-    plot_curves(args.out / "accuracy.png", {f"ER p = {p:g}": {f"T={t}": folders[t, p] for t in INTERVALS}
+    args.out.mkdir(parents=True, exist_ok=True)
+    plot_curves(args.out / "accuracy.png", {f"ER p = {p:g}": {f"T={t}": folders[t, p] for t in INTERVALS
+                                                               if (t, p) in results}
                                             for p in edge_probs}, "tad: switching interval")
     print(f"plot: {args.out / 'accuracy.png'}")
 
