@@ -27,7 +27,7 @@ import numpy as np
 from tqdm import tqdm
 
 from peer.algorithm.factors import A, B
-from peer.algorithm.mixing import consensus_distance
+from peer.algorithm.mixing import consensus_distance, metropolis_hastings_matrix
 from peer.config import RunConfig
 from peer.local_peer import LocalPeer
 from peer.run_setup import lora_settings, peer_id, pick_device, prepare_data, strategy_for, topology_for
@@ -47,12 +47,13 @@ def build_peers(cfg: RunConfig, data, strategy) -> list[LocalPeer]:
 
 def _mix_round(peers: list[LocalPeer], round_: int, topology) -> int:
     """Every peer mixes with the snapshots of its neighbours' outgoing factors; returns the edge count."""
-    w = topology.mixing_matrix(round_)
+    edges = topology.edges(round_)  # drawn once: the matrix and the count come from the same set
+    w = metropolis_hastings_matrix(len(peers), edges)
     outgoing = [p.outgoing(round_) for p in peers]
     for i, p in enumerate(peers):
         neighbours = [j for j in range(len(peers)) if j != i and w[i, j] > 0]
         p.mix(round_, {j: outgoing[j] for j in neighbours}, {j: w[i, j] for j in neighbours}, w[i, i])
-    return len(topology.edges(round_))
+    return len(edges)
 
 
 def _consensus(peers: list[LocalPeer]) -> tuple[float, float]:

@@ -43,6 +43,14 @@ def status_from_pb(s: pb.StatusReply) -> StatusInfo:
                                   for n in s.neighbours])
 
 
+def _reader(call):
+    """``next_frame`` for ``read_message`` over a client call: None at the end of the stream."""
+    async def next_frame():
+        frame = await call.read()
+        return None if frame is grpc.aio.EOF else frame
+    return next_frame
+
+
 class _Servicer(pb_grpc.PeerServicer):
     def __init__(self, server: ExchangeServer, limits: Limits) -> None:
         self.server, self.limits = server, limits
@@ -128,9 +136,7 @@ class GrpcTransport(Transport):
             for frame in to_frames(outgoing, self.limits.chunk_size):
                 await call.write(frame)
 
-        async def next_frame():
-            f = await call.read()
-            return None if f is grpc.aio.EOF else f
+        next_frame = _reader(call)
 
         # Write in the background and read at once: a server that refuses after the header
         # (wrong run, too large) answers before the client has pushed every chunk.
@@ -171,13 +177,8 @@ class GrpcTransport(Transport):
 
     async def fetch(self, address: str, run_id: str, timeout: float) -> FactorMessage:
         call = self._stub(address).Fetch(pb.FetchRequest(run_id=run_id), timeout=timeout)
-
-        async def next_frame():
-            f = await call.read()
-            return None if f is grpc.aio.EOF else f
-
         try:
-            return await read_message(next_frame, self.limits)
+            return await read_message(_reader(call), self.limits)
         except grpc.aio.AioRpcError as exc:
             raise ExchangeFailed(f"{address}: {exc.code().name}") from None
         finally:
