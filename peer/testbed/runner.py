@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from peer.config import RunConfig
-from peer.netns import NetnsLab
-from peer.scenario import NETWORK_ACTIONS, Event
+from peer.testbed.netns import NetnsLab
+from peer.testbed.scenario import NETWORK_ACTIONS, Event
 
 
 def _flags(settings: dict) -> list[str]:
@@ -118,19 +118,13 @@ class Testbed:
         return [json.loads(l) for l in path.read_text().splitlines()] if path.exists() else []
 
     def summary(self) -> dict:
-        peers = {}
-        for index in range(self.run.peers):
-            s = json.loads((self.peer_dir(index) / "summary.json").read_text())
-            rounds = self.rounds(index)
-            peers[s["peer_id"]] = {"accuracy": s["mean_accuracy"], "rounds": s["rounds"],
-                                   "bytes_sent": sum(r["bytes_sent"] for r in rounds),
-                                   "bytes_received": sum(r["bytes_received"] for r in rounds)}
+        peers = summarize_peers([self.peer_dir(index) for index in range(self.run.peers)])
         return {"run_id": self.run_id, "config": self.run.as_dict(), "peers": peers,
                 "mean_accuracy": float(np.mean([p["accuracy"] for p in peers.values()]))}
 
 
 class NetnsTestbed(Testbed):
-    """The same testbed with each daemon in its own network namespace (see ``peer.netns``)."""
+    """The same testbed with each daemon in its own network namespace (see ``peer.testbed.netns``)."""
 
     def __init__(self, run: RunConfig, out: Path, lab: NetnsLab, daemon_settings: dict | None = None) -> None:
         super().__init__(run, out, daemon_settings)
@@ -153,10 +147,40 @@ class NetnsTestbed(Testbed):
             for other in others:
                 self.lab.set_drop(event.peer, other, event.percent or 0)
                 self.lab.set_drop(other, event.peer, event.percent or 0)
+        elif event.action == "delay":
+            self.lab.set_delay(event.peer, event.delay_ms, event.jitter_ms or 0.0)
         elif event.action in ("partition", "heal"):
             self.lab.set_drop(event.peer, event.other, 100 if event.action == "partition" else 0)
         else:
             super().apply(event)
+
+
+def summarize_peers(peer_dirs: list[Path]) -> dict:
+    """Per peer: final accuracy, rounds, bytes sent and received, from a daemon's ``--out`` folder."""
+    peers = {}
+    for folder in peer_dirs:
+        path = folder / "summary.json"
+        if not path.exists():
+            raise FileNotFoundError(f"{folder}: no summary.json (the daemon did not finish; see its log)")
+        s = json.loads(path.read_text())
+        rounds = [json.loads(l) for l in (folder / "rounds.jsonl").read_text().splitlines()] \
+            if (folder / "rounds.jsonl").exists() else []
+        peers[s["peer_id"]] = {"accuracy": s["mean_accuracy"], "rounds": s["rounds"],
+                               "bytes_sent": sum(r["bytes_sent"] for r in rounds),
+                               "bytes_received": sum(r["bytes_received"] for r in rounds)}
+    return peers
+
+
+def collect(results: Path) -> dict:
+    """Summarise every daemon folder (one with a summary.json or rounds.jsonl) under ``results``:
+    the compose testbed's collection step."""
+    folders = sorted({p.parent for pattern in ("*/summary.json", "*/rounds.jsonl") for p in results.glob(pattern)})
+    if not folders:
+        raise FileNotFoundError(f"{results}: no daemon results (peer folders with rounds.jsonl) found")
+    peers = summarize_peers(folders)
+    summary = {"peers": peers, "mean_accuracy": float(np.mean([p["accuracy"] for p in peers.values()]))}
+    (results / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
 
 
 def format_table(summary: dict) -> str:

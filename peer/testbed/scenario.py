@@ -21,6 +21,13 @@ A scenario is a TOML file of events::
     percent = 20          # 0 removes it
 
     [[event]]
+    at_round = 6
+    action = "delay"      # every packet peer 3 sends to the others waits delay ± jitter
+    peer = 3
+    delay_ms = 80         # 0 removes it
+    jitter_ms = 20        # uniform; packets keep their order (see peer/testbed/netdelay.py)
+
+    [[event]]
     at_round = 8
     action = "partition"  # one-way: packets from other to peer are dropped ("heal" undoes it)
     peer = 2
@@ -29,7 +36,7 @@ A scenario is a TOML file of events::
 ``kill`` is SIGKILL; ``restart`` starts the peer again with the same output folder (it resumes from
 its checkpoint); ``start`` starts a peer that was held back (a late joiner: peers with a ``start``
 event are not started with the others). Link and bandwidth events need the network-namespace
-testbed (``tadlora testbed --netns``).
+testbed (``tadlora testbed --netns``); delay also needs the ``netfilterqueue`` package.
 """
 
 from __future__ import annotations
@@ -39,8 +46,8 @@ from pathlib import Path
 
 from peer.config import read_toml
 
-ACTIONS = ("link-down", "link-up", "bandwidth", "loss", "partition", "heal", "kill", "restart", "start")
-NETWORK_ACTIONS = ("link-down", "link-up", "bandwidth", "loss", "partition", "heal")
+ACTIONS = ("link-down", "link-up", "bandwidth", "loss", "delay", "partition", "heal", "kill", "restart", "start")
+NETWORK_ACTIONS = ("link-down", "link-up", "bandwidth", "loss", "delay", "partition", "heal")
 
 
 @dataclass(frozen=True)
@@ -52,11 +59,17 @@ class Event:
     rate: str | None = None
     other: int | None = None
     percent: int | None = None
+    delay_ms: float | None = None
+    jitter_ms: float | None = None
 
     def due(self, rounds_done: int, seconds: float) -> bool:
         if self.at_round is not None:
             return rounds_done >= self.at_round
         return seconds >= (self.at_seconds or 0.0)
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def load_scenario(path: str | Path, peers: int) -> list[Event]:
@@ -81,6 +94,10 @@ def load_scenario(path: str | Path, peers: int) -> list[Event]:
         percent = item.get("percent")
         if action == "loss" and (not isinstance(percent, int) or not 0 <= percent <= 100):
             raise ValueError(f"{where}: loss needs percent = 0..100")
+        delay, jitter = item.get("delay_ms"), item.get("jitter_ms", 0)
+        if action == "delay" and not (_number(delay) and _number(jitter) and 0 <= jitter <= delay):
+            raise ValueError(f"{where}: delay needs delay_ms >= 0 and 0 <= jitter_ms <= delay_ms, "
+                             f"got {delay!r} and {jitter!r}")
         events.append(Event(action, peer, item.get("at_round"), item.get("at_seconds"), item.get("rate"),
-                            other, percent))
+                            other, percent, delay, jitter if action == "delay" else None))
     return sorted(events, key=lambda e: (e.at_round is None, e.at_round or 0, e.at_seconds or 0.0))
