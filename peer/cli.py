@@ -37,6 +37,9 @@ HELP = {
     "lora_targets": "comma-separated module names that get LoRA",
     "eval_every": "evaluate every N rounds (and after the last)",
     "eval_samples": "validation examples per evaluation (0: all)",
+    "mixing_rule": "average (plain gossip) | clipped | trimmed-mean: bound a faulty neighbour's influence",
+    "clip_multiplier": "clipped: radius = this x median of recent deviation norms",
+    "trim": "trimmed-mean: values dropped at each end per coordinate (tolerates this many bad neighbours)",
     "device": "auto | cpu | cuda | cuda:N",
 }
 

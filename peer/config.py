@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from peer.algorithm.robust import RULES as MIXING_RULES
 from peer.algorithm.strategies import available_strategies
 from peer.algorithm.topology import TOPOLOGIES
 from peer.data.partition import SCHEMES
@@ -58,6 +59,9 @@ class RunConfig:
     eval_every: int = 5                # evaluate every N rounds and after the last one
     eval_samples: int = 500            # validation examples used per evaluation; 0: all
     device: str = "auto"               # auto: cuda when present, else cpu
+    mixing_rule: str = "average"       # average | clipped | trimmed-mean (see peer/algorithm/robust.py)
+    clip_multiplier: float = 2.0       # clipped: radius = this × median of recent deviation norms
+    trim: int = 1                      # trimmed-mean: values dropped at each end, per coordinate
 
     def validate(self) -> "RunConfig":
         _check(self.strategy in available_strategies(), "strategy",
@@ -76,6 +80,10 @@ class RunConfig:
         _check(0.0 <= self.lora_dropout < 1.0, "lora-dropout", f"must lie in [0, 1), got {self.lora_dropout}")
         _check(self.dirichlet_alpha > 0, "dirichlet-alpha", f"must be > 0, got {self.dirichlet_alpha}")
         _check(self.max_length >= 8, "max-length", f"must be >= 8 tokens, got {self.max_length}")
+        _check(self.mixing_rule in MIXING_RULES, "mixing-rule",
+               f"{self.mixing_rule!r} is not one of {', '.join(MIXING_RULES)}")
+        _check(self.clip_multiplier > 0, "clip-multiplier", f"must be > 0, got {self.clip_multiplier}")
+        _check(self.trim >= 0, "trim", f"must be >= 0, got {self.trim}")
         _check(self.device in ("auto", "cpu") or self.device.startswith("cuda"), "device",
                f"{self.device!r} must be auto, cpu or cuda[:N]")
         return self

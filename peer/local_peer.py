@@ -11,6 +11,7 @@ from collections.abc import Hashable, Mapping
 
 import torch
 
+from peer.algorithm.robust import MixingRule
 from peer.algorithm.strategies import RoundPlan, Strategy
 from peer.training.adapters import Adapter
 from peer.training.trainer import LocalTrainer
@@ -18,9 +19,10 @@ from peer.training.trainer import LocalTrainer
 
 class LocalPeer:
     def __init__(self, peer_id: str, adapter: Adapter, trainer: LocalTrainer, strategy: Strategy,
-                 local_steps: int) -> None:
+                 local_steps: int, rule: MixingRule | None = None) -> None:
         self.peer_id, self.adapter, self.trainer = peer_id, adapter, trainer
         self.strategy, self.local_steps = strategy, local_steps
+        self.rule = rule or MixingRule()
 
     def plan(self, round_: int) -> RoundPlan:
         return self.strategy.plan(round_)
@@ -34,8 +36,9 @@ class LocalPeer:
 
     def mix(self, round_: int, received: Mapping[Hashable, Mapping[str, torch.Tensor]],
             weights: Mapping[Hashable, float], self_weight: float) -> None:
-        """Replace the plan's mixed factors by the strategy's combination of own and received ones."""
+        """Replace the plan's mixed factors by the strategy's combination of own and received ones
+        (or by the robust rule's, when the run asks for one)."""
         own = self.outgoing(round_)
         if not received:
             return  # isolated this round: self_weight is 1, nothing changes
-        self.adapter.load_factors(self.strategy.combine(own, received, weights, self_weight))
+        self.adapter.load_factors(self.rule(self.strategy.combine, own, received, weights, self_weight))

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from peer.algorithm.robust import MixingRule
 from peer.algorithm.schedule import auto_switch_interval
 from peer.algorithm.strategies import Strategy, make_strategy
 from peer.algorithm.topology import Topology, make_topology
@@ -61,6 +62,11 @@ class PreparedData:
     task: TextTask
     shards: list[Encoded]
     validation: Encoded
+
+
+def mixing_rule_for(cfg: RunConfig) -> MixingRule:
+    """A fresh rule object per peer (the clipped rule keeps per-peer history)."""
+    return MixingRule(cfg.mixing_rule, cfg.clip_multiplier, cfg.trim)
 
 
 def prepare_data(cfg: RunConfig) -> PreparedData:

@@ -44,7 +44,7 @@ from peer.daemon.checkpoint import load_checkpoint, save_checkpoint
 from peer.daemon.clock import AdaptiveDeadline
 from peer.daemon.links import synthetic_link_up
 from peer.local_peer import LocalPeer
-from peer.run_setup import lora_settings, pick_device, prepare_data, strategy_for, topology_for
+from peer.run_setup import lora_settings, mixing_rule_for, pick_device, prepare_data, strategy_for, topology_for
 from peer.training.adapters import AdapterModel
 from peer.training.trainer import LocalTrainer
 from peer.transport.base import (ExchangeFailed, ExchangeOutcomeUnknown, ExchangeServer, FactorMessage, Header,
@@ -66,7 +66,8 @@ class PeerDaemon(ExchangeServer):
         self.adapter = model[self.peer_id]
         self.trainer = LocalTrainer(self.adapter, self.data.shards[net.peer_index], run.batch_size,
                                     run.learning_rate, run.seed, net.peer_index)
-        self.local = LocalPeer(self.peer_id, self.adapter, self.trainer, self.strategy, run.local_steps)
+        self.local = LocalPeer(self.peer_id, self.adapter, self.trainer, self.strategy, run.local_steps,
+                               mixing_rule_for(run))
         self.schema = schema_of(self.adapter.factors())
         self.digest = schema_digest(self.schema)
         self.edge_prob = 1.0 if run.topology == "complete" else run.edge_prob
@@ -333,7 +334,8 @@ class PeerDaemon(ExchangeServer):
                 "bytes_sent": len(self.own[round_].payload) * len(links),
                 "bytes_received": sum(n for _, _, n in links.values()),
                 "sum_a_before": total(before, A), "sum_a_after": total(after, A),
-                "sum_b_before": total(before, B), "sum_b_after": total(after, B)}
+                "sum_b_before": total(before, B), "sum_b_after": total(after, B),
+                **({"mixing": self.local.rule.last} if self.local.rule.last else {})}
 
     def _publish_latest(self, next_round: int) -> None:
         header = self._header(next_round, factors=FACTORS)

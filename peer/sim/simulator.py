@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,8 @@ from peer.algorithm.factors import A, B
 from peer.algorithm.mixing import consensus_distance, metropolis_hastings_matrix
 from peer.config import RunConfig
 from peer.local_peer import LocalPeer
-from peer.run_setup import lora_settings, peer_id, pick_device, prepare_data, strategy_for, topology_for
+from peer.run_setup import (lora_settings, mixing_rule_for, peer_id, pick_device, prepare_data, strategy_for,
+                             topology_for)
 from peer.training.adapters import AdapterModel
 from peer.training.trainer import LocalTrainer
 
@@ -41,15 +43,18 @@ def build_peers(cfg: RunConfig, data, strategy) -> list[LocalPeer]:
                          device=pick_device(cfg.device))
     return [LocalPeer(pid, model[pid],
                       LocalTrainer(model[pid], data.shards[i], cfg.batch_size, cfg.learning_rate, cfg.seed, i),
-                      strategy, cfg.local_steps)
+                      strategy, cfg.local_steps, mixing_rule_for(cfg))
             for i, pid in enumerate(ids)]
 
 
-def _mix_round(peers: list[LocalPeer], round_: int, topology) -> int:
-    """Every peer mixes with the snapshots of its neighbours' outgoing factors; returns the edge count."""
+def _mix_round(peers: list[LocalPeer], round_: int, topology, tamper: Tamper | None = None) -> int:
+    """Every peer mixes with the snapshots of its neighbours' outgoing factors; returns the edge count.
+    ``tamper(index, round, factors)`` may replace what a peer sends (faulty-peer experiments)."""
     edges = topology.edges(round_)  # drawn once: the matrix and the count come from the same set
     w = metropolis_hastings_matrix(len(peers), edges)
     outgoing = [p.outgoing(round_) for p in peers]
+    if tamper is not None:
+        outgoing = [tamper(i, round_, factors) for i, factors in enumerate(outgoing)]
     for i, p in enumerate(peers):
         neighbours = [j for j in range(len(peers)) if j != i and w[i, j] > 0]
         p.mix(round_, {j: outgoing[j] for j in neighbours}, {j: w[i, j] for j in neighbours}, w[i, i])
@@ -65,7 +70,11 @@ def _is_eval_round(cfg: RunConfig, round_: int) -> bool:
     return (round_ + 1) % cfg.eval_every == 0 or round_ == cfg.rounds - 1
 
 
-def simulate(cfg: RunConfig, out: str | Path | None = None, progress: bool = True) -> dict:
+Tamper = Callable[[int, int, dict], dict]
+
+
+def simulate(cfg: RunConfig, out: str | Path | None = None, progress: bool = True,
+             tamper: Tamper | None = None) -> dict:
     """Run the configured simulation; returns the summary (also written to ``out/summary.json``)."""
     started = time.perf_counter()
     topology = topology_for(cfg)
@@ -83,7 +92,7 @@ def simulate(cfg: RunConfig, out: str | Path | None = None, progress: bool = Tru
         t0 = time.perf_counter()
         plan = strategy.plan(r)
         losses = {p.peer_id: p.train(r) for p in peers}
-        edges = _mix_round(peers, r, topology)
+        edges = _mix_round(peers, r, topology, tamper)
         cons_a, cons_b = _consensus(peers)
         record = {"round": r, "phase": plan.phase, "edges": edges, "train_loss": losses,
                   "consensus_a": cons_a, "consensus_b": cons_b}
