@@ -6,6 +6,7 @@
 #   bash deploy/compose-testbed.sh [OUT]      # OUT: where results go (default deploy/results)
 #
 # Environment: TADLORA_PEERS (4), TADLORA_<SETTING> for any daemon setting (see compose.yaml),
+# TADLORA_TLS=0 to run without certificates (default: a fresh authority and certificates per run),
 # TADLORA_TIMEOUT seconds to wait for the run (3600), BASE_IMAGE and WHEELS for builds without a
 # registry (see Dockerfile), SKIP_BUILD=1 to reuse the image, DOCKER_BUILDKIT=0 where no buildx exists.
 set -euo pipefail
@@ -31,7 +32,15 @@ started=$(date +%s)
 [ "${SKIP_BUILD:-0}" = 1 ] || "${COMPOSE[@]}" build
 # a fresh run: old results and shard claims would hand the peers stale checkpoints and indexes
 find "$OUT" -mindepth 1 -delete
-echo "compose-testbed: $TADLORA_PEERS peers, run $TADLORA_RUN_ID, results in $OUT"
+export TADLORA_CERTS=$OUT/certs
+mkdir -p "$TADLORA_CERTS"
+if [ "${TADLORA_TLS:-1}" = 1 ]; then
+    # made by the image's own tadlora; the authority's key then leaves the folder the peers mount
+    docker run --rm --entrypoint tadlora -v "$OUT:/results" "${TADLORA_IMAGE:-tadlora:latest}" \
+        certs /results/certs --run-id "$TADLORA_RUN_ID" --peers "$TADLORA_PEERS" >/dev/null
+    mkdir -p "$OUT/authority" && mv "$TADLORA_CERTS/ca.key" "$OUT/authority/"
+fi
+echo "compose-testbed: $TADLORA_PEERS peers, run $TADLORA_RUN_ID, TLS $([ "${TADLORA_TLS:-1}" = 1 ] && echo on || echo off), results in $OUT"
 "${COMPOSE[@]}" up --detach
 mapfile -t containers < <("${COMPOSE[@]}" ps --quiet)
 # docker wait prints each container's exit code once it stops; restarts on failure keep it running

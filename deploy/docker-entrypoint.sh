@@ -30,9 +30,16 @@ if [ -z "${TADLORA_PEER_INDEX:-}" ]; then
     TADLORA_PEER_INDEX=$(claim_index)
     export TADLORA_PEER_INDEX
 fi
+# mutual TLS when the run's certificates are mounted (compose-testbed.sh makes them): peer-NN's own
+NAME=peer-$(printf %02d "$TADLORA_PEER_INDEX")
+CERTS=${TADLORA_CERTS_DIR:-/certs}
+if [ -z "${TADLORA_TLS_CA:-}" ] && [ -f "$CERTS/ca.pem" ]; then
+    export TADLORA_TLS_CA="$CERTS/ca.pem" TADLORA_TLS_CERT="$CERTS/$NAME.pem" TADLORA_TLS_KEY="$CERTS/$NAME.key"
+fi
 # the address other containers reach us on (compose puts it in /etc/hosts); mDNS announces it
 ADDRESS=${TADLORA_ADDRESS:-$(python3 -c 'import socket; print(socket.gethostbyname(socket.gethostname()))')}
 export TADLORA_LISTEN=${TADLORA_LISTEN:-$ADDRESS:7070}
-export TADLORA_OUT=${TADLORA_OUT:-$ROOT/peer-$(printf %02d "$TADLORA_PEER_INDEX")}
-echo "tadlora-peer: peer index $TADLORA_PEER_INDEX, listening on $TADLORA_LISTEN, results in $TADLORA_OUT"
+export TADLORA_OUT=${TADLORA_OUT:-$ROOT/$NAME}
+echo "tadlora-peer: peer index $TADLORA_PEER_INDEX, listening on $TADLORA_LISTEN, results in $TADLORA_OUT," \
+     "TLS ${TADLORA_TLS_CERT:-off}"
 exec tadlora run "$@"

@@ -39,6 +39,9 @@ HELP = {
     "eval_samples": "validation examples per evaluation (0: all)",
     "mixing_rule": "average (plain gossip) | clipped | trimmed-mean: bound a faulty neighbour's influence",
     "clip_multiplier": "clipped: radius = this x median of recent deviation norms",
+    "tls_ca": "mutual TLS: the run's CA certificate (from tadlora certs); with --tls-cert and --tls-key",
+    "tls_cert": "mutual TLS: this peer's certificate (its common name must be the peer id)",
+    "tls_key": "mutual TLS: this peer's private key",
     "trim": "trimmed-mean: values dropped at each end per coordinate (tolerates this many bad neighbours)",
     "device": "auto | cpu | cuda | cuda:N",
 }
@@ -84,13 +87,37 @@ def build_parser() -> argparse.ArgumentParser:
     bed.add_argument("--netns", action="store_true",
                      help="each daemon in its own network namespace behind a bridge (needs root)")
     bed.add_argument("--scenario", help="TOML file of scripted faults (see peer/testbed/scenario.py)")
+    bed.add_argument("--tls", action="store_true", help="mutual TLS: a certificate authority for the run, one "
+                                                        "certificate per daemon (in OUT/certs)")
     bed.set_defaults(peers=None)
     daemon = sub.add_parser("run", help="run one peer daemon (gRPC + mDNS)")
     _add_run_flags(daemon)
     _add_flags(daemon, DaemonConfig)
+    certs = sub.add_parser("certs", help="create a run's certificate authority and one certificate per peer (mutual TLS)")
+    certs.add_argument("folder", help="where ca.pem, ca.key and <peer-id>.pem/.key go (an existing authority is reused)")
+    certs.add_argument("--run-id", required=True, help="the run the authority is for (daemons check it)")
+    certs.add_argument("--peers", type=int, default=0, help="certificates for peer-00 .. peer-(N-1)")
+    certs.add_argument("--peer-id", action="append", default=[], help="a certificate for this peer id (repeatable)")
     gather = sub.add_parser("collect", help="summarise the daemons' result folders under DIR (compose testbed)")
     gather.add_argument("results", help="folder with one sub-folder per daemon (their --out)")
     return parser
+
+
+def _run_certs(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from peer.run_setup import peer_id
+    from peer.transport.tls import make_run
+
+    ids = [peer_id(i) for i in range(args.peers)] + list(args.peer_id)
+    if not ids:
+        raise ValueError("certs: say which peers: --peers N and/or --peer-id ID")
+    folder = Path(args.folder)
+    made = make_run(folder, args.run_id, ids)
+    print(f"authority of run {args.run_id!r}: {folder / 'ca.pem'} (keep {folder / 'ca.key'} off the peers)")
+    for path in made:
+        print(f"  {path.stem}: --tls-ca {folder / 'ca.pem'} --tls-cert {path} --tls-key {path.with_suffix('.key')}")
+    return 0
 
 
 def _run_collect(args: argparse.Namespace) -> int:
@@ -141,7 +168,7 @@ def _run_testbed(args: argparse.Namespace) -> int:
     if args.netns and (why := netns_available()):
         raise RuntimeError(f"--netns: {why}")
     out = Path(args.out or "runs/testbed")
-    summary = run_testbed(cfg, out, netns=args.netns, events=events)
+    summary = run_testbed(cfg, out, netns=args.netns, events=events, tls=args.tls)
     print(format_table(summary))
     print(f"summary: {out / 'summary.json'}  plot: {out / 'testbed.png'}")
     return 0
@@ -157,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
             return _run_daemon(args)
         if args.command == "testbed":
             return _run_testbed(args)
+        if args.command == "certs":
+            return _run_certs(args)
         if args.command == "collect":
             return _run_collect(args)
     except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as exc:

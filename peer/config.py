@@ -117,6 +117,9 @@ class DaemonConfig:
     discovery_wait: float = 3.0        # seconds to look for peers before the first round
     chunk_size: int = 1 << 20          # bytes per gRPC chunk
     frame_timeout: float = 10.0        # seconds without a frame before a stream counts as stalled
+    tls_ca: str = ""                   # mutual TLS: the run's CA certificate (tadlora certs) ...
+    tls_cert: str = ""                 # ... this peer's certificate (common name = peer id) ...
+    tls_key: str = ""                  # ... and its key; all three or none
 
     def validate(self, run: RunConfig) -> "DaemonConfig":
         _check(0 <= self.peer_index < run.peers, "peer-index", f"must lie in [0, {run.peers}), got {self.peer_index}")
@@ -127,9 +130,15 @@ class DaemonConfig:
         _check(self.frame_timeout > 0, "frame-timeout", "must be > 0")
         _check(run.topology in ("er", "complete"), "topology",
                "the daemon runs 'complete' or 'er' (--edge-prob); ring and pairwise are simulator-only")
+        given = [bool(x) for x in (self.tls_ca, self.tls_cert, self.tls_key)]
+        _check(all(given) or not any(given), "tls-ca", "give --tls-ca, --tls-cert and --tls-key together, or none")
         if not self.peer_id:
             self.peer_id = f"peer-{self.peer_index:02d}"
         return self
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_ca)
 
     @property
     def static_peers(self) -> list[str]:

@@ -43,6 +43,7 @@ def test_compose_file_is_valid_and_runs_n_peers_on_a_multicast_network(tmp_path)
     mounts = {v["target"]: v for v in peer["volumes"]}
     assert mounts["/results"]["source"] == str(tmp_path / "results")
     assert mounts["/config/peer.toml"]["read_only"] and Path(mounts["/config/peer.toml"]["source"]).exists()
+    assert mounts["/certs"]["read_only"]
     assert peer["build"]["dockerfile"] == "deploy/Dockerfile"
     assert {"BASE_IMAGE", "WHEELS"} <= set(peer["build"]["args"])
     network = config["networks"][next(iter(peer["networks"]))]
@@ -63,14 +64,16 @@ def test_mounted_config_file_is_a_valid_daemon_config():
     assert run.model == "minilm" and net.discovery_wait >= 10 and net.peer_id == "peer-03"
 
 
-def _entrypoint(root: Path, host: str, peers: int = 4) -> subprocess.CompletedProcess:
+def _entrypoint(root: Path, host: str, peers: int = 4, certs: Path | None = None) -> subprocess.CompletedProcess:
     fake_bin = root.parent / "bin"
     fake_bin.mkdir(exist_ok=True)
     fake = fake_bin / "tadlora"  # stands in for the daemon: shows what it would have been started with
-    fake.write_text('#!/bin/sh\necho "index=$TADLORA_PEER_INDEX listen=$TADLORA_LISTEN out=$TADLORA_OUT args=$*"\n')
+    fake.write_text('#!/bin/sh\necho "tls=${TADLORA_TLS_CERT:-none}"\n'
+                    'echo "index=$TADLORA_PEER_INDEX listen=$TADLORA_LISTEN out=$TADLORA_OUT args=$*"\n')
     fake.chmod(0o755)
     env = {"PATH": f"{fake_bin}:{os.environ['PATH']}", "TADLORA_OUT_ROOT": str(root), "TADLORA_PEERS": str(peers),
-           "TADLORA_HOST_ID": host, "TADLORA_ADDRESS": "10.0.0.9"}
+           "TADLORA_HOST_ID": host, "TADLORA_ADDRESS": "10.0.0.9",
+           "TADLORA_CERTS_DIR": str(certs or root.parent / "no-certs")}
     return subprocess.run(["sh", str(DEPLOY / "docker-entrypoint.sh"), "--rounds", "3"], capture_output=True,
                           text=True, env=env, timeout=30)
 
@@ -90,3 +93,13 @@ def test_entrypoint_gives_each_container_its_own_shard_and_the_same_one_after_a_
     assert again.stdout.strip().splitlines()[-1].startswith(f"index={indexes['c2']} ")
     extra = _entrypoint(root, "c4")  # one container more than peers: a clear error, no daemon
     assert extra.returncode == 2 and "raise TADLORA_PEERS" in extra.stderr and "index=" not in extra.stdout
+
+
+def test_entrypoint_turns_tls_on_with_the_containers_own_certificate(tmp_path):
+    from peer.transport.tls import make_run
+
+    make_run(tmp_path / "certs", "compose", ["peer-00", "peer-01"])
+    with_certs = _entrypoint(tmp_path / "results", "c0", peers=2, certs=tmp_path / "certs")
+    assert f"tls={tmp_path / 'certs'}/peer-00.pem" in with_certs.stdout
+    without = _entrypoint(tmp_path / "results2", "c0", peers=2)
+    assert "tls=none" in without.stdout

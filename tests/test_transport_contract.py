@@ -63,7 +63,7 @@ class FakePeer(ExchangeServer):
     def outcome(self, peer_id, round_):
         return (peer_id, round_) in self.commits if round_ == self.round else None
 
-    def count_rejection(self, reason):
+    def count_rejection(self, reason, detail="", source=""):
         self.rejections[reason] = self.rejections.get(reason, 0) + 1
 
 
@@ -71,12 +71,30 @@ async def accept(_):
     return None
 
 
-@pytest.fixture(params=["grpc", "memory"])
-def transports(request):
+@pytest.fixture(scope="module")
+def run_certs(tmp_path_factory):
+    from peer.transport.tls import make_run
+
+    folder = tmp_path_factory.mktemp("certs")
+    make_run(folder, "run-1", ["peer-a", "peer-b"])
+    return folder
+
+
+@pytest.fixture(params=["grpc", "grpc-tls", "memory"])
+def transports(request, run_certs):
+    """Makes the transport of one peer (``peer-a`` dials, ``peer-b`` serves)."""
+    from peer.transport.tls import load
+
     network = MemoryNetwork()
 
-    def make():
-        return GrpcTransport(LIMITS) if request.param == "grpc" else MemoryTransport(network, LIMITS)
+    def make(peer_id="peer-a"):
+        if request.param == "memory":
+            return MemoryTransport(network, LIMITS)
+        tls = None
+        if request.param == "grpc-tls":
+            f = run_certs
+            tls = load(f / "ca.pem", f / f"{peer_id}.pem", f / f"{peer_id}.key", peer_id, "run-1")
+        return GrpcTransport(LIMITS, tls)
     return make
 
 
@@ -87,7 +105,7 @@ def run(coro):
 @contextlib.asynccontextmanager
 async def pair(make, server_round=5, value=7.0):
     """A server peer and a client transport; both transports closed on the way out."""
-    server_t, client_t = make(), make()
+    server_t, client_t = make("peer-b"), make("peer-a")
     peer = FakePeer("peer-b", server_round, value)
     address = await server_t.serve(peer, "127.0.0.1:0")
     try:

@@ -123,9 +123,11 @@ class AgreedSchedule:
         self.proposals[self.decided_at] = max(self.proposals.get(self.decided_at, 0), int(interval))
 
     def merge(self, decided_at: int, proposal: int) -> None:
-        """A neighbour's largest proposal, tagged with the round of its previous decision."""
+        """A neighbour's largest proposal, tagged with the round of its previous decision. Proposals
+        above AUTO_SWITCH_MAX are clipped: one peer must not be able to freeze everyone in one phase."""
         if proposal > 0 and decided_at == self.decided_at:
-            self.proposals[decided_at] = max(self.proposals.get(decided_at, 0), int(proposal))
+            proposal = min(int(proposal), AUTO_SWITCH_MAX)
+            self.proposals[decided_at] = max(self.proposals.get(decided_at, 0), proposal)
 
     def proposal(self) -> int:
         return self.proposals.get(self.decided_at, 0)

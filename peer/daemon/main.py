@@ -22,6 +22,7 @@ from peer.discovery.mdns import MdnsDiscovery, PeerRecord
 from peer.transport.base import PROTOCOL_VERSION
 from peer.transport.framing import Limits
 from peer.transport.grpc_transport import GrpcTransport
+from peer.transport.tls import load as load_tls
 
 log = logging.getLogger("tadlora.daemon")
 
@@ -44,15 +45,19 @@ async def _wait_for_peers(daemon: PeerDaemon, expected: int, seconds: float) -> 
 
 async def run_daemon(run: RunConfig, net: DaemonConfig, out: Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)
-    transport = GrpcTransport(Limits(chunk_size=net.chunk_size, frame_timeout=net.frame_timeout))
+    tls = load_tls(net.tls_ca, net.tls_cert, net.tls_key, net.peer_id, net.run_id) if net.tls else None
+    transport = GrpcTransport(Limits(chunk_size=net.chunk_size, frame_timeout=net.frame_timeout), tls)
     daemon = PeerDaemon(run, net, out, transport)
     daemon.resume()
     daemon.address = await transport.serve(daemon, net.listen)
     (out / "endpoint.json").write_text(json.dumps({"peer_id": daemon.peer_id, "address": daemon.address,
                                                    "pid": os.getpid()}))
     log.info("%s: listening on %s (run %s)", daemon.peer_id, daemon.address, net.run_id)
-    log.warning("%s: no certificates given: this daemon accepts factors from any peer of run %r",
-                daemon.peer_id, net.run_id)
+    if tls is None:
+        log.warning("%s: NO CERTIFICATES: this daemon accepts factors from ANY machine that claims run %r; "
+                    "fine for a local testbed, not for a shared LAN (see tadlora certs)", daemon.peer_id, net.run_id)
+    else:
+        log.info("%s: mutual TLS: only peers with a certificate of run %r are accepted", daemon.peer_id, net.run_id)
     discovery = None
     if net.mdns:
         interface = net.mdns_interface or net.listen.rsplit(":", 1)[0]

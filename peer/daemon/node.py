@@ -83,6 +83,7 @@ class PeerDaemon(ExchangeServer):
         self.counted: dict[int, dict[str, tuple[dict, int, int]]] = defaultdict(dict)  # tensors, degree, bytes
         self.settled: dict[int, dict[str, asyncio.Event]] = defaultdict(lambda: defaultdict(asyncio.Event))
         self.rejected: Counter[str] = Counter()
+        self.admissions: set[asyncio.Task] = set()
         self.last_link: dict[str, tuple[int, float]] = {}
         self.history: dict[int, set[str]] = {}    # links that counted, by round (recent rounds only)
         self.latest: FactorMessage | None = None  # mixed factors (A and B), ready for round latest.header.round
@@ -113,6 +114,10 @@ class PeerDaemon(ExchangeServer):
             raise Rejected("round-behind", f"round {h.round} is over here", self.round)
         if h.sender_id not in self.candidates.get(h.round, ()):
             raise Rejected("not-a-link", f"{h.sender_id} is not a link of round {h.round} here", self.round)
+        if h.sender_id in self.counted.get(h.round, {}):
+            raise Rejected("replay", f"{h.sender_id} already swapped factors in round {h.round}", self.round)
+        if h.degree < 1:
+            raise Rejected("degree", f"degree {h.degree}: a sender attempts at least this link", self.round)
         own = self.own[h.round]
         tensors = self._decode(incoming, own.header)
         self._merge_proposal(h)
@@ -152,9 +157,10 @@ class PeerDaemon(ExchangeServer):
             return None  # still open (not decided yet), or too old to remember
         return peer_id in self.history[round_]
 
-    def count_rejection(self, reason: str) -> None:
+    def count_rejection(self, reason: str, detail: str = "", source: str = "") -> None:
+        """One log line and one count per refused message; the message itself is dropped."""
         self.rejected[reason] += 1
-        log.warning("%s: refused a message: %s", self.peer_id, reason)
+        log.warning("%s: refused (%s) from %s: %s", self.peer_id, reason, source or "?", detail)
 
     # ------------------------------------------------------------------ validation
 
@@ -451,9 +457,41 @@ class PeerDaemon(ExchangeServer):
     # ------------------------------------------------------------------ membership
 
     def add_peer(self, peer_id: str, address: str) -> None:
-        if peer_id != self.peer_id and self.known.get(peer_id) != address:
-            self.known[peer_id] = address
-            log.info("%s: found %s at %s", self.peer_id, peer_id, address)
+        """A peer announced by mDNS. Over TLS it joins only after proving membership (``_admit``)."""
+        if peer_id == self.peer_id or self.known.get(peer_id) == address:
+            return
+        if self.net.tls:
+            task = asyncio.ensure_future(self._admit(peer_id, address))
+            self.admissions.add(task)
+            task.add_done_callback(self.admissions.discard)
+            return
+        self._know(peer_id, address)
+
+    def _know(self, peer_id: str, address: str) -> None:
+        self.known[peer_id] = address
+        log.info("%s: found %s at %s", self.peer_id, peer_id, address)
+
+    async def _admit(self, peer_id: str, address: str, tries: int = 5) -> None:
+        """Open a mutual-TLS connection to an announced peer: only a certificate of this run's
+        authority completes the handshake. A failed handshake refuses the peer (logged, counted as
+        ``membership``); a peer that does not answer yet is tried again, then taken like any silent
+        peer (every later exchange is over the same TLS, so nothing unproven is ever mixed)."""
+        for _ in range(tries):
+            try:
+                status = await self.transport.status(address, timeout=3.0)
+            except ExchangeFailed as exc:
+                if "handshake" in str(exc).lower():
+                    self.count_rejection("membership", f"{peer_id} cannot prove membership of run "
+                                         f"{self.net.run_id!r}: TLS handshake failed", address)
+                    return
+                await asyncio.sleep(1.0)
+                continue
+            if status.peer_id != peer_id or status.run_id != self.net.run_id:
+                self.count_rejection("identity", f"announced as {peer_id} of run {self.net.run_id!r}, "
+                                     f"answers as {status.peer_id} of run {status.run_id!r}", address)
+                return
+            break
+        self._know(peer_id, address)
 
     def remove_peer(self, peer_id: str) -> None:
         if self.known.pop(peer_id, None):
@@ -464,10 +502,15 @@ class PeerDaemon(ExchangeServer):
         does not answer (it may start later)."""
         try:
             status = await self.transport.status(address, timeout=2.0)
-        except ExchangeFailed:
+        except ExchangeFailed as exc:
+            if self.net.tls and "handshake" in str(exc).lower():
+                self.count_rejection("membership", f"static peer cannot prove membership of run "
+                                     f"{self.net.run_id!r}: TLS handshake failed", address)
+                return True  # refused for good: stop asking
             return False
         if status.run_id == self.net.run_id and status.schema_digest == self.digest:
-            self.add_peer(status.peer_id, address)
+            if status.peer_id != self.peer_id and self.known.get(status.peer_id) != address:
+                self._know(status.peer_id, address)  # its answer came over this run's TLS, if any
         else:
             log.info("%s: ignoring %s at %s: run %r or another schema", self.peer_id, status.peer_id, address,
                      status.run_id)

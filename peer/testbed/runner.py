@@ -22,8 +22,10 @@ from pathlib import Path
 import numpy as np
 
 from peer.config import RunConfig
+from peer.run_setup import peer_id
 from peer.testbed.netns import NetnsLab
 from peer.testbed.scenario import NETWORK_ACTIONS, Event
+from peer.transport.tls import make_run
 
 
 def _flags(settings: dict) -> list[str]:
@@ -34,18 +36,31 @@ def _flags(settings: dict) -> list[str]:
 
 
 class Testbed:
-    def __init__(self, run: RunConfig, out: Path, daemon_settings: dict | None = None) -> None:
+    """``tls``: create a certificate authority for the run and give every daemon its certificate."""
+
+    def __init__(self, run: RunConfig, out: Path, daemon_settings: dict | None = None, tls: bool = False) -> None:
         self.run, self.out = run, Path(out)
         self.run_id = f"testbed-{uuid.uuid4().hex[:8]}"
         self.daemon_settings = {"listen": "127.0.0.1:0", "run_id": self.run_id, **(daemon_settings or {})}
         self.procs: dict[int, subprocess.Popen] = {}
+        self.certs = self.out / "certs" if tls else None
+        if self.certs is not None:
+            make_run(self.certs, self.run_id, [peer_id(i) for i in range(run.peers)])
+
+    def tls_settings(self, index: int) -> dict:
+        if self.certs is None:
+            return {}
+        name = peer_id(index)
+        return {"tls_ca": str(self.certs / "ca.pem"), "tls_cert": str(self.certs / f"{name}.pem"),
+                "tls_key": str(self.certs / f"{name}.key")}
 
     def peer_dir(self, index: int) -> Path:
         return self.out / f"peer-{index:02d}"
 
     def command(self, index: int, extra: dict | None = None) -> list[str]:
         return ([sys.executable, "-m", "peer.cli", "run", "--peer-index", str(index), "--out", str(self.peer_dir(index))]
-                + _flags(self.run.as_dict()) + _flags({**self.daemon_settings, **(extra or {})}))
+                + _flags(self.run.as_dict())
+                + _flags({**self.daemon_settings, **self.tls_settings(index), **(extra or {})}))
 
     def start(self, index: int, extra: dict | None = None) -> subprocess.Popen:
         """Start peer ``index``; ``extra`` overrides daemon settings for this peer only."""
@@ -126,8 +141,9 @@ class Testbed:
 class NetnsTestbed(Testbed):
     """The same testbed with each daemon in its own network namespace (see ``peer.testbed.netns``)."""
 
-    def __init__(self, run: RunConfig, out: Path, lab: NetnsLab, daemon_settings: dict | None = None) -> None:
-        super().__init__(run, out, daemon_settings)
+    def __init__(self, run: RunConfig, out: Path, lab: NetnsLab, daemon_settings: dict | None = None,
+                 tls: bool = False) -> None:
+        super().__init__(run, out, daemon_settings, tls)
         self.lab = lab
 
     def command(self, index: int, extra: dict | None = None) -> list[str]:
@@ -216,15 +232,15 @@ def _interrupt(signum, frame):
 
 
 def run_testbed(run: RunConfig, out: Path, daemon_settings: dict | None = None, timeout: float = 3600,
-                netns: bool = False, events: list[Event] | None = None) -> dict:
+                netns: bool = False, events: list[Event] | None = None, tls: bool = False) -> dict:
     previous = signal.signal(signal.SIGTERM, _interrupt)
     lab = NetnsLab(run.peers) if netns else None
     try:
         if lab is not None:
             lab.up()
-            testbed: Testbed = NetnsTestbed(run, out, lab, daemon_settings)
+            testbed: Testbed = NetnsTestbed(run, out, lab, daemon_settings, tls)
         else:
-            testbed = Testbed(run, out, daemon_settings)
+            testbed = Testbed(run, out, daemon_settings, tls)
         print(f"testbed {testbed.run_id}: {run.peers} daemons{' in namespaces ' + lab.tag if lab else ''}, "
               f"logs in {out}/peer-*/daemon.log", file=sys.stderr, flush=True)
         try:

@@ -119,8 +119,9 @@ class ExchangeServer(abc.ABC):
     def outcome(self, peer_id: str, round_: int) -> bool | None:
         """Did the link with ``peer_id`` count in ``round_``? None when unknown."""
 
-    def count_rejection(self, reason: str) -> None:
-        """Called by transports for messages refused before they reach ``respond`` (framing, hash, size)."""
+    def count_rejection(self, reason: str, detail: str = "", source: str = "") -> None:
+        """Called by transports for every incoming message they refuse, in framing (size, hash,
+        stalls) or in ``respond``; ``source`` is the remote address as the transport knows it."""
 
 
 Validator = Callable[[FactorMessage], Awaitable[None]]

@@ -18,6 +18,7 @@ from peer.transport.framing import (Limits, check_header, check_payload, header_
                                     read_message, reject_frame, to_frames)
 from peer.transport.pb import peer_pb2 as pb
 from peer.transport.pb import peer_pb2_grpc as pb_grpc
+from peer.transport.tls import TLS_NAME, TlsMaterial
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +52,19 @@ def _reader(call):
     return next_frame
 
 
+def _check_identity(context, header, tls: TlsMaterial | None) -> None:
+    """Over TLS, the header's sender must be the common name of the client's certificate."""
+    if tls is None:
+        return
+    names = context.auth_context().get("x509_common_name", [])
+    if [header.sender_id.encode()] != list(names):
+        shown = b",".join(names).decode(errors="replace") or "none"
+        raise Rejected("identity", f"sender {header.sender_id!r} but certificate of {shown!r}")
+
+
 class _Servicer(pb_grpc.PeerServicer):
-    def __init__(self, server: ExchangeServer, limits: Limits) -> None:
-        self.server, self.limits = server, limits
+    def __init__(self, server: ExchangeServer, limits: Limits, tls: TlsMaterial | None) -> None:
+        self.server, self.limits, self.tls = server, limits, tls
 
     async def Exchange(self, request_iterator, context):
         frames = request_iterator.__aiter__()
@@ -66,9 +77,10 @@ class _Servicer(pb_grpc.PeerServicer):
 
         try:
             incoming = await read_message(next_frame, self.limits)
+            _check_identity(context, incoming.header, self.tls)
             reply = await self.server.respond(incoming)
         except Rejected as r:
-            self.server.count_rejection(r.reason)
+            self.server.count_rejection(r.reason, r.detail, context.peer())
             yield reject_frame(r)
             return
         committed = False
@@ -85,6 +97,11 @@ class _Servicer(pb_grpc.PeerServicer):
                     yield pb.Frame(ack=pb.CommitAck(round=incoming.header.round))
                 else:
                     yield reject_frame(Rejected("round-closed", "the server mixed this round already"))
+            elif answer is not None and not answer.HasField("reject"):
+                # anything but a commit (or the client's own refusal) where the commit belongs
+                refusal = Rejected("framing", f"expected a commit for round {incoming.header.round}")
+                self.server.count_rejection(refusal.reason, refusal.detail, context.peer())
+                yield reject_frame(refusal)
         finally:
             if not committed:
                 await self.server.abort(incoming.header)
@@ -107,15 +124,23 @@ class _Servicer(pb_grpc.PeerServicer):
 
 
 class GrpcTransport(Transport):
-    def __init__(self, limits: Limits = Limits()) -> None:
-        self.limits = limits
+    """``tls``: this peer's certificates (``peer.transport.tls.load``); None serves and dials in the
+    clear and accepts anyone who speaks the protocol."""
+
+    def __init__(self, limits: Limits = Limits(), tls: TlsMaterial | None = None) -> None:
+        self.limits, self.tls = limits, tls
         self._server: grpc.aio.Server | None = None
         self._channels: dict[str, grpc.aio.Channel] = {}
 
     async def serve(self, server: ExchangeServer, address: str) -> str:
         self._server = grpc.aio.server(options=_channel_options(self.limits))
-        pb_grpc.add_PeerServicer_to_server(_Servicer(server, self.limits), self._server)
-        port = self._server.add_insecure_port(address)
+        pb_grpc.add_PeerServicer_to_server(_Servicer(server, self.limits, self.tls), self._server)
+        if self.tls is None:
+            port = self._server.add_insecure_port(address)
+        else:
+            credentials = grpc.ssl_server_credentials([(self.tls.key, self.tls.cert)], root_certificates=self.tls.ca,
+                                                      require_client_auth=True)
+            port = self._server.add_secure_port(address, credentials)
         if port == 0:
             raise OSError(f"cannot listen on {address}")
         await self._server.start()
@@ -124,7 +149,16 @@ class GrpcTransport(Transport):
     def _stub(self, address: str) -> pb_grpc.PeerStub:
         channel = self._channels.get(address)
         if channel is None:
-            channel = self._channels[address] = grpc.aio.insecure_channel(address, options=_channel_options(self.limits))
+            options = _channel_options(self.limits)
+            if self.tls is None:
+                channel = grpc.aio.insecure_channel(address, options=options)
+            else:
+                credentials = grpc.ssl_channel_credentials(root_certificates=self.tls.ca, private_key=self.tls.key,
+                                                           certificate_chain=self.tls.cert)
+                # peers are dialled by address; every certificate of the run carries this one name
+                channel = grpc.aio.secure_channel(address, credentials,
+                                                  options=options + [("grpc.ssl_target_name_override", TLS_NAME)])
+            self._channels[address] = channel
         return pb_grpc.PeerStub(channel)
 
     async def exchange(self, address: str, outgoing: FactorMessage, validate: Validator,
@@ -173,7 +207,7 @@ class GrpcTransport(Transport):
         try:
             return status_from_pb(await self._stub(address).Status(pb.StatusRequest(), timeout=timeout))
         except grpc.aio.AioRpcError as exc:
-            raise ExchangeFailed(f"{address}: {exc.code().name}") from None
+            raise ExchangeFailed(f"{address}: {exc.code().name} {exc.details()}") from None
 
     async def fetch(self, address: str, run_id: str, timeout: float) -> FactorMessage:
         call = self._stub(address).Fetch(pb.FetchRequest(run_id=run_id), timeout=timeout)

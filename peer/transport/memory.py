@@ -47,7 +47,7 @@ class MemoryTransport(Transport):
             check_header(message.header, self.limits)
             check_payload(message)
         except Rejected as r:
-            server.count_rejection(r.reason)
+            server.count_rejection(r.reason, r.detail, "memory")
             raise
         return copy.deepcopy(message)  # the receiver must never share the sender's buffers
 
@@ -62,6 +62,9 @@ class MemoryTransport(Transport):
         incoming = self._receive(server, outgoing)
         try:
             reply = await asyncio.wait_for(server.respond(incoming), timeout)
+        except Rejected as r:  # counted where it was refused, as over gRPC
+            server.count_rejection(r.reason, r.detail, "memory")
+            raise
         except asyncio.TimeoutError:
             await server.abort(incoming.header)
             raise ExchangeFailed(f"{address} did not answer within {timeout:g} s") from None

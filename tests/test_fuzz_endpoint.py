@@ -1,0 +1,224 @@
+"""Fuzzing the running gRPC endpoint of a real daemon: thousands of malformed headers, chunks, frames
+and tensors. Each one is refused with a reason, counted once, and nothing of the peer changes: not its
+factors, not its checkpoint, not its round state; it keeps answering."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import struct
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from peer.config import load_daemon_config
+from peer.daemon.node import PeerDaemon
+from peer.transport.framing import Limits, header_to_pb
+from peer.transport.grpc_transport import GrpcTransport
+from peer.transport.base import Header
+from peer.transport.pb import peer_pb2 as pb
+from peer.transport.pb import peer_pb2_grpc as pb_grpc
+
+SENDER = "peer-x"  # a known neighbour with a link in round 0: messages get as deep as decoding
+
+
+class LiveDaemon:
+    """A PeerDaemon serving on loopback from an event loop in a background thread, with round 0 open
+    and a checkpoint on disk, as in the middle of a run."""
+
+    def __init__(self, out: Path) -> None:
+        run, net = load_daemon_config(None, dict(
+            model="tiny-bert", task="synthetic", peers=2, rounds=3, local_steps=1, batch_size=4, max_length=16,
+            eval_samples=8, device="cpu", topology="complete", peer_index=0, run_id="fuzz",
+            round_timeout_min=0.5, round_timeout_max=0.5, frame_timeout=0.5), {})
+        self.loop = asyncio.new_event_loop()
+        threading.Thread(target=self.loop.run_forever, daemon=True).start()
+        limits = Limits(chunk_size=4096, max_payload_bytes=1 << 20, max_chunks=64, frame_timeout=0.5)
+        self.daemon = PeerDaemon(run, net, out, GrpcTransport(limits))
+        self.call(self._start())
+        self.channel = grpc.insecure_channel(self.address)
+        self.stub = pb_grpc.PeerStub(self.channel)
+
+    async def _start(self):
+        d = self.daemon
+        self.address = await d.transport.serve(d, "127.0.0.1:0")
+        d.known[SENDER] = "127.0.0.1:9"  # never dialled: the test only sends to the daemon
+        d._open_round(0)
+        d._checkpoint(0)
+
+    def call(self, coro, timeout=30):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def snapshot(self) -> dict:
+        d = self.daemon
+        factors = {k: v.clone() for k, v in d.adapter.factors().items()}
+        checkpoint = hashlib.sha256((d.out / "checkpoint.pt").read_bytes()).hexdigest()
+        return {"factors": factors, "checkpoint": checkpoint, "round": d.round, "staged": dict(d.staged),
+                "counted": {r: dict(c) for r, c in d.counted.items() if c}}
+
+    def close(self):
+        self.channel.close()
+        self.call(self.daemon.transport.close())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+
+    def good_header(self, **changes) -> Header:
+        own = self.daemon.own[0].header
+        fields = dict(run_id="fuzz", sender_id=SENDER, round=0, phase=own.phase, factors=own.factors,
+                      schema_digest=own.schema_digest, degree=1)
+        fields.update(changes)
+        return Header(**fields)
+
+    def send(self, frames, pause: float = 0.0) -> list[pb.Frame]:
+        """Write the frames in one Exchange stream (then stay silent ``pause`` s), read what comes back."""
+        def writer():
+            yield from frames
+            time.sleep(pause)
+        try:
+            return list(self.stub.Exchange(writer(), timeout=5))
+        except grpc.RpcError as exc:  # the stream may be cut; the daemon must survive either way
+            return [pb.Frame(reject=pb.Reject(reason=f"rpc-{exc.code().name}"))]
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory):
+    daemon = LiveDaemon(tmp_path_factory.mktemp("fuzz"))
+    yield daemon
+    daemon.close()
+
+
+def frames_for(header: Header, payload: bytes, chunk: int = 4096) -> list[pb.Frame]:
+    return [pb.Frame(header=header_to_pb(header))] + [
+        pb.Frame(chunk=pb.Chunk(data=payload[i:i + chunk])) for i in range(0, len(payload), chunk)]
+
+
+def sealed(header: Header, payload: bytes) -> Header:
+    header.payload_size, header.payload_sha256 = len(payload), hashlib.sha256(payload).digest()
+    return header
+
+
+def bad_tensors(live: LiveDaemon, kind: str, seed: int) -> bytes:
+    own = live.daemon.own[0]
+    names = sorted(live.daemon.schema)
+    tensors = {n: t.clone() for n, t in st_load(bytes(own.payload)).items()}
+    name = sorted(tensors)[seed % len(tensors)]
+    if kind == "nan":
+        tensors[name].view(-1)[seed % tensors[name].numel()] = float("nan")
+    elif kind == "inf":
+        tensors[name].view(-1)[0] = float("inf")
+    elif kind == "shape":
+        tensors[name] = torch.zeros(tensors[name].shape[0] + 1, *tensors[name].shape[1:])
+    elif kind == "dtype":
+        tensors[name] = tensors[name].double()
+    elif kind == "missing":
+        del tensors[name]
+    elif kind == "extra":
+        tensors["unknown.lora_A.weight"] = torch.zeros(2, 2)
+    elif kind == "other-factor":
+        other = [n for n in names if n not in tensors]
+        if other:
+            tensors[other[seed % len(other)]] = torch.zeros(*live.daemon.schema[other[seed % len(other)]][1])
+        else:
+            del tensors[name]
+    return st_save(tensors)
+
+
+HEADER_MUTATIONS = st.one_of(
+    st.builds(dict, run_id=st.text(max_size=20)),
+    st.builds(dict, sender_id=st.text(max_size=20)),
+    st.builds(dict, round=st.integers(1, 2**63)),
+    st.builds(dict, phase=st.text(max_size=4)),
+    st.builds(dict, factors=st.lists(st.sampled_from(["A", "B", "C", ""]), max_size=3).map(tuple)),
+    st.builds(dict, schema_digest=st.binary(max_size=40)),
+    st.builds(dict, degree=st.just(0)),
+    st.builds(dict, protocol_version=st.integers(2, 2**32 - 1)),
+)
+
+CASES = st.one_of(
+    st.tuples(st.just("header"), HEADER_MUTATIONS, st.binary(max_size=64)),
+    st.tuples(st.just("garbage-payload"), st.binary(min_size=1, max_size=5000), st.booleans()),
+    st.tuples(st.just("tensors"), st.sampled_from(["nan", "inf", "shape", "dtype", "missing", "extra",
+                                                   "other-factor"]), st.integers(0, 10**6)),
+    st.tuples(st.just("hash"), st.integers(0, 10**6), st.booleans()),
+    st.tuples(st.just("sizes"), st.sampled_from(["short", "long", "too-large", "too-many-chunks"]), st.booleans()),
+    st.tuples(st.just("framing"), st.sampled_from(["chunk-first", "commit-first", "empty", "two-headers",
+                                                   "commit-mid"]), st.booleans()),
+)
+
+
+def build(live: LiveDaemon, case) -> list[pb.Frame]:
+    kind, a, b = case
+    good_payload = bytes(live.daemon.own[0].payload)
+    if kind == "header":
+        # NaN tensors as well: a mutation that happens to leave the header valid still makes a bad message
+        payload = bad_tensors(live, "nan", 0)
+        return frames_for(sealed(live.good_header(**a), payload), payload)
+    if kind == "garbage-payload":
+        payload = a if b else struct.pack("<Q", len(a)) + a  # raw bytes, or a bogus safetensors length prefix
+        return frames_for(sealed(live.good_header(), payload), payload)
+    if kind == "tensors":
+        payload = bad_tensors(live, a, b)
+        return frames_for(sealed(live.good_header(), payload), payload)
+    if kind == "hash":
+        payload = bytearray(good_payload)
+        payload[a % len(payload)] ^= 0xFF
+        h = sealed(live.good_header(), good_payload)  # the header hashes the original
+        return frames_for(h, bytes(payload), 4096 if b else 1000)
+    if kind == "sizes":
+        h = sealed(live.good_header(), good_payload)
+        if a == "short":
+            return frames_for(h, good_payload)[:-1]
+        if a == "long":
+            return frames_for(h, good_payload) + [pb.Frame(chunk=pb.Chunk(data=b"x"))]
+        if a == "too-large":
+            h.payload_size = (1 << 20) + 1
+            return frames_for(h, good_payload)
+        return frames_for(h, good_payload, 1)[:80]  # one-byte chunks: past the chunk cap
+    if a == "chunk-first":
+        return [pb.Frame(chunk=pb.Chunk(data=good_payload[:10]))]
+    if a == "commit-first":
+        return [pb.Frame(commit=pb.Commit(round=0))]
+    if a == "empty":
+        return []
+    if a == "two-headers":
+        h = sealed(live.good_header(), good_payload)
+        return [pb.Frame(header=header_to_pb(h))] * 2
+    h = sealed(live.good_header(), good_payload)
+    frames = frames_for(h, good_payload)
+    return frames[:1] + [pb.Frame(commit=pb.Commit(round=0))] + frames[1:]
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+@given(case=CASES)
+def test_daemon_refuses_every_malformed_message_and_stays_unchanged(live, case):
+    before = live.snapshot()
+    refused_before = sum(live.daemon.rejected.values())
+    replies = live.send(build(live, case))
+    # a well-formed message with junk where the commit belongs is answered, then refused at the junk
+    answered_first = case[:2] == ("sizes", "long")
+    assert not any(f.HasField("ack") for f in replies), f"committed {case[:2]}"
+    assert answered_first or not any(f.HasField("header") for f in replies), f"accepted {case[:2]}"
+    assert any(f.HasField("reject") for f in replies)
+    live.call(asyncio.sleep(0))  # let the server's clean-up (abort) run
+    after = live.snapshot()
+    assert after["checkpoint"] == before["checkpoint"] and after["round"] == before["round"]
+    assert after["counted"] == {} and after["staged"] == {}
+    assert all(torch.equal(after["factors"][k], v) for k, v in before["factors"].items())
+    assert sum(live.daemon.rejected.values()) == refused_before + 1, "each refusal is counted once"
+
+
+def test_after_the_fuzzing_a_stalled_stream_is_cut_and_a_good_message_still_goes_through(live):
+    h = sealed(live.good_header(), bytes(live.daemon.own[0].payload))
+    stalled = live.send([pb.Frame(header=header_to_pb(h))], pause=1.5)  # header, then silence
+    assert [f.reject.reason for f in stalled if f.HasField("reject")] == ["stalled"]
+    status = live.stub.Status(pb.StatusRequest(), timeout=5)
+    assert status.peer_id == "peer-00" and sum(status.rejected.values()) == sum(live.daemon.rejected.values())
+    good = live.send(frames_for(h, bytes(live.daemon.own[0].payload)))
+    assert good[0].HasField("header"), "a well-formed message from a real neighbour is still answered"
