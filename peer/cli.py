@@ -42,6 +42,9 @@ HELP = {
     "tls_ca": "mutual TLS: the run's CA certificate (from tadlora certs); with --tls-cert and --tls-key",
     "tls_cert": "mutual TLS: this peer's certificate (its common name must be the peer id)",
     "tls_key": "mutual TLS: this peer's private key",
+    "metrics": "serve Prometheus metrics at host:port/metrics (e.g. 0.0.0.0:9100)",
+    "tensorboard": "write TensorBoard event files under this folder (needs tensorboardX)",
+    "log_format": "text | json (one JSON object per log line)",
     "trim": "trimmed-mean: values dropped at each end per coordinate (tolerates this many bad neighbours)",
     "device": "auto | cpu | cuda | cuda:N",
 }
@@ -98,6 +101,15 @@ def build_parser() -> argparse.ArgumentParser:
     certs.add_argument("--run-id", required=True, help="the run the authority is for (daemons check it)")
     certs.add_argument("--peers", type=int, default=0, help="certificates for peer-00 .. peer-(N-1)")
     certs.add_argument("--peer-id", action="append", default=[], help="a certificate for this peer id (repeatable)")
+    stat = sub.add_parser("status", help="a daemon and every peer it knows: round, phase, links, last exchange")
+    stat.add_argument("address", help="host:port of one daemon's gRPC endpoint")
+    stat.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    stat.add_argument("--timeout", type=float, default=3.0, help="seconds per Status call")
+    for name in ("tls_ca", "tls_cert", "tls_key"):
+        stat.add_argument("--" + name.replace("_", "-"), default="", help=HELP[name])
+    plot = sub.add_parser("plot", help="PNGs of accuracy, loss, consensus and links against rounds")
+    plot.add_argument("runs", nargs="+", help="run folders: a simulate --out, a testbed or daemon --out")
+    plot.add_argument("--out", help="folder for the PNGs (default: the first run folder)")
     gather = sub.add_parser("collect", help="summarise the daemons' result folders under DIR (compose testbed)")
     gather.add_argument("results", help="folder with one sub-folder per daemon (their --out)")
     return parser
@@ -120,6 +132,27 @@ def _run_certs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_status(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from peer.daemon.status import format_status, gather_status
+
+    report = asyncio.run(gather_status(args.address, args.timeout, args.tls_ca, args.tls_cert, args.tls_key))
+    print(json.dumps(report, indent=2) if args.json else format_status(report))
+    return 0
+
+
+def _run_plot(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from peer.plots import load_run, plot_runs
+
+    runs = [load_run(Path(folder)) for folder in args.runs]
+    for path in plot_runs(runs, Path(args.out or args.runs[0])):
+        print(path)
+    return 0
+
+
 def _run_collect(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -137,6 +170,10 @@ def _run_daemon(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from peer.daemon.main import main as daemon_main
+    from peer.daemon.observe import use_json_logs
+
+    if net.log_format == "json":
+        use_json_logs()
 
     out = Path(args.out or os.environ.get("TADLORA_OUT") or f"runs/{net.run_id}/{net.peer_id}")
     summary = daemon_main(run, net, out)
@@ -186,6 +223,10 @@ def main(argv: list[str] | None = None) -> int:
             return _run_testbed(args)
         if args.command == "certs":
             return _run_certs(args)
+        if args.command == "status":
+            return _run_status(args)
+        if args.command == "plot":
+            return _run_plot(args)
         if args.command == "collect":
             return _run_collect(args)
     except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as exc:

@@ -120,6 +120,9 @@ class DaemonConfig:
     tls_ca: str = ""                   # mutual TLS: the run's CA certificate (tadlora certs) ...
     tls_cert: str = ""                 # ... this peer's certificate (common name = peer id) ...
     tls_key: str = ""                  # ... and its key; all three or none
+    metrics: str = ""                  # host:port of a Prometheus endpoint ("" : none; port 0: any free)
+    tensorboard: str = ""              # folder for TensorBoard event files ("" : none)
+    log_format: str = "text"           # text | json
 
     def validate(self, run: RunConfig) -> "DaemonConfig":
         _check(0 <= self.peer_index < run.peers, "peer-index", f"must lie in [0, {run.peers}), got {self.peer_index}")
@@ -130,6 +133,8 @@ class DaemonConfig:
         _check(self.frame_timeout > 0, "frame-timeout", "must be > 0")
         _check(run.topology in ("er", "complete"), "topology",
                "the daemon runs 'complete' or 'er' (--edge-prob); ring and pairwise are simulator-only")
+        _check(self.log_format in ("text", "json"), "log-format", f"must be text or json, got {self.log_format!r}")
+        _check(not self.metrics or ":" in self.metrics, "metrics", f"must be host:port, got {self.metrics!r}")
         given = [bool(x) for x in (self.tls_ca, self.tls_cert, self.tls_key)]
         _check(all(given) or not any(given), "tls-ca", "give --tls-ca, --tls-cert and --tls-key together, or none")
         if not self.peer_id:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from peer.config import DaemonConfig, RunConfig
 from peer.daemon.node import PeerDaemon
+from peer.daemon.observe import observers_for
 from peer.discovery.mdns import MdnsDiscovery, PeerRecord
 from peer.transport.base import PROTOCOL_VERSION
 from peer.transport.framing import Limits
@@ -50,8 +51,13 @@ async def run_daemon(run: RunConfig, net: DaemonConfig, out: Path) -> dict:
     daemon = PeerDaemon(run, net, out, transport)
     daemon.resume()
     daemon.address = await transport.serve(daemon, net.listen)
+    daemon.observer = observers_for(net.metrics, net.tensorboard, daemon.peer_id, net.run_id)
+    metrics_port = next((o.port for o in daemon.observer.observers if hasattr(o, "port")), None)
     (out / "endpoint.json").write_text(json.dumps({"peer_id": daemon.peer_id, "address": daemon.address,
-                                                   "pid": os.getpid()}))
+                                                   "pid": os.getpid(), "metrics_port": metrics_port}))
+    if metrics_port is not None:
+        log.info("%s: Prometheus metrics at http://%s:%d/metrics", daemon.peer_id,
+                 net.metrics.rsplit(":", 1)[0] or "0.0.0.0", metrics_port)
     log.info("%s: listening on %s (run %s)", daemon.peer_id, daemon.address, net.run_id)
     if tls is None:
         log.warning("%s: NO CERTIFICATES: this daemon accepts factors from ANY machine that claims run %r; "
@@ -86,6 +92,7 @@ async def run_daemon(run: RunConfig, net: DaemonConfig, out: Path) -> dict:
         if discovery is not None:
             await discovery.close()
         await transport.close()
+        daemon.observer.close()
         daemon.worker.shutdown(wait=False, cancel_futures=True)
 
 

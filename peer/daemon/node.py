@@ -43,6 +43,7 @@ from peer.config import DaemonConfig, RunConfig
 from peer.daemon.checkpoint import load_checkpoint, save_checkpoint
 from peer.daemon.clock import AdaptiveDeadline
 from peer.daemon.links import synthetic_link_up
+from peer.daemon.observe import Observer, Observers
 from peer.local_peer import LocalPeer
 from peer.run_setup import lora_settings, mixing_rule_for, pick_device, prepare_data, strategy_for, topology_for
 from peer.training.adapters import AdapterModel
@@ -84,6 +85,7 @@ class PeerDaemon(ExchangeServer):
         self.settled: dict[int, dict[str, asyncio.Event]] = defaultdict(lambda: defaultdict(asyncio.Event))
         self.rejected: Counter[str] = Counter()
         self.admissions: set[asyncio.Task] = set()
+        self.observer: Observer = Observers([])  # metrics, TensorBoard: set by the runner (daemon.main)
         self.last_link: dict[str, tuple[int, float]] = {}
         self.history: dict[int, set[str]] = {}    # links that counted, by round (recent rounds only)
         self.latest: FactorMessage | None = None  # mixed factors (A and B), ready for round latest.header.round
@@ -160,6 +162,7 @@ class PeerDaemon(ExchangeServer):
     def count_rejection(self, reason: str, detail: str = "", source: str = "") -> None:
         """One log line and one count per refused message; the message itself is dropped."""
         self.rejected[reason] += 1
+        self.observer.rejected(reason)
         log.warning("%s: refused (%s) from %s: %s", self.peer_id, reason, source or "?", detail)
 
     # ------------------------------------------------------------------ validation
@@ -228,11 +231,13 @@ class PeerDaemon(ExchangeServer):
             staged["bytes"] = reply.header.payload_size
 
         address = self.known.get(peer_id)
+        started = time.monotonic()
         try:
             if address is None:
                 raise ExchangeFailed(f"{peer_id} has no address")
             await self._exchange_retrying_while_behind(address, round_, validate, until)
             self._count(round_, peer_id, staged)
+            self.observer.exchange(peer_id, time.monotonic() - started, True)
         except ExchangeOutcomeUnknown:
             if await self._ask_outcome(address, round_, peer_id, until) and staged:
                 self._count(round_, peer_id, staged)
@@ -244,6 +249,8 @@ class PeerDaemon(ExchangeServer):
             log.info("%s: link to %s in round %d failed: %s", self.peer_id, peer_id, round_, exc)
         finally:
             self.settled[round_][peer_id].set()
+            if peer_id not in self.counted.get(round_, {}):
+                self.observer.exchange(peer_id, time.monotonic() - started, False)
 
     async def _exchange_retrying_while_behind(self, address: str, round_: int, validate, until: float) -> None:
         # A neighbour two rounds behind refuses with "round-ahead"; it is catching up, so wait for it
@@ -385,15 +392,25 @@ class PeerDaemon(ExchangeServer):
         exchange_seconds = await self._exchange(round_)
         record = {"round": round_, "phase": plan.phase, "train_loss": loss, **schedule_info, **self._mix(round_),
                   "exchange_seconds": exchange_seconds, "deadline": self.deadline.current()}
+        if self._evaluation_due(round_):
+            record["accuracy"] = await asyncio.get_running_loop().run_in_executor(
+                self.worker, self.trainer.evaluate, self.data.validation)
         self._publish_latest(round_ + 1)
+        saved = time.monotonic()
         self._checkpoint(round_ + 1)
+        self.observer.checkpoint(time.monotonic() - saved)
         self.round = round_ + 1
         self._forget(round_)
         record["seconds"] = time.monotonic() - t0
+        self.observer.round_done(record)
         with (self.out / "rounds.jsonl").open("a") as f:
             f.write(json.dumps(record) + "\n")
         log.info("%s: round %d phase %s loss %.4f links %s", self.peer_id, round_, plan.phase, loss,
                  ",".join(record["neighbours"]) or "-")
+
+    def _evaluation_due(self, round_: int) -> bool:
+        """Every ``eval_every`` rounds, as in the simulator; the last round is evaluated by ``finish``."""
+        return (round_ + 1) % self.run.eval_every == 0 and round_ + 1 < self.run.rounds
 
     # ------------------------------------------------------------------ joining, resuming
 

@@ -1,0 +1,173 @@
+"""What a running daemon reports besides rounds.jsonl: Prometheus metrics, TensorBoard events, JSON logs.
+
+The daemon calls one ``Observer`` at a few points (a finished round, an exchange, a refusal, a
+checkpoint); ``observers_for`` builds the ones the settings ask for:
+
+- ``--metrics host:port``: a Prometheus endpoint (``prometheus-client``) at http://host:port/metrics.
+  Metric names start with ``tadlora_``: ``round``, ``phase`` (0 = B, 1 = A, 2 = both), ``train_loss``,
+  ``validation_accuracy``, ``bytes_sent_total``, ``bytes_received_total``, ``exchange_seconds``
+  (histogram, one sample per link this peer opened), ``neighbours`` (links that counted in the last
+  round), ``rejected_total{reason}``, ``checkpoint_seconds`` (histogram), ``round_seconds``
+  (histogram). Every series carries the labels ``peer`` and ``run``.
+- ``--tensorboard DIR``: event files (``tensorboardX``) with loss, accuracy, neighbours, bytes and
+  round time per round, under DIR/<peer-id>.
+- ``--log-format json``: one JSON object per log line (``time``, ``level``, ``logger``, ``message``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+PHASE_CODE = {"B": 0, "A": 1, "AB": 2}
+
+
+class Observer:
+    """No-op base: subclasses override what they report."""
+
+    def round_done(self, record: dict) -> None: ...
+
+    def exchange(self, peer_id: str, seconds: float, counted: bool) -> None: ...
+
+    def rejected(self, reason: str) -> None: ...
+
+    def checkpoint(self, seconds: float) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class Observers(Observer):
+    """Fans every call out to several observers."""
+
+    def __init__(self, observers: list[Observer]) -> None:
+        self.observers = observers
+
+    def round_done(self, record):
+        for o in self.observers:
+            o.round_done(record)
+
+    def exchange(self, peer_id, seconds, counted):
+        for o in self.observers:
+            o.exchange(peer_id, seconds, counted)
+
+    def rejected(self, reason):
+        for o in self.observers:
+            o.rejected(reason)
+
+    def checkpoint(self, seconds):
+        for o in self.observers:
+            o.checkpoint(seconds)
+
+    def close(self):
+        for o in self.observers:
+            o.close()
+
+
+class PrometheusMetrics(Observer):
+    """A Prometheus endpoint of its own registry (several daemons may share a process in tests)."""
+
+    def __init__(self, address: str, peer_id: str, run_id: str) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+        self.registry = registry = CollectorRegistry()
+        labels = ["peer", "run"]
+        self.values = (peer_id, run_id)
+
+        def gauge(name, doc):
+            return Gauge(f"tadlora_{name}", doc, labels, registry=registry).labels(*self.values)
+
+        self.round = gauge("round", "rounds completed")
+        self.phase = gauge("phase", "phase of the last round: 0 = B, 1 = A, 2 = both")
+        self.loss = gauge("train_loss", "mean training loss of the last round")
+        self.accuracy = gauge("validation_accuracy", "accuracy at the last evaluation")
+        self.neighbours = gauge("neighbours", "links that counted in the last round")
+        self.sent = Counter("tadlora_bytes_sent", "factor bytes sent", labels, registry=registry).labels(*self.values)
+        self.received = Counter("tadlora_bytes_received", "factor bytes received", labels,
+                                registry=registry).labels(*self.values)
+        self.rejections = Counter("tadlora_rejected", "messages refused, by reason", labels + ["reason"],
+                                  registry=registry)
+        buckets = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+        self.exchange_seconds = Histogram("tadlora_exchange_seconds", "duration of one factor swap this peer opened",
+                                          labels + ["outcome"], buckets=buckets, registry=registry)
+        self.checkpoint_seconds = Histogram("tadlora_checkpoint_seconds", "time to write a checkpoint", labels,
+                                            buckets=buckets, registry=registry).labels(*self.values)
+        self.round_seconds = Histogram("tadlora_round_seconds", "wall time of a round (train + exchange + mix)",
+                                       labels, buckets=buckets + (120, 300), registry=registry).labels(*self.values)
+        host, port = address.rsplit(":", 1)
+        self.server, self.thread = start_http_server(int(port), addr=host or "0.0.0.0", registry=registry)
+        self.port = self.server.server_port
+
+    def round_done(self, record):
+        self.round.set(record["round"] + 1)
+        self.phase.set(PHASE_CODE.get(record["phase"], -1))
+        self.loss.set(record["train_loss"])
+        self.neighbours.set(len(record["neighbours"]))
+        self.sent.inc(record["bytes_sent"])
+        self.received.inc(record["bytes_received"])
+        self.round_seconds.observe(record.get("seconds", 0.0))
+        if "accuracy" in record:
+            self.accuracy.set(record["accuracy"])
+
+    def exchange(self, peer_id, seconds, counted):
+        self.exchange_seconds.labels(*self.values, "counted" if counted else "failed").observe(seconds)
+
+    def rejected(self, reason):
+        self.rejections.labels(*self.values, reason).inc()
+
+    def checkpoint(self, seconds):
+        self.checkpoint_seconds.observe(seconds)
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class TensorBoardWriter(Observer):
+    def __init__(self, folder: str | Path, peer_id: str) -> None:
+        try:
+            from tensorboardX import SummaryWriter
+        except ImportError:
+            raise RuntimeError("--tensorboard needs tensorboardX: pip install 'tadlora[tensorboard]'") from None
+        self.writer = SummaryWriter(str(Path(folder) / peer_id))
+
+    def round_done(self, record):
+        step = record["round"]
+        self.writer.add_scalar("train/loss", record["train_loss"], step)
+        self.writer.add_scalar("gossip/neighbours", len(record["neighbours"]), step)
+        self.writer.add_scalar("gossip/bytes_sent", record["bytes_sent"], step)
+        self.writer.add_scalar("round/seconds", record.get("seconds", 0.0), step)
+        if "accuracy" in record:
+            self.writer.add_scalar("validation/accuracy", record["accuracy"], step)
+        self.writer.flush()
+
+    def close(self):
+        self.writer.close()
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, for log shippers."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+                 "level": record.levelname, "logger": record.name, "message": record.getMessage()}
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def use_json_logs() -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+
+
+def observers_for(metrics: str, tensorboard: str, peer_id: str, run_id: str) -> Observers:
+    observers: list[Observer] = []
+    if metrics:
+        observers.append(PrometheusMetrics(metrics, peer_id, run_id))
+    if tensorboard:
+        observers.append(TensorBoardWriter(tensorboard, peer_id))
+    return Observers(observers)
