@@ -387,11 +387,14 @@ class PeerDaemon(ExchangeServer):
         t0 = time.monotonic()
         schedule_info = self._advance_schedule(round_)
         plan = self.strategy.plan(round_)
+        trained = time.monotonic()
         loss = await self._train(round_)
+        train_seconds = time.monotonic() - trained
         self._open_round(round_)
         exchange_seconds = await self._exchange(round_)
         record = {"round": round_, "phase": plan.phase, "train_loss": loss, **schedule_info, **self._mix(round_),
-                  "exchange_seconds": exchange_seconds, "deadline": self.deadline.current()}
+                  "train_seconds": train_seconds, "exchange_seconds": exchange_seconds,
+                  "deadline": self.deadline.current()}
         if self._evaluation_due(round_):
             record["accuracy"] = await asyncio.get_running_loop().run_in_executor(
                 self.worker, self.trainer.evaluate, self.data.validation)

@@ -67,6 +67,7 @@ def decode_factors(payload: bytes, schema: Schema, expected_names: set[str] | No
             raise DecodeError("tensor-dtype", f"{name}: dtype {tensor.dtype} != local {dtype}")
         if tuple(tensor.shape) != shape:
             raise DecodeError("tensor-shape", f"{name}: shape {tuple(tensor.shape)} != local {shape}")
-        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+        # one reduction instead of a full boolean mask: amax propagates NaN, and is inf if any value is
+        if tensor.is_floating_point() and tensor.numel() and not torch.isfinite(tensor.abs().amax()):
             raise DecodeError("non-finite", f"{name} holds NaN or Inf")
     return tensors

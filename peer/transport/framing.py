@@ -6,6 +6,7 @@ Shared by the transports so that each refuses exactly the same things for the sa
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
@@ -102,17 +103,21 @@ async def read_message(next_frame: Callable[[], Awaitable[pb.Frame | None]], lim
         raise Rejected("framing", "a message must start with a header")
     header = header_from_pb(first.header)
     check_header(header, limits)
-    buf, chunks = bytearray(), 0
-    while len(buf) < header.payload_size:
+    # chunks are kept as they come and joined once; the hash is updated chunk by chunk, while the
+    # next chunks are still on the wire, rather than over the whole payload at the end
+    parts, received, digest = [], 0, hashlib.sha256()
+    while received < header.payload_size:
         f = await frame()
         if not f.HasField("chunk"):
             raise Rejected("framing", "expected a chunk")
-        chunks += 1
-        if chunks > limits.max_chunks:
+        if len(parts) >= limits.max_chunks:
             raise Rejected("too-many-chunks", f"more than {limits.max_chunks} chunks")
-        buf += f.chunk.data
-        if len(buf) > header.payload_size:
+        data = f.chunk.data
+        received += len(data)
+        if received > header.payload_size:
             raise Rejected("too-large", f"more bytes than the {header.payload_size} announced")
-    message = FactorMessage(header, bytes(buf))
-    check_payload(message)
-    return message
+        digest.update(data)
+        parts.append(data)
+    if digest.digest() != header.payload_sha256:
+        raise Rejected("payload-hash", "payload does not match the hash in its header")
+    return FactorMessage(header, parts[0] if len(parts) == 1 else b"".join(parts))

@@ -1,0 +1,189 @@
+"""The gossip path against a raw TCP socket: one round's factor swap between two processes on loopback.
+
+    python benchmarks/gossip_throughput.py [--sizes-mb 0.3,3,30,200] [--repeats 5] [--chunk-kb 1024]
+
+gossip: the client serializes its factors with safetensors, hashes them (sha256), streams them in
+chunks over a gRPC bidirectional stream to a server process, which reassembles, checks size and hash,
+decodes and validates every tensor against its schema (names, dtypes, shapes, finite values) and
+answers with factors of the same size, which the client checks and decodes the same way; then the
+commit round trip. This is ``GrpcTransport.exchange`` and the daemon's validation, exactly.
+
+raw: the same number of bytes each way over one plain TCP connection (length prefix, sendall,
+recv_into a preallocated buffer): the floor that any protocol over loopback pays.
+
+Prints, per payload size, the median swap time of each and the ratio of throughputs (raw time /
+gossip time; 1.0 = as fast as the raw socket). Target: >= 0.8.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing as mp
+import socket
+import statistics
+import struct
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from peer.transport.base import ExchangeServer, Header  # noqa: E402
+from peer.transport.codec import decode_factors, encode_factors, schema_digest, schema_of  # noqa: E402
+from peer.transport.framing import Limits, seal  # noqa: E402
+from peer.transport.grpc_transport import GrpcTransport  # noqa: E402
+
+
+def factors(total_bytes: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """float32 tensors of 1M elements (4 MB) each, plus a remainder: like a large adapter's factors."""
+    g = torch.Generator().manual_seed(seed)
+    numel, out, i = total_bytes // 4, {}, 0
+    while numel > 0:
+        n = min(numel, 1 << 20)
+        out[f"layer.{i}.lora_A.weight"] = torch.randn(n, generator=g)
+        numel -= n
+        i += 1
+    return out
+
+
+class EchoPeer(ExchangeServer):
+    """Decodes and validates what arrives, answers with its own factors of the same size."""
+
+    def __init__(self, reply_tensors: dict) -> None:
+        self.schema = schema_of(reply_tensors)
+        self.reply = seal(Header("bench", "server", 0, "A", ("A",), schema_digest(self.schema)),
+                          encode_factors(reply_tensors))
+
+    async def respond(self, incoming):
+        decode_factors(incoming.payload, self.schema, set(self.schema))
+        return self.reply
+
+    async def commit(self, header):
+        return True
+
+    async def abort(self, header):
+        pass
+
+    def status(self):
+        raise NotImplementedError
+
+    async def current_factors(self, run_id):
+        raise NotImplementedError
+
+    def outcome(self, peer_id, round_):
+        return None
+
+
+def grpc_server(size: int, chunk: int, ready, stop) -> None:
+    async def main():
+        transport = GrpcTransport(Limits(chunk_size=chunk, max_payload_bytes=1 << 30, max_chunks=1 << 20))
+        address = await transport.serve(EchoPeer(factors(size, seed=1)), "127.0.0.1:0")
+        ready.send(address)
+        while not stop.is_set():
+            await asyncio.sleep(0.05)
+        await transport.close()
+    asyncio.run(main())
+
+
+def raw_server(size: int, ready, stop) -> None:
+    server = socket.create_server(("127.0.0.1", 0))
+    ready.send(f"127.0.0.1:{server.getsockname()[1]}")
+    server.settimeout(0.2)
+    reply = bytes(size)
+    buffer = bytearray(size)
+    while not stop.is_set():
+        try:
+            conn, _ = server.accept()
+        except TimeoutError:
+            continue
+        with conn:
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            while True:
+                header = conn.recv(8, socket.MSG_WAITALL)
+                if len(header) < 8:
+                    break
+                _recv_exact(conn, buffer, struct.unpack("<Q", header)[0])
+                conn.sendall(struct.pack("<Q", size))
+                conn.sendall(reply)
+
+
+def _recv_exact(conn, buffer: bytearray, n: int) -> None:
+    view, got = memoryview(buffer)[:n], 0
+    while got < n:
+        got += conn.recv_into(view[got:], n - got)
+
+
+def time_grpc(address: str, size: int, chunk: int, repeats: int) -> list[float]:
+    tensors = factors(size)
+    schema = schema_of(factors(size, seed=1))
+
+    async def main():
+        transport = GrpcTransport(Limits(chunk_size=chunk, max_payload_bytes=1 << 30, max_chunks=1 << 20))
+
+        async def validate(reply):
+            decode_factors(reply.payload, schema, set(schema))
+
+        times = []
+        for _ in range(repeats + 1):  # the first swap opens the channel: not timed
+            start = time.perf_counter()
+            message = seal(Header("bench", "client", 0, "A", ("A",), schema_digest(schema_of(tensors))),
+                           encode_factors(tensors))
+            await transport.exchange(address, message, validate, timeout=600)
+            times.append(time.perf_counter() - start)
+        await transport.close()
+        return times[1:]
+    return asyncio.run(main())
+
+
+def time_raw(address: str, size: int, repeats: int) -> list[float]:
+    host, port = address.rsplit(":", 1)
+    payload, buffer = bytes(size), bytearray(size)
+    times = []
+    with socket.create_connection((host, int(port))) as conn:
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for _ in range(repeats + 1):
+            start = time.perf_counter()
+            conn.sendall(struct.pack("<Q", size))
+            conn.sendall(payload)
+            n = struct.unpack("<Q", conn.recv(8, socket.MSG_WAITALL))[0]
+            _recv_exact(conn, buffer, n)
+            times.append(time.perf_counter() - start)
+    return times[1:]
+
+
+def measure(kind: str, size: int, chunk: int, repeats: int) -> list[float]:
+    ctx = mp.get_context("spawn")
+    ready_recv, ready_send = ctx.Pipe(duplex=False)
+    stop = ctx.Event()
+    target, args = (grpc_server, (size, chunk, ready_send, stop)) if kind == "gossip" else (raw_server, (size, ready_send, stop))
+    proc = ctx.Process(target=target, args=args, daemon=True)
+    proc.start()
+    try:
+        address = ready_recv.recv()
+        return time_grpc(address, size, chunk, repeats) if kind == "gossip" else time_raw(address, size, repeats)
+    finally:
+        stop.set()
+        proc.join(10)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes-mb", default="0.3,3,30,200")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--chunk-kb", type=int, default=1024, help="gRPC chunk size (the daemon's --chunk-size)")
+    args = parser.parse_args()
+    print(f"| payload | raw socket (median s) | gossip (median s) | gossip MB/s | ratio (raw/gossip) |")
+    print("|---|---|---|---|---|")
+    for mb in [float(x) for x in args.sizes_mb.split(",")]:
+        size = int(mb * 1e6) // 4 * 4
+        raw = statistics.median(measure("raw", size, 0, args.repeats))
+        gossip = statistics.median(measure("gossip", size, args.chunk_kb << 10, args.repeats))
+        print(f"| {mb:g} MB | {raw:.4f} | {gossip:.4f} | {2 * size / gossip / 1e6:.0f} | {raw / gossip:.2f} |",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()

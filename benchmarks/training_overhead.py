@@ -1,0 +1,109 @@
+"""Training throughput of a gossiping daemon against a bare peft training loop, side by side.
+
+    python benchmarks/training_overhead.py [--peers 2] [--rounds 8] [--local-steps 10] [--batch-size 8]
+
+bare: one process, one torch thread: MiniLM + peft LoRA (r=8, query/value), AdamW, the same
+tokenized shard, ``rounds x local_steps`` steps of ``batch_size``; nothing else. Samples/s after one
+warm-up step.
+
+daemon: ``--peers`` real ``tadlora run`` daemons on loopback (real gRPC and mDNS, one torch thread
+each, the same model, data, batch and steps, complete graph, lora so that every round trains and
+mixes both factors), from rounds.jsonl:
+  - training throughput: samples / time spent in local training, which is what gossip could slow
+    down (the daemon answers neighbours' streams while it trains: on its event loop, not its training
+    thread);
+  - end-to-end throughput: samples / wall time of the run's rounds, training + exchange + mixing +
+    checkpoint: what synchronous rounds cost on top.
+
+Prints both ratios against bare (target for training throughput: >= 0.95). With 2 peers on 2 cores
+each daemon has a core, as the bare loop does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from peer.config import load_config  # noqa: E402
+from peer.testbed import Testbed  # noqa: E402
+
+
+def bare_loop(cfg, steps: int) -> float:
+    """Samples/s of a plain peft loop (transformers + peft only, no tadlora training code)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForSequenceClassification
+
+    from peer.run_setup import prepare_data
+    from peer.training.adapters import resolve_model_path
+    from peer.training.trainer import collate
+
+    torch.set_num_threads(1)
+    data = prepare_data(cfg)
+    shard = data.shards[0]
+    base = AutoModelForSequenceClassification.from_pretrained(resolve_model_path(cfg.model), num_labels=2)
+    model = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.1, target_modules=["query", "value"]))
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate)
+    model.train()
+    g = torch.Generator().manual_seed(0)
+    batches = [torch.randint(0, len(shard), (cfg.batch_size,), generator=g).tolist() for _ in range(steps + 1)]
+    start = None
+    for i, indices in enumerate(batches):
+        if i == 1:
+            start = time.perf_counter()  # after one warm-up step
+        loss = model(**collate(shard, indices, torch.device("cpu"))).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return steps * cfg.batch_size / (time.perf_counter() - start)
+
+
+def daemon_run(cfg, out: Path) -> tuple[float, float]:
+    bed = Testbed(cfg, out, dict(discovery_wait=30.0, round_timeout_max=30.0))
+    try:
+        for i in range(cfg.peers):
+            bed.start(i)
+        bed.wait(timeout=1800)
+    finally:
+        bed.stop_all()
+    training, end_to_end = [], []
+    for i in range(cfg.peers):
+        rounds = bed.rounds(i)[1:]  # the first round includes warm-up
+        samples = len(rounds) * cfg.local_steps * cfg.batch_size
+        training.append(samples / sum(r["train_seconds"] for r in rounds))
+        end_to_end.append(samples / sum(r["seconds"] for r in rounds))
+    return statistics.median(training), statistics.median(end_to_end)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--peers", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--local-steps", type=int, default=10)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-length", type=int, default=64)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    cfg = load_config(overrides=dict(strategy="lora", peers=args.peers, topology="complete", rounds=args.rounds,
+                                     local_steps=args.local_steps, batch_size=args.batch_size,
+                                     max_length=args.max_length, eval_every=10**6, eval_samples=50, device="cpu"))
+    out = args.out or Path(tempfile.mkdtemp(prefix="tadlora-overhead-"))
+    training, end_to_end = daemon_run(cfg, out)
+    bare = bare_loop(cfg, (args.rounds - 1) * args.local_steps)
+    print(json.dumps({"bare_samples_per_s": round(bare, 2), "daemon_training_samples_per_s": round(training, 2),
+                      "daemon_end_to_end_samples_per_s": round(end_to_end, 2)}))
+    print(f"| | samples/s | ratio to bare |\n|---|---|---|\n| bare peft loop (1 process, 1 thread) | {bare:.2f} | 1.00 |")
+    print(f"| daemon, local training (median of {cfg.peers}) | {training:.2f} | {training / bare:.2f} |")
+    print(f"| daemon, end to end (training + exchange + mix + checkpoint) | {end_to_end:.2f} | {end_to_end / bare:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
