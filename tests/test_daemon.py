@@ -141,7 +141,7 @@ def test_kill_9_and_restart_resumes_and_rejoins(tmp_path):
 
 
 def test_late_joiner_adopts_the_current_round_and_factors(tmp_path):
-    cfg = load_config(overrides=dict(TINY, peers=3, rounds=16, local_steps=25, topology="complete"))
+    cfg = load_config(overrides=dict(TINY, peers=3, rounds=60, local_steps=25, topology="complete"))
     bed = Testbed(cfg, tmp_path / "bed", dict(NET, discovery_wait=1.0, round_timeout_min=1.0, round_timeout_max=3.0))
     try:
         bed.start(0)

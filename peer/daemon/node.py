@@ -270,8 +270,12 @@ class PeerDaemon(ExchangeServer):
         dead neighbour of lower id would hold every round until the deadline."""
         event = self.settled[round_][peer_id]
         while not event.is_set() and time.monotonic() < until:
-            await asyncio.sleep(0.5)
-            if event.is_set() or peer_id not in self.known:
+            try:  # wake at once when the link settles: a plain sleep here held every round 0.5 s
+                await asyncio.wait_for(event.wait(), 0.5)
+                break
+            except asyncio.TimeoutError:
+                pass
+            if peer_id not in self.known:
                 break
             try:
                 status = await self.transport.status(self.known[peer_id], timeout=1.0)

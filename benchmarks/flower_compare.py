@@ -1,0 +1,143 @@
+"""tadlora's daemons against Flower: the same LoRA adapter averaged among N processes on loopback.
+
+    sudo python benchmarks/flower_compare.py --flower-python /path/to/venv-with-flwr/bin/python
+
+Flower: its own server (FedAvg, the legacy ``start_server``/``start_client`` gRPC stack of flwr) and N
+clients (benchmarks/flower_side.py), clients returning the parameters at once (no training).
+tadlora: N ``tadlora run`` daemons (MiniLM-L6, r = 8, strategy lora so that both factors are swapped
+every round as FedAvg averages the whole adapter, complete graph), training one step of one
+example per round; their round time beyond training is ``seconds - train_seconds`` from rounds.jsonl
+(exchange, validation, mixing, checkpoint).
+
+Both run inside a network namespace of their own that has only a loopback interface, so the bytes
+its loopback counted are exactly the bytes of the run, every protocol overhead included (mDNS,
+status probes and TLS-free gRPC for tadlora; gRPC for Flower). Needs root for that; without root
+the bytes column shows the payload bytes from the logs instead.
+
+The two move different amounts by design: a star moves 2·N adapters a round through one server;
+gossip on a complete graph moves N·(N-1) (every pair swaps both ways), with no server.
+Flower runs in a separate environment (flwr pins a protobuf that tadlora's generated code refuses).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from peer.config import load_config  # noqa: E402
+from peer.testbed import Testbed  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+
+
+class Loopback:
+    """A namespace with only 'lo' (multicast on, so that mDNS works on it); removed on exit."""
+
+    def __init__(self) -> None:
+        self.name = f"tdlbench{uuid.uuid4().hex[:4]}" if os.geteuid() == 0 else None
+
+    def __enter__(self):
+        if self.name:
+            for cmd in (["ip", "netns", "add", self.name], ["ip", "-n", self.name, "link", "set", "lo", "up"],
+                        ["ip", "-n", self.name, "link", "set", "lo", "multicast", "on"],
+                        ["ip", "-n", self.name, "route", "add", "224.0.0.0/4", "dev", "lo"]):
+                subprocess.run(cmd, check=True)
+        return self
+
+    def __exit__(self, *exc):
+        if self.name:
+            subprocess.run(["ip", "netns", "del", self.name], check=False)
+
+    def wrap(self, command: list[str]) -> list[str]:
+        return ["ip", "netns", "exec", self.name, *command] if self.name else command
+
+    def bytes(self) -> int | None:
+        if not self.name:
+            return None
+        out = subprocess.run(self.wrap(["cat", "/sys/class/net/lo/statistics/tx_bytes"]), capture_output=True,
+                             text=True, check=True)
+        return int(out.stdout)
+
+
+def run_flower(python: str, clients: int, rounds: int, folder: Path) -> dict:
+    with Loopback() as ns:
+        before = ns.bytes()
+        times = folder / "flower_times.json"
+        side = str(HERE / "flower_side.py")
+        server = subprocess.Popen(ns.wrap([python, side, "server", "--clients", str(clients), "--rounds", str(rounds),
+                                           "--out", str(times)]), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(3)
+        procs = [subprocess.Popen(ns.wrap([python, side, "client", "--seed", str(i + 1)]), stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL) for i in range(clients)]
+        server.wait(timeout=600)
+        for p in procs:
+            p.wait(timeout=60)
+        total = None if before is None else ns.bytes() - before
+    result = json.loads(times.read_text())
+    rounds_after_first = result["round_seconds"][1:]  # the first round waits for the clients to connect
+    return {"overhead": statistics.median(rounds_after_first), "bytes_per_round": total / rounds if total else None,
+            "payload": result["payload_bytes"]}
+
+
+class NamespacedTestbed(Testbed):
+    def __init__(self, *args, ns: Loopback, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.ns = ns
+
+    def command(self, index, extra=None):
+        return self.ns.wrap(super().command(index, extra))
+
+
+def run_tadlora(peers: int, rounds: int, folder: Path) -> dict:
+    cfg = load_config(overrides=dict(strategy="lora", peers=peers, topology="complete", rounds=rounds, local_steps=1,
+                                     batch_size=1, max_length=16, eval_every=10**6, eval_samples=10, device="cpu"))
+    with Loopback() as ns:
+        bed = NamespacedTestbed(cfg, folder, dict(discovery_wait=60.0, round_timeout_max=30.0), ns=ns)
+        try:
+            before = ns.bytes()
+            for i in range(peers):
+                bed.start(i)
+            bed.wait(timeout=1200)  # bytes of the whole run, discovery and start-up included, as for Flower
+            after = ns.bytes()
+        finally:
+            bed.stop_all()
+    records = [r for i in range(peers) for r in bed.rounds(i)[1:]]
+    payload = sum(r["bytes_sent"] for i in range(peers) for r in bed.rounds(i)) / rounds
+    return {"overhead": statistics.median(r["seconds"] - r["train_seconds"] for r in records),
+            "bytes_per_round": (after - before) / rounds if before is not None else payload,
+            "payload_per_round": payload}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--peers", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--flower-python", default=sys.executable, help="a Python with flwr and numpy installed")
+    args = parser.parse_args()
+    folder = Path(tempfile.mkdtemp(prefix="tadlora-flower-"))
+    flower = run_flower(args.flower_python, args.peers, args.rounds, folder)
+    ours = run_tadlora(args.peers, args.rounds, folder / "tadlora")
+    mb = 1e6
+    print(f"adapter payload: {flower['payload'] / 1e3:.0f} KB; {args.peers} processes; {args.rounds} rounds\n")
+    print("| | round time beyond training (median s) | bytes on the wire per round (MB) |\n|---|---|---|")
+    print(f"| Flower (FedAvg server + {args.peers} clients) | {flower['overhead']:.3f} | "
+          f"{flower['bytes_per_round'] / mb if flower['bytes_per_round'] else float('nan'):.2f} |")
+    print(f"| tadlora ({args.peers} daemons, complete graph) | {ours['overhead']:.3f} | {ours['bytes_per_round'] / mb:.2f} |")
+    print(f"\nratio tadlora/Flower: time {ours['overhead'] / flower['overhead']:.2f}, "
+          f"bytes {ours['bytes_per_round'] / flower['bytes_per_round'] if flower['bytes_per_round'] else float('nan'):.2f}"
+          f" (payload per round: tadlora {ours['payload_per_round'] / mb:.2f} MB sent, Flower 2 x {args.peers} x "
+          f"{flower['payload'] / mb:.2f} MB)")
+
+
+if __name__ == "__main__":
+    main()
