@@ -2,7 +2,7 @@
 
     python benchmarks/gossip_throughput.py [--sizes-mb 0.3,3,30,200] [--repeats 5] [--chunk-kb 1024]
 
-gossip: the client serializes its factors with safetensors, hashes them (sha256), streams them in
+gossip: the client serializes its factors with safetensors, checksums them (xxh3-128), streams them in
 chunks over a gRPC bidirectional stream to a server process, which reassembles, checks size and hash,
 decodes and validates every tensor against its schema (names, dtypes, shapes, finite values) and
 answers with factors of the same size, which the client checks and decodes the same way; then the

@@ -49,7 +49,7 @@ def main() -> None:
     from peer.training.adapters import AdapterModel
     from peer.training.tokenizer import Encoded
     from peer.training.trainer import LocalTrainer
-    from peer.transport.codec import decode_factors, encode_factors, schema_of, sha256
+    from peer.transport.codec import decode_factors, encode_factors, payload_digest, schema_of
 
     cfg = load_config(overrides=dict(model=args.model, batch_size=args.batch_size, max_length=args.max_length,
                                      peers=args.peers, topology="complete", device=args.device, strategy="tad",
@@ -87,10 +87,10 @@ def main() -> None:
         sync()
         start = time.perf_counter()
         payload = encode_factors(peer.outgoing(round_))
-        digest = sha256(payload)
+        digest = payload_digest(payload)
         received = {}
         for j in range(1, args.peers):  # neighbours' payloads: here copies of ours, decoded as if received
-            assert sha256(payload) == digest
+            assert payload_digest(payload) == digest
             received[j] = {k: v.to(device) for k, v in
                            decode_factors(payload, schema, set(peer.outgoing(round_))).items()}
         peer.mix(round_, received, {j: weights[0, j] for j in received}, weights[0, 0])

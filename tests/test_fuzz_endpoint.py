@@ -21,6 +21,7 @@ from safetensors.torch import save as st_save
 
 from peer.config import load_daemon_config
 from peer.daemon.node import PeerDaemon
+from peer.transport.codec import payload_digest
 from peer.transport.framing import Limits, header_to_pb
 from peer.transport.grpc_transport import GrpcTransport
 from peer.transport.base import Header
@@ -100,7 +101,7 @@ def frames_for(header: Header, payload: bytes, chunk: int = 4096) -> list[pb.Fra
 
 
 def sealed(header: Header, payload: bytes) -> Header:
-    header.payload_size, header.payload_sha256 = len(payload), hashlib.sha256(payload).digest()
+    header.payload_size, header.payload_digest = len(payload), payload_digest(payload)
     return header
 
 

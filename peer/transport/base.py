@@ -17,7 +17,7 @@ import abc
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: payload checksum xxh3-128 (was sha256)
 
 
 @dataclass
@@ -28,7 +28,7 @@ class Header:
     phase: str
     factors: tuple[str, ...]
     schema_digest: bytes
-    payload_sha256: bytes = b""
+    payload_digest: bytes = b""
     payload_size: int = 0
     degree: int = 0
     link_estimate: float = 0.0

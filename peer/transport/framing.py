@@ -6,12 +6,11 @@ Shared by the transports so that each refuses exactly the same things for the sa
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
 from peer.transport.base import PROTOCOL_VERSION, FactorMessage, Header, Rejected
-from peer.transport.codec import sha256
+from peer.transport.codec import new_payload_digest, payload_digest
 from peer.transport.pb import peer_pb2 as pb
 
 
@@ -38,7 +37,7 @@ class Limits:
 def header_to_pb(h: Header) -> pb.Header:
     return pb.Header(protocol_version=h.protocol_version, run_id=h.run_id, sender_id=h.sender_id, round=h.round,
                      phase=h.phase, factors=list(h.factors), schema_digest=h.schema_digest,
-                     payload_sha256=h.payload_sha256, payload_size=h.payload_size, degree=h.degree,
+                     payload_digest=h.payload_digest, payload_size=h.payload_size, degree=h.degree,
                      link_estimate=h.link_estimate, switch_interval=h.switch_interval,
                      schedule_round=h.schedule_round, proposed_interval=h.proposed_interval,
                      phase_start=h.phase_start)
@@ -46,7 +45,7 @@ def header_to_pb(h: Header) -> pb.Header:
 
 def header_from_pb(h: pb.Header) -> Header:
     return Header(run_id=h.run_id, sender_id=h.sender_id, round=h.round, phase=h.phase, factors=tuple(h.factors),
-                  schema_digest=bytes(h.schema_digest), payload_sha256=bytes(h.payload_sha256),
+                  schema_digest=bytes(h.schema_digest), payload_digest=bytes(h.payload_digest),
                   payload_size=h.payload_size, degree=h.degree, link_estimate=h.link_estimate,
                   switch_interval=h.switch_interval, schedule_round=h.schedule_round,
                   proposed_interval=h.proposed_interval, phase_start=h.phase_start,
@@ -55,7 +54,7 @@ def header_from_pb(h: pb.Header) -> Header:
 
 def seal(header: Header, payload: bytes) -> FactorMessage:
     """A message whose header carries the payload's size and hash."""
-    header.payload_size, header.payload_sha256 = len(payload), sha256(payload)
+    header.payload_size, header.payload_digest = len(payload), payload_digest(payload)
     return FactorMessage(header, payload)
 
 
@@ -80,7 +79,7 @@ def check_header(header: Header, limits: Limits) -> None:
 def check_payload(message: FactorMessage) -> None:
     if len(message.payload) != message.header.payload_size:
         raise Rejected("truncated", f"{len(message.payload)} of {message.header.payload_size} bytes arrived")
-    if sha256(message.payload) != message.header.payload_sha256:
+    if payload_digest(message.payload) != message.header.payload_digest:
         raise Rejected("payload-hash", "payload does not match the hash in its header")
 
 
@@ -105,7 +104,7 @@ async def read_message(next_frame: Callable[[], Awaitable[pb.Frame | None]], lim
     check_header(header, limits)
     # chunks are kept as they come and joined once; the hash is updated chunk by chunk, while the
     # next chunks are still on the wire, rather than over the whole payload at the end
-    parts, received, digest = [], 0, hashlib.sha256()
+    parts, received, digest = [], 0, new_payload_digest()
     while received < header.payload_size:
         f = await frame()
         if not f.HasField("chunk"):
@@ -118,6 +117,6 @@ async def read_message(next_frame: Callable[[], Awaitable[pb.Frame | None]], lim
             raise Rejected("too-large", f"more bytes than the {header.payload_size} announced")
         digest.update(data)
         parts.append(data)
-    if digest.digest() != header.payload_sha256:
+    if digest.digest() != header.payload_digest:
         raise Rejected("payload-hash", "payload does not match the hash in its header")
     return FactorMessage(header, parts[0] if len(parts) == 1 else b"".join(parts))

@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Header(_message.Message):
-    __slots__ = ("protocol_version", "run_id", "sender_id", "round", "phase", "factors", "schema_digest", "payload_sha256", "payload_size", "degree", "link_estimate", "switch_interval", "schedule_round", "proposed_interval", "phase_start")
+    __slots__ = ("protocol_version", "run_id", "sender_id", "round", "phase", "factors", "schema_digest", "payload_digest", "payload_size", "degree", "link_estimate", "switch_interval", "schedule_round", "proposed_interval", "phase_start")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     SENDER_ID_FIELD_NUMBER: _ClassVar[int]
@@ -15,7 +15,7 @@ class Header(_message.Message):
     PHASE_FIELD_NUMBER: _ClassVar[int]
     FACTORS_FIELD_NUMBER: _ClassVar[int]
     SCHEMA_DIGEST_FIELD_NUMBER: _ClassVar[int]
-    PAYLOAD_SHA256_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_DIGEST_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_SIZE_FIELD_NUMBER: _ClassVar[int]
     DEGREE_FIELD_NUMBER: _ClassVar[int]
     LINK_ESTIMATE_FIELD_NUMBER: _ClassVar[int]
@@ -30,7 +30,7 @@ class Header(_message.Message):
     phase: str
     factors: _containers.RepeatedScalarFieldContainer[str]
     schema_digest: bytes
-    payload_sha256: bytes
+    payload_digest: bytes
     payload_size: int
     degree: int
     link_estimate: float
@@ -38,7 +38,7 @@ class Header(_message.Message):
     schedule_round: int
     proposed_interval: int
     phase_start: int
-    def __init__(self, protocol_version: _Optional[int] = ..., run_id: _Optional[str] = ..., sender_id: _Optional[str] = ..., round: _Optional[int] = ..., phase: _Optional[str] = ..., factors: _Optional[_Iterable[str]] = ..., schema_digest: _Optional[bytes] = ..., payload_sha256: _Optional[bytes] = ..., payload_size: _Optional[int] = ..., degree: _Optional[int] = ..., link_estimate: _Optional[float] = ..., switch_interval: _Optional[int] = ..., schedule_round: _Optional[int] = ..., proposed_interval: _Optional[int] = ..., phase_start: _Optional[int] = ...) -> None: ...
+    def __init__(self, protocol_version: _Optional[int] = ..., run_id: _Optional[str] = ..., sender_id: _Optional[str] = ..., round: _Optional[int] = ..., phase: _Optional[str] = ..., factors: _Optional[_Iterable[str]] = ..., schema_digest: _Optional[bytes] = ..., payload_digest: _Optional[bytes] = ..., payload_size: _Optional[int] = ..., degree: _Optional[int] = ..., link_estimate: _Optional[float] = ..., switch_interval: _Optional[int] = ..., schedule_round: _Optional[int] = ..., proposed_interval: _Optional[int] = ..., phase_start: _Optional[int] = ...) -> None: ...
 
 class Chunk(_message.Message):
     __slots__ = ("data",)
