@@ -76,6 +76,7 @@ def run_one(out: Path, method: str, condition: str, args) -> dict:
     cfg = load_config(overrides=dict(model=args.model, task=args.task, peers=args.peers, rounds=args.rounds,
                                      local_steps=args.local_steps, batch_size=args.batch_size,
                                      learning_rate=args.learning_rate, max_length=48, eval_samples=400,
+                                     eval_every=args.rounds,  # the final evaluation only: rounds stay comparable
                                      topology="complete", strategy=method, switch_interval="2", device="cpu"))
     print(f"running {method} / {condition}", file=sys.stderr, flush=True)
     lab = NetnsLab(args.peers)
