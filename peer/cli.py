@@ -211,31 +211,21 @@ def _run_testbed(args: argparse.Namespace) -> int:
     return 0
 
 
+COMMANDS = {"simulate": _run_simulate, "run": _run_daemon, "testbed": _run_testbed, "certs": _run_certs,
+            "status": _run_status, "plot": _run_plot, "collect": _run_collect}
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     try:
-        if args.command == "simulate":
-            return _run_simulate(args)
-        if args.command == "run":
-            return _run_daemon(args)
-        if args.command == "testbed":
-            return _run_testbed(args)
-        if args.command == "certs":
-            return _run_certs(args)
-        if args.command == "status":
-            return _run_status(args)
-        if args.command == "plot":
-            return _run_plot(args)
-        if args.command == "collect":
-            return _run_collect(args)
+        return COMMANDS[args.command](args)
     except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"tadlora: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("tadlora: interrupted", file=sys.stderr)
         return 130
-    return 1
 
 
 if __name__ == "__main__":

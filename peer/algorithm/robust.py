@@ -43,19 +43,26 @@ def _norm(tensors: Mapping[str, torch.Tensor]) -> float:
     return math.sqrt(sum(float(t.double().pow(2).sum()) for t in tensors.values()))
 
 
+def _deviations(own: Mapping[str, torch.Tensor], received: Mapping[Hashable, Mapping[str, torch.Tensor]]) -> dict:
+    return {peer: {name: tensors[name] - own[name] for name in own} for peer, tensors in received.items()}
+
+
+def _apply_clipped(own: Mapping[str, torch.Tensor], deviations: dict, norms: dict,
+                   weights: Mapping[Hashable, float], radius: float) -> tuple[dict[str, torch.Tensor], dict]:
+    scales = {peer: min(1.0, radius / norm) if norm > 0 else 1.0 for peer, norm in norms.items()}
+    mixed = {name: value.clone() for name, value in own.items()}
+    for peer, deviation in deviations.items():
+        for name in own:
+            mixed[name] = mixed[name] + deviation[name] * (weights[peer] * scales[peer])
+    return mixed, {"norms": norms, "scales": scales}
+
+
 def clipped_mix(own: Mapping[str, torch.Tensor], received: Mapping[Hashable, Mapping[str, torch.Tensor]],
                 weights: Mapping[Hashable, float], radius: float) -> tuple[dict[str, torch.Tensor], dict]:
     """``own + Σ_j weights[j]·clip(received[j] − own, radius)``; also returns each neighbour's
     deviation norm and the scale applied to it (1.0: not clipped)."""
-    scales, norms = {}, {}
-    mixed = {name: value.clone() for name, value in own.items()}
-    for peer, tensors in received.items():
-        deviation = {name: tensors[name] - own[name] for name in own}
-        norms[peer] = _norm(deviation)
-        scales[peer] = min(1.0, radius / norms[peer]) if norms[peer] > 0 else 1.0
-        for name in own:
-            mixed[name] = mixed[name] + deviation[name] * (weights[peer] * scales[peer])
-    return mixed, {"norms": norms, "scales": scales}
+    deviations = _deviations(own, received)
+    return _apply_clipped(own, deviations, {p: _norm(d) for p, d in deviations.items()}, weights, radius)
 
 
 def trimmed_mean(own: Mapping[str, torch.Tensor], received: Mapping[Hashable, Mapping[str, torch.Tensor]],
@@ -64,14 +71,13 @@ def trimmed_mean(own: Mapping[str, torch.Tensor], received: Mapping[Hashable, Ma
     (own values unchanged when there are fewer than ``2·trim + 1`` values)."""
     if trim < 0:
         raise ValueError(f"trim must be >= 0, got {trim}")
+    n = 1 + len(received)
+    if n < 2 * trim + 1:  # who is the outlier among two? nobody can tell: mix nothing
+        return {name: value.clone() for name, value in own.items()}
     out = {}
     for name, value in own.items():
         stacked = torch.stack([value, *(tensors[name] for tensors in received.values())])
-        n = stacked.shape[0]
-        if n < 2 * trim + 1:
-            out[name] = value.clone()  # who is the outlier among two? nobody can tell: mix nothing
-        else:
-            out[name] = stacked.sort(dim=0).values[trim:n - trim].mean(dim=0)
+        out[name] = stacked.sort(dim=0).values[trim:n - trim].mean(dim=0)
     return out
 
 
@@ -106,9 +112,11 @@ class MixingRule:
             self.last = {"rule": "trimmed-mean", "trim": self.trim}
             return trimmed_mean(own, received, self.trim)
         names = frozenset(own)
-        fresh = [_norm({n: t[n] - own[n] for n in own}) for t in received.values()]
+        deviations = _deviations(own, received)  # once: the norms set the radius and the clipping uses them
+        norms = {peer: _norm(d) for peer, d in deviations.items()}
+        fresh = list(norms.values())
         radius = self.radius(names, fresh)
-        mixed, info = clipped_mix(own, received, weights, radius)
+        mixed, info = _apply_clipped(own, deviations, norms, weights, radius)
         # remember the norms after the radius is set: a hostile peer's huge norm enters the history
         # as one sample among many and cannot drag the median
         self.history.setdefault(names, deque(maxlen=self.window)).extend(fresh)

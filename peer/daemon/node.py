@@ -56,6 +56,11 @@ from peer.transport.framing import seal
 log = logging.getLogger("tadlora.daemon")
 
 
+def _tls_refused(exc: ExchangeFailed) -> bool:
+    """The remote end failed the TLS handshake: it holds no certificate of this run's authority."""
+    return "handshake" in str(exc).lower()
+
+
 class PeerDaemon(ExchangeServer):
     def __init__(self, run: RunConfig, net: DaemonConfig, out_dir: Path, transport: Transport) -> None:
         self.run, self.net, self.out, self.transport = run, net, Path(out_dir), transport
@@ -237,7 +242,6 @@ class PeerDaemon(ExchangeServer):
                 raise ExchangeFailed(f"{peer_id} has no address")
             await self._exchange_retrying_while_behind(address, round_, validate, until)
             self._count(round_, peer_id, staged)
-            self.observer.exchange(peer_id, time.monotonic() - started, True)
         except ExchangeOutcomeUnknown:
             if await self._ask_outcome(address, round_, peer_id, until) and staged:
                 self._count(round_, peer_id, staged)
@@ -249,8 +253,7 @@ class PeerDaemon(ExchangeServer):
             log.info("%s: link to %s in round %d failed: %s", self.peer_id, peer_id, round_, exc)
         finally:
             self.settled[round_][peer_id].set()
-            if peer_id not in self.counted.get(round_, {}):
-                self.observer.exchange(peer_id, time.monotonic() - started, False)
+            self.observer.exchange(peer_id, time.monotonic() - started, peer_id in self.counted.get(round_, {}))
 
     async def _exchange_retrying_while_behind(self, address: str, round_: int, validate, until: float) -> None:
         # A neighbour two rounds behind refuses with "round-ahead"; it is catching up, so wait for it
@@ -504,7 +507,7 @@ class PeerDaemon(ExchangeServer):
             try:
                 status = await self.transport.status(address, timeout=3.0)
             except ExchangeFailed as exc:
-                if "handshake" in str(exc).lower():
+                if _tls_refused(exc):
                     self.count_rejection("membership", f"{peer_id} cannot prove membership of run "
                                          f"{self.net.run_id!r}: TLS handshake failed", address)
                     return
@@ -527,7 +530,7 @@ class PeerDaemon(ExchangeServer):
         try:
             status = await self.transport.status(address, timeout=2.0)
         except ExchangeFailed as exc:
-            if self.net.tls and "handshake" in str(exc).lower():
+            if self.net.tls and _tls_refused(exc):
                 self.count_rejection("membership", f"static peer cannot prove membership of run "
                                      f"{self.net.run_id!r}: TLS handshake failed", address)
                 return True  # refused for good: stop asking

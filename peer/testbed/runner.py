@@ -129,8 +129,7 @@ class Testbed:
         self.wait(max(1.0, timeout - (time.monotonic() - began)))
 
     def rounds(self, index: int) -> list[dict]:
-        path = self.peer_dir(index) / "rounds.jsonl"
-        return [json.loads(l) for l in path.read_text().splitlines()] if path.exists() else []
+        return read_rounds(self.peer_dir(index))
 
     def summary(self) -> dict:
         peers = summarize_peers([self.peer_dir(index) for index in range(self.run.peers)])
@@ -171,6 +170,12 @@ class NetnsTestbed(Testbed):
             super().apply(event)
 
 
+def read_rounds(folder: Path) -> list[dict]:
+    """A daemon's rounds.jsonl (its ``--out`` folder), empty before its first round."""
+    path = folder / "rounds.jsonl"
+    return [json.loads(l) for l in path.read_text().splitlines()] if path.exists() else []
+
+
 def summarize_peers(peer_dirs: list[Path]) -> dict:
     """Per peer: final accuracy, rounds, bytes sent and received, from a daemon's ``--out`` folder."""
     peers = {}
@@ -179,8 +184,7 @@ def summarize_peers(peer_dirs: list[Path]) -> dict:
         if not path.exists():
             raise FileNotFoundError(f"{folder}: no summary.json (the daemon did not finish; see its log)")
         s = json.loads(path.read_text())
-        rounds = [json.loads(l) for l in (folder / "rounds.jsonl").read_text().splitlines()] \
-            if (folder / "rounds.jsonl").exists() else []
+        rounds = read_rounds(folder)
         peers[s["peer_id"]] = {"accuracy": s["mean_accuracy"], "rounds": s["rounds"],
                                "bytes_sent": sum(r["bytes_sent"] for r in rounds),
                                "bytes_received": sum(r["bytes_received"] for r in rounds)}

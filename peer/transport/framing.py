@@ -76,10 +76,11 @@ def check_header(header: Header, limits: Limits) -> None:
         raise Rejected("too-large", f"{header.payload_size} bytes announced, limit {limits.max_payload_bytes}")
 
 
-def check_payload(message: FactorMessage) -> None:
+def check_payload(message: FactorMessage, digest: bytes | None = None) -> None:
+    """Size and checksum against the header; ``digest``: the checksum when already computed on arrival."""
     if len(message.payload) != message.header.payload_size:
         raise Rejected("truncated", f"{len(message.payload)} of {message.header.payload_size} bytes arrived")
-    if payload_digest(message.payload) != message.header.payload_digest:
+    if (digest if digest is not None else payload_digest(message.payload)) != message.header.payload_digest:
         raise Rejected("payload-hash", "payload does not match the hash in its header")
 
 
@@ -117,6 +118,6 @@ async def read_message(next_frame: Callable[[], Awaitable[pb.Frame | None]], lim
             raise Rejected("too-large", f"more bytes than the {header.payload_size} announced")
         digest.update(data)
         parts.append(data)
-    if digest.digest() != header.payload_digest:
-        raise Rejected("payload-hash", "payload does not match the hash in its header")
-    return FactorMessage(header, parts[0] if len(parts) == 1 else b"".join(parts))
+    message = FactorMessage(header, parts[0] if len(parts) == 1 else b"".join(parts))
+    check_payload(message, digest.digest())
+    return message

@@ -14,8 +14,7 @@ import grpc
 
 from peer.transport.base import (ExchangeFailed, ExchangeOutcomeUnknown, ExchangeServer, FactorMessage,
                                  NeighbourInfo, Rejected, StatusInfo, Transport, Validator)
-from peer.transport.framing import (Limits, check_header, check_payload, header_from_pb, header_to_pb,
-                                    read_message, reject_frame, to_frames)
+from peer.transport.framing import Limits, read_message, reject_frame, to_frames
 from peer.transport.pb import peer_pb2 as pb
 from peer.transport.pb import peer_pb2_grpc as pb_grpc
 from peer.transport.tls import TLS_NAME, TlsMaterial
