@@ -10,7 +10,9 @@ The matrix is symmetric and every row sums to one, hence doubly stochastic: a mi
 floating-point rounding. Each node can compute its own row from its degree and its neighbours'
 degrees alone, which is what a networked peer needs.
 
-The functions are duck-typed over the array type: numpy arrays and torch tensors both work.
+The functions are duck-typed over the array type: numpy arrays and torch tensors both work. Received
+tensors may sit on another device than the peer's own (decoded to CPU, own factors on CUDA): every
+rule meets them through ``to_like``, which puts each on the device and dtype of the own tensor.
 """
 
 from __future__ import annotations
@@ -58,12 +60,28 @@ def metropolis_hastings_matrix(n: int, edges: Iterable[Edge]) -> np.ndarray:
     return w
 
 
+def to_like(value, like):
+    """``value`` on the device and dtype of ``like``, so that the two can meet in one expression.
+
+    Torch refuses arithmetic between a CUDA and a CPU tensor, and received factors are decoded
+    wherever the wire left them; the own tensor decides where the result lives. Duck-typed like the
+    rest of this module: anything without ``.to`` (numpy arrays) passes through unchanged, and a
+    tensor already in place is returned as is (no copy).
+    """
+    if not (hasattr(value, "to") and hasattr(like, "to")):
+        return value
+    if value.device == like.device and value.dtype == like.dtype:
+        return value
+    return value.to(device=like.device, dtype=like.dtype)
+
+
 def mix(own: Mapping[str, object], neighbours: Mapping[Hashable, Mapping[str, object]],
         weights: Mapping[Hashable, float], self_weight: float) -> dict[str, object]:
     """``self_weight·own + Σ_j weights[j]·neighbours[j]``, tensor by tensor.
 
     Every neighbour must carry exactly the tensor names of ``own``; a mismatch is a ValueError
-    rather than a silently half-mixed model.
+    rather than a silently half-mixed model. The result lives where ``own`` does, whatever device
+    the received tensors are on.
     """
     for peer, tensors in neighbours.items():
         if set(tensors) != set(own):
@@ -74,7 +92,7 @@ def mix(own: Mapping[str, object], neighbours: Mapping[Hashable, Mapping[str, ob
     for name, value in own.items():
         acc = value * self_weight
         for peer, tensors in neighbours.items():
-            acc = acc + tensors[name] * weights[peer]
+            acc = acc + to_like(tensors[name], value) * weights[peer]
         mixed[name] = acc
     return mixed
 

@@ -24,7 +24,8 @@ rounds. Two rules, chosen per run with ``--mixing-rule``:
     network-wide sums. With fewer than ``2·trim + 1`` values there is no majority to trust, and the
     peer keeps its own factors for that round. Needs ``2·trim`` neighbours or more to mix at all.
 
-Pure functions and one small stateful object, over torch tensors; no I/O.
+Pure functions and one small stateful object, over torch tensors; no I/O. Received tensors may be on
+another device than the own ones (``mixing.to_like`` moves them): results live where ``own`` does.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ from collections.abc import Hashable, Mapping
 
 import torch
 
+from peer.algorithm.mixing import to_like
+
 RULES = ("average", "clipped", "trimmed-mean")
 
 
@@ -44,7 +47,8 @@ def _norm(tensors: Mapping[str, torch.Tensor]) -> float:
 
 
 def _deviations(own: Mapping[str, torch.Tensor], received: Mapping[Hashable, Mapping[str, torch.Tensor]]) -> dict:
-    return {peer: {name: tensors[name] - own[name] for name in own} for peer, tensors in received.items()}
+    return {peer: {name: to_like(tensors[name], own[name]) - own[name] for name in own}
+            for peer, tensors in received.items()}
 
 
 def _apply_clipped(own: Mapping[str, torch.Tensor], deviations: dict, norms: dict,
@@ -76,7 +80,7 @@ def trimmed_mean(own: Mapping[str, torch.Tensor], received: Mapping[Hashable, Ma
         return {name: value.clone() for name, value in own.items()}
     out = {}
     for name, value in own.items():
-        stacked = torch.stack([value, *(tensors[name] for tensors in received.values())])
+        stacked = torch.stack([value, *(to_like(tensors[name], value) for tensors in received.values())])
         out[name] = stacked.sort(dim=0).values[trim:n - trim].mean(dim=0)
     return out
 

@@ -1,41 +1,90 @@
-"""Atomic checkpoints: one file, written beside the old one and renamed over it.
+"""Crash-safe files: written beside the old one, made durable, then renamed over it.
 
-``os.replace`` is atomic on POSIX file systems, so at every instant ``checkpoint.pt`` is either the
-previous complete checkpoint or the new complete one; ``kill -9`` at any moment cannot leave a torn
-file. The file holds only tensors and plain values and is read with ``weights_only=True``.
+``write_atomically`` writes a temporary file in the target's directory, flushes and fsyncs it,
+``os.replace``s it over the target (atomic on POSIX file systems) and fsyncs the directory, so that
+at every instant the target is either the previous complete file or the new complete one: ``kill
+-9`` or a power cut at any moment cannot leave a torn file, and once the call returns the new file
+survives a power cut (the directory fsync makes the rename itself durable, not only the bytes).
+
+A ``kill -9`` between creating the temporary file and the rename leaves that file behind; its name
+starts with ``TEMP_PREFIX`` so that ``remove_stale_temp_files`` can find it at the next start
+(``load_checkpoint`` calls it).
+
+The checkpoint holds only tensors and plain values and is read with ``weights_only=True``.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 
+from peer.durable import fsync_directory
+
 CHECKPOINT = "checkpoint.pt"
+TEMP_PREFIX = ".partial."
+# what versions before write_atomically named their checkpoint temp files: a kill -9 of one of them
+# left such files, and they are ours to remove too
+LEGACY_TEMP_PREFIXES = (".checkpoint.",)
 
 
 class CheckpointError(RuntimeError):
     pass
 
 
-def save_checkpoint(directory: Path, state: dict) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".checkpoint.", dir=directory)
+def write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> Path:
+    """Replace ``path`` by what ``write`` writes into the open binary file it is given.
+
+    If ``write`` raises, ``path`` keeps its previous content and the temporary file is removed; the
+    exception propagates. Returns ``path``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
+            write(f)
             f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, directory / CHECKPOINT)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return directory / CHECKPOINT
+            os.fsync(f.fileno())  # the bytes are on disk before the name points at them
+        os.replace(tmp, path)
+    except BaseException:  # KeyboardInterrupt too: no temp file outlives a failed write
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_directory(path.parent)
+    return path
+
+
+def remove_stale_temp_files(directory: Path) -> list[Path]:
+    """Remove the temporary files that a killed writer left in ``directory``; returns them.
+
+    Call it only while no other writer works in ``directory`` (at start-up): a live writer's
+    temporary file looks the same as a dead one's.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    prefixes = (TEMP_PREFIX, *LEGACY_TEMP_PREFIXES)
+    stale = [p for p in directory.iterdir() if p.name.startswith(prefixes) and p.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
+def save_checkpoint(directory: Path, state: dict) -> Path:
+    return write_atomically(Path(directory) / CHECKPOINT, lambda f: torch.save(state, f))
 
 
 def load_checkpoint(directory: Path) -> dict | None:
+    """The saved state, on CPU (the caller moves it to its device), or None without a checkpoint.
+
+    Also removes temporary files left by an earlier process killed while it wrote.
+    """
+    directory = Path(directory)
+    remove_stale_temp_files(directory)
     path = directory / CHECKPOINT
     if not path.exists():
         return None

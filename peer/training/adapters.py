@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 
 from peer.algorithm.factors import FACTORS, factor_of, select
+from peer.durable import fsync_directory, fsync_file
 from peer.training.tokenizer import TINY_VOCAB, HashTokenizer
 
 TINY_BERT = "tiny-bert"
@@ -167,7 +168,12 @@ class Adapter:
 
     @torch.no_grad()
     def load_factors(self, tensors: dict[str, torch.Tensor]) -> None:
-        """Overwrite factor tensors in place; unknown names or shape mismatches raise before any write."""
+        """Overwrite factor tensors in place; unknown names or shape mismatches raise before any write.
+
+        ``tensors`` may be on any device and in any floating dtype (a checkpoint read with
+        ``map_location="cpu"``, factors decoded from the wire): ``copy_`` moves and casts each into
+        the parameter, which stays where the adapter lives.
+        """
         for key, value in tensors.items():
             if key not in self.lora_params:
                 raise KeyError(f"adapter has no tensor {key!r}")
@@ -187,29 +193,95 @@ class Adapter:
             param.copy_(state[key])
 
     def save_pretrained(self, directory: str | Path) -> Path:
-        """Write the adapter in PEFT's format (loadable by ``PeftModel.from_pretrained``), atomically.
+        """Write the adapter in PEFT's format (loadable by ``PeftModel.from_pretrained``), crash-safely.
 
-        The files go to a temporary sibling folder first, which then replaces ``directory``; a crash
-        midway leaves the previous export intact.
+        Guarantee: at every instant a complete export exists, the previous one or the new one, and
+        it is at ``directory`` except for the instant between two renames, when the previous one
+        sits at the backup name (``.<name>.previous``) and ``recover_interrupted_export`` (run at the
+        start of every save; call it at start-up too) puts it back. Nothing is ever half-written at
+        ``directory``: the new export is written into a temporary sibling folder and fsynced, the
+        previous one is renamed to the backup name, the new one renamed into place, the directory
+        fsynced, and only then the backup deleted. If writing fails, the previous export is
+        untouched and the temporary folder removed; one left by ``kill -9`` is removed at the next
+        save.
         """
+        directory = Path(directory)
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        recover_interrupted_export(directory)
+        staging = Path(tempfile.mkdtemp(prefix=f"{_leftover_prefix(directory)}partial-", dir=directory.parent))
+        try:
+            self._write_export(staging)
+            for path in staging.iterdir():
+                fsync_file(path)
+            fsync_directory(staging)
+        except BaseException:  # KeyboardInterrupt too: no half export outlives a failed save
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        _swap_into_place(staging, directory)
+        return directory
+
+    def _write_export(self, folder: Path) -> None:
+        """The PEFT files (weights and config) and ``tadlora.json`` (how to rebuild the base model)."""
         from peft import get_peft_model_state_dict
         from safetensors.torch import save_file
 
-        directory = Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-        try:
-            state = get_peft_model_state_dict(self.owner.peft_model, adapter_name=self.name)
-            save_file({k: v.detach().cpu().contiguous() for k, v in state.items()},
-                      str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
-            self.owner.peft_model.peft_config[self.name].save_pretrained(str(tmp))
-            (tmp / "tadlora.json").write_text(json.dumps({
-                "model": self.owner.model_name, "num_labels": self.owner.num_labels,
-                "seed": self.owner.seed, "lora": asdict(self.owner.lora)}, indent=2))
-            if directory.exists():
-                shutil.rmtree(directory)
-            os.replace(tmp, directory)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-        return directory
+        state = get_peft_model_state_dict(self.owner.peft_model, adapter_name=self.name)
+        save_file({k: v.detach().cpu().contiguous() for k, v in state.items()},
+                  str(folder / "adapter_model.safetensors"), metadata={"format": "pt"})
+        self.owner.peft_model.peft_config[self.name].save_pretrained(str(folder))
+        (folder / "tadlora.json").write_text(json.dumps({
+            "model": self.owner.model_name, "num_labels": self.owner.num_labels,
+            "seed": self.owner.seed, "lora": asdict(self.owner.lora)}, indent=2))
+
+
+def _leftover_prefix(directory: Path) -> str:
+    """Names of the sibling folders a save of ``directory`` creates (temporary and backup) start so."""
+    return f".{directory.name}."
+
+
+def _backup_of(directory: Path) -> Path:
+    return directory.with_name(f"{_leftover_prefix(directory)}previous")
+
+
+def _swap_into_place(staging: Path, directory: Path) -> None:
+    """Replace ``directory`` by the complete export in ``staging``, keeping the previous export
+    under the backup name until the new one is in place (folders cannot be renamed over a non-empty
+    folder, so the swap takes two renames)."""
+    backup = _backup_of(directory)
+    had_previous = directory.exists()
+    try:
+        if had_previous:
+            os.replace(directory, backup)
+        os.replace(staging, directory)
+    except BaseException:
+        if had_previous and not directory.exists():  # the first rename went through, the second not
+            os.replace(backup, directory)
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    fsync_directory(directory.parent)  # both renames durable before the previous export goes
+    if had_previous:
+        shutil.rmtree(backup)
+
+
+def recover_interrupted_export(directory: str | Path) -> None:
+    """Undo what a process killed inside ``save_pretrained`` left beside ``directory``.
+
+    A backup without ``directory``: the kill fell between the two renames and the backup is the
+    previous complete export, so it goes back. A backup beside ``directory``: the kill fell after
+    the new export was in place, so the backup is stale. Any other folder named like a save's
+    (temporary folders, also those of versions before the backup existed) is an unfinished export.
+    """
+    directory = Path(directory)
+    if not directory.parent.is_dir():
+        return
+    backup = _backup_of(directory)
+    if backup.is_dir():
+        if directory.exists():
+            shutil.rmtree(backup)
+        else:
+            os.replace(backup, directory)
+    prefix = _leftover_prefix(directory)
+    for leftover in directory.parent.iterdir():
+        if leftover.name.startswith(prefix) and leftover.is_dir():
+            shutil.rmtree(leftover)
+    fsync_directory(directory.parent)

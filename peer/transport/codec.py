@@ -55,10 +55,14 @@ def new_payload_digest():
     return xxhash.xxh3_128()
 
 
-def decode_factors(payload: bytes, schema: Schema, expected_names: set[str] | None = None) -> dict[str, torch.Tensor]:
+def decode_factors(payload: bytes, schema: Schema, expected_names: set[str] | None = None,
+                   device: str | torch.device | None = None) -> dict[str, torch.Tensor]:
     """Parse and validate a payload against the local ``schema``.
 
     ``expected_names``: exactly these tensors must be present (the factors the header announced).
+    ``device``: where the returned tensors go (the adapter's device), so that they meet the own
+    factors without a device mismatch; None leaves them on CPU. Validation runs on CPU before the
+    move: a refused payload never costs a transfer to the accelerator.
     """
     try:
         tensors = st_load(bytes(payload))
@@ -79,4 +83,6 @@ def decode_factors(payload: bytes, schema: Schema, expected_names: set[str] | No
         # one reduction instead of a full boolean mask: amax propagates NaN, and is inf if any value is
         if tensor.is_floating_point() and tensor.numel() and not torch.isfinite(tensor.abs().amax()):
             raise DecodeError("non-finite", f"{name} holds NaN or Inf")
-    return tensors
+    if device is None:
+        return tensors
+    return {name: tensor.to(device) for name, tensor in tensors.items()}

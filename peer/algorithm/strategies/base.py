@@ -29,6 +29,8 @@ class Strategy:
     A subclass sets ``name`` (the ``--strategy`` value) and implements ``plan``. The factors in
     ``plan.mix`` are sent to the round's neighbours and replaced by ``combine``'s result; the others
     stay local. ``combine`` defaults to the plain weighted average with the round's mixing weights.
+    An override must return tensors on the device of ``own`` whatever device ``received`` is on
+    (the adapter may be on CUDA, received factors on CPU): meet them through ``mixing.to_like``.
     """
 
     name: ClassVar[str] = ""
