@@ -14,11 +14,13 @@ import logging
 import os
 import sys
 
-from peer.config import ConfigError, DaemonConfig, config_fields, load_config, load_daemon_config
+from peer.config import (DAEMON_TOPOLOGY, ConfigError, DaemonConfig, RunConfig, config_fields, load_config,
+                         load_daemon_config)
 
 HELP = {
     "strategy": "lora | ffa | rolora | fedsa | tad",
-    "switch_interval": "rounds per A/B phase: an integer, 'auto' (from the topology's spectral gap) or 'default'",
+    "switch_interval": "rounds per A/B phase: an integer, 'default' (tad 5, rolora 1) or 'auto' (T from the "
+                       "spectral gap of the configured topology)",
     "peers": "number of peers",
     "topology": "complete | ring | er (time-varying Erdős–Rényi) | pairwise (random encounters)",
     "edge_prob": "edge probability per round for er and pairwise",
@@ -51,12 +53,13 @@ HELP = {
 
 HELP.update({
     "peer_index": "this peer's shard of the data, 0 .. peers-1",
-    "peer_id": "this peer's id (default: peer-<index>)",
+    "peer_id": "this peer's id",
     "run_id": "the run this peer belongs to; peers of other runs are ignored",
-    "listen": "host:port of this peer's gRPC endpoint (port 0: any free port)",
+    "listen": "host:port of this peer's gRPC endpoint; 0.0.0.0: every interface, peers are told this machine's "
+              "address (see --mdns-interface); port 0: any free port",
     "peer": "static peers, comma-separated host:port (usable with mDNS)",
     "mdns": "1: discover peers by mDNS; 0: static peers only",
-    "mdns_interface": "address to run mDNS on (default: the host of --listen)",
+    "mdns_interface": "address to run mDNS on and to tell peers",
     "round_timeout_min": "lower bound of the adaptive exchange deadline, seconds",
     "round_timeout_max": "upper bound of the adaptive exchange deadline, seconds",
     "discovery_wait": "seconds to look for peers before the first round",
@@ -64,38 +67,67 @@ HELP.update({
     "frame_timeout": "seconds without a frame before a stream counts as stalled",
 })
 
+# What the daemons (tadlora run, and the testbed's) do differently from the simulator.
+DAEMON_HELP = {
+    "switch_interval": "rounds per A/B phase: an integer, 'default' (tad 5, rolora 1) or 'auto' (T agreed by "
+                       "the peers from measured link rates: each turns the fraction of its links that counted in "
+                       "the last 20 rounds into a proposal, all take the largest at a phase boundary)",
+    "topology": "complete (every link that works) | er (each working link also used only with probability "
+                "--edge-prob, seeded synthetic drops both ends agree on); ring and pairwise are simulator-only",
+    "edge_prob": "with --topology er: the probability that a working link is used in a round",
+}
+RUN_DEFAULTS = {"topology": f"{DAEMON_TOPOLOGY['topology']}; er when only --edge-prob is given",
+                "edge_prob": f"{RunConfig.edge_prob} with --topology er",
+                "peer_id": "peer-<index>",
+                "mdns_interface": "the host of --listen; for 0.0.0.0 this machine's address on its outgoing "
+                                  "interface, loopback only when it has no other"}
+
+OUT_HELP = {
+    "simulate": "directory for metrics.jsonl (one line per round), summary.json and peers/<peer-id>/adapter/",
+    "testbed": "directory for summary.json, testbed.png and one folder per daemon, peer-NN/ (its daemon.log and "
+               "what tadlora run writes to --out) (default: runs/testbed)",
+    "run": "directory for endpoint.json (address, pid), rounds.jsonl (one line per round), checkpoint.pt (every "
+           "round; a restart with the same --out resumes) and at the end summary.json and peers/<peer-id>/adapter/ "
+           "(default: runs/<run-id>/<peer-id>)",
+}
+
 _TYPES = {"int": int, "float": float, "str": str}
 
 
-def _add_flags(parser: argparse.ArgumentParser, cls=None) -> None:
+def _add_flags(parser: argparse.ArgumentParser, cls=None, helps: dict | None = None,
+               defaults: dict | None = None) -> None:
+    """One flag per field of ``cls``; ``helps`` and ``defaults``: this command's own texts, where they differ."""
+    helps, defaults = {**HELP, **(helps or {})}, defaults or {}
     for name, field in config_fields(cls).items():
         parser.add_argument("--" + name.replace("_", "-"), dest=name, type=_TYPES[field.type], default=None,
-                            help=f"{HELP.get(name, '')} (default: {field.default})")
+                            help=f"{helps.get(name, '')} (default: {defaults.get(name, field.default)})")
 
 
-def _add_run_flags(parser: argparse.ArgumentParser) -> None:
+def _add_run_flags(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--config", help="TOML file with settings (flags override it)")
-    parser.add_argument("--out", help="directory for metrics.jsonl, summary.json and the peers' adapters")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    _add_flags(parser)
+    parser.add_argument("--out", help=OUT_HELP[command])
+    if command == "simulate":  # the only command with a progress bar
+        parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    daemons = command in ("run", "testbed")
+    _add_flags(parser, helps=DAEMON_HELP if daemons else None, defaults=RUN_DEFAULTS if command == "run" else None)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tadlora", description="Decentralized federated LoRA fine-tuning.")
     sub = parser.add_subparsers(dest="command", required=True)
     sim = sub.add_parser("simulate", help="run N virtual peers in one process")
-    _add_run_flags(sim)
+    _add_run_flags(sim, "simulate")
     bed = sub.add_parser("testbed", help="N daemons as local processes with real gRPC and mDNS (the main command)")
-    _add_run_flags(bed)
+    _add_run_flags(bed, "testbed")
     bed.add_argument("--netns", action="store_true",
                      help="each daemon in its own network namespace behind a bridge (needs root)")
     bed.add_argument("--scenario", help="TOML file of scripted faults (see peer/testbed/scenario.py)")
     bed.add_argument("--tls", action="store_true", help="mutual TLS: a certificate authority for the run, one "
                                                         "certificate per daemon (in OUT/certs)")
     bed.set_defaults(peers=None)
-    daemon = sub.add_parser("run", help="run one peer daemon (gRPC + mDNS)")
-    _add_run_flags(daemon)
-    _add_flags(daemon, DaemonConfig)
+    daemon = sub.add_parser("run", help="run one peer daemon (gRPC + mDNS); SIGINT or SIGTERM stops it")
+    _add_run_flags(daemon, "run")
+    _add_flags(daemon, DaemonConfig, defaults=RUN_DEFAULTS)
     certs = sub.add_parser("certs", help="create a run's certificate authority and one certificate per peer (mutual TLS)")
     certs.add_argument("folder", help="where ca.pem, ca.key and <peer-id>.pem/.key go (an existing authority is reused)")
     certs.add_argument("--run-id", required=True, help="the run the authority is for (daemons check it)")
@@ -164,6 +196,10 @@ def _run_collect(args: argparse.Namespace) -> int:
 
 
 def _run_daemon(args: argparse.Namespace) -> int:
+    from peer.daemon.signals import STOPPED_EXIT_CODE, StopSignals, leave_now
+
+    signals = StopSignals()
+    signals.install()  # first: loading torch, the data and the model takes seconds, and a stop must not wait
     names = list(config_fields()) + list(config_fields(DaemonConfig))
     run, net = load_daemon_config(args.config or os.environ.get("TADLORA_CONFIG") or None,
                                   {name: getattr(args, name) for name in names}, os.environ)
@@ -176,8 +212,11 @@ def _run_daemon(args: argparse.Namespace) -> int:
         use_json_logs()
 
     out = Path(args.out or os.environ.get("TADLORA_OUT") or f"runs/{net.run_id}/{net.peer_id}")
-    summary = daemon_main(run, net, out)
-    print(json.dumps({k: summary.get(k) for k in ("peer_id", "rounds", "mean_accuracy")}))
+    summary = daemon_main(run, net, out, signals)
+    print(json.dumps({k: summary.get(k) for k in ("peer_id", "rounds", "mean_accuracy")}), flush=True)
+    if signals.received is not None:
+        # stopped: joining the worker thread would wait for a training step whose result is thrown away
+        leave_now(STOPPED_EXIT_CODE, f"{net.peer_id}: stopped", logging.INFO)
     return 0
 
 

@@ -2,7 +2,9 @@
 
 The daemon (``tadlora run``) also reads ``TADLORA_<SETTING>`` environment variables, between the TOML
 file and the flags (``TADLORA_PEER_INDEX=2``, ``TADLORA_EDGE_PROB=0.3``), and ``TADLORA_CONFIG`` as the
-file when no ``--config`` is given: the container images are configured that way.
+file when no ``--config`` is given: the container images are configured that way. Its defaults differ
+from the simulator's where a real deployment needs it: every working link is used (``complete``) unless
+a topology or an edge probability is given, and it listens on every interface, port 7070.
 
 TOML keys are the flag names with dashes or underscores, at the top level, for example::
 
@@ -23,11 +25,6 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-
-from peer.algorithm.robust import RULES as MIXING_RULES
-from peer.algorithm.strategies import available_strategies
-from peer.algorithm.topology import TOPOLOGIES
-from peer.data.partition import SCHEMES
 
 
 class ConfigError(ValueError):
@@ -64,6 +61,13 @@ class RunConfig:
     trim: int = 1                      # trimmed-mean: values dropped at each end, per coordinate
 
     def validate(self) -> "RunConfig":
+        # imported here, not at the top: they pull in torch (seconds), and `tadlora run` installs its stop
+        # signal handlers before anything slow (peer.daemon.signals)
+        from peer.algorithm.robust import RULES as MIXING_RULES
+        from peer.algorithm.strategies import available_strategies
+        from peer.algorithm.topology import TOPOLOGIES
+        from peer.data.partition import SCHEMES
+
         _check(self.strategy in available_strategies(), "strategy",
                f"{self.strategy!r} is not one of {', '.join(available_strategies())}")
         _check(self.topology in TOPOLOGIES, "topology", f"{self.topology!r} is not one of {', '.join(TOPOLOGIES)}")
@@ -101,6 +105,26 @@ def config_fields(cls=None) -> dict[str, dataclasses.Field]:
     return {f.name: f for f in dataclasses.fields(cls or RunConfig)}
 
 
+# The daemon's port unless --listen names another: the one the compose and namespace testbeds use too.
+DEFAULT_PORT = 7070
+
+# What ``tadlora run`` uses when no topology is asked for (by flag, TOML key or TADLORA_ variable): every
+# link that works. The simulator's and the testbed's default (ER, p = 0.5) is an experiment: on a real
+# deployment it would silently drop half of the working links every round.
+DAEMON_TOPOLOGY = {"topology": "complete", "edge_prob": 1.0}
+
+
+def daemon_topology_defaults(given: Mapping[str, object]) -> dict:
+    """The topology settings ``tadlora run`` fills in around the ones ``given``: none when a topology is
+    given; ``er`` when only an edge probability is (it means nothing on the complete graph, and ignoring
+    it silently would be worse); else the complete graph with every link kept."""
+    if "topology" in given:
+        return {}
+    if "edge_prob" in given:
+        return {"topology": "er"}
+    return dict(DAEMON_TOPOLOGY)
+
+
 @dataclass
 class DaemonConfig:
     """The network settings of ``tadlora run`` (on top of a RunConfig)."""
@@ -108,10 +132,11 @@ class DaemonConfig:
     peer_index: int = 0                # which shard of the data this peer trains on (0 .. peers-1)
     peer_id: str = ""                  # default: peer-<index>
     run_id: str = "tadlora"            # peers of other runs are ignored
-    listen: str = "127.0.0.1:0"        # host:port of the gRPC endpoint (port 0: any free port)
+    listen: str = f"0.0.0.0:{DEFAULT_PORT}"  # host:port of the gRPC endpoint (0.0.0.0: every interface; port 0: any)
     peer: str = ""                     # static peers, comma-separated host:port (with or without mDNS)
     mdns: int = 1                      # 1: announce and browse by mDNS; 0: static peers only
-    mdns_interface: str = ""           # address to run mDNS on; default: the host of --listen
+    mdns_interface: str = ""           # address to run mDNS on and to announce; default: the host of --listen,
+                                       # or for 0.0.0.0 this machine's address (peer.discovery.mdns.own_address)
     round_timeout_min: float = 2.0     # seconds; see peer/daemon/clock.py for how to choose
     round_timeout_max: float = 60.0
     discovery_wait: float = 3.0        # seconds to look for peers before the first round
@@ -165,7 +190,7 @@ def _coerce(key: str, value, target_type: str):
 
 def load_config(path: str | Path | None = None, overrides: dict | None = None) -> RunConfig:
     """Defaults, then the TOML file at ``path`` (if any), then ``overrides`` (flags that were given)."""
-    return _load(path, overrides, [RunConfig])[0].validate()
+    return _load(_given(path, overrides), [RunConfig])[0].validate()
 
 
 def load_daemon_config(path: str | Path | None = None, overrides: dict | None = None,
@@ -174,7 +199,8 @@ def load_daemon_config(path: str | Path | None = None, overrides: dict | None = 
     of flags fill both dataclasses."""
     classes = [RunConfig, DaemonConfig]
     env = env_settings(environ or {}, classes)
-    run, daemon = _load(path, {**env, **{k: v for k, v in (overrides or {}).items() if v is not None}}, classes)
+    given = _given(path, {**env, **{k: v for k, v in (overrides or {}).items() if v is not None}})
+    run, daemon = _load({**daemon_topology_defaults(given), **given}, classes)
     run.validate()
     return run, daemon.validate(run)
 
@@ -207,11 +233,16 @@ def read_toml(path: str | Path, what: str = "config file") -> dict:
         raise ConfigError(f"{what} {path} is not valid TOML: {exc}") from None
 
 
-def _load(path, overrides, classes) -> list:
+def _given(path, overrides) -> dict:
+    """The settings of the TOML file at ``path`` (if any), then ``overrides`` that are not None."""
     values: dict = {}
     if path is not None:
         values.update({k.replace("-", "_"): v for k, v in read_toml(path).items()})
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return values
+
+
+def _load(values: dict, classes) -> list:
     all_fields = {name: f for cls in classes for name, f in config_fields(cls).items()}
     unknown = sorted(set(values) - set(all_fields))
     if unknown:

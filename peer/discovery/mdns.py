@@ -7,23 +7,75 @@ ignored (and logged once). Appearing and vanishing peers are reported through tw
 
 ``interfaces``: the addresses to announce and listen on. ``127.0.0.1`` keeps everything on the
 machine (tests); a LAN address (or ``None`` for all interfaces) for real deployments.
+
+``announced_address``: what a daemon that listens on every interface (``0.0.0.0``) tells its peers,
+a real address of this machine (``own_address``), never the wildcard nobody can dial.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import ipaddress
 import logging
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import ifaddr
 from zeroconf import IPVersion, ServiceStateChange
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
 log = logging.getLogger(__name__)
 
 SERVICE_TYPE = "_tadlora._tcp.local."
+
+WILDCARD_HOSTS = {"", "0.0.0.0", "::", "[::]"}   # listen on every interface: not an address to dial
+LOOPBACK = "127.0.0.1"
+# Only the route towards this address is looked up (connect() on a UDP socket sends nothing): the
+# interface it leaves by is the machine's main one. TEST-NET-1 (RFC 5737), never a real host.
+ROUTE_PROBE = ("192.0.2.1", 9)
+
+
+def announced_address(bound: str, interface: str = "") -> str:
+    """The host:port peers dial for an endpoint bound to ``bound`` (host:port): ``bound`` itself when it
+    names a host; for a wildcard host, ``interface`` (the --mdns-interface) if given, else ``own_address()``."""
+    host, port = bound.rsplit(":", 1)
+    if host not in WILDCARD_HOSTS:
+        return bound
+    return f"{interface or own_address()}:{port}"
+
+
+def own_address() -> str:
+    """This machine's IPv4 address for other machines: one of its interfaces' addresses (enumerated,
+    not resolved from its name, which often maps to 127.0.1.1), loopback and link-local excluded; of
+    several, the one its route to the outside leaves by. Loopback only when there is nothing else."""
+    candidates = [a for a in interface_addresses() if _reachable_from_outside(a)]
+    if not candidates:
+        log.warning("no network interface with an IPv4 address besides loopback: announcing %s", LOOPBACK)
+        return LOOPBACK
+    routed = _routed_address()
+    return routed if routed in candidates else candidates[0]
+
+
+def interface_addresses() -> list[str]:
+    """Every IPv4 address of this machine's interfaces, in the interfaces' order."""
+    return [ip.ip for adapter in ifaddr.get_adapters() for ip in adapter.ips if isinstance(ip.ip, str)]
+
+
+def _reachable_from_outside(address: str) -> bool:
+    parsed = ipaddress.ip_address(address)
+    return not (parsed.is_loopback or parsed.is_link_local or parsed.is_unspecified)
+
+
+def _routed_address() -> str | None:
+    """The source address of the route towards ROUTE_PROBE; None without such a route."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(ROUTE_PROBE)
+        except OSError:
+            return None
+        return probe.getsockname()[0]
 
 
 @dataclass(frozen=True)

@@ -5,11 +5,13 @@ Each daemon gets its own shard of the data (``--peer-index``), its own output fo
 Everything they exchange stays on loopback. When all have finished, it prints a table (each peer's
 accuracy, rounds, bytes sent and received), writes ``OUT/summary.json`` (with ``mean_accuracy``) and
 ``OUT/testbed.png`` (training loss and links per round). Every process it started is stopped on
-Ctrl-C, on SIGTERM and on failure.
+Ctrl-C, on SIGTERM and on failure: SIGTERM to each daemon's process group, SIGKILL to what is left
+``STOP_GRACE_S`` later, and all of them reaped (``Testbed.stop_all``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -21,11 +23,61 @@ from pathlib import Path
 
 import numpy as np
 
-from peer.config import RunConfig
+from peer.config import DEFAULT_PORT, RunConfig
 from peer.run_setup import peer_id
 from peer.testbed.netns import NetnsLab
 from peer.testbed.scenario import NETWORK_ACTIONS, Event
 from peer.transport.tls import make_run
+
+LOOPBACK_LISTEN = "127.0.0.1:0"  # daemons on one machine: loopback only, any free port
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# From SIGTERM to SIGKILL: a daemon leaves within 5 s of a stop signal by itself (peer.daemon.signals),
+# so this only catches one that is wedged (or a machine so loaded that its exit is slow).
+STOP_GRACE_S = 10.0
+POLL_S = 0.1
+
+
+class Interrupts:
+    """SIGINT and SIGTERM in the testbed's process: a KeyboardInterrupt, so that every ``finally`` runs.
+
+    Installed explicitly, also over an inherited "ignore" (a testbed started in the background by a
+    non-interactive shell, as CI jobs do, inherits SIGINT ignored: Ctrl-C was then lost and the
+    testbed kept running). Inside ``held()`` (starting a daemon and recording it; stopping and
+    reaping them all) an interruption would leave processes behind: there the signal is only noted
+    (``pending``: a stop in progress skips its grace period) and raised when the block ends."""
+
+    def __init__(self) -> None:
+        self.holding = 0
+        self.pending = False
+
+    def install(self) -> dict:
+        """Handle both signals; returns the previous handlers, for ``restore``."""
+        return {sig: signal.signal(sig, self._handle) for sig in STOP_SIGNALS}
+
+    @staticmethod
+    def restore(previous: dict) -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum, frame) -> None:
+        if self.holding:
+            self.pending = True
+            return
+        raise KeyboardInterrupt  # SIGTERM takes the same clean-up path as Ctrl-C
+
+    @contextlib.contextmanager
+    def held(self):
+        self.holding += 1
+        try:
+            yield
+        finally:
+            self.holding -= 1
+        if not self.holding and self.pending:
+            self.pending = False
+            raise KeyboardInterrupt
+
+
+INTERRUPTS = Interrupts()
 
 
 def _flags(settings: dict) -> list[str]:
@@ -41,7 +93,7 @@ class Testbed:
     def __init__(self, run: RunConfig, out: Path, daemon_settings: dict | None = None, tls: bool = False) -> None:
         self.run, self.out = run, Path(out)
         self.run_id = f"testbed-{uuid.uuid4().hex[:8]}"
-        self.daemon_settings = {"listen": "127.0.0.1:0", "run_id": self.run_id, **(daemon_settings or {})}
+        self.daemon_settings = {"listen": LOOPBACK_LISTEN, "run_id": self.run_id, **(daemon_settings or {})}
         self.procs: dict[int, subprocess.Popen] = {}
         self.certs = self.out / "certs" if tls else None
         if self.certs is not None:
@@ -67,9 +119,10 @@ class Testbed:
         self.peer_dir(index).mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
         log = (self.peer_dir(index) / "daemon.log").open("ab")
-        proc = subprocess.Popen(self.command(index, extra), stdout=log, stderr=subprocess.STDOUT, env=env,
-                                start_new_session=True)
-        self.procs[index] = proc
+        with INTERRUPTS.held():  # a Ctrl-C right here must not leave a daemon that stop_all does not know
+            proc = subprocess.Popen(self.command(index, extra), stdout=log, stderr=subprocess.STDOUT, env=env,
+                                    start_new_session=True)
+            self.procs[index] = proc
         return proc
 
     def kill(self, index: int, sig: int = signal.SIGKILL) -> None:
@@ -78,17 +131,31 @@ class Testbed:
             proc.send_signal(sig)
             proc.wait()
 
-    def stop_all(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.terminate()
-        deadline = time.monotonic() + 10
-        for proc in self.procs.values():
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
+    def stop_all(self, grace_s: float = STOP_GRACE_S) -> None:
+        """SIGTERM to every daemon still running, SIGKILL to those left after ``grace_s`` (at once on a
+        second Ctrl-C), then reap them all: no process of the testbed outlives this call."""
+        with INTERRUPTS.held():
+            self._signal_running(signal.SIGTERM)
+            deadline = time.monotonic() + grace_s
+            while self._running() and time.monotonic() < deadline and not INTERRUPTS.pending:
+                time.sleep(POLL_S)
+            for index in self._running():
+                print(f"peer-{index:02d} still running {grace_s:g} s after SIGTERM: killed", file=sys.stderr,
+                      flush=True)
+            self._signal_running(signal.SIGKILL)
+            for proc in self.procs.values():
                 proc.wait()
+
+    def _running(self) -> list[int]:
+        return [index for index, proc in self.procs.items() if proc.poll() is None]
+
+    def _signal_running(self, sig: int) -> None:
+        """``sig`` to the process group of each daemon still running (its own session: the daemon and
+        anything it started, e.g. behind ``ip netns exec``). Only unreaped ones: their group id cannot
+        have been reused."""
+        for index in self._running():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.procs[index].pid, sig)
 
     def wait(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -147,7 +214,8 @@ class NetnsTestbed(Testbed):
 
     def command(self, index: int, extra: dict | None = None) -> list[str]:
         address = self.lab.address(index)
-        settings = {"listen": f"{address}:7070", "mdns_interface": address, **(extra or {})}
+        # the namespace's own address: the one its peers dial, and the one its mDNS runs on
+        settings = {"listen": f"{address}:{DEFAULT_PORT}", "mdns_interface": address, **(extra or {})}
         return self.lab.wrap(index, super().command(index, settings))
 
     def apply(self, event: Event) -> None:
@@ -231,13 +299,9 @@ def plot(testbed: Testbed, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt  # SIGTERM takes the same clean-up path as Ctrl-C
-
-
 def run_testbed(run: RunConfig, out: Path, daemon_settings: dict | None = None, timeout: float = 3600,
                 netns: bool = False, events: list[Event] | None = None, tls: bool = False) -> dict:
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    previous = INTERRUPTS.install()
     lab = NetnsLab(run.peers) if netns else None
     try:
         if lab is not None:
@@ -253,8 +317,9 @@ def run_testbed(run: RunConfig, out: Path, daemon_settings: dict | None = None, 
             testbed.stop_all()
     finally:
         if lab is not None:
-            lab.down()
-        signal.signal(signal.SIGTERM, previous)
+            with INTERRUPTS.held():  # an interrupted tear-down would leave namespaces and routes behind
+                lab.down()
+        INTERRUPTS.restore(previous)
     summary = testbed.summary()
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     plot(testbed, out / "testbed.png")
