@@ -11,6 +11,8 @@ from collections.abc import Hashable, Mapping
 
 import torch
 
+from peer.algorithm.factors import factor_of
+from peer.algorithm.mixing import to_like
 from peer.algorithm.robust import MixingRule
 from peer.algorithm.strategies import RoundPlan, Strategy
 from peer.training.adapters import Adapter
@@ -37,8 +39,29 @@ class LocalPeer:
     def mix(self, round_: int, received: Mapping[Hashable, Mapping[str, torch.Tensor]],
             weights: Mapping[Hashable, float], self_weight: float) -> None:
         """Replace the plan's mixed factors by the strategy's combination of own and received ones
-        (or by the robust rule's, when the run asks for one)."""
+        (or by the robust rule's, when the run asks for one). ``received`` may be on any device
+        (decoded to CPU, say, beside a CUDA adapter): every rule returns tensors where the own
+        factors are, and ``load_factors`` copies across devices."""
         own = self.outgoing(round_)
         if not received:
             return  # isolated this round: self_weight is 1, nothing changes
         self.adapter.load_factors(self.rule(self.strategy.combine, own, received, weights, self_weight))
+
+    def factors(self) -> dict[str, torch.Tensor]:
+        return self.adapter.factors()
+
+    def apply_correction(self, deltas: Mapping[str, torch.Tensor]) -> None:
+        """Add ``deltas`` to the named factor tensors (a link's term of a past round's mix, settled late)."""
+        current = self.adapter.factors(frozenset(factor_of(name) for name in deltas))
+        self.adapter.load_factors({name: current[name] + to_like(delta, current[name])
+                                   for name, delta in deltas.items()})
+
+    def state(self) -> dict:
+        """Everything a restart needs to continue exactly: factors (and head), optimizer, trained set."""
+        return {"adapter": self.adapter.state(), "optimizer": self.trainer.optimizer.state_dict(),
+                "last_trained": sorted(self.trainer.last_trained)}
+
+    def load_state(self, state: dict) -> None:
+        self.adapter.load_state(state["adapter"])
+        self.trainer.optimizer.load_state_dict(state["optimizer"])
+        self.trainer.last_trained = frozenset(state["last_trained"])

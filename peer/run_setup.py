@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from peer.algorithm.robust import MixingRule
-from peer.algorithm.schedule import auto_switch_interval
+from peer.algorithm.schedule import auto_switch_interval, interval_for_link_rate
 from peer.algorithm.strategies import Strategy, make_strategy
 from peer.algorithm.topology import Topology, make_topology
 from peer.config import RunConfig
@@ -49,6 +49,8 @@ def resolve_switch_interval(cfg: RunConfig, topology: Topology) -> int | None:
     if cfg.switch_interval == "default":
         return None
     if cfg.switch_interval == "auto":
+        if cfg.topology in ("er", "complete"):  # the daemon's proposals use the same rule: they agree
+            return interval_for_link_rate(cfg.peers, 1.0 if cfg.topology == "complete" else cfg.edge_prob)
         return auto_switch_interval(topology.contraction())
     return int(cfg.switch_interval)
 

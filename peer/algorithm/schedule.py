@@ -26,11 +26,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 
 from peer.algorithm.factors import A, B
 
 AUTO_SWITCH_CONSTANT = 1.0
 AUTO_SWITCH_MAX = 20
+LINK_RATE_RESOLUTION = 0.05
 
 
 @dataclass(frozen=True)
@@ -68,58 +70,72 @@ def auto_switch_interval(contraction: float, constant: float = AUTO_SWITCH_CONST
 class AgreedSchedule:
     """Phases whose lengths are decided during the run, identically at every peer (daemon ``auto``).
 
-    The schedule is a list of phases ``(start, length, factor)``, alternating factors, B first. A
-    *decision* fixes the length of the phases that follow; decisions happen only at phase boundaries
-    that lie at least ``gossip_rounds`` rounds after the previous decision. Between two decisions
-    every peer proposes a length (from what it measured, see ``peer.daemon``) and every exchange
-    header carries the largest proposal the sender holds, tagged with the round of the previous
-    decision. Peers keep the maximum; at the next decision each takes the maximum it holds (its
-    current length when it holds none).
+    The schedule is a list of phases ``(start, length, factor, decided_at)``, alternating factors, B
+    first. A *decision* fixes the length of the phases that follow; decisions happen only at phase
+    boundaries at least ``gossip_rounds`` rounds after the previous decision.
 
-    The maximum of a set does not depend on the order in which its elements arrive, so all peers
-    decide the same length whenever the largest proposal reached every peer within the window: true
-    when the links that count during ``gossip_rounds`` rounds connect all peers (a window of 10 rounds
-    of an Erdős–Rényi graph with p = 0.3 on 4 peers holds 18 links on average). A peer that missed it
-    switches at other rounds than its neighbours; the symptom is ``phase`` rejections in the status
-    counters; the fix is a longer window.
+    Why peers decide the same length: each peer proposes a length from what it measured, but only in
+    the first half of the window (``proposals_close``); in the second half no new value appears and
+    the largest proposal only spreads, peer to peer, in the exchange headers (tagged with the round of
+    the previous decision). A late rise, which would reach only the last round's neighbours, cannot
+    happen. All peers therefore decide the same maximum whenever the links that count during the
+    second half connect every peer (a chain of ``gossip_rounds // 2`` rounds suffices for up to
+    that many hops; 4 peers with links up half of the time are connected within 5 rounds with
+    probability > 0.99).
+
+    When that fails (a partition, a peer down through the window), peers do decide differently, and
+    they reconcile on contact: every header carries the sender's phase of the round (``start``,
+    ``length``, ``factor``, ``decided_at``), and a peer that sees a later one (by ``decided_at``, then
+    ``start``, then ``length``) adopts it (``adopt``). The order is total, so every pair that keeps
+    exchanging converges on the same phases, and a peer that was cut off takes the network's decision
+    when it reconnects. The symptom of a split is ``phase`` refusals in the status counters.
     """
 
     def __init__(self, interval: int, start: int = 0, factor: str = B, gossip_rounds: int = 10,
                  decided_at: int | None = None) -> None:
         if interval < 1:
             raise ValueError(f"switching interval must be >= 1 round, got {interval}")
-        self.segments: list[tuple[int, int, str]] = [(start, interval, factor)]
+        decided = start if decided_at is None else decided_at
+        self.segments: list[tuple[int, int, str, int]] = [(start, interval, factor, decided)]
         self.gossip_rounds = gossip_rounds
-        self.decided_at = start if decided_at is None else decided_at
+        self.decided_at = decided
         self.proposals: dict[int, int] = {}
 
     @property
-    def current(self) -> tuple[int, int, str]:
+    def current(self) -> tuple[int, int, str, int]:
         return self.segments[-1]
 
     @property
     def interval(self) -> int:
         return self.current[1]
 
-    def _segment(self, round_: int) -> tuple[int, int, str]:
-        start, length, factor = self.segments[0]
+    @property
+    def proposals_close(self) -> int:
+        """The first round at which this peer no longer changes its own proposal."""
+        return self.decided_at + max(1, self.gossip_rounds // 2)
+
+    def segment(self, round_: int) -> tuple[int, int, str, int]:
+        """The phase containing ``round_``: ``(start, length, factor, decided_at)``."""
+        start, length, factor, decided = self.segments[0]
         for segment in self.segments:
             if segment[0] <= round_:
-                start, length, factor = segment
+                start, length, factor, decided = segment
         # beyond the decided phases: continue with the last length (provisional until decided)
         if round_ >= start + length:
             skipped = (round_ - start) // length
             start += skipped * length
-            factor = factor if skipped % 2 == 0 else (A if factor == B else B)
-        return start, length, factor
+            factor = factor if skipped % 2 == 0 else _other(factor)
+        return start, length, factor, decided
 
     def phase(self, round_: int) -> str:
         if round_ < 0:
             raise ValueError(f"rounds count from 0, got {round_}")
-        return self._segment(round_)[2]
+        return self.segment(round_)[2]
 
-    def propose(self, interval: int) -> None:
-        """This peer's own proposal for the length decided next."""
+    def propose(self, interval: int, round_: int | None = None) -> None:
+        """This peer's own proposal for the length decided next; ignored from ``proposals_close`` on."""
+        if interval < 1 or (round_ is not None and round_ >= self.proposals_close):
+            return
         self.proposals[self.decided_at] = max(self.proposals.get(self.decided_at, 0), int(interval))
 
     def merge(self, decided_at: int, proposal: int) -> None:
@@ -135,14 +151,38 @@ class AgreedSchedule:
     def decide(self, round_: int) -> None:
         """Call at the start of every round: at a phase boundary, start the next phase (deciding its
         length when the window is over). Idempotent."""
-        start, length, factor = self.current
+        start, length, factor, decided = self.current
         if round_ != start + length:
             return
         next_length = length
         if round_ - self.decided_at >= self.gossip_rounds:
             next_length = self.proposals.pop(self.decided_at, length)
-            self.decided_at = round_
-        self.segments.append((round_, next_length, A if factor == B else B))
+            self.decided_at = decided = round_
+        self.segments.append((round_, next_length, _other(factor), decided))
+
+    def adopt(self, start: int, length: int, factor: str, decided_at: int) -> bool:
+        """Take a neighbour's phase if it is later than ours (see the class docstring); True if taken."""
+        if length < 1 or factor not in (A, B):
+            return False
+        length = min(int(length), AUTO_SWITCH_MAX)
+        mine = self.segment(start)
+        if (decided_at, start, length) <= (mine[3], mine[0], mine[1]) or decided_at < self.decided_at:
+            return False
+        self.segments = [seg for seg in self.segments if seg[0] < start] + [(start, length, factor, decided_at)]
+        if decided_at > self.decided_at:
+            self.proposals = {k: v for k, v in self.proposals.items() if k >= decided_at}
+            self.decided_at = decided_at
+        return True
+
+    @classmethod
+    def continuing(cls, start: int, length: int, factor: str, decided_at: int, round_: int,
+                   gossip_rounds: int) -> "AgreedSchedule":
+        """A schedule whose phases are a neighbour's phase ``(start, length, factor)`` continued (forward
+        or backward) to the phase containing ``round_``: for a peer that jumps to ``round_``."""
+        length = max(1, min(int(length), AUTO_SWITCH_MAX))
+        skipped = (round_ - start) // length   # floor: negative when round_ lies before start
+        factor = factor if skipped % 2 == 0 else _other(factor)
+        return cls(length, start + skipped * length, factor, gossip_rounds, decided_at=min(decided_at, round_))
 
     def to_state(self) -> dict:
         return {"segments": [list(seg) for seg in self.segments], "proposals": dict(self.proposals),
@@ -150,8 +190,30 @@ class AgreedSchedule:
 
     @classmethod
     def from_state(cls, state: dict) -> "AgreedSchedule":
-        start, length, factor = state["segments"][0]
-        schedule = cls(int(length), int(start), factor, int(state["gossip_rounds"]), int(state["decided_at"]))
-        schedule.segments = [(int(a), int(b), c) for a, b, c in state["segments"]]
+        segments = [(int(seg[0]), int(seg[1]), seg[2], int(seg[3]) if len(seg) > 3 else int(state["decided_at"]))
+                    for seg in state["segments"]]
+        start, length, factor, decided = segments[0]
+        schedule = cls(length, start, factor, int(state["gossip_rounds"]), decided)
+        schedule.segments = segments
+        schedule.decided_at = int(state["decided_at"])
         schedule.proposals = {int(k): int(v) for k, v in state["proposals"].items()}
         return schedule
+
+
+def _other(factor: str) -> str:
+    return A if factor == B else B
+
+
+def interval_for_link_rate(n_peers: int, link_probability: float) -> int:
+    """``auto_switch_interval`` of an Erdős–Rényi graph of ``n_peers`` with this link probability: the
+    T a daemon proposes from its measured link rate, and the initial T of a run. One function for both,
+    so a peer that measures the configured rate proposes the T it started with. The probability is
+    rounded to LINK_RATE_RESOLUTION: T is a coarse integer, and the contraction costs ~50 ms to compute."""
+    rounded = round(round(float(link_probability) / LINK_RATE_RESOLUTION) * LINK_RATE_RESOLUTION, 2)
+    return _interval_for_link_rate(int(n_peers), rounded)
+
+
+@lru_cache(maxsize=512)
+def _interval_for_link_rate(n_peers: int, link_probability: float) -> int:
+    from peer.algorithm.topology import ErdosRenyi  # topology depends on mixing only; imported late for speed
+    return auto_switch_interval(ErdosRenyi(n=n_peers, seed=0, p=link_probability).contraction())

@@ -19,3 +19,41 @@ def synthetic_link_up(seed: int, round_: int, a: str, b: str, p: float) -> bool:
     lo, hi = sorted((a, b))
     digest = hashlib.sha256(f"{seed}|{round_}|{lo}|{hi}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2.0**64 < p
+
+
+# A neighbour whose link failed this many rounds in a row becomes suspect ...
+SUSPECT_AFTER_FAILURES = 2
+# ... and is attempted only in rounds divisible by 2, 4, 8, ... up to this (one more doubling per failure).
+MAX_BACKOFF_ROUNDS = 16
+
+
+class LinkBackoff:
+    """Attempt neighbours that keep failing less often: exponential backoff, aligned on the round number.
+
+    A suspect neighbour at level k is attempted only in rounds divisible by 2**k. Aligning on the round
+    number (rather than counting from the last failure) makes both ends of a link meet again: whatever
+    levels the two ends have, a round divisible by the larger power is an attempt at both. A hung or
+    cut-off neighbour then costs one waiting round per backoff period instead of every round. In the
+    rounds it is skipped, the daemon asks it for its status in the background; an answer ends the
+    backoff, so a neighbour that comes back is attempted again at once.
+
+    Only this peer's own view: its degree counts the links it attempts, and both ends of a link agree on
+    whether it counted whatever each attempts, so skipping a neighbour never breaks the sums; the other
+    end's swap is refused (``not-a-link``) and counts at neither end.
+    """
+
+    def __init__(self) -> None:
+        self.failures: dict[str, int] = {}
+
+    def period(self, peer_id: str) -> int:
+        excess = self.failures.get(peer_id, 0) - SUSPECT_AFTER_FAILURES
+        return 1 if excess < 0 else min(MAX_BACKOFF_ROUNDS, 2 ** (excess + 1))
+
+    def attempt(self, peer_id: str, round_: int) -> bool:
+        return round_ % self.period(peer_id) == 0
+
+    def outcome(self, peer_id: str, counted: bool) -> None:
+        if counted:
+            self.failures.pop(peer_id, None)
+        else:
+            self.failures[peer_id] = self.failures.get(peer_id, 0) + 1

@@ -1,26 +1,28 @@
-"""The peer daemon: one peer's round loop over a real transport, and the server side of its links.
+"""The peer daemon: one peer's round loop over a real transport, built from parts that each do one job.
 
 Round r, at every peer:
 
-1. Train K local steps on the factor(s) of the plan (in a worker thread: the event loop keeps
+1. Apply the settlements learned since the last round (links of past rounds whose outcome arrived
+   late, ``protocol.PendingLink``) and, with ``auto``, start the next phase (``AgreedSchedule``).
+2. Train K local steps on the factor(s) of the plan (in a worker thread: the event loop keeps
    answering neighbours meanwhile).
-2. Decide the links it attempts: the peers it knows, thinned by the seeded synthetic drops of
-   ``--edge-prob`` (both ends compute the same). Its degree for the round is their number.
-3. Exchange: for each such link the peer with the smaller id opens a stream (``Transport.exchange``);
-   the other answers. A link counts once the commit is acknowledged, at both ends. The phase ends when
-   every attempted link has counted or failed, or at the adaptive deadline (``clock.py``).
-4. Mix the plan's factors with those of the links that counted, with weights
-   ``w_ij = 1 / (1 + max(deg_i, deg_j))`` (degrees travel in the headers) and ``w_ii = 1 − Σ w_ij``.
-   This is Metropolis–Hastings on the round's graph: when every attempted link counts the degrees
-   are the graph's; when a link fails midway, both ends drop it and keep their weight on themselves,
-   so the matrix stays symmetric and doubly stochastic and the network-wide sum of every factor is
-   kept exactly.
-5. Append to ``rounds.jsonl``, write the checkpoint atomically, go to r + 1.
+3. Open the round: choose the links it attempts (the peers it knows, thinned by the seeded synthetic
+   drops of ``--edge-prob`` and by the backoff of neighbours that keep failing, ``links.py``); its
+   degree is their number. Write the write-ahead record (``persistence.py``) and seal its factors.
+4. Exchange (``protocol.py``): for each link the peer with the smaller id opens a stream; the other
+   answers. A link counts at both ends or at neither. The phase ends when every attempted link is
+   decided, or at the adaptive deadline (``clock.py``).
+5. Mix the plan's factors with those of the links that counted, with weights
+   ``w_ij = 1 / (1 + max(deg_i, deg_j))`` (``algorithm/mixing.py``; degrees travel in the headers) and
+   ``w_ii = 1 − Σ w_ij``: the matrix is symmetric and doubly stochastic whatever links failed, so the
+   network-wide sum of every factor is kept.
+6. Append the round's line to ``rounds.jsonl``, write the checkpoint of round r + 1, drop the WAL.
 
 Round clock: the round number travels in every header and a factor of another round is never mixed
-(refused with ``round-behind`` / ``round-ahead``). A peer that learns it is behind (a refusal that
-names a later round, or the status of its neighbours at start) fetches a neighbour's latest mixed
-factors and adopts its round before it trains again.
+(refused with ``round-behind`` / ``round-ahead``). A peer two or more rounds behind a neighbour (a late
+joiner, a restart, the other side of a healed partition) jumps forward to the neighbour's round and
+takes its phase schedule, but keeps its own factors: the following rounds mix them with everyone's, so
+no side's work is replaced and the network sums are kept.
 """
 
 from __future__ import annotations
@@ -29,126 +31,157 @@ import asyncio
 import json
 import logging
 import time
-from collections import Counter, defaultdict, deque
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from peer.algorithm.factors import A, B, FACTORS, select
-from peer.algorithm.schedule import AgreedSchedule, auto_switch_interval
-from peer.algorithm.topology import ErdosRenyi
+from peer.algorithm.mixing import metropolis_hastings_weights
+from peer.algorithm.schedule import AgreedSchedule, interval_for_link_rate
 from peer.config import DaemonConfig, RunConfig
-from peer.daemon.checkpoint import load_checkpoint, save_checkpoint
 from peer.daemon.clock import AdaptiveDeadline
-from peer.daemon.links import synthetic_link_up
+from peer.daemon.links import LinkBackoff, synthetic_link_up
+from peer.daemon.membership import Membership
 from peer.daemon.observe import Observer, Observers
+from peer.daemon.persistence import FolderStore, Persistence, WriteAhead
+from peer.daemon.protocol import Identity, LinkProtocol, PendingLink
+from peer.daemon.rounds import Decision, Received, RoundBook, RoundState
 from peer.local_peer import LocalPeer
-from peer.run_setup import lora_settings, mixing_rule_for, pick_device, prepare_data, strategy_for, topology_for
-from peer.training.adapters import AdapterModel
-from peer.training.trainer import LocalTrainer
-from peer.transport.base import (ExchangeFailed, ExchangeOutcomeUnknown, ExchangeServer, FactorMessage, Header,
-                                 NeighbourInfo, Rejected, StatusInfo, Transport)
-from peer.transport.codec import DecodeError, decode_factors, encode_factors, schema_digest, schema_of
+from peer.transport.base import (ExchangeFailed, ExchangeServer, FactorMessage, Header, NeighbourInfo, Rejected,
+                                 StatusInfo, Transport)
+from peer.transport.codec import decode_factors, encode_factors, schema_digest, schema_of
 from peer.transport.framing import seal
 
 log = logging.getLogger("tadlora.daemon")
 
+SCHEDULE_WINDOW_ROUNDS = 10     # rounds between two decisions of switch-interval auto (AgreedSchedule)
+LINK_WINDOW_ROUNDS = 20          # rounds over which a peer measures its link rate (switch-interval auto)
+STATUS_TIMEOUT_S = 2.0
+WATCH_INTERVAL_S = 0.5           # how often a server-side link asks whether its opener is still coming
+WATCH_STATUS_TIMEOUT_S = 1.0
+WATCH_UNREACHABLE_TRIES = 2      # unanswered status calls in a row before the opener counts as gone
+FETCH_TIMEOUT_S = 10.0
+# A neighbour one round ahead is normal (it was not linked with us last round); two or more means we
+# missed rounds and jump forward.
+JUMP_WHEN_BEHIND_BY = 2
 
-def _tls_refused(exc: ExchangeFailed) -> bool:
-    """The remote end failed the TLS handshake: it holds no certificate of this run's authority."""
-    return "handshake" in str(exc).lower()
+Offload = Callable[..., Awaitable[Any]]
+
+
+def thread_offload(worker: ThreadPoolExecutor) -> Offload:
+    """Run blocking work (training, evaluation) in ``worker`` so the loop keeps answering neighbours."""
+    async def run(fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(worker, fn, *args)
+    return run
+
+
+def factor_sum(tensors: dict[str, torch.Tensor], factor: str) -> float:
+    return float(sum(float(v.double().sum()) for v in select(tensors, [factor]).values()))
 
 
 class PeerDaemon(ExchangeServer):
-    def __init__(self, run: RunConfig, net: DaemonConfig, out_dir: Path, transport: Transport) -> None:
-        self.run, self.net, self.out, self.transport = run, net, Path(out_dir), transport
+    """One peer: ``local`` (its model, trainer and strategy), its settings, its files and transport.
+
+    ``offload`` runs blocking work; ``evaluate`` scores the local model (None: no evaluation)."""
+
+    def __init__(self, local: LocalPeer, run: RunConfig, net: DaemonConfig, persistence: Persistence,
+                 transport: Transport, offload: Offload, evaluate: Callable[[], float] | None = None,
+                 schedule_window: int = SCHEDULE_WINDOW_ROUNDS) -> None:
+        self.local, self.run, self.net, self.persistence, self.transport = local, run, net, persistence, transport
+        self.offload, self.evaluate = offload, evaluate
         self.peer_id = net.peer_id
-        self.strategy = strategy_for(run, topology_for(run))
-        self.data = prepare_data(run)
-        model = AdapterModel(run.model, self.data.task.num_labels, [self.peer_id], lora_settings(run),
-                             seed=run.seed, device=pick_device(run.device))
-        self.adapter = model[self.peer_id]
-        self.trainer = LocalTrainer(self.adapter, self.data.shards[net.peer_index], run.batch_size,
-                                    run.learning_rate, run.seed, net.peer_index)
-        self.local = LocalPeer(self.peer_id, self.adapter, self.trainer, self.strategy, run.local_steps,
-                               mixing_rule_for(run))
-        self.schema = schema_of(self.adapter.factors())
+        self.strategy = local.strategy
+        factors = local.factors()
+        self.schema = schema_of(factors)
         self.digest = schema_digest(self.schema)
+        device = next(iter(factors.values())).device
+        self.me = Identity(self.peer_id, net.run_id, self.schema, self.digest, device)
+        self.book = RoundBook()
+        self.protocol = LinkProtocol(self.me, self.book, persistence, transport, net.frame_timeout,
+                                     lambda: self.round, self._on_header, self._on_later_round,
+                                     self._on_phase_refused)
+        self.membership = Membership(self.peer_id, net.run_id, self.digest, transport, net.tls, self.count_rejection)
+        self.backoff = LinkBackoff()
         self.edge_prob = 1.0 if run.topology == "complete" else run.edge_prob
         self.deadline = AdaptiveDeadline(net.round_timeout_min, net.round_timeout_max)
-        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"train-{self.peer_id}")
         self.round = 0
-        self.closed_upto = -1                    # rounds <= this are mixed: no more commits
-        self.known: dict[str, str] = {}          # peer id -> address
-        self.candidates: dict[int, set[str]] = {}
-        self.own: dict[int, FactorMessage] = {}
-        self.own_ready: dict[int, asyncio.Event] = defaultdict(asyncio.Event)
-        self.staged: dict[tuple[int, str], tuple[dict, int, int]] = {}
-        self.counted: dict[int, dict[str, tuple[dict, int, int]]] = defaultdict(dict)  # tensors, degree, bytes
-        self.settled: dict[int, dict[str, asyncio.Event]] = defaultdict(lambda: defaultdict(asyncio.Event))
         self.rejected: Counter[str] = Counter()
-        self.admissions: set[asyncio.Task] = set()
         self.observer: Observer = Observers([])  # metrics, TensorBoard: set by the runner (daemon.main)
         self.last_link: dict[str, tuple[int, float]] = {}
-        self.history: dict[int, set[str]] = {}    # links that counted, by round (recent rounds only)
         self.latest: FactorMessage | None = None  # mixed factors (A and B), ready for round latest.header.round
         self.behind: tuple[int, str] | None = None
+        self.pending: dict[tuple[int, str], PendingLink] = {}
+        self.settled_answers: dict[tuple[int, str], bool] = {}
+        self.settling: dict[tuple[int, str], asyncio.Task] = {}   # outcome queries of pending links
+        self.probing: dict[str, asyncio.Task] = {}                 # status calls to neighbours in backoff
+        self.recovered: tuple[RoundState, dict, dict[str, Received]] | None = None
+        self.tasks: dict[asyncio.Task, None] = {}   # a dict: cancelled in creation order (replayable)
+        self.out: Path | None = None
+        self.worker: ThreadPoolExecutor | None = None
         self.stopping = asyncio.Event()
         self.address = ""
         # switch-interval auto: phase lengths agreed at run time from the measured link availability
-        self.schedule = AgreedSchedule(self.strategy.switch_interval) if run.switch_interval == "auto" else None
+        self.schedule = (AgreedSchedule(self.strategy.switch_interval, gossip_rounds=schedule_window)
+                         if run.switch_interval == "auto" else None)
         if self.schedule is not None:
             self.strategy.schedule = self.schedule
-        self.link_window: deque[tuple[int, int]] = deque(maxlen=20)  # (links counted, links possible)
+        self.adoption: tuple[int, int, str, int] | None = None   # a later phase seen in a neighbour's header
+        self.link_window: deque[tuple[int, int]] = deque(maxlen=LINK_WINDOW_ROUNDS)  # (counted, possible)
+
+    @classmethod
+    def from_config(cls, run: RunConfig, net: DaemonConfig, out_dir: Path, transport: Transport) -> "PeerDaemon":
+        """The daemon of ``tadlora run``: the model, the data shard and the optimizer built from the config."""
+        from peer.run_setup import lora_settings, mixing_rule_for, pick_device, prepare_data, strategy_for, topology_for
+        from peer.training.adapters import AdapterModel
+        from peer.training.trainer import LocalTrainer
+
+        data = prepare_data(run)
+        model = AdapterModel(run.model, data.task.num_labels, [net.peer_id], lora_settings(run),
+                             seed=run.seed, device=pick_device(run.device))
+        adapter = model[net.peer_id]
+        trainer = LocalTrainer(adapter, data.shards[net.peer_index], run.batch_size, run.learning_rate, run.seed,
+                               net.peer_index)
+        local = LocalPeer(net.peer_id, adapter, trainer, strategy_for(run, topology_for(run)), run.local_steps,
+                          mixing_rule_for(run))
+        worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"train-{net.peer_id}")
+        daemon = cls(local, run, net, Persistence(FolderStore(out_dir)), transport, thread_offload(worker),
+                     lambda: trainer.evaluate(data.validation))
+        daemon.out, daemon.worker = Path(out_dir), worker
+        return daemon
+
+    @staticmethod
+    def now() -> float:
+        return asyncio.get_running_loop().time()
+
+    @property
+    def known(self) -> dict[str, str]:
+        return self.membership.known
 
     # ------------------------------------------------------------------ server side (ExchangeServer)
 
     async def respond(self, incoming: FactorMessage) -> FactorMessage:
-        h = incoming.header
-        self._check_identity(h)
-        if h.round <= self.closed_upto:
-            raise Rejected("round-behind", f"round {h.round} is over here", self.round)
-        if h.round > self.round + 1:
-            self._note_behind(h.round, h.sender_id)
-            raise Rejected("round-ahead", f"this peer is at round {self.round}", self.round)
-        try:
-            await asyncio.wait_for(self.own_ready[h.round].wait(), self.net.round_timeout_max)
-        except asyncio.TimeoutError:
-            raise Rejected("round-ahead", f"round {h.round} not reached in time", self.round) from None
-        if h.round <= self.closed_upto:
-            raise Rejected("round-behind", f"round {h.round} is over here", self.round)
-        if h.sender_id not in self.candidates.get(h.round, ()):
-            raise Rejected("not-a-link", f"{h.sender_id} is not a link of round {h.round} here", self.round)
-        if h.sender_id in self.counted.get(h.round, {}):
-            raise Rejected("replay", f"{h.sender_id} already swapped factors in round {h.round}", self.round)
-        if h.degree < 1:
-            raise Rejected("degree", f"degree {h.degree}: a sender attempts at least this link", self.round)
-        own = self.own[h.round]
-        tensors = self._decode(incoming, own.header)
-        self._merge_proposal(h)
-        self.staged[(h.round, h.sender_id)] = (tensors, h.degree, h.payload_size)
-        return own
+        return await self.protocol.respond(incoming, self.net.round_timeout_max)
 
     async def commit(self, header: Header) -> bool:
-        staged = self.staged.pop((header.round, header.sender_id), None)
-        if staged is None or header.round <= self.closed_upto:
-            return False
-        self.counted[header.round][header.sender_id] = staged
-        self.settled[header.round][header.sender_id].set()
-        return True
+        return self.protocol.commit(header)
 
     async def abort(self, header: Header) -> None:
-        self.staged.pop((header.round, header.sender_id), None)
-        if header.round > self.closed_upto:
-            self.settled[header.round][header.sender_id].set()
+        self.protocol.abort(header)
+
+    def outcome(self, peer_id: str, round_: int) -> bool | None:
+        return self.protocol.outcome(peer_id, round_)
 
     def status(self) -> StatusInfo:
+        start, length, _, decided = (self.schedule.segment(self.round) if self.schedule else
+                                     (0, self.strategy.switch_interval, "", 0))
         return StatusInfo(
             peer_id=self.peer_id, run_id=self.net.run_id, round=self.round,
             phase=self.strategy.plan(self.round).phase, schema_digest=self.digest,
-            switch_interval=self.strategy.switch_interval, rejected=dict(self.rejected),
+            switch_interval=length, phase_start=start, schedule_round=decided, rejected=dict(self.rejected),
             neighbours=[NeighbourInfo(pid, addr, *self.last_link.get(pid, (-1, 0.0)))
                         for pid, addr in sorted(self.known.items())])
 
@@ -159,411 +192,457 @@ class PeerDaemon(ExchangeServer):
             raise Rejected("no-factors", "nothing mixed yet")
         return self.latest
 
-    def outcome(self, peer_id: str, round_: int) -> bool | None:
-        if round_ > self.closed_upto or round_ not in self.history:
-            return None  # still open (not decided yet), or too old to remember
-        return peer_id in self.history[round_]
-
     def count_rejection(self, reason: str, detail: str = "", source: str = "") -> None:
         """One log line and one count per refused message; the message itself is dropped."""
         self.rejected[reason] += 1
         self.observer.rejected(reason)
         log.warning("%s: refused (%s) from %s: %s", self.peer_id, reason, source or "?", detail)
 
-    # ------------------------------------------------------------------ validation
+    # ------------------------------------------------------------------ what neighbours tell us
 
-    def _check_identity(self, h: Header) -> None:
-        if h.run_id != self.net.run_id:
-            raise Rejected("run", f"run {h.run_id!r}, this peer belongs to {self.net.run_id!r}", self.round)
-        if h.schema_digest != self.digest:
-            raise Rejected("schema", "adapter schema differs (model, rank or targets)", self.round)
-        if h.sender_id == self.peer_id:
-            raise Rejected("self", "a message from this peer's own id", self.round)
+    def _on_header(self, h: Header) -> None:
+        if h.sender_id in self.known:
+            self.backoff.outcome(h.sender_id, counted=True)  # alive and of this run: attempt it again
+        if self.schedule is None:
+            return
+        self.schedule.merge(h.schedule_round, h.proposed_interval)
+        self._consider_phase(h.phase_start, h.switch_interval, h.phase, h.schedule_round)
 
-    def _decode(self, message: FactorMessage, own: Header) -> dict[str, torch.Tensor]:
-        h = message.header
-        if h.phase != own.phase or tuple(h.factors) != tuple(own.factors):
-            raise Rejected("phase", f"phase {h.phase} {h.factors}, this round is {own.phase} {own.factors}", self.round)
-        wanted = set(select(self.schema, own.factors))
-        try:
-            return decode_factors(message.payload, self.schema, wanted)
-        except DecodeError as exc:
-            raise Rejected(exc.reason, exc.detail, self.round) from None
+    def _consider_phase(self, start: int, length: int, factor: str, decided_at: int) -> None:
+        """A neighbour's phase (auto): remember the latest seen; adopted at the start of the next round,
+        never in the middle of one."""
+        if length < 1 or factor not in (A, B):
+            return
+        seen = (int(start), int(length), factor, int(decided_at))
+        if self.adoption is None or (seen[3], seen[0], seen[1]) > (self.adoption[3], self.adoption[0],
+                                                                    self.adoption[1]):
+            self.adoption = seen
 
-    def _merge_proposal(self, h: Header) -> None:
+    def _on_phase_refused(self, peer_id: str, address: str) -> None:
+        """A neighbour refused our factors for their phase: a schedule split. Its refusal does not carry
+        its schedule, so ask for it (Status) and adopt it if it is the later one."""
         if self.schedule is not None:
-            self.schedule.merge(h.schedule_round, h.proposed_interval)
+            self._spawn(self._learn_phase_of(address))
 
-    def link_estimate(self) -> float:
-        """Fraction of possible links that counted over the recent rounds (the configured p before any)."""
-        counted, possible = map(sum, zip(*self.link_window)) if self.link_window else (0, 0)
-        return counted / possible if possible else self.edge_prob
+    async def _learn_phase_of(self, address: str) -> None:
+        try:
+            status = await self.transport.status(address, timeout=STATUS_TIMEOUT_S)
+        except ExchangeFailed:
+            return
+        if status.run_id == self.net.run_id:
+            self._consider_phase(status.phase_start, status.switch_interval, status.phase, status.schedule_round)
 
-    def own_proposal(self) -> int:
-        """T for the next phase from this peer's measurement: the spectral-gap rule of
-        ``auto_switch_interval`` applied to an Erdős–Rényi graph with the estimated link probability."""
-        return _interval_for(len(self.known) + 1, round(self.link_estimate(), 2))
-
-    def _note_behind(self, round_: int, peer_id: str) -> None:
+    def _on_later_round(self, peer_id: str, round_: int) -> None:
         if peer_id not in self.known:
             return  # only a known peer of this run can tell us that we are behind
         if self.behind is None or round_ > self.behind[0]:
             self.behind = (round_, peer_id)
 
-    # ------------------------------------------------------------------ client side
+    # ------------------------------------------------------------------ switch interval auto
 
-    def _header(self, round_: int, phase: str | None = None, factors: tuple[str, ...] | None = None) -> Header:
-        plan = self.strategy.plan(round_)
-        return Header(run_id=self.net.run_id, sender_id=self.peer_id, round=round_, phase=phase or plan.phase,
-                      factors=factors or tuple(sorted(plan.mix)), schema_digest=self.digest,
-                      degree=len(self.candidates.get(round_, ())), switch_interval=self.strategy.switch_interval,
-                      schedule_round=self.schedule.decided_at if self.schedule else 0,
-                      phase_start=self.schedule.current[0] if self.schedule else 0,
-                      proposed_interval=self.schedule.proposal() if self.schedule else 0,
-                      link_estimate=self.link_estimate())
+    def link_estimate(self) -> float | None:
+        """Fraction of possible links that counted over the recent rounds; None before any round."""
+        counted, possible = map(sum, zip(*self.link_window)) if self.link_window else (0, 0)
+        return counted / possible if possible else None
 
-    async def _link(self, round_: int, peer_id: str, until: float) -> None:
-        """Open the exchange with a neighbour of higher id; settle the link either way."""
-        staged: dict = {}
-
-        async def validate(reply: FactorMessage) -> None:
-            self._check_identity(reply.header)
-            if reply.header.sender_id != peer_id or reply.header.round != round_:
-                raise Rejected("round", f"answer for round {reply.header.round} from {reply.header.sender_id}")
-            staged["tensors"] = self._decode(reply, self.own[round_].header)
-            self._merge_proposal(reply.header)
-            staged["degree"] = reply.header.degree
-            staged["bytes"] = reply.header.payload_size
-
-        address = self.known.get(peer_id)
-        started = time.monotonic()
-        try:
-            if address is None:
-                raise ExchangeFailed(f"{peer_id} has no address")
-            await self._exchange_retrying_while_behind(address, round_, validate, until)
-            self._count(round_, peer_id, staged)
-        except ExchangeOutcomeUnknown:
-            if await self._ask_outcome(address, round_, peer_id, until) and staged:
-                self._count(round_, peer_id, staged)
-        except Rejected as r:
-            if r.reason in ("round-behind", "round-closed") and r.current_round > round_:
-                self._note_behind(r.current_round, peer_id)
-            log.info("%s: link to %s in round %d refused: %s", self.peer_id, peer_id, round_, r)
-        except ExchangeFailed as exc:
-            log.info("%s: link to %s in round %d failed: %s", self.peer_id, peer_id, round_, exc)
-        finally:
-            self.settled[round_][peer_id].set()
-            self.observer.exchange(peer_id, time.monotonic() - started, peer_id in self.counted.get(round_, {}))
-
-    async def _exchange_retrying_while_behind(self, address: str, round_: int, validate, until: float) -> None:
-        # A neighbour two rounds behind refuses with "round-ahead"; it is catching up, so wait for it
-        # (until the deadline) rather than run ahead alone.
-        while True:
-            try:
-                await self.transport.exchange(address, self.own[round_], validate, max(0.1, until - time.monotonic()))
-                return
-            except Rejected as r:
-                if r.reason != "round-ahead" or time.monotonic() + 0.2 >= until:
-                    raise
-            await asyncio.sleep(0.2)
-
-    async def _watch(self, round_: int, peer_id: str, until: float) -> None:
-        """Settle a link that the neighbour should open as soon as it cannot come any more: the
-        neighbour is unreachable (crashed, partitioned) or already past this round. Without this a
-        dead neighbour of lower id would hold every round until the deadline."""
-        event = self.settled[round_][peer_id]
-        while not event.is_set() and time.monotonic() < until:
-            try:  # wake at once when the link settles: a plain sleep here held every round 0.5 s
-                await asyncio.wait_for(event.wait(), 0.5)
-                break
-            except asyncio.TimeoutError:
-                pass
-            if peer_id not in self.known:
-                break
-            try:
-                status = await self.transport.status(self.known[peer_id], timeout=1.0)
-            except ExchangeFailed:
-                break
-            if status.round > round_:
-                break
-        event.set()
-
-    def _count(self, round_: int, peer_id: str, staged: dict) -> None:
-        if round_ > self.closed_upto:
-            self.counted[round_][peer_id] = (staged["tensors"], staged["degree"], staged["bytes"])
-
-    async def _ask_outcome(self, address: str, round_: int, peer_id: str, until: float) -> bool:
-        # The server decides at commit; ask it until our own deadline (plus one frame timeout, because
-        # the server may close the round a little after us).
-        while time.monotonic() < until + self.net.frame_timeout:
-            answer = await self.transport.outcome(address, self.net.run_id, self.peer_id, round_, timeout=1.0)
-            if answer is not None:
-                return answer
-            await asyncio.sleep(0.2)
-        log.warning("%s: outcome of the link to %s in round %d unknown", self.peer_id, peer_id, round_)
-        return False
-
-    # ------------------------------------------------------------------ the round loop
-
-    async def _train(self, round_: int) -> float:
-        return await asyncio.get_running_loop().run_in_executor(self.worker, self.local.train, round_)
-
-    def _open_round(self, round_: int) -> None:
-        self.candidates[round_] = {pid for pid in self.known
-                                   if synthetic_link_up(self.run.seed, round_, self.peer_id, pid, self.edge_prob)}
-        payload = encode_factors(self.local.outgoing(round_))
-        self.own[round_] = seal(self._header(round_), payload)
-        self.own_ready[round_].set()
-
-    async def _exchange(self, round_: int) -> float:
-        start = time.monotonic()
-        until = start + self.deadline.current()
-        links = self.candidates[round_]
-        clients = [asyncio.create_task(self._link(round_, pid, until)) for pid in links if self.peer_id < pid]
-        clients += [asyncio.create_task(self._watch(round_, pid, until)) for pid in links if pid < self.peer_id]
-        waits = [asyncio.create_task(self.settled[round_][pid].wait()) for pid in links]
-        if waits:
-            await asyncio.wait(waits, timeout=max(0.0, until - time.monotonic()))
-        for task in waits:
-            task.cancel()
-        await asyncio.gather(*clients, return_exceptions=True)
-        self.closed_upto = round_
-        if self.counted.get(round_):
-            self.deadline.observe(time.monotonic() - start)
-        return time.monotonic() - start
-
-    def _mix(self, round_: int) -> dict:
-        links = self.counted.pop(round_, {})
-        own_degree = len(self.candidates[round_])
-        weights = {pid: 1.0 / (1 + max(own_degree, degree)) for pid, (_, degree, _) in links.items()}
-        self_weight = 1.0 - sum(weights.values())
-        before = self.adapter.factors()
-        self.local.mix(round_, {pid: t for pid, (t, _, _) in links.items()}, weights, self_weight)
-        after = self.adapter.factors()
-        now = time.time()
-        self.link_window.append((len(links), len(self.known)))
-        self.history[round_] = set(links)
-        for pid in links:
-            self.last_link[pid] = (round_, now)
-
-        def total(tensors, factor):
-            return float(sum(float(v.double().sum()) for v in select(tensors, [factor]).values()))
-
-        return {"neighbours": sorted(links), "weights": weights, "self_weight": self_weight,
-                "attempted": sorted(self.candidates[round_]),
-                "bytes_sent": len(self.own[round_].payload) * len(links),
-                "bytes_received": sum(n for _, _, n in links.values()),
-                "sum_a_before": total(before, A), "sum_a_after": total(after, A),
-                "sum_b_before": total(before, B), "sum_b_after": total(after, B),
-                **({"mixing": self.local.rule.last} if self.local.rule.last else {})}
-
-    def _publish_latest(self, next_round: int) -> None:
-        header = self._header(next_round, factors=FACTORS)
-        if self.schedule is not None:
-            header.phase = self.schedule.current[2]  # the phase that began at schedule_round
-        self.latest = seal(header, encode_factors(self.adapter.factors()))
-
-    def _checkpoint(self, next_round: int) -> None:
-        save_checkpoint(self.out, {
-            "peer_id": self.peer_id, "run_id": self.net.run_id, "round": next_round,
-            "adapter": self.adapter.state(), "optimizer": self.trainer.optimizer.state_dict(),
-            "last_trained": sorted(self.trainer.last_trained),
-            "schedule": self.schedule.to_state() if self.schedule else {}})
-
-    def _forget(self, round_: int) -> None:
-        for table in (self.own, self.own_ready, self.candidates, self.settled, self.history):
-            for old in [k for k in table if k <= round_ - 8]:
-                table.pop(old, None)
-        for key in [k for k in self.staged if k[0] <= round_]:
-            self.staged.pop(key)
-
-    def _use_schedule(self, schedule: AgreedSchedule) -> None:
-        self.schedule = schedule
-        self.strategy.schedule = schedule
+    def own_proposal(self) -> int:
+        """T for the next phase from this peer's measurement (0: no proposal). A peer that counted no
+        link over the window proposes nothing: it knows nothing of the network, and the maximum rule
+        must not let its T = T_max be imposed on everyone."""
+        estimate = self.link_estimate()
+        if not estimate:
+            return 0
+        return interval_for_link_rate(len(self.known) + 1, estimate)
 
     def _advance_schedule(self, round_: int) -> dict:
         if self.schedule is None:
             return {}
+        if self.adoption is not None:
+            if self.schedule.adopt(*self.adoption):
+                log.info("%s: adopted a neighbour's phase schedule %s", self.peer_id, self.adoption)
+            self.adoption = None
         self.schedule.decide(round_)
-        self.schedule.propose(self.own_proposal())
-        return {"switch_interval": self.schedule.interval, "phase_start": self.schedule.current[0],
-                "decided_at": self.schedule.decided_at,
-                "proposal": self.own_proposal(), "link_estimate": self.link_estimate()}
+        proposal = self.own_proposal()
+        self.schedule.propose(proposal, round_)
+        start, length, _, decided = self.schedule.segment(round_)
+        return {"switch_interval": length, "phase_start": start, "decided_at": decided,
+                "proposal": proposal, "link_estimate": self.link_estimate()}
+
+    # ------------------------------------------------------------------ one round
+
+    def _header(self, round_: int, degree: int, factors: tuple[str, ...] | None = None) -> Header:
+        plan = self.strategy.plan(round_)
+        segment = self.schedule.segment(round_) if self.schedule else (0, self.strategy.switch_interval, "", 0)
+        return Header(run_id=self.net.run_id, sender_id=self.peer_id, round=round_, phase=plan.phase,
+                      factors=factors or tuple(sorted(plan.mix)), schema_digest=self.digest, degree=degree,
+                      switch_interval=segment[1], schedule_round=segment[3], phase_start=segment[0],
+                      proposed_interval=self.schedule.proposal() if self.schedule else 0,
+                      link_estimate=self.link_estimate() or 0.0)
+
+    def _choose_links(self, round_: int) -> list[str]:
+        links = []
+        for pid in sorted(self.known):
+            if not synthetic_link_up(self.run.seed, round_, self.peer_id, pid, self.edge_prob):
+                continue
+            if self.backoff.attempt(pid, round_):
+                links.append(pid)
+            else:
+                self._probe(pid)
+        return links
+
+    def _probe(self, peer_id: str) -> None:
+        """Ask a neighbour in backoff whether it answers again (a Status call, in the background): one
+        that does is attempted from the next round on, and tells its round (a peer behind catches up).
+        A hung neighbour costs only this call's timeout, off the round's path."""
+        if peer_id in self.probing:
+            return
+        self.probing[peer_id] = task = self._spawn(self._ask_alive(peer_id))
+        task.add_done_callback(lambda _: self.probing.pop(peer_id, None))
+
+    async def _ask_alive(self, peer_id: str) -> None:
+        address = self.known.get(peer_id)
+        try:
+            status = await self.transport.status(address, timeout=STATUS_TIMEOUT_S) if address else None
+        except ExchangeFailed:
+            return
+        if status is not None and status.run_id == self.net.run_id:
+            self.backoff.outcome(peer_id, counted=True)
+            self._on_later_round(peer_id, status.round)
+
+    def _open_round(self, round_: int, candidates: list[str]) -> RoundState:
+        own = seal(self._header(round_, len(candidates)), encode_factors(self.local.outgoing(round_)))
+        return self.book.opened(RoundState(round_, frozenset(candidates), own))
+
+    def _spawn(self, coroutine) -> asyncio.Task:
+        """Every task of the daemon is tracked, so that ``kill`` can stop all of them at once."""
+        task = asyncio.ensure_future(coroutine)
+        self.tasks[task] = None
+        task.add_done_callback(lambda done: self.tasks.pop(done, None))
+        return task
+
+    def kill(self) -> None:
+        """Stop every task of this daemon where it stands (the fault simulator's crash)."""
+        for task in list(self.tasks):
+            task.cancel()
+        self.membership.close()
+
+    async def _exchange(self, state: RoundState, tentative: dict[str, Received]) -> float:
+        """Open this round's links (``tentative``: links of a recovered round that may have counted at
+        the server: asked about instead of opened again) and wait until all are decided or the deadline."""
+        start = self.now()
+        until = start + self.deadline.current()
+        links = sorted(state.candidates)
+        tasks = [self._spawn(self.protocol.settle_by_query(state, pid, self.known.get(pid), received, until))
+                 for pid, received in sorted(tentative.items())]
+        tasks += [self._spawn(self._open(state, pid, until))
+                  for pid in links if self.peer_id < pid and pid not in state.decisions and pid not in tentative]
+        tasks += [self._spawn(self._watch(state, pid, until)) for pid in links if pid < self.peer_id]
+        waits = [self._spawn(state.event(pid).wait()) for pid in links]
+        try:
+            if waits:
+                await asyncio.wait(waits, timeout=max(0.0, until - self.now()))
+            await asyncio.gather(*tasks, return_exceptions=True)
+        finally:
+            for task in waits + tasks:
+                task.cancel()
+        for pid in links:  # not decided by the deadline: refused, at both ends (see RoundState)
+            if (state.round, pid) not in self.protocol.unresolved:
+                state.decide(pid, Decision.REFUSED)
+        if state.last_counted_at is not None:
+            # learn from the time the last counted link took, never from waits for links that failed
+            self.deadline.observe(state.last_counted_at - start)
+        return self.now() - start
+
+    async def _open(self, state: RoundState, peer_id: str, until: float) -> None:
+        started = self.now()
+        await self.protocol.open_link(state, peer_id, self.known.get(peer_id), until)
+        self.observer.exchange(peer_id, self.now() - started, peer_id in state.counted)
+
+    async def _watch(self, state: RoundState, peer_id: str, until: float) -> None:
+        """Refuse a link that a neighbour of lower id should open, as soon as it cannot come any more:
+        the neighbour is unreachable (crashed, partitioned) or already past this round. Without this a
+        dead neighbour would hold every round it is attempted in until the deadline."""
+        event, unreachable = state.event(peer_id), 0
+        while not event.is_set() and self.now() < until:
+            try:  # wake at once when the link settles
+                await asyncio.wait_for(event.wait(), WATCH_INTERVAL_S)
+                return
+            except asyncio.TimeoutError:
+                pass
+            gone = await self._opener_gone(peer_id, state.round)
+            unreachable = unreachable + 1 if gone is None else 0
+            if gone or unreachable >= WATCH_UNREACHABLE_TRIES:
+                state.decide(peer_id, Decision.REFUSED)   # final: a commit that comes later is refused
+                return
+
+    async def _opener_gone(self, peer_id: str, round_: int) -> bool | None:
+        """True: past this round, or no longer known; None: no answer (down, cut off, or one lost message)."""
+        address = self.known.get(peer_id)
+        if address is None:
+            return True
+        try:
+            return (await self.transport.status(address, WATCH_STATUS_TIMEOUT_S)).round > round_
+        except ExchangeFailed:
+            return None
+
+    def _weights(self, state: RoundState) -> tuple[float, dict[str, float]]:
+        return metropolis_hastings_weights(state.degree, {pid: r.degree for pid, r in state.counted.items()})
+
+    def _mix(self, state: RoundState) -> dict:
+        self_weight, weights = self._weights(state)
+        before = self.local.factors()
+        self.local.mix(state.round, {pid: r.tensors for pid, r in state.counted.items()}, weights, self_weight)
+        after = self.local.factors()
+        self._remember_unresolved(state)
+        self.link_window.append((len(state.counted), len(self.known)))
+        now = time.time()
+        for pid in sorted(state.candidates):
+            counted = pid in state.counted
+            self.backoff.outcome(pid, counted or (state.round, pid) in self.pending)
+            if counted:
+                self.last_link[pid] = (state.round, now)
+        return {"neighbours": sorted(state.counted), "weights": weights, "self_weight": self_weight,
+                "attempted": sorted(state.candidates), "degree": state.degree,
+                "unresolved": sorted(pid for (r, pid) in self.pending if r == state.round),
+                "bytes_sent": len(state.own.payload) * len(state.counted),
+                "bytes_received": sum(r.payload_bytes for r in state.counted.values()),
+                "sum_a_before": factor_sum(before, A), "sum_a_after": factor_sum(after, A),
+                "sum_b_before": factor_sum(before, B), "sum_b_after": factor_sum(after, B),
+                **({"mixing": self.local.rule.last} if self.local.rule.last else {})}
+
+    def _remember_unresolved(self, state: RoundState) -> None:
+        """Links whose outcome is unknown: keep what their late settlement needs (``PendingLink``)."""
+        for (round_, pid), received in list(self.protocol.unresolved.items()):
+            if round_ != state.round:
+                continue
+            del self.protocol.unresolved[(round_, pid)]
+            sent = decode_factors(state.own.payload, self.schema, device=self.me.device)
+            weight = 1.0 / (1 + max(state.degree, received.degree))
+            self.pending[(round_, pid)] = PendingLink(round_, pid, self.known.get(pid, ""), weight, sent,
+                                                      received.tensors)
+
+    def _publish_latest(self, next_round: int) -> None:
+        header = self._header(next_round, 0, factors=FACTORS)
+        self.latest = seal(header, encode_factors(self.local.factors()))
+
+    def _checkpoint_state(self, next_round: int) -> dict:
+        return {"peer_id": self.peer_id, "run_id": self.net.run_id, "round": next_round,
+                "local": self.local.state(), "decisions": self.book.to_state(),
+                "pending": [vars(p) for p in self.pending.values()],
+                "link_window": [list(x) for x in self.link_window],
+                "schedule": self.schedule.to_state() if self.schedule else {}}
+
+    def _round_extras(self) -> dict:
+        """What the WAL keeps besides the factors, so that a restart finishes the round identically."""
+        return {"schedule": self.schedule.to_state() if self.schedule else {},
+                "pending": [vars(p) for p in self.pending.values()]}
 
     async def _run_round(self, round_: int) -> None:
-        t0 = time.monotonic()
+        t0 = self.now()
+        if self.recovered is not None and self.recovered[0].round == round_:
+            state, record, tentative = self.recovered
+            self.recovered = None
+        else:
+            (state, record), tentative = await self._train_and_open(round_), {}
+        record["exchange_seconds"] = await self._exchange(state, tentative)
+        record.update(self._mix(state))
+        record["deadline"] = self.deadline.current()
+        if self.evaluate is not None and self._evaluation_due(round_):
+            record["accuracy"] = await self.offload(self.evaluate)
+        self.book.close(round_)
+        self._publish_latest(round_ + 1)
+        record["seconds"] = self.now() - t0   # the round's time, up to its files
+        saved = self.now()
+        self.persistence.finish_round(record, self._checkpoint_state(round_ + 1))
+        self.observer.checkpoint(self.now() - saved)
+        self.round = round_ + 1
+        self.observer.round_done(record)
+        log.info("%s: round %d phase %s loss %.4f links %s", self.peer_id, round_, record["phase"],
+                 record["train_loss"], ",".join(record["neighbours"]) or "-")
+
+    async def _train_and_open(self, round_: int) -> tuple[RoundState, dict]:
+        settled = self._apply_settlements()
         schedule_info = self._advance_schedule(round_)
         plan = self.strategy.plan(round_)
-        trained = time.monotonic()
-        loss = await self._train(round_)
-        train_seconds = time.monotonic() - trained
-        self._open_round(round_)
-        exchange_seconds = await self._exchange(round_)
-        record = {"round": round_, "phase": plan.phase, "train_loss": loss, **schedule_info, **self._mix(round_),
-                  "train_seconds": train_seconds, "exchange_seconds": exchange_seconds,
-                  "deadline": self.deadline.current()}
-        if self._evaluation_due(round_):
-            record["accuracy"] = await asyncio.get_running_loop().run_in_executor(
-                self.worker, self.trainer.evaluate, self.data.validation)
-        self._publish_latest(round_ + 1)
-        saved = time.monotonic()
-        self._checkpoint(round_ + 1)
-        self.observer.checkpoint(time.monotonic() - saved)
-        self.round = round_ + 1
-        self._forget(round_)
-        record["seconds"] = time.monotonic() - t0
-        self.observer.round_done(record)
-        with (self.out / "rounds.jsonl").open("a") as f:
-            f.write(json.dumps(record) + "\n")
-        log.info("%s: round %d phase %s loss %.4f links %s", self.peer_id, round_, plan.phase, loss,
-                 ",".join(record["neighbours"]) or "-")
+        trained = self.now()
+        loss = await self.offload(self.local.train, round_)
+        record = {"round": round_, "phase": plan.phase, "train_loss": loss, **schedule_info,
+                  "train_seconds": self.now() - trained, **({"settled": settled} if settled else {})}
+        candidates = self._choose_links(round_)
+        self.persistence.open_round(round_, self.local.state(), candidates,
+                                    {**self._round_extras(), "record": record})
+        return self._open_round(round_, candidates), record
+
+    def _reopen(self, wal: WriteAhead) -> tuple[RoundState, dict, dict[str, Received]]:
+        """Reopen the round a crash interrupted, from its write-ahead record: the same trained factors,
+        the same links and degree. Links written as final count at once (before the transport serves,
+        so that an outcome query finds them); tentative ones are returned, to be asked about."""
+        self.local.load_state(wal.local_state)
+        if self.schedule is not None and wal.extras.get("schedule"):
+            self._use_schedule(AgreedSchedule.from_state(wal.extras["schedule"]))
+        self.pending = {(p["round"], p["peer_id"]): PendingLink(**p) for p in wal.extras.get("pending", [])}
+        state = self._open_round(wal.round, wal.candidates)
+        self.persistence.wal = wal
+        tentative = {}
+        for pid, link in wal.links.items():
+            received = Received(link["tensors"], int(link["degree"]), int(link["bytes"]))
+            if link["final"]:
+                state.decide(pid, Decision.COUNTED, received, self.now())
+            else:
+                tentative[pid] = received
+        record = dict(wal.extras.get("record") or {"round": wal.round, "phase": state.own.header.phase,
+                                                   "train_loss": float("nan")})
+        record["recovered"] = True
+        return state, record, tentative
 
     def _evaluation_due(self, round_: int) -> bool:
         """Every ``eval_every`` rounds, as in the simulator; the last round is evaluated by ``finish``."""
         return (round_ + 1) % self.run.eval_every == 0 and round_ + 1 < self.run.rounds
 
+    # ------------------------------------------------------------------ late settlements
+
+    def _apply_settlements(self) -> list[dict]:
+        """Between rounds: add the mix term of each pending link the server says counted."""
+        applied = []
+        for key, counted in list(self.settled_answers.items()):
+            link = self.pending.pop(key, None)
+            del self.settled_answers[key]
+            if link is None:
+                continue
+            entry = {"round": link.round, "peer": link.peer_id, "counted": counted}
+            if counted:
+                correction = link.correction()
+                self.local.apply_correction(correction)
+                entry.update(delta_a=factor_sum(correction, A), delta_b=factor_sum(correction, B))
+            applied.append(entry)
+            log.info("%s: link to %s in round %d settled late: %s", self.peer_id, link.peer_id, link.round,
+                     "counted" if counted else "did not count")
+        return applied
+
+    def _ask_pending(self) -> None:
+        """One background query per pending link (none while one is running)."""
+        for key, link in self.pending.items():
+            if key in self.settling or key in self.settled_answers:
+                continue
+            self.settling[key] = task = self._spawn(self._query_pending(key, link))
+            task.add_done_callback(lambda _, key=key: self.settling.pop(key, None))
+
+    async def _query_pending(self, key: tuple[int, str], link: PendingLink) -> None:
+        address = self.known.get(link.peer_id) or link.address
+        answer = await self.protocol.ask_outcome(address, link.round, self.now() + self.net.round_timeout_min)
+        if answer is not None:
+            self.settled_answers[key] = answer
+
+    async def settle_remaining(self, seconds: float) -> None:
+        """At the end of the run: wait up to ``seconds`` for pending outcomes, apply them, write them."""
+        until = self.now() + seconds
+        while self.pending and self.now() < until:
+            self._ask_pending()
+            await asyncio.sleep(self.net.round_timeout_min / 4)
+            settled = self._apply_settlements()
+            if settled:
+                for entry in settled:
+                    self.persistence.append_event({"event": "settled", "at_round": self.round, **entry})
+                self.persistence.save_checkpoint(self._checkpoint_state(self.round))
+
     # ------------------------------------------------------------------ joining, resuming
 
+    def _use_schedule(self, schedule: AgreedSchedule) -> None:
+        self.schedule = schedule
+        self.strategy.schedule = schedule
+
     def resume(self) -> bool:
-        state = load_checkpoint(self.out)
-        if state is None:
+        """Continue from the files of an earlier process: its checkpoint, and its write-ahead record
+        when it died inside a round."""
+        state = self.persistence.load_checkpoint()
+        wal = self.persistence.load_wal()
+        if state is None and wal is None:
             return False
-        if state["peer_id"] != self.peer_id or state["run_id"] != self.net.run_id:
-            raise RuntimeError(f"checkpoint in {self.out} belongs to {state['peer_id']} of run {state['run_id']}")
-        self.adapter.load_state(state["adapter"])
-        self.trainer.optimizer.load_state_dict(state["optimizer"])
-        self.trainer.last_trained = frozenset(state["last_trained"])
-        if self.schedule is not None and state.get("schedule"):
-            self._use_schedule(AgreedSchedule.from_state(state["schedule"]))
-        self.round = int(state["round"])
-        self.closed_upto = self.round - 1
+        if state is not None:
+            self._load_checkpoint(state)
+            if state.get("record"):
+                self.persistence.log_round(state["record"])  # the crash came between checkpoint and line
+        self.book.skip_to(self.round)
+        if wal is not None and wal.round == self.round:
+            self.recovered = self._reopen(wal)
+        elif wal is not None:
+            self.persistence.discard_wal()  # a round whose checkpoint was written: already finished
         self._publish_latest(self.round)
-        log.info("%s: resumed at round %d from %s", self.peer_id, self.round, self.out)
+        log.info("%s: resumed at round %d%s", self.peer_id, self.round,
+                 " (finishing it from its write-ahead record)" if self.recovered else "")
         return True
 
+    def _load_checkpoint(self, state: dict) -> None:
+        if state["peer_id"] != self.peer_id or state["run_id"] != self.net.run_id:
+            raise RuntimeError(f"checkpoint belongs to {state['peer_id']} of run {state['run_id']}")
+        self.local.load_state(state["local"])
+        if self.schedule is not None and state.get("schedule"):
+            self._use_schedule(AgreedSchedule.from_state(state["schedule"]))
+        self.book.load_state(state.get("decisions", {}))
+        self.pending = {(p["round"], p["peer_id"]): PendingLink(**p) for p in state.get("pending", [])}
+        self.link_window.extend(tuple(x) for x in state.get("link_window", []))
+        self.round = int(state["round"])
+
     async def catch_up(self) -> None:
-        """Adopt a neighbour's round and factors when this peer is behind."""
+        """Jump forward to a neighbour's round when this peer is two or more rounds behind, keeping
+        its own factors (they keep the network sum, and the next rounds mix them with everyone's)."""
         if self.behind is None:
-            statuses = []
-            for pid, address in list(self.known.items()):
-                try:
-                    statuses.append(((await self.transport.status(address, timeout=2.0)).round, pid))
-                except ExchangeFailed:
-                    continue
-            if statuses:
-                self._note_behind(*max(statuses))
-        # One round of lag is normal between peers that were not linked in the last round; only a
-        # peer two or more rounds behind has missed rounds and must adopt.
-        if self.behind is None or self.behind[0] <= self.round + 1:
+            await self._ask_neighbours_their_round()
+        if self.behind is None or self.behind[0] < self.round + JUMP_WHEN_BEHIND_BY:
             self.behind = None
             return
         target, pid = self.behind
         self.behind = None
-        try:
-            message = await self.transport.fetch(self.known[pid], self.net.run_id, timeout=10.0)
-            tensors = decode_factors(message.payload, self.schema, set(self.schema))
-        except (ExchangeFailed, Rejected, DecodeError, KeyError) as exc:
-            log.warning("%s: could not fetch factors from %s: %s", self.peer_id, pid, exc)
-            return
-        if message.header.round <= self.round + 1:
-            return
-        self.adapter.load_factors(tensors)
-        self.trainer.last_trained = frozenset()  # fresh moments: the factors are someone else's
-        self.trainer.optimizer.state.clear()
-        if self.schedule is not None:  # and its phase schedule
-            h = message.header
-            self._use_schedule(AgreedSchedule(max(1, h.switch_interval), int(h.phase_start), h.phase,
-                                              decided_at=int(h.schedule_round)))
-            self.schedule.merge(h.schedule_round, h.proposed_interval)
-        log.info("%s: behind (round %d); adopted round %d and the factors of %s", self.peer_id, self.round,
-                 message.header.round, pid)
-        self.round = int(message.header.round)
-        self.closed_upto = self.round - 1
-        self._publish_latest(self.round)
-
-    # ------------------------------------------------------------------ membership
-
-    def add_peer(self, peer_id: str, address: str) -> None:
-        """A peer announced by mDNS. Over TLS it joins only after proving membership (``_admit``)."""
-        if peer_id == self.peer_id or self.known.get(peer_id) == address:
-            return
-        if self.net.tls:
-            task = asyncio.ensure_future(self._admit(peer_id, address))
-            self.admissions.add(task)
-            task.add_done_callback(self.admissions.discard)
-            return
-        self._know(peer_id, address)
-
-    def _know(self, peer_id: str, address: str) -> None:
-        self.known[peer_id] = address
-        log.info("%s: found %s at %s", self.peer_id, peer_id, address)
-
-    async def _admit(self, peer_id: str, address: str, tries: int = 5) -> None:
-        """Open a mutual-TLS connection to an announced peer: only a certificate of this run's
-        authority completes the handshake. A failed handshake refuses the peer (logged, counted as
-        ``membership``); a peer that does not answer yet is tried again, then taken like any silent
-        peer (every later exchange is over the same TLS, so nothing unproven is ever mixed)."""
-        for _ in range(tries):
-            try:
-                status = await self.transport.status(address, timeout=3.0)
-            except ExchangeFailed as exc:
-                if _tls_refused(exc):
-                    self.count_rejection("membership", f"{peer_id} cannot prove membership of run "
-                                         f"{self.net.run_id!r}: TLS handshake failed", address)
-                    return
-                await asyncio.sleep(1.0)
-                continue
-            if status.peer_id != peer_id or status.run_id != self.net.run_id:
-                self.count_rejection("identity", f"announced as {peer_id} of run {self.net.run_id!r}, "
-                                     f"answers as {status.peer_id} of run {status.run_id!r}", address)
+        if self.schedule is not None:
+            header = await self._latest_header_of(pid)
+            if header is None:
                 return
-            break
-        self._know(peer_id, address)
+            target = max(target, header.round)
+            self._use_schedule(AgreedSchedule.continuing(
+                header.phase_start, header.switch_interval, header.phase if header.phase in (A, B) else B,
+                header.schedule_round, target, self.schedule.gossip_rounds))
+        log.info("%s: behind (round %d); jumping to round %d of %s, keeping its own factors",
+                 self.peer_id, self.round, target, pid)
+        self.persistence.append_event({"event": "jump", "from": self.round, "to": target, "peer": pid})
+        self.round = target
+        self.book.skip_to(target)
+        self.persistence.save_checkpoint(self._checkpoint_state(target))
+        self._publish_latest(target)
 
-    def remove_peer(self, peer_id: str) -> None:
-        if self.known.pop(peer_id, None):
-            log.info("%s: lost %s", self.peer_id, peer_id)
+    async def _ask_neighbours_their_round(self) -> None:
+        for pid, address in list(self.known.items()):
+            try:
+                status = await self.transport.status(address, timeout=STATUS_TIMEOUT_S)
+            except ExchangeFailed:
+                continue
+            self._on_later_round(pid, status.round)
 
-    async def add_static_peer(self, address: str) -> bool:
-        """Ask a static address who it is and keep it if it is of this run and schema; False while it
-        does not answer (it may start later)."""
+    async def _latest_header_of(self, pid: str) -> Header | None:
+        """The header of a neighbour's latest factors: its round and its phase schedule."""
         try:
-            status = await self.transport.status(address, timeout=2.0)
-        except ExchangeFailed as exc:
-            if self.net.tls and _tls_refused(exc):
-                self.count_rejection("membership", f"static peer cannot prove membership of run "
-                                     f"{self.net.run_id!r}: TLS handshake failed", address)
-                return True  # refused for good: stop asking
-            return False
-        if status.run_id == self.net.run_id and status.schema_digest == self.digest:
-            if status.peer_id != self.peer_id and self.known.get(status.peer_id) != address:
-                self._know(status.peer_id, address)  # its answer came over this run's TLS, if any
-        else:
-            log.info("%s: ignoring %s at %s: run %r or another schema", self.peer_id, status.peer_id, address,
-                     status.run_id)
-        return True
+            return (await self.transport.fetch(self.known[pid], self.net.run_id, timeout=FETCH_TIMEOUT_S)).header
+        except (ExchangeFailed, Rejected, KeyError) as exc:
+            log.warning("%s: could not fetch the schedule of %s: %s", self.peer_id, pid, exc)
+            return None
 
     # ------------------------------------------------------------------ whole run
 
     async def run_rounds(self) -> None:
-        await self.catch_up()
+        if self.recovered is None:
+            await self.catch_up()
         while self.round < self.run.rounds and not self.stopping.is_set():
+            self._ask_pending()
             await self._run_round(self.round)
             if self.behind is not None:
                 await self.catch_up()
 
     def finish(self) -> dict:
         """Export the adapter in PEFT's format, evaluate it, write summary.json."""
-        self.adapter.save_pretrained(self.out / "peers" / self.peer_id / "adapter")
-        accuracy = self.trainer.evaluate(self.data.validation)
+        self.local.adapter.save_pretrained(self.out / "peers" / self.peer_id / "adapter")
+        accuracy = self.evaluate() if self.evaluate is not None else float("nan")
         summary = {"peer_id": self.peer_id, "run_id": self.net.run_id, "rounds": self.round,
                    "accuracy": {self.peer_id: accuracy}, "mean_accuracy": accuracy,
                    "switch_interval": self.strategy.switch_interval, "rejected": dict(self.rejected),
-                   "config": self.run.as_dict()}
+                   "unsettled_links": len(self.pending), "config": self.run.as_dict()}
         (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         return summary
-
-
-@lru_cache(maxsize=256)
-def _interval_for(n_peers: int, link_probability: float) -> int:
-    return auto_switch_interval(ErdosRenyi(n=n_peers, seed=0, p=link_probability).contraction(samples=200))

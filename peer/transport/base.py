@@ -14,10 +14,26 @@ where they may not, and how the daemon resolves it).
 from __future__ import annotations
 
 import abc
+import enum
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
+
+T = TypeVar("T")
 
 PROTOCOL_VERSION = 2  # 2: payload checksum xxh3-128 (was sha256)
+
+
+class Step(enum.Enum):
+    """The messages of the protocol, each of which a network can lose, delay or repeat."""
+
+    SWAP = "swap"          # client -> server: the client's factors
+    REPLY = "reply"        # server -> client: the server's factors (or a refusal)
+    COMMIT = "commit"      # client -> server
+    ACK = "ack"            # server -> client
+    OUTCOME = "outcome"    # client -> server: did the link count? (and the answer)
+    STATUS = "status"
+    FETCH = "fetch"
 
 
 @dataclass
@@ -64,6 +80,8 @@ class StatusInfo:
     neighbours: list[NeighbourInfo] = field(default_factory=list)
     rejected: dict[str, int] = field(default_factory=dict)
     protocol_version: int = PROTOCOL_VERSION
+    phase_start: int = 0
+    schedule_round: int = 0
 
 
 class Rejected(Exception):
@@ -87,6 +105,25 @@ class ExchangeOutcomeUnknown(Exception):
     def __init__(self, message: FactorMessage) -> None:
         super().__init__("commit sent, acknowledgement lost")
         self.message = message
+
+
+class ConnectionLost(ExchangeFailed):
+    """The other end went away in the middle of a call (it crashed)."""
+
+
+class NetworkFaults:
+    """No faults: every message arrives at once, exactly once."""
+
+    async def deliver(self, step: Step, source: str, destination: str) -> bool:
+        """Wait out the message's delay; False if it is lost."""
+        return True
+
+    def duplicate(self, step: Step, source: str, destination: str) -> bool:
+        return False
+
+    async def at_server(self, destination: str, call: Callable[[], Awaitable[T]]) -> T:
+        """Run a server's handler (where a simulated crash of that server surfaces as ConnectionLost)."""
+        return await call()
 
 
 class ExchangeServer(abc.ABC):

@@ -13,7 +13,7 @@ import logging
 import grpc
 
 from peer.transport.base import (ExchangeFailed, ExchangeOutcomeUnknown, ExchangeServer, FactorMessage,
-                                 NeighbourInfo, Rejected, StatusInfo, Transport, Validator)
+                                 NeighbourInfo, NetworkFaults, Rejected, StatusInfo, Step, Transport, Validator)
 from peer.transport.framing import Limits, read_message, reject_frame, to_frames
 from peer.transport.pb import peer_pb2 as pb
 from peer.transport.pb import peer_pb2_grpc as pb_grpc
@@ -31,6 +31,7 @@ def status_to_pb(s: StatusInfo) -> pb.StatusReply:
     return pb.StatusReply(
         protocol_version=s.protocol_version, peer_id=s.peer_id, run_id=s.run_id, round=s.round, phase=s.phase,
         schema_digest=s.schema_digest, switch_interval=s.switch_interval, rejected=s.rejected,
+        phase_start=s.phase_start, schedule_round=s.schedule_round,
         neighbours=[pb.Neighbour(peer_id=n.peer_id, address=n.address, last_round=n.last_round,
                                  last_exchange_unix=n.last_exchange_unix) for n in s.neighbours])
 
@@ -39,6 +40,7 @@ def status_from_pb(s: pb.StatusReply) -> StatusInfo:
     return StatusInfo(peer_id=s.peer_id, run_id=s.run_id, round=s.round, phase=s.phase,
                       schema_digest=bytes(s.schema_digest), switch_interval=s.switch_interval,
                       rejected=dict(s.rejected), protocol_version=s.protocol_version,
+                      phase_start=s.phase_start, schedule_round=s.schedule_round,
                       neighbours=[NeighbourInfo(n.peer_id, n.address, n.last_round, n.last_exchange_unix)
                                   for n in s.neighbours])
 
@@ -124,12 +126,23 @@ class _Servicer(pb_grpc.PeerServicer):
 
 class GrpcTransport(Transport):
     """``tls``: this peer's certificates (``peer.transport.tls.load``); None serves and dials in the
-    clear and accepts anyone who speaks the protocol."""
+    clear and accepts anyone who speaks the protocol.
 
-    def __init__(self, limits: Limits = Limits(), tls: TlsMaterial | None = None) -> None:
+    ``faults`` (the fault simulator's, ``peer.faultsim``; none by default) loses this client's messages
+    the way a network does, each at its own step: a lost request is silence until the timeout, a lost
+    reply or commit cancels the stream (the server sees it end without a commit), a lost ack is read
+    and dropped (the server counted the link; the client does not know)."""
+
+    def __init__(self, limits: Limits = Limits(), tls: TlsMaterial | None = None,
+                 faults: NetworkFaults | None = None, name: str = "") -> None:
         self.limits, self.tls = limits, tls
+        self.faults, self.name = faults or NetworkFaults(), name
         self._server: grpc.aio.Server | None = None
         self._channels: dict[str, grpc.aio.Channel] = {}
+
+    async def _lost(self, step: Step, address: str, to_server: bool = True) -> bool:
+        source, destination = (self.name, address) if to_server else (address, self.name)
+        return not await self.faults.deliver(step, source, destination)
 
     async def serve(self, server: ExchangeServer, address: str) -> str:
         self._server = grpc.aio.server(options=_channel_options(self.limits))
@@ -162,6 +175,9 @@ class GrpcTransport(Transport):
 
     async def exchange(self, address: str, outgoing: FactorMessage, validate: Validator,
                        timeout: float) -> FactorMessage:
+        if await self._lost(Step.SWAP, address):
+            await asyncio.sleep(timeout)
+            raise ExchangeFailed(f"{address}: no answer within {timeout:g} s")
         call = self._stub(address).Exchange(timeout=timeout)
         committed, reply = False, None
 
@@ -181,14 +197,20 @@ class GrpcTransport(Transport):
                 if not writer.done():
                     writer.cancel()
                 await asyncio.gather(writer, return_exceptions=True)
+            if await self._lost(Step.REPLY, address, to_server=False):
+                raise ExchangeFailed(f"{address}: reply lost")
             try:
                 await validate(reply)
             except Rejected as r:
                 await call.write(reject_frame(r))
                 raise
+            if await self._lost(Step.COMMIT, address):
+                raise ExchangeOutcomeUnknown(reply)  # we count as committed; the server never hears it
             await call.write(pb.Frame(commit=pb.Commit(round=outgoing.header.round)))
             committed = True
             ack = await next_frame()
+            if await self._lost(Step.ACK, address, to_server=False):
+                raise ExchangeOutcomeUnknown(reply)
             if ack is not None and ack.HasField("reject"):
                 raise Rejected(ack.reject.reason, ack.reject.detail, ack.reject.current_round)
             if ack is None or not ack.HasField("ack"):
@@ -203,12 +225,18 @@ class GrpcTransport(Transport):
             call.cancel()
 
     async def status(self, address: str, timeout: float) -> StatusInfo:
+        if await self._lost(Step.STATUS, address):
+            await asyncio.sleep(timeout)
+            raise ExchangeFailed(f"{address}: no answer within {timeout:g} s")
         try:
             return status_from_pb(await self._stub(address).Status(pb.StatusRequest(), timeout=timeout))
         except grpc.aio.AioRpcError as exc:
             raise ExchangeFailed(f"{address}: {exc.code().name} {exc.details()}") from None
 
     async def fetch(self, address: str, run_id: str, timeout: float) -> FactorMessage:
+        if await self._lost(Step.FETCH, address):
+            await asyncio.sleep(timeout)
+            raise ExchangeFailed(f"{address}: no answer within {timeout:g} s")
         call = self._stub(address).Fetch(pb.FetchRequest(run_id=run_id), timeout=timeout)
         try:
             return await read_message(_reader(call), self.limits)
@@ -218,6 +246,9 @@ class GrpcTransport(Transport):
             call.cancel()
 
     async def outcome(self, address: str, run_id: str, peer_id: str, round_: int, timeout: float) -> bool | None:
+        if await self._lost(Step.OUTCOME, address):
+            await asyncio.sleep(timeout)
+            return None
         try:
             reply = await self._stub(address).Outcome(
                 pb.OutcomeRequest(run_id=run_id, peer_id=peer_id, round=round_), timeout=timeout)

@@ -99,7 +99,7 @@ class Neighbour(_message.Message):
     def __init__(self, peer_id: _Optional[str] = ..., address: _Optional[str] = ..., last_round: _Optional[int] = ..., last_exchange_unix: _Optional[float] = ...) -> None: ...
 
 class StatusReply(_message.Message):
-    __slots__ = ("protocol_version", "peer_id", "run_id", "round", "phase", "neighbours", "schema_digest", "switch_interval", "rejected")
+    __slots__ = ("protocol_version", "peer_id", "run_id", "round", "phase", "neighbours", "schema_digest", "switch_interval", "rejected", "phase_start", "schedule_round")
     class RejectedEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -116,6 +116,8 @@ class StatusReply(_message.Message):
     SCHEMA_DIGEST_FIELD_NUMBER: _ClassVar[int]
     SWITCH_INTERVAL_FIELD_NUMBER: _ClassVar[int]
     REJECTED_FIELD_NUMBER: _ClassVar[int]
+    PHASE_START_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULE_ROUND_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     peer_id: str
     run_id: str
@@ -125,7 +127,9 @@ class StatusReply(_message.Message):
     schema_digest: bytes
     switch_interval: int
     rejected: _containers.ScalarMap[str, int]
-    def __init__(self, protocol_version: _Optional[int] = ..., peer_id: _Optional[str] = ..., run_id: _Optional[str] = ..., round: _Optional[int] = ..., phase: _Optional[str] = ..., neighbours: _Optional[_Iterable[_Union[Neighbour, _Mapping]]] = ..., schema_digest: _Optional[bytes] = ..., switch_interval: _Optional[int] = ..., rejected: _Optional[_Mapping[str, int]] = ...) -> None: ...
+    phase_start: int
+    schedule_round: int
+    def __init__(self, protocol_version: _Optional[int] = ..., peer_id: _Optional[str] = ..., run_id: _Optional[str] = ..., round: _Optional[int] = ..., phase: _Optional[str] = ..., neighbours: _Optional[_Iterable[_Union[Neighbour, _Mapping]]] = ..., schema_digest: _Optional[bytes] = ..., switch_interval: _Optional[int] = ..., rejected: _Optional[_Mapping[str, int]] = ..., phase_start: _Optional[int] = ..., schedule_round: _Optional[int] = ...) -> None: ...
 
 class FetchRequest(_message.Message):
     __slots__ = ("run_id",)

@@ -1,0 +1,263 @@
+"""What a peer keeps on disk, and in which order it writes it, so that a crash at any instant is survivable.
+
+Three things, each written atomically and durably (temp file, fsync, rename, directory fsync):
+
+``checkpoint.pt``  the state at the start of a round: factors, optimizer, schedule, the decisions of
+                   recent rounds (to answer a neighbour's outcome query after a restart), and links
+                   whose outcome is still unknown (``pending``).
+``wal.pt``         the write-ahead record of the round in progress: the factors after local training
+                   (what this peer sends), its candidate links, and every link it is about to count
+                   (``final``: the server side, written before its ack) or may count (``tentative``:
+                   the client side, written before its commit).
+``rounds.jsonl``   one line per finished round, appended and fsynced right after the checkpoint of the
+                   next round (which holds the same line, so a crash between the two loses nothing).
+``events.jsonl``   what happens between rounds: a jump forward to a neighbour's round, a link of a past
+                   round settled after the last round.
+
+Order in a round: train, write the WAL (open), answer/commit links (each written to the WAL before the
+commit or ack that makes it count elsewhere), mix, write the checkpoint of the next round (which
+carries the round's line too), append the line, delete the WAL. A restart finds either a WAL of the
+checkpoint's round, and finishes that round from it exactly, without training again and with the same
+degree and the links it had written, so its neighbours' mixing and its own agree; or no WAL, or a
+stale one (the checkpoint is current), and appends the checkpoint's line if the crash came before it.
+Every round is logged exactly once.
+
+The bytes go through a ``Store`` (a folder, or memory for the fault simulator, which crashes peers
+between any two writes).
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from peer.daemon.checkpoint import CHECKPOINT, CheckpointError, remove_stale_temp_files, write_atomically
+
+WAL = "wal.pt"
+ROUNDS_LOG = "rounds.jsonl"
+EVENTS_LOG = "events.jsonl"
+
+
+class Store(Protocol):
+    def write(self, name: str, data: bytes) -> None: ...
+    def read(self, name: str) -> bytes | None: ...
+    def delete(self, name: str) -> None: ...
+    def append_line(self, name: str, line: str) -> None: ...
+    def lines(self, name: str) -> list[str]: ...
+
+
+class FolderStore:
+    """A ``Store`` in a folder on disk: atomic, durable writes and fsynced appends."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        remove_stale_temp_files(self.directory)
+
+    def write(self, name: str, data: bytes) -> None:
+        write_atomically(self.directory / name, lambda f: f.write(data))
+
+    def read(self, name: str) -> bytes | None:
+        path = self.directory / name
+        return path.read_bytes() if path.exists() else None
+
+    def delete(self, name: str) -> None:
+        (self.directory / name).unlink(missing_ok=True)
+
+    def append_line(self, name: str, line: str) -> None:
+        with (self.directory / name).open("a") as f:
+            f.write(line + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def lines(self, name: str) -> list[str]:
+        path = self.directory / name
+        if not path.exists():
+            return []
+        # a line torn by a crash mid-append has no newline: it was never durable, drop it
+        text = path.read_text()
+        return [line for line in text.split("\n")[:-1] if line]
+
+
+class MemoryStore:
+    """A ``Store`` in memory, for the fault simulator. ``crash_after_writes``: raise ``SimulatedCrash``
+    instead of the n-th next write (the write does not happen: an atomic write either happened or not)."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, object] = {}
+        self.logs: dict[str, list[str]] = {}
+        self.crash_after_writes: int | None = None
+        self.frozen = False
+        self.on_crash = lambda: None   # the simulator's: stop the peer at the instant of the crash
+
+    def _tick(self) -> None:
+        if self.frozen:
+            raise SimulatedCrash("this peer is dead")
+        if self.crash_after_writes is not None:
+            if self.crash_after_writes <= 0:
+                self.frozen = True
+                self.on_crash()
+                raise SimulatedCrash("crashed while writing")
+            self.crash_after_writes -= 1
+
+    def write(self, name: str, data: bytes) -> None:
+        self._tick()
+        self.files[name] = data  # immutable bytes, or a private deep copy (CopyFormat)
+
+    def read(self, name: str) -> bytes | None:
+        return self.files.get(name)
+
+    def delete(self, name: str) -> None:
+        self._tick()
+        self.files.pop(name, None)
+
+    def append_line(self, name: str, line: str) -> None:
+        self._tick()
+        self.logs.setdefault(name, []).append(line)
+
+    def lines(self, name: str) -> list[str]:
+        return list(self.logs.get(name, []))
+
+    def snapshot(self) -> "MemoryStore":
+        """What survives a crash now: a copy that the dead process can no longer touch."""
+        copy = MemoryStore()
+        copy.files, copy.logs = dict(self.files), {k: list(v) for k, v in self.logs.items()}
+        return copy
+
+
+class SimulatedCrash(BaseException):
+    """Raised by a ``MemoryStore`` in place of a write when the fault simulator crashes its peer.
+    A BaseException, like a kill -9, so that no ``except Exception`` in the daemon can survive it."""
+
+
+class TorchFormat:
+    """How states become bytes: ``torch.save``, read back with ``weights_only=True`` (tensors and plain
+    values only, nothing executable)."""
+
+    @staticmethod
+    def dumps(state: dict) -> bytes:
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        return buffer.getvalue()
+
+    @staticmethod
+    def loads(data: bytes) -> dict:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+
+
+class CopyFormat:
+    """States kept as private copies instead of bytes: for the fault simulator's ``MemoryStore``, where
+    ``torch.save`` would cost most of a schedule's time. Some of its schedules use ``TorchFormat``."""
+
+    @staticmethod
+    def dumps(state):
+        return _snapshot(state)
+
+    loads = dumps
+
+
+def _snapshot(value):
+    """A copy that shares nothing mutable with ``value`` (states hold dicts, lists, tensors, scalars)."""
+    if isinstance(value, dict):
+        return {k: _snapshot(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_snapshot(v) for v in value)
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    return copy.copy(value) if not isinstance(value, (str, int, float, bool, bytes, type(None))) else value
+
+
+@dataclass
+class WriteAhead:
+    """The round in progress, as written to ``wal.pt``."""
+
+    round: int
+    local_state: dict
+    candidates: list[str]
+    extras: dict = field(default_factory=dict)            # what else finishing the round needs (schedule, ...)
+    links: dict[str, dict] = field(default_factory=dict)  # peer -> {tensors, degree, bytes, final}
+
+    def as_dict(self) -> dict:
+        return {"round": self.round, "local_state": self.local_state, "candidates": self.candidates,
+                "extras": self.extras, "links": self.links}
+
+
+class Persistence:
+    def __init__(self, store: Store, form=TorchFormat) -> None:
+        self.store, self.form = store, form
+        self.wal: WriteAhead | None = None
+        self.last_logged_round = self._scan_last_logged_round()  # read once: the log only grows here
+
+    # checkpoint -------------------------------------------------------------------------------
+    def save_checkpoint(self, state: dict) -> None:
+        self.store.write(CHECKPOINT, self.form.dumps(state))
+
+    def load_checkpoint(self) -> dict | None:
+        data = self.store.read(CHECKPOINT)
+        return None if data is None else self._load(data, CHECKPOINT)
+
+    def _load(self, data: bytes, what: str) -> dict:
+        try:
+            return self.form.loads(data)
+        except Exception as exc:  # not ours, or from an incompatible version
+            raise CheckpointError(f"{what} cannot be read ({exc}); move it away to start afresh") from exc
+
+    # write-ahead record -----------------------------------------------------------------------
+    def open_round(self, round_: int, local_state: dict, candidates: list[str], extras: dict) -> None:
+        self.wal = WriteAhead(round_, local_state, sorted(candidates), extras)
+        self._write_wal()
+
+    def record_link(self, round_: int, peer_id: str, tensors: dict, degree: int, payload_bytes: int,
+                    final: bool) -> None:
+        """Before a commit (client, ``final=False``) or an ack (server, ``final=True``)."""
+        assert self.wal is not None and self.wal.round == round_, "a link is recorded in the open round"
+        self.wal.links[peer_id] = {"tensors": tensors, "degree": degree, "bytes": payload_bytes, "final": final}
+        self._write_wal()
+
+    def _write_wal(self) -> None:
+        assert self.wal is not None
+        self.store.write(WAL, self.form.dumps(self.wal.as_dict()))
+
+    def load_wal(self) -> WriteAhead | None:
+        data = self.store.read(WAL)
+        if data is None:
+            return None
+        state = self._load(data, WAL)
+        return WriteAhead(int(state["round"]), state["local_state"], list(state["candidates"]),
+                          dict(state.get("extras", {})), dict(state["links"]))
+
+    def discard_wal(self) -> None:
+        self.store.delete(WAL)
+        self.wal = None
+
+    def finish_round(self, record: dict, next_state: dict) -> None:
+        """The next round's checkpoint (holding this round's line), then the line, then the WAL goes."""
+        self.save_checkpoint({**next_state, "record": record})
+        self.log_round(record)
+        self.discard_wal()
+
+    def log_round(self, record: dict) -> None:
+        """Append a round's line unless it is the last one there (a restart after a crash between the
+        checkpoint and the line writes it from the checkpoint; exactly once either way)."""
+        if self.last_logged_round is None or record["round"] > self.last_logged_round:
+            self.store.append_line(ROUNDS_LOG, json.dumps(record))
+            self.last_logged_round = record["round"]
+
+    def append_event(self, record: dict) -> None:
+        """What happens between rounds (a jump forward, a link settled after the last round), in
+        ``events.jsonl``: ``rounds.jsonl`` keeps one line per round."""
+        self.store.append_line(EVENTS_LOG, json.dumps(record))
+
+    def _scan_last_logged_round(self) -> int | None:
+        lines = self.store.lines(ROUNDS_LOG)
+        return int(json.loads(lines[-1])["round"]) if lines else None
+
+    def records(self) -> list[dict]:
+        return [json.loads(line) for line in self.store.lines(ROUNDS_LOG)]

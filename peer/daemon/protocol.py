@@ -1,0 +1,249 @@
+"""The link protocol, both of its sides: one swap of a round's factors between two peers.
+
+    client (smaller id)                         server
+    ----- Header, Chunk* (its factors) ------->  respond: validate, stage
+    <---- Header, Chunk* (own factors) -------
+    validate, write to the WAL (tentative)
+    ----- Commit ----------------------------->  commit: write to the WAL (final), decide COUNTED
+    <---- CommitAck --------------------------
+    decide COUNTED
+
+The server's decision is final when it is taken: COUNTED at the commit (after the WAL write), REFUSED
+when the stream ends without a commit (``abort``) or when an outcome query arrives first. An outcome
+query is therefore answered at once and the answer never changes. A client whose ack is lost asks
+(``Transport.outcome``) until its deadline plus one frame timeout; an answer settles the link. If no
+answer comes (the server is down or cut off), the link is left *unresolved*: the round mixes without
+it, and the daemon settles it later (``PendingLink``) when the answer arrives, adding the missing term
+of the mix from the round's kept tensors, so that the network-wide sums come out exact.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from peer.algorithm.factors import select
+from peer.daemon.persistence import Persistence
+from peer.daemon.rounds import Decision, Received, RoundBook, RoundState
+from peer.transport.base import (ExchangeFailed, ExchangeOutcomeUnknown, FactorMessage, Header, Rejected,
+                                 Transport)
+from peer.transport.codec import DecodeError, Schema, decode_factors
+
+log = logging.getLogger("tadlora.daemon")
+
+# Between two outcome queries to a server that did not answer.
+OUTCOME_RETRY_S = 0.2
+# How long an outcome query waits for an answer; a server that is up answers in milliseconds.
+OUTCOME_QUERY_TIMEOUT_S = 1.0
+# Retries of a swap refused because the server has not reached the round yet, as a fraction of the
+# time left: the server is at most one round behind, and retrying sooner only costs a refusal.
+AHEAD_RETRY_S = 0.05
+
+
+@dataclass
+class Identity:
+    peer_id: str
+    run_id: str
+    schema: Schema
+    digest: bytes
+    device: torch.device | str = "cpu"
+
+
+@dataclass
+class PendingLink:
+    """A link whose outcome the client could not learn inside its round: what it needs to add the
+    link's term of the mix later, if the server says it counted."""
+
+    round: int
+    peer_id: str
+    address: str
+    weight: float
+    sent: dict[str, torch.Tensor]       # this peer's factors as sent in that round (mixed names only)
+    received: dict[str, torch.Tensor]   # the neighbour's
+
+    def correction(self) -> dict[str, torch.Tensor]:
+        """``weight · (x_j − x_i)`` for every mixed tensor: the missing term of the round's mix."""
+        return {name: (self.received[name] - self.sent[name]) * self.weight for name in self.sent}
+
+
+class LinkProtocol:
+    def __init__(self, me: Identity, book: RoundBook, persistence: Persistence, transport: Transport,
+                 frame_timeout: float, current_round: Callable[[], int],
+                 on_header: Callable[[Header], None], on_later_round: Callable[[str, int], None],
+                 on_phase_refused: Callable[[str, str], None] = lambda peer_id, address: None) -> None:
+        self.me, self.book, self.persistence, self.transport = me, book, persistence, transport
+        self.frame_timeout = frame_timeout
+        self.current_round = current_round
+        self.on_header = on_header            # every header of this run a neighbour sends: schedule gossip
+        self.on_later_round = on_later_round  # a neighbour told us it is at a later round than ours
+        self.on_phase_refused = on_phase_refused  # a neighbour's phase differs from ours (auto T split)
+        self.unresolved: dict[tuple[int, str], Received] = {}
+
+    @staticmethod
+    def now() -> float:
+        return asyncio.get_running_loop().time()
+
+    # ------------------------------------------------------------------ validation, both sides
+
+    def check_identity(self, h: Header) -> None:
+        if h.run_id != self.me.run_id:
+            raise Rejected("run", f"run {h.run_id!r}, this peer belongs to {self.me.run_id!r}", self.current_round())
+        if h.schema_digest != self.me.digest:
+            raise Rejected("schema", "adapter schema differs (model, rank or targets)", self.current_round())
+        if h.sender_id == self.me.peer_id:
+            raise Rejected("self", "a message from this peer's own id", self.current_round())
+
+    def decode(self, message: FactorMessage, own: Header) -> dict[str, torch.Tensor]:
+        h = message.header
+        if h.phase != own.phase or tuple(h.factors) != tuple(own.factors):
+            raise Rejected("phase", f"phase {h.phase} {h.factors}, this round is {own.phase} {own.factors}",
+                           self.current_round())
+        wanted = set(select(self.me.schema, own.factors))
+        try:
+            return decode_factors(message.payload, self.me.schema, wanted, device=self.me.device)
+        except DecodeError as exc:
+            raise Rejected(exc.reason, exc.detail, self.current_round()) from None
+
+    # ------------------------------------------------------------------ server side
+
+    async def respond(self, incoming: FactorMessage, wait_for_round: float) -> FactorMessage:
+        h = incoming.header
+        self.check_identity(h)
+        self.on_header(h)
+        state = await self._round_for(h.round, h.sender_id, wait_for_round)
+        if h.sender_id not in state.candidates:
+            raise Rejected("not-a-link", f"{h.sender_id} is not a link of round {h.round} here", self.current_round())
+        if h.sender_id in state.decisions:
+            raise Rejected("replay", f"the link with {h.sender_id} in round {h.round} is decided", self.current_round())
+        if h.degree < 1:
+            raise Rejected("degree", f"degree {h.degree}: a sender attempts at least this link", self.current_round())
+        tensors = self.decode(incoming, state.own.header)
+        state.staged[h.sender_id] = Received(tensors, h.degree, h.payload_size)
+        return state.own
+
+    async def _round_for(self, round_: int, sender: str, wait: float) -> RoundState:
+        if round_ <= self.book.closed_upto:
+            raise Rejected("round-behind", f"round {round_} is over here", self.current_round())
+        if round_ > self.current_round() + 1:
+            self.on_later_round(sender, round_)
+            raise Rejected("round-ahead", f"this peer is at round {self.current_round()}", self.current_round())
+        try:
+            await asyncio.wait_for(self.book.ready_event(round_).wait(), wait)
+        except asyncio.TimeoutError:
+            raise Rejected("round-ahead", f"round {round_} not reached in time", self.current_round()) from None
+        state = self.book.get(round_)
+        if state is None:  # closed (or skipped) while we waited
+            raise Rejected("round-behind", f"round {round_} is over here", self.current_round())
+        return state
+
+    def commit(self, header: Header) -> bool:
+        """Final: write the link ahead, then count it. A repeated commit gets the same answer."""
+        state = self.book.get(header.round)
+        if state is None:
+            return self.book.decision(header.round, header.sender_id) is Decision.COUNTED
+        decided = state.decisions.get(header.sender_id)
+        if decided is not None:
+            return decided is Decision.COUNTED
+        staged = state.staged.get(header.sender_id)
+        if staged is None:
+            return False
+        self.persistence.record_link(header.round, header.sender_id, staged.tensors, staged.degree,
+                                     staged.payload_bytes, final=True)
+        state.decide(header.sender_id, Decision.COUNTED, staged, self.now())
+        return True
+
+    def abort(self, header: Header) -> None:
+        """The stream ended without a commit: the link is refused for good (a late query says so)."""
+        state = self.book.get(header.round)
+        if state is not None and header.sender_id in state.staged:
+            state.decide(header.sender_id, Decision.REFUSED)
+
+    def outcome(self, peer_id: str, round_: int) -> bool | None:
+        """Did the link with ``peer_id`` count in ``round_``? Answered at once, and final: a link not
+        committed yet is refused by the question itself. None only for rounds too old to remember."""
+        state = self.book.get(round_)
+        if state is not None:
+            if peer_id not in state.candidates:
+                return False  # not a link of that round here (and nothing recorded for a stranger)
+            return state.decide(peer_id, Decision.REFUSED) is Decision.COUNTED
+        if round_ in self.book.history:
+            return self.book.history[round_].get(peer_id) is Decision.COUNTED
+        if round_ <= self.book.closed_upto and self.book.history and round_ < min(self.book.history):
+            return None  # forgotten
+        return False  # a round never opened here (skipped, or not reached): nothing counted in it
+
+    # ------------------------------------------------------------------ client side
+
+    async def open_link(self, state: RoundState, peer_id: str, address: str | None, until: float) -> None:
+        """Swap with a neighbour of higher id and settle the link: counted, refused, or unresolved."""
+        staged: dict[str, Received] = {}
+
+        async def validate(reply: FactorMessage) -> None:
+            self.check_identity(reply.header)
+            if reply.header.sender_id != peer_id or reply.header.round != state.round:
+                raise Rejected("round", f"answer for round {reply.header.round} from {reply.header.sender_id}")
+            self.on_header(reply.header)   # before the phase check: a split schedule is learned from it
+            tensors = self.decode(reply, state.own.header)
+            received = Received(tensors, reply.header.degree, reply.header.payload_size)
+            # before the commit: after it the server may count the link, and we must be able to as well
+            self.persistence.record_link(state.round, peer_id, tensors, received.degree, received.payload_bytes,
+                                         final=False)
+            staged["received"] = received
+
+        try:
+            if address is None:
+                raise ExchangeFailed(f"{peer_id} has no address")
+            await self._exchange_retrying_while_ahead(address, state, validate, until)
+            state.decide(peer_id, Decision.COUNTED, staged["received"], self.now())
+        except ExchangeOutcomeUnknown:
+            await self.settle_by_query(state, peer_id, address, staged["received"], until)
+        except Rejected as r:
+            if r.reason in ("round-behind", "round-closed") and r.current_round > state.round:
+                self.on_later_round(peer_id, r.current_round)
+            if r.reason == "phase" and address is not None:
+                self.on_phase_refused(peer_id, address)
+            log.info("%s: link to %s in round %d refused: %s", self.me.peer_id, peer_id, state.round, r)
+            state.decide(peer_id, Decision.REFUSED)
+        except ExchangeFailed as exc:
+            log.info("%s: link to %s in round %d failed: %s", self.me.peer_id, peer_id, state.round, exc)
+            state.decide(peer_id, Decision.REFUSED)
+
+    async def _exchange_retrying_while_ahead(self, address: str, state: RoundState, validate, until: float) -> None:
+        while True:
+            left = until - self.now()
+            if left <= 0:
+                raise ExchangeFailed("deadline passed")
+            try:
+                await self.transport.exchange(address, state.own, validate, timeout=left)
+                return
+            except Rejected as r:
+                # the server has not reached this round yet: it will soon, ask again
+                if r.reason != "round-ahead" or r.current_round >= state.round or state.closed:
+                    raise
+                await asyncio.sleep(min(AHEAD_RETRY_S, max(0.0, until - self.now())))
+
+    async def ask_outcome(self, address: str, round_: int, until: float) -> bool | None:
+        while True:
+            try:
+                answer = await self.transport.outcome(address, self.me.run_id, self.me.peer_id, round_,
+                                                      timeout=OUTCOME_QUERY_TIMEOUT_S)
+            except ExchangeFailed:
+                answer = None
+            if answer is not None or self.now() >= until:
+                return answer
+            await asyncio.sleep(OUTCOME_RETRY_S)
+
+    async def settle_by_query(self, state: RoundState, peer_id: str, address: str, received: Received,
+                               until: float) -> None:
+        answer = await self.ask_outcome(address, state.round, until + self.frame_timeout)
+        if answer is None:
+            log.warning("%s: outcome of the link to %s in round %d unknown; settled when it is learned",
+                        self.me.peer_id, peer_id, state.round)
+            self.unresolved[(state.round, peer_id)] = received
+            state.event(peer_id).set()
+            return
+        state.decide(peer_id, Decision.COUNTED if answer else Decision.REFUSED, received, self.now())

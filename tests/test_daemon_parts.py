@@ -1,0 +1,144 @@
+"""The daemon's parts, each alone: the round book, the link protocol's decisions, link backoff, the
+agreed phase schedule, and the files a peer keeps (no model, no network)."""
+
+import asyncio
+import json
+
+import pytest
+import torch
+
+from peer.algorithm.schedule import AgreedSchedule
+from peer.daemon.links import MAX_BACKOFF_ROUNDS, LinkBackoff
+from peer.daemon.persistence import FolderStore, MemoryStore, Persistence, ROUNDS_LOG, WAL
+from peer.daemon.protocol import Identity, LinkProtocol, PendingLink
+from peer.daemon.rounds import Decision, Received, RoundBook, RoundState
+from peer.transport.base import Header
+from peer.transport.codec import schema_digest, schema_of
+from peer.transport.framing import seal
+
+TENSORS = {"l.lora_A.weight": torch.ones(2, 3, dtype=torch.float64),
+           "l.lora_B.weight": torch.zeros(3, 2, dtype=torch.float64)}
+
+
+def _protocol(store=None) -> tuple[LinkProtocol, RoundBook, Persistence]:
+    schema = schema_of(TENSORS)
+    me = Identity("peer-01", "run", schema, schema_digest(schema))
+    book, files = RoundBook(), Persistence(store or MemoryStore())
+    return LinkProtocol(me, book, files, None, 1.0, lambda: 0, lambda h: None, lambda p, r: None), book, files
+
+
+def _open(book: RoundBook, files: Persistence, candidates=("peer-00", "peer-02")) -> RoundState:
+    files.open_round(0, {}, list(candidates), {})
+    own = seal(Header("run", "peer-01", 0, "B", ("A", "B"), b""), b"x")
+    return book.opened(RoundState(0, frozenset(candidates), own))
+
+
+def _header(sender: str) -> Header:
+    return Header("run", sender, 0, "B", ("A", "B"), b"")
+
+
+def test_a_server_decision_is_final_and_answered_at_once():
+    async def go():
+        protocol, book, files = _protocol()
+        state = _open(book, files)
+        state.staged["peer-00"] = Received(TENSORS, 2, 10)
+        assert protocol.commit(_header("peer-00")) is True
+        assert protocol.commit(_header("peer-00")) is True          # a repeated commit: same answer
+        assert files.wal.links["peer-00"]["final"] is True           # written before the ack
+        assert protocol.outcome("peer-00", 0) is True
+        # a query that arrives before the commit refuses the link for good
+        state.staged["peer-02"] = Received(TENSORS, 2, 10)
+        assert protocol.outcome("peer-02", 0) is False
+        assert protocol.commit(_header("peer-02")) is False
+        assert protocol.outcome("peer-02", 0) is False
+        assert protocol.outcome("stranger", 0) is False and "stranger" not in state.decisions
+        book.close(0)
+        assert protocol.outcome("peer-00", 0) is True and protocol.outcome("peer-02", 0) is False
+        assert protocol.outcome("peer-00", 5) is False                # never opened here: nothing counted
+    asyncio.run(go())
+
+
+def test_an_aborted_stream_refuses_the_link_and_settles_it():
+    async def go():
+        protocol, book, files = _protocol()
+        state = _open(book, files)
+        state.staged["peer-00"] = Received(TENSORS, 1, 10)
+        protocol.abort(_header("peer-00"))
+        assert state.decisions["peer-00"] is Decision.REFUSED and state.event("peer-00").is_set()
+        assert protocol.commit(_header("peer-00")) is False
+    asyncio.run(go())
+
+
+def test_a_late_settlement_adds_exactly_the_missing_term():
+    sent = {"a": torch.tensor([1.0, 2.0], dtype=torch.float64)}
+    received = {"a": torch.tensor([3.0, 0.0], dtype=torch.float64)}
+    link = PendingLink(4, "peer-02", "addr", 0.25, sent, received)
+    # the server mixed w·(sent − its own); the client's missing term is w·(received − sent): they cancel
+    server_term = (sent["a"] - received["a"]) * 0.25
+    assert torch.equal(link.correction()["a"] + server_term, torch.zeros(2, dtype=torch.float64))
+
+
+def test_backoff_skips_a_failing_neighbour_and_both_ends_meet_again():
+    slow, fast = LinkBackoff(), LinkBackoff()
+    for _ in range(3):
+        slow.outcome("x", counted=False)
+    fast.outcome("x", counted=False)
+    assert fast.period("x") == 1 and slow.period("x") == 4
+    common = [r for r in range(40) if slow.attempt("x", r) and fast.attempt("x", r)]
+    assert common == [r for r in range(40) if r % 4 == 0]
+    for _ in range(20):
+        slow.outcome("x", counted=False)
+    assert slow.period("x") == MAX_BACKOFF_ROUNDS
+    slow.outcome("x", counted=True)
+    assert slow.period("x") == 1
+
+
+def test_proposals_freeze_half_way_through_the_window():
+    s = AgreedSchedule(2, gossip_rounds=6)
+    s.propose(3, round_=1)
+    s.propose(9, round_=3)        # too late: a rise now would reach only some peers before the decision
+    assert s.proposal() == 3
+    s.merge(0, 5)                 # a neighbour's (frozen) proposal still spreads
+    for r in range(8):
+        s.decide(r)
+    assert s.segment(6)[:2] == (6, 5)
+
+
+def test_a_later_decision_is_adopted_and_the_order_is_total():
+    a, b = AgreedSchedule(2, gossip_rounds=4), AgreedSchedule(2, gossip_rounds=4)
+    a.propose(3, 0)
+    b.propose(5, 0)
+    for r in range(5):
+        a.decide(r)
+        b.decide(r)
+    assert a.segment(4)[1] == 3 and b.segment(4)[1] == 5     # decided apart (no gossip between them)
+    assert a.adopt(*b.segment(4)) and not b.adopt(*a.segment(4))
+    assert [a.phase(r) for r in range(4, 12)] == [b.phase(r) for r in range(4, 12)]
+
+
+def test_a_jumping_peer_continues_a_neighbours_phases_backwards_and_forwards():
+    s = AgreedSchedule.continuing(start=10, length=3, factor="A", decided_at=10, round_=8, gossip_rounds=10)
+    assert [s.phase(r) for r in range(8, 14)] == ["B", "B", "A", "A", "A", "B"]
+    s = AgreedSchedule.continuing(start=10, length=3, factor="A", decided_at=10, round_=17, gossip_rounds=10)
+    assert s.phase(17) == "A" and s.phase(19) == "B"   # A for 10-12, B 13-15, A 16-18, B 19-21
+
+
+def test_files_resume_after_a_crash_between_checkpoint_and_log_line(tmp_path):
+    files = Persistence(FolderStore(tmp_path))
+    files.open_round(0, {"x": torch.ones(1)}, ["peer-02"], {"k": 1})
+    files.record_link(0, "peer-02", dict(TENSORS), 2, 10, final=True)
+    again = Persistence(FolderStore(tmp_path)).load_wal()
+    assert again.round == 0 and again.links["peer-02"]["final"] and torch.equal(again.links["peer-02"]["tensors"]
+                                                                               ["l.lora_A.weight"], TENSORS["l.lora_A.weight"])
+    files.save_checkpoint({"round": 1, "record": {"round": 0}})     # ... and the process dies here
+    restarted = Persistence(FolderStore(tmp_path))
+    restarted.log_round(restarted.load_checkpoint()["record"])
+    restarted.log_round({"round": 0})                               # once only
+    assert [json.loads(line)["round"] for line in (tmp_path / ROUNDS_LOG).read_text().splitlines()] == [0]
+    restarted.discard_wal()
+    assert not (tmp_path / WAL).exists()
+
+
+def test_a_torn_last_log_line_is_not_read(tmp_path):
+    (tmp_path / ROUNDS_LOG).write_text('{"round": 0}\n{"round": 1, "neigh')
+    assert Persistence(FolderStore(tmp_path)).last_logged_round == 0
