@@ -4,13 +4,13 @@ agreed phase schedule, and the files a peer keeps (no model, no network)."""
 import asyncio
 import json
 
-import pytest
 import torch
 
 from peer.algorithm.schedule import AgreedSchedule
 from peer.daemon.links import MAX_BACKOFF_ROUNDS, LinkBackoff
 from peer.daemon.persistence import FolderStore, MemoryStore, Persistence, ROUNDS_LOG, WAL
-from peer.daemon.protocol import Identity, LinkProtocol, PendingLink
+from peer.daemon.protocol import Identity, LinkProtocol
+from peer.daemon.settlement import PendingLink
 from peer.daemon.rounds import Decision, Received, RoundBook, RoundState
 from peer.transport.base import Header
 from peer.transport.codec import schema_digest, schema_of
@@ -128,8 +128,9 @@ def test_files_resume_after_a_crash_between_checkpoint_and_log_line(tmp_path):
     files.open_round(0, {"x": torch.ones(1)}, ["peer-02"], {"k": 1})
     files.record_link(0, "peer-02", dict(TENSORS), 2, 10, final=True)
     again = Persistence(FolderStore(tmp_path)).load_wal()
-    assert again.round == 0 and again.links["peer-02"]["final"] and torch.equal(again.links["peer-02"]["tensors"]
-                                                                               ["l.lora_A.weight"], TENSORS["l.lora_A.weight"])
+    link = again.links["peer-02"]
+    assert again.round == 0 and link["final"] and torch.equal(link["tensors"]["l.lora_A.weight"],
+                                                             TENSORS["l.lora_A.weight"])
     files.save_checkpoint({"round": 1, "record": {"round": 0}})     # ... and the process dies here
     restarted = Persistence(FolderStore(tmp_path))
     restarted.log_round(restarted.load_checkpoint()["record"])

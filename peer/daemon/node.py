@@ -31,25 +31,25 @@ import asyncio
 import json
 import logging
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import torch
 
-from peer.algorithm.factors import A, B, FACTORS, select
+from peer.algorithm.factors import A, B, FACTORS
 from peer.algorithm.mixing import metropolis_hastings_weights
-from peer.algorithm.schedule import AgreedSchedule, interval_for_link_rate
 from peer.config import DaemonConfig, RunConfig
 from peer.daemon.clock import AdaptiveDeadline
 from peer.daemon.links import LinkBackoff, synthetic_link_up
 from peer.daemon.membership import Membership
 from peer.daemon.observe import Observer, Observers
 from peer.daemon.persistence import FolderStore, Persistence, WriteAhead
-from peer.daemon.protocol import Identity, LinkProtocol, PendingLink
+from peer.daemon.phases import SCHEDULE_WINDOW_ROUNDS, PhaseAgreement
+from peer.daemon.protocol import Identity, LinkProtocol
 from peer.daemon.rounds import Decision, Received, RoundBook, RoundState
+from peer.daemon.settlement import PendingLink, Settlements, factor_sum
 from peer.local_peer import LocalPeer
 from peer.transport.base import (ExchangeFailed, ExchangeServer, FactorMessage, Header, NeighbourInfo, Rejected,
                                  StatusInfo, Transport)
@@ -58,8 +58,6 @@ from peer.transport.framing import seal
 
 log = logging.getLogger("tadlora.daemon")
 
-SCHEDULE_WINDOW_ROUNDS = 10     # rounds between two decisions of switch-interval auto (AgreedSchedule)
-LINK_WINDOW_ROUNDS = 20          # rounds over which a peer measures its link rate (switch-interval auto)
 STATUS_TIMEOUT_S = 2.0
 WATCH_INTERVAL_S = 0.5           # how often a server-side link asks whether its opener is still coming
 WATCH_STATUS_TIMEOUT_S = 1.0
@@ -77,10 +75,6 @@ def thread_offload(worker: ThreadPoolExecutor) -> Offload:
     async def run(fn, *args):
         return await asyncio.get_running_loop().run_in_executor(worker, fn, *args)
     return run
-
-
-def factor_sum(tensors: dict[str, torch.Tensor], factor: str) -> float:
-    return float(sum(float(v.double().sum()) for v in select(tensors, [factor]).values()))
 
 
 class PeerDaemon(ExchangeServer):
@@ -114,9 +108,7 @@ class PeerDaemon(ExchangeServer):
         self.last_link: dict[str, tuple[int, float]] = {}
         self.latest: FactorMessage | None = None  # mixed factors (A and B), ready for round latest.header.round
         self.behind: tuple[int, str] | None = None
-        self.pending: dict[tuple[int, str], PendingLink] = {}
-        self.settled_answers: dict[tuple[int, str], bool] = {}
-        self.settling: dict[tuple[int, str], asyncio.Task] = {}   # outcome queries of pending links
+        self.settlements = Settlements(self.protocol, self.known.get, self._spawn, net.round_timeout_min)
         self.probing: dict[str, asyncio.Task] = {}                 # status calls to neighbours in backoff
         self.recovered: tuple[RoundState, dict, dict[str, Received]] | None = None
         self.tasks: dict[asyncio.Task, None] = {}   # a dict: cancelled in creation order (replayable)
@@ -125,12 +117,7 @@ class PeerDaemon(ExchangeServer):
         self.stopping = asyncio.Event()
         self.address = ""
         # switch-interval auto: phase lengths agreed at run time from the measured link availability
-        self.schedule = (AgreedSchedule(self.strategy.switch_interval, gossip_rounds=schedule_window)
-                         if run.switch_interval == "auto" else None)
-        if self.schedule is not None:
-            self.strategy.schedule = self.schedule
-        self.adoption: tuple[int, int, str, int] | None = None   # a later phase seen in a neighbour's header
-        self.link_window: deque[tuple[int, int]] = deque(maxlen=LINK_WINDOW_ROUNDS)  # (counted, possible)
+        self.phases = PhaseAgreement(self.strategy, schedule_window) if run.switch_interval == "auto" else None
 
     @classmethod
     def from_config(cls, run: RunConfig, net: DaemonConfig, out_dir: Path, transport: Transport) -> "PeerDaemon":
@@ -176,7 +163,7 @@ class PeerDaemon(ExchangeServer):
         return self.protocol.outcome(peer_id, round_)
 
     def status(self) -> StatusInfo:
-        start, length, _, decided = (self.schedule.segment(self.round) if self.schedule else
+        start, length, _, decided = (self.phases.schedule.segment(self.round) if self.phases else
                                      (0, self.strategy.switch_interval, "", 0))
         return StatusInfo(
             peer_id=self.peer_id, run_id=self.net.run_id, round=self.round,
@@ -203,25 +190,13 @@ class PeerDaemon(ExchangeServer):
     def _on_header(self, h: Header) -> None:
         if h.sender_id in self.known:
             self.backoff.outcome(h.sender_id, counted=True)  # alive and of this run: attempt it again
-        if self.schedule is None:
-            return
-        self.schedule.merge(h.schedule_round, h.proposed_interval)
-        self._consider_phase(h.phase_start, h.switch_interval, h.phase, h.schedule_round)
-
-    def _consider_phase(self, start: int, length: int, factor: str, decided_at: int) -> None:
-        """A neighbour's phase (auto): remember the latest seen; adopted at the start of the next round,
-        never in the middle of one."""
-        if length < 1 or factor not in (A, B):
-            return
-        seen = (int(start), int(length), factor, int(decided_at))
-        if self.adoption is None or (seen[3], seen[0], seen[1]) > (self.adoption[3], self.adoption[0],
-                                                                    self.adoption[1]):
-            self.adoption = seen
+        if self.phases is not None:
+            self.phases.heard(h)
 
     def _on_phase_refused(self, peer_id: str, address: str) -> None:
         """A neighbour refused our factors for their phase: a schedule split. Its refusal does not carry
-        its schedule, so ask for it (Status) and adopt it if it is the later one."""
-        if self.schedule is not None:
+        its schedule, so ask for it (Status); the later of the two is adopted at the next round."""
+        if self.phases is not None:
             self._spawn(self._learn_phase_of(address))
 
     async def _learn_phase_of(self, address: str) -> None:
@@ -229,8 +204,8 @@ class PeerDaemon(ExchangeServer):
             status = await self.transport.status(address, timeout=STATUS_TIMEOUT_S)
         except ExchangeFailed:
             return
-        if status.run_id == self.net.run_id:
-            self._consider_phase(status.phase_start, status.switch_interval, status.phase, status.schedule_round)
+        if self.phases is not None and status.run_id == self.net.run_id:
+            self.phases.consider(status.phase_start, status.switch_interval, status.phase, status.schedule_round)
 
     def _on_later_round(self, peer_id: str, round_: int) -> None:
         if peer_id not in self.known:
@@ -238,46 +213,15 @@ class PeerDaemon(ExchangeServer):
         if self.behind is None or round_ > self.behind[0]:
             self.behind = (round_, peer_id)
 
-    # ------------------------------------------------------------------ switch interval auto
-
-    def link_estimate(self) -> float | None:
-        """Fraction of possible links that counted over the recent rounds; None before any round."""
-        counted, possible = map(sum, zip(*self.link_window)) if self.link_window else (0, 0)
-        return counted / possible if possible else None
-
-    def own_proposal(self) -> int:
-        """T for the next phase from this peer's measurement (0: no proposal). A peer that counted no
-        link over the window proposes nothing: it knows nothing of the network, and the maximum rule
-        must not let its T = T_max be imposed on everyone."""
-        estimate = self.link_estimate()
-        if not estimate:
-            return 0
-        return interval_for_link_rate(len(self.known) + 1, estimate)
-
-    def _advance_schedule(self, round_: int) -> dict:
-        if self.schedule is None:
-            return {}
-        if self.adoption is not None:
-            if self.schedule.adopt(*self.adoption):
-                log.info("%s: adopted a neighbour's phase schedule %s", self.peer_id, self.adoption)
-            self.adoption = None
-        self.schedule.decide(round_)
-        proposal = self.own_proposal()
-        self.schedule.propose(proposal, round_)
-        start, length, _, decided = self.schedule.segment(round_)
-        return {"switch_interval": length, "phase_start": start, "decided_at": decided,
-                "proposal": proposal, "link_estimate": self.link_estimate()}
-
     # ------------------------------------------------------------------ one round
 
     def _header(self, round_: int, degree: int, factors: tuple[str, ...] | None = None) -> Header:
         plan = self.strategy.plan(round_)
-        segment = self.schedule.segment(round_) if self.schedule else (0, self.strategy.switch_interval, "", 0)
+        schedule = (self.phases.header_fields(round_) if self.phases else
+                    {"switch_interval": self.strategy.switch_interval})
         return Header(run_id=self.net.run_id, sender_id=self.peer_id, round=round_, phase=plan.phase,
                       factors=factors or tuple(sorted(plan.mix)), schema_digest=self.digest, degree=degree,
-                      switch_interval=segment[1], schedule_round=segment[3], phase_start=segment[0],
-                      proposed_interval=self.schedule.proposal() if self.schedule else 0,
-                      link_estimate=self.link_estimate() or 0.0)
+                      **schedule)
 
     def _choose_links(self, round_: int) -> list[str]:
         links = []
@@ -394,16 +338,17 @@ class PeerDaemon(ExchangeServer):
         self.local.mix(state.round, {pid: r.tensors for pid, r in state.counted.items()}, weights, self_weight)
         after = self.local.factors()
         self._remember_unresolved(state)
-        self.link_window.append((len(state.counted), len(self.known)))
+        if self.phases is not None:
+            self.phases.observe_links(len(state.counted), len(self.known))
         now = time.time()
         for pid in sorted(state.candidates):
             counted = pid in state.counted
-            self.backoff.outcome(pid, counted or (state.round, pid) in self.pending)
+            self.backoff.outcome(pid, counted or self.settlements.is_pending(state.round, pid))
             if counted:
                 self.last_link[pid] = (state.round, now)
         return {"neighbours": sorted(state.counted), "weights": weights, "self_weight": self_weight,
                 "attempted": sorted(state.candidates), "degree": state.degree,
-                "unresolved": sorted(pid for (r, pid) in self.pending if r == state.round),
+                "unresolved": sorted(pid for (r, pid) in self.settlements.pending if r == state.round),
                 "bytes_sent": len(state.own.payload) * len(state.counted),
                 "bytes_received": sum(r.payload_bytes for r in state.counted.values()),
                 "sum_a_before": factor_sum(before, A), "sum_a_after": factor_sum(after, A),
@@ -418,8 +363,7 @@ class PeerDaemon(ExchangeServer):
             del self.protocol.unresolved[(round_, pid)]
             sent = decode_factors(state.own.payload, self.schema, device=self.me.device)
             weight = 1.0 / (1 + max(state.degree, received.degree))
-            self.pending[(round_, pid)] = PendingLink(round_, pid, self.known.get(pid, ""), weight, sent,
-                                                      received.tensors)
+            self.settlements.add(PendingLink(round_, pid, self.known.get(pid, ""), weight, sent, received.tensors))
 
     def _publish_latest(self, next_round: int) -> None:
         header = self._header(next_round, 0, factors=FACTORS)
@@ -428,14 +372,12 @@ class PeerDaemon(ExchangeServer):
     def _checkpoint_state(self, next_round: int) -> dict:
         return {"peer_id": self.peer_id, "run_id": self.net.run_id, "round": next_round,
                 "local": self.local.state(), "decisions": self.book.to_state(),
-                "pending": [vars(p) for p in self.pending.values()],
-                "link_window": [list(x) for x in self.link_window],
-                "schedule": self.schedule.to_state() if self.schedule else {}}
+                "pending": self.settlements.to_state(),
+                "phases": self.phases.to_state() if self.phases else {}}
 
     def _round_extras(self) -> dict:
         """What the WAL keeps besides the factors, so that a restart finishes the round identically."""
-        return {"schedule": self.schedule.to_state() if self.schedule else {},
-                "pending": [vars(p) for p in self.pending.values()]}
+        return {"phases": self.phases.to_state() if self.phases else {}, "pending": self.settlements.to_state()}
 
     async def _run_round(self, round_: int) -> None:
         t0 = self.now()
@@ -461,8 +403,8 @@ class PeerDaemon(ExchangeServer):
                  record["train_loss"], ",".join(record["neighbours"]) or "-")
 
     async def _train_and_open(self, round_: int) -> tuple[RoundState, dict]:
-        settled = self._apply_settlements()
-        schedule_info = self._advance_schedule(round_)
+        settled = self.settlements.apply(self.local.apply_correction)
+        schedule_info = self.phases.advance(round_, len(self.known) + 1) if self.phases else {}
         plan = self.strategy.plan(round_)
         trained = self.now()
         loss = await self.offload(self.local.train, round_)
@@ -478,9 +420,9 @@ class PeerDaemon(ExchangeServer):
         the same links and degree. Links written as final count at once (before the transport serves,
         so that an outcome query finds them); tentative ones are returned, to be asked about."""
         self.local.load_state(wal.local_state)
-        if self.schedule is not None and wal.extras.get("schedule"):
-            self._use_schedule(AgreedSchedule.from_state(wal.extras["schedule"]))
-        self.pending = {(p["round"], p["peer_id"]): PendingLink(**p) for p in wal.extras.get("pending", [])}
+        if self.phases is not None:
+            self.phases.load_state(wal.extras.get("phases", {}))
+        self.settlements.load_state(wal.extras.get("pending", []))
         state = self._open_round(wal.round, wal.candidates)
         self.persistence.wal = wal
         tentative = {}
@@ -501,55 +443,19 @@ class PeerDaemon(ExchangeServer):
 
     # ------------------------------------------------------------------ late settlements
 
-    def _apply_settlements(self) -> list[dict]:
-        """Between rounds: add the mix term of each pending link the server says counted."""
-        applied = []
-        for key, counted in list(self.settled_answers.items()):
-            link = self.pending.pop(key, None)
-            del self.settled_answers[key]
-            if link is None:
-                continue
-            entry = {"round": link.round, "peer": link.peer_id, "counted": counted}
-            if counted:
-                correction = link.correction()
-                self.local.apply_correction(correction)
-                entry.update(delta_a=factor_sum(correction, A), delta_b=factor_sum(correction, B))
-            applied.append(entry)
-            log.info("%s: link to %s in round %d settled late: %s", self.peer_id, link.peer_id, link.round,
-                     "counted" if counted else "did not count")
-        return applied
-
-    def _ask_pending(self) -> None:
-        """One background query per pending link (none while one is running)."""
-        for key, link in self.pending.items():
-            if key in self.settling or key in self.settled_answers:
-                continue
-            self.settling[key] = task = self._spawn(self._query_pending(key, link))
-            task.add_done_callback(lambda _, key=key: self.settling.pop(key, None))
-
-    async def _query_pending(self, key: tuple[int, str], link: PendingLink) -> None:
-        address = self.known.get(link.peer_id) or link.address
-        answer = await self.protocol.ask_outcome(address, link.round, self.now() + self.net.round_timeout_min)
-        if answer is not None:
-            self.settled_answers[key] = answer
-
     async def settle_remaining(self, seconds: float) -> None:
         """At the end of the run: wait up to ``seconds`` for pending outcomes, apply them, write them."""
         until = self.now() + seconds
-        while self.pending and self.now() < until:
-            self._ask_pending()
+        while self.settlements.pending and self.now() < until:
+            self.settlements.ask()
             await asyncio.sleep(self.net.round_timeout_min / 4)
-            settled = self._apply_settlements()
+            settled = self.settlements.apply(self.local.apply_correction)
             if settled:
                 for entry in settled:
                     self.persistence.append_event({"event": "settled", "at_round": self.round, **entry})
                 self.persistence.save_checkpoint(self._checkpoint_state(self.round))
 
     # ------------------------------------------------------------------ joining, resuming
-
-    def _use_schedule(self, schedule: AgreedSchedule) -> None:
-        self.schedule = schedule
-        self.strategy.schedule = schedule
 
     def resume(self) -> bool:
         """Continue from the files of an earlier process: its checkpoint, and its write-ahead record
@@ -576,11 +482,10 @@ class PeerDaemon(ExchangeServer):
         if state["peer_id"] != self.peer_id or state["run_id"] != self.net.run_id:
             raise RuntimeError(f"checkpoint belongs to {state['peer_id']} of run {state['run_id']}")
         self.local.load_state(state["local"])
-        if self.schedule is not None and state.get("schedule"):
-            self._use_schedule(AgreedSchedule.from_state(state["schedule"]))
+        if self.phases is not None:
+            self.phases.load_state(state.get("phases", {}))
         self.book.load_state(state.get("decisions", {}))
-        self.pending = {(p["round"], p["peer_id"]): PendingLink(**p) for p in state.get("pending", [])}
-        self.link_window.extend(tuple(x) for x in state.get("link_window", []))
+        self.settlements.load_state(state.get("pending", []))
         self.round = int(state["round"])
 
     async def catch_up(self) -> None:
@@ -593,14 +498,12 @@ class PeerDaemon(ExchangeServer):
             return
         target, pid = self.behind
         self.behind = None
-        if self.schedule is not None:
+        if self.phases is not None:
             header = await self._latest_header_of(pid)
             if header is None:
                 return
             target = max(target, header.round)
-            self._use_schedule(AgreedSchedule.continuing(
-                header.phase_start, header.switch_interval, header.phase if header.phase in (A, B) else B,
-                header.schedule_round, target, self.schedule.gossip_rounds))
+            self.phases.continue_from(header, target)
         log.info("%s: behind (round %d); jumping to round %d of %s, keeping its own factors",
                  self.peer_id, self.round, target, pid)
         self.persistence.append_event({"event": "jump", "from": self.round, "to": target, "peer": pid})
@@ -631,7 +534,7 @@ class PeerDaemon(ExchangeServer):
         if self.recovered is None:
             await self.catch_up()
         while self.round < self.run.rounds and not self.stopping.is_set():
-            self._ask_pending()
+            self.settlements.ask()
             await self._run_round(self.round)
             if self.behind is not None:
                 await self.catch_up()
@@ -643,6 +546,6 @@ class PeerDaemon(ExchangeServer):
         summary = {"peer_id": self.peer_id, "run_id": self.net.run_id, "rounds": self.round,
                    "accuracy": {self.peer_id: accuracy}, "mean_accuracy": accuracy,
                    "switch_interval": self.strategy.switch_interval, "rejected": dict(self.rejected),
-                   "unsettled_links": len(self.pending), "config": self.run.as_dict()}
+                   "unsettled_links": len(self.settlements.pending), "config": self.run.as_dict()}
         (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         return summary

@@ -13,7 +13,7 @@ when the stream ends without a commit (``abort``) or when an outcome query arriv
 query is therefore answered at once and the answer never changes. A client whose ack is lost asks
 (``Transport.outcome``) until its deadline plus one frame timeout; an answer settles the link. If no
 answer comes (the server is down or cut off), the link is left *unresolved*: the round mixes without
-it, and the daemon settles it later (``PendingLink``) when the answer arrives, adding the missing term
+it, and the daemon settles it later (``settlement.py``) when the answer arrives, adding the missing term
 of the mix from the round's kept tensors, so that the network-wide sums come out exact.
 """
 
@@ -51,23 +51,6 @@ class Identity:
     schema: Schema
     digest: bytes
     device: torch.device | str = "cpu"
-
-
-@dataclass
-class PendingLink:
-    """A link whose outcome the client could not learn inside its round: what it needs to add the
-    link's term of the mix later, if the server says it counted."""
-
-    round: int
-    peer_id: str
-    address: str
-    weight: float
-    sent: dict[str, torch.Tensor]       # this peer's factors as sent in that round (mixed names only)
-    received: dict[str, torch.Tensor]   # the neighbour's
-
-    def correction(self) -> dict[str, torch.Tensor]:
-        """``weight · (x_j − x_i)`` for every mixed tensor: the missing term of the round's mix."""
-        return {name: (self.received[name] - self.sent[name]) * self.weight for name in self.sent}
 
 
 class LinkProtocol:
