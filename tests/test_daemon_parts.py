@@ -143,3 +143,22 @@ def test_files_resume_after_a_crash_between_checkpoint_and_log_line(tmp_path):
 def test_a_torn_last_log_line_is_not_read(tmp_path):
     (tmp_path / ROUNDS_LOG).write_text('{"round": 0}\n{"round": 1, "neigh')
     assert Persistence(FolderStore(tmp_path)).last_logged_round == 0
+
+
+def test_the_deadline_learns_from_counted_links_only_and_stretches_when_nothing_counts():
+    from peer.daemon.clock import AdaptiveDeadline
+
+    deadline = AdaptiveDeadline(minimum=2.0, maximum=60.0)
+    assert deadline.current() == 60.0                       # nothing measured: the start-up allowance
+    for _ in range(30):
+        deadline.observe(0.4)                               # links count 0.4 s into the exchange
+    assert deadline.current() == 2.0                        # 2 × 0.4 clamped to the minimum
+    # rounds in which some links counted and others failed at the deadline never raise it
+    assert deadline.current() == 2.0
+    deadline.nothing_counted()                              # a lossy round: nothing got through
+    assert deadline.current() == 4.0
+    for _ in range(10):
+        deadline.nothing_counted()
+    assert deadline.current() == 60.0                       # up to the maximum, not beyond
+    deadline.observe(0.4)                                   # a link counts again: back to what it learned
+    assert deadline.current() == 2.0

@@ -32,7 +32,7 @@ from peer.algorithm.factors import A, B
 
 AUTO_SWITCH_CONSTANT = 1.0
 AUTO_SWITCH_MAX = 20
-LINK_RATE_RESOLUTION = 0.05
+FINE_LINK_RATES = 0.2
 
 
 @dataclass(frozen=True)
@@ -208,9 +208,11 @@ def interval_for_link_rate(n_peers: int, link_probability: float) -> int:
     """``auto_switch_interval`` of an Erdős–Rényi graph of ``n_peers`` with this link probability: the
     T a daemon proposes from its measured link rate, and the initial T of a run. One function for both,
     so a peer that measures the configured rate proposes the T it started with. The probability is
-    rounded to LINK_RATE_RESOLUTION: T is a coarse integer, and the contraction costs ~50 ms to compute."""
-    rounded = round(round(float(link_probability) / LINK_RATE_RESOLUTION) * LINK_RATE_RESOLUTION, 2)
-    return _interval_for_link_rate(int(n_peers), rounded)
+    rounded to 0.01 below FINE_LINK_RATES (where T is sensitive to it) and to 0.05 above: T is a coarse
+    integer, and each new value costs ~50 ms of sampled graphs."""
+    p = float(link_probability)
+    step = 0.01 if p < FINE_LINK_RATES else 0.05
+    return _interval_for_link_rate(int(n_peers), round(round(p / step) * step, 2))
 
 
 @lru_cache(maxsize=512)

@@ -1,21 +1,26 @@
 """How long a round's exchange phase waits for its neighbours: adapted to what was observed.
 
-A peer's exchange phase ends when every link it attempts this round has either counted or failed,
-or at the deadline. The deadline is
+A peer's exchange phase ends when every link it attempts this round is decided, or at the deadline.
+The deadline is
 
-    clamp(factor × p90(recent settle times), minimum, maximum)
+    clamp(max(factor × p90(recent settle times), stretch), minimum, maximum)
 
 where a settle time is the time from the start of the exchange phase to the moment the last link of
-that round counted. Before anything was observed (the first round, when processes start at different
-times) the deadline is ``maximum``.
+that round counted. Waits for links that failed never enter it: a dead or hung neighbour must not
+lengthen every round (before, the p90 window filled with deadline values and the deadline climbed to
+the maximum for good). ``stretch`` covers the opposite case: a round that attempted links and counted
+none (a lossy network whose swaps need longer than the deadline allows, so no settle time would ever
+be observed) doubles the allowance for the next round, up to the maximum; the first round in which a
+link counts drops it. Before anything was observed (the first round, when processes start at
+different times) the deadline is ``maximum``.
 
 Setting the bounds (``--round-timeout-min``, ``--round-timeout-max``):
 
 - ``minimum`` must cover the usual spread between peers finishing their local training plus one
   transfer of the factors. Too small shows as links that fail every few rounds between healthy
-  peers (``edges`` below the expected count in ``rounds.jsonl``) and peers drifting out of step.
-- ``maximum`` is how long a round waits for a neighbour that died or is partitioned away. Too large
-  makes every round with a dead neighbour that slow; too small cuts off a slow but healthy peer (a
+  peers (``neighbours`` shorter than ``attempted`` in ``rounds.jsonl``) and peers drifting out of step.
+- ``maximum`` is the first round's wait, and how long a round waits at most when nothing counts. Too
+  large makes a peer cut off from everyone that slow; too small cuts off a slow but healthy peer (a
   slower GPU) from every exchange. A few times the local training time of one round is a good start.
 """
 
@@ -25,6 +30,8 @@ from collections import deque
 
 import numpy as np
 
+STRETCH_FACTOR = 2.0   # a round in which nothing counted allows this much more time to the next
+
 
 class AdaptiveDeadline:
     def __init__(self, minimum: float, maximum: float, factor: float = 2.0, window: int = 20) -> None:
@@ -32,11 +39,19 @@ class AdaptiveDeadline:
             raise ValueError(f"round timeouts need 0 < minimum <= maximum, got {minimum} and {maximum}")
         self.minimum, self.maximum, self.factor = minimum, maximum, factor
         self.samples: deque[float] = deque(maxlen=window)
+        self.stretch = 0.0
 
     def observe(self, settle_seconds: float) -> None:
+        """A round in which links counted, the last one ``settle_seconds`` into the exchange phase."""
         self.samples.append(settle_seconds)
+        self.stretch = 0.0
+
+    def nothing_counted(self) -> None:
+        """A round that attempted links and counted none: allow more time next round."""
+        self.stretch = min(self.maximum, STRETCH_FACTOR * self.current())
 
     def current(self) -> float:
         if not self.samples:
             return self.maximum
-        return float(np.clip(self.factor * np.quantile(list(self.samples), 0.9), self.minimum, self.maximum))
+        learned = self.factor * float(np.quantile(list(self.samples), 0.9))
+        return float(np.clip(max(learned, self.stretch), self.minimum, self.maximum))

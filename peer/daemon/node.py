@@ -295,6 +295,8 @@ class PeerDaemon(ExchangeServer):
         if state.last_counted_at is not None:
             # learn from the time the last counted link took, never from waits for links that failed
             self.deadline.observe(state.last_counted_at - start)
+        elif links:
+            self.deadline.nothing_counted()
         return self.now() - start
 
     async def _open(self, state: RoundState, peer_id: str, until: float) -> None:
