@@ -22,14 +22,14 @@ TENSORS = {"l.lora_A.weight": torch.ones(2, 3, dtype=torch.float64),
 
 def _protocol(store=None) -> tuple[LinkProtocol, RoundBook, Persistence]:
     schema = schema_of(TENSORS)
-    me = Identity("peer-01", "run", schema, schema_digest(schema))
+    me = Identity("peer-05", "run", schema, schema_digest(schema))   # answers links opened by lower ids
     book, files = RoundBook(), Persistence(store or MemoryStore())
     return LinkProtocol(me, book, files, None, 1.0, lambda: 0, lambda h: None, lambda p, r: None), book, files
 
 
 def _open(book: RoundBook, files: Persistence, candidates=("peer-00", "peer-02")) -> RoundState:
     files.open_round(0, {}, list(candidates), {})
-    own = seal(Header("run", "peer-01", 0, "B", ("A", "B"), b""), b"x")
+    own = seal(Header("run", "peer-05", 0, "B", ("A", "B"), b""), b"x")
     return book.opened(RoundState(0, frozenset(candidates), own))
 
 
@@ -51,7 +51,8 @@ def test_a_server_decision_is_final_and_answered_at_once():
         assert protocol.outcome("peer-02", 0) is False
         assert protocol.commit(_header("peer-02")) is False
         assert protocol.outcome("peer-02", 0) is False
-        assert protocol.outcome("stranger", 0) is False and "stranger" not in state.decisions
+        assert protocol.outcome("peer-04x", 0) is False and "peer-04x" not in state.decisions
+        assert protocol.outcome("peer-07", 0) is None      # a higher id never opens a link to us
         book.close(0)
         assert protocol.outcome("peer-00", 0) is True and protocol.outcome("peer-02", 0) is False
         assert protocol.outcome("peer-00", 5) is False                # never opened here: nothing counted
@@ -162,3 +163,10 @@ def test_the_deadline_learns_from_counted_links_only_and_stretches_when_nothing_
     assert deadline.current() == 60.0                       # up to the maximum, not beyond
     deadline.observe(0.4)                                   # a link counts again: back to what it learned
     assert deadline.current() == 2.0
+
+
+def test_a_line_after_a_torn_one_starts_clean(tmp_path):
+    (tmp_path / ROUNDS_LOG).write_text('{"round": 0}\n{"round": 1, "neigh')
+    files = Persistence(FolderStore(tmp_path))
+    files.log_round({"round": 1})
+    assert [json.loads(line)["round"] for line in (tmp_path / ROUNDS_LOG).read_text().splitlines()] == [0, 1]

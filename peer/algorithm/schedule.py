@@ -160,11 +160,16 @@ class AgreedSchedule:
             self.decided_at = decided = round_
         self.segments.append((round_, next_length, _other(factor), decided))
 
-    def adopt(self, start: int, length: int, factor: str, decided_at: int) -> bool:
-        """Take a neighbour's phase if it is later than ours (see the class docstring); True if taken."""
-        if length < 1 or factor not in (A, B):
-            return False
+    def adopt(self, start: int, length: int, factor: str, decided_at: int, round_: int | None = None) -> bool:
+        """Take a neighbour's phase if it is later than ours (see the class docstring); True if taken.
+        ``round_``: the round about to start; a phase that ended before it is continued up to it, so
+        that the schedule goes on deciding at its boundaries."""
+        if length < 1 or factor not in (A, B) or decided_at > start:
+            return False  # a decision is taken at the start of its phase or before: anything else is bogus
         length = min(int(length), AUTO_SWITCH_MAX)
+        if round_ is not None and start + length <= round_:
+            skipped = (round_ - start) // length
+            start, factor = start + skipped * length, factor if skipped % 2 == 0 else _other(factor)
         mine = self.segment(start)
         if (decided_at, start, length) <= (mine[3], mine[0], mine[1]) or decided_at < self.decided_at:
             return False

@@ -108,6 +108,7 @@ async def run_daemon(run: RunConfig, net: DaemonConfig, out: Path, signals: Stop
         static.cancel()
         if discovery is not None:
             await discovery.close()
+        daemon.kill()  # probes and outcome queries must not outlive the transport
         await transport.close()
         daemon.observer.close()
         daemon.worker.shutdown(wait=False, cancel_futures=True)

@@ -30,9 +30,6 @@ class Membership:
         self.known: dict[str, str] = {}          # peer id -> address
         self.admissions: set[asyncio.Task] = set()
 
-    def address(self, peer_id: str) -> str | None:
-        return self.known.get(peer_id)
-
     def add_peer(self, peer_id: str, address: str) -> None:
         """A peer announced by mDNS. Over TLS it joins only after proving membership (``_admit``)."""
         if peer_id == self.peer_id or self.known.get(peer_id) == address:

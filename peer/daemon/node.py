@@ -188,12 +188,13 @@ class PeerDaemon(ExchangeServer):
     # ------------------------------------------------------------------ what neighbours tell us
 
     def _on_header(self, h: Header) -> None:
-        if h.sender_id in self.known:
-            self.backoff.outcome(h.sender_id, counted=True)  # alive and of this run: attempt it again
+        if h.sender_id not in self.known:
+            return  # only a known peer of this run may steer our backoff and our phase schedule
+        self.backoff.outcome(h.sender_id, counted=True)  # alive and of this run: attempt it again
         if self.phases is not None:
             self.phases.heard(h)
 
-    def _on_phase_refused(self, peer_id: str, address: str) -> None:
+    def _on_phase_refused(self, address: str) -> None:
         """A neighbour refused our factors for their phase: a schedule split. Its refusal does not carry
         its schedule, so ask for it (Status); the later of the two is adopted at the next round."""
         if self.phases is not None:
@@ -261,8 +262,13 @@ class PeerDaemon(ExchangeServer):
         """Every task of the daemon is tracked, so that ``kill`` can stop all of them at once."""
         task = asyncio.ensure_future(coroutine)
         self.tasks[task] = None
-        task.add_done_callback(lambda done: self.tasks.pop(done, None))
+        task.add_done_callback(self._task_done)
         return task
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        self.tasks.pop(task, None)
+        if not task.cancelled() and isinstance(task.exception(), Exception):
+            log.error("%s: a background task failed: %r", self.peer_id, task.exception())
 
     def kill(self) -> None:
         """Stop every task of this daemon where it stands (the fault simulator's crash)."""
@@ -289,15 +295,28 @@ class PeerDaemon(ExchangeServer):
         finally:
             for task in waits + tasks:
                 task.cancel()
-        for pid in links:  # not decided by the deadline: refused, at both ends (see RoundState)
-            if (state.round, pid) not in self.protocol.unresolved:
-                state.decide(pid, Decision.REFUSED)
+        timed_out = self._settle_the_rest(state, links)
         if state.last_counted_at is not None:
             # learn from the time the last counted link took, never from waits for links that failed
-            self.deadline.observe(state.last_counted_at - start)
-        elif links:
+            self.deadline.observe(max(0.0, state.last_counted_at - start))
+        elif timed_out:
             self.deadline.nothing_counted()
         return self.now() - start
+
+    def _settle_the_rest(self, state: RoundState, links: list[str]) -> bool:
+        """Links without a decision at the deadline: refused, unless this peer may have committed one
+        (written tentatively ahead): that one is unresolved and settled later. True if any was left."""
+        tentative = self.persistence.wal.links if self.persistence.wal is not None else {}
+        left = [pid for pid in links
+                if pid not in state.decisions and (state.round, pid) not in self.protocol.unresolved]
+        for pid in left:
+            link = tentative.get(pid)
+            if link is not None and not link["final"]:
+                self.protocol.unresolved[(state.round, pid)] = Received(link["tensors"], int(link["degree"]),
+                                                                       int(link["bytes"]))
+            else:
+                state.decide(pid, Decision.REFUSED)
+        return bool(left)
 
     async def _open(self, state: RoundState, peer_id: str, until: float) -> None:
         started = self.now()
@@ -405,7 +424,7 @@ class PeerDaemon(ExchangeServer):
                  record["train_loss"], ",".join(record["neighbours"]) or "-")
 
     async def _train_and_open(self, round_: int) -> tuple[RoundState, dict]:
-        settled = self.settlements.apply(self.local.apply_correction)
+        settled = self.settlements.apply(self._add_settled_term)
         schedule_info = self.phases.advance(round_, len(self.known) + 1) if self.phases else {}
         plan = self.strategy.plan(round_)
         trained = self.now()
@@ -445,13 +464,21 @@ class PeerDaemon(ExchangeServer):
 
     # ------------------------------------------------------------------ late settlements
 
+    def _add_settled_term(self, correction: dict) -> bool:
+        """The missing term of a past round's plain-average mix; a robust rule (clipped, trimmed mean)
+        does not keep the sums anyway, and adding an unclipped term would bypass it: skipped."""
+        if self.local.rule.rule != "average":
+            return False
+        self.local.apply_correction(correction)
+        return True
+
     async def settle_remaining(self, seconds: float) -> None:
         """At the end of the run: wait up to ``seconds`` for pending outcomes, apply them, write them."""
         until = self.now() + seconds
         while self.settlements.pending and self.now() < until:
             self.settlements.ask()
             await asyncio.sleep(self.net.round_timeout_min / 4)
-            settled = self.settlements.apply(self.local.apply_correction)
+            settled = self.settlements.apply(self._add_settled_term)
             if settled:
                 for entry in settled:
                     self.persistence.append_event({"event": "settled", "at_round": self.round, **entry})

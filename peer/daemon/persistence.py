@@ -1,6 +1,7 @@
 """What a peer keeps on disk, and in which order it writes it, so that a crash at any instant is survivable.
 
-Three things, each written atomically and durably (temp file, fsync, rename, directory fsync):
+Four files; the first two are written atomically and durably (temp file, fsync, rename, directory
+fsync), the two logs are appended and fsynced:
 
 ``checkpoint.pt``  the state at the start of a round: factors, optimizer, schedule, the decisions of
                    recent rounds (to answer a neighbour's outcome query after a restart), and links
@@ -72,7 +73,9 @@ class FolderStore:
         (self.directory / name).unlink(missing_ok=True)
 
     def append_line(self, name: str, line: str) -> None:
-        with (self.directory / name).open("a") as f:
+        path = self.directory / name
+        _cut_torn_line(path)
+        with path.open("a") as f:
             f.write(line + "\n")
             f.flush()
             os.fsync(f.fileno())
@@ -84,6 +87,21 @@ class FolderStore:
         # a line torn by a crash mid-append has no newline: it was never durable, drop it
         text = path.read_text()
         return [line for line in text.split("\n")[:-1] if line]
+
+
+def _cut_torn_line(path: Path) -> None:
+    """A crash mid-append leaves a last line without its newline: cut it, so the next line starts clean."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    with path.open("rb+") as f:
+        f.seek(-1, os.SEEK_END)
+        if f.read(1) == b"\n":
+            return
+        f.seek(0)
+        data = f.read()
+        f.truncate(data.rfind(b"\n") + 1)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 class MemoryStore:

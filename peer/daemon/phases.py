@@ -71,7 +71,7 @@ class PhaseAgreement:
     def advance(self, round_: int, peers: int) -> dict:
         """Adopt a later phase seen, start the next phase at a boundary, propose; what the round logs."""
         if self.adoption is not None:
-            if self.schedule.adopt(*self.adoption):
+            if self.schedule.adopt(*self.adoption, round_=round_):
                 log.info("adopted a neighbour's phase %s", self.adoption)
             self.adoption = None
         self.schedule.decide(round_)

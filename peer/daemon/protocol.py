@@ -39,8 +39,8 @@ log = logging.getLogger("tadlora.daemon")
 OUTCOME_RETRY_S = 0.2
 # How long an outcome query waits for an answer; a server that is up answers in milliseconds.
 OUTCOME_QUERY_TIMEOUT_S = 1.0
-# Retries of a swap refused because the server has not reached the round yet, as a fraction of the
-# time left: the server is at most one round behind, and retrying sooner only costs a refusal.
+# Pause before retrying a swap that a server one round behind refused (it is finishing its previous
+# round and will open ours soon); a server further behind is not retried: it will jump forward.
 AHEAD_RETRY_S = 0.05
 
 
@@ -57,7 +57,7 @@ class LinkProtocol:
     def __init__(self, me: Identity, book: RoundBook, persistence: Persistence, transport: Transport,
                  frame_timeout: float, current_round: Callable[[], int],
                  on_header: Callable[[Header], None], on_later_round: Callable[[str, int], None],
-                 on_phase_refused: Callable[[str, str], None] = lambda peer_id, address: None) -> None:
+                 on_phase_refused: Callable[[str], None] = lambda address: None) -> None:
         self.me, self.book, self.persistence, self.transport = me, book, persistence, transport
         self.frame_timeout = frame_timeout
         self.current_round = current_round
@@ -148,6 +148,8 @@ class LinkProtocol:
     def outcome(self, peer_id: str, round_: int) -> bool | None:
         """Did the link with ``peer_id`` count in ``round_``? Answered at once, and final: a link not
         committed yet is refused by the question itself. None only for rounds too old to remember."""
+        if peer_id >= self.me.peer_id:
+            return None  # this peer opens links to higher ids: only the opener (lower id) may ask
         state = self.book.get(round_)
         if state is not None:
             if peer_id not in state.candidates:
@@ -188,7 +190,7 @@ class LinkProtocol:
             if r.reason in ("round-behind", "round-closed") and r.current_round > state.round:
                 self.on_later_round(peer_id, r.current_round)
             if r.reason == "phase" and address is not None:
-                self.on_phase_refused(peer_id, address)
+                self.on_phase_refused(address)
             log.info("%s: link to %s in round %d refused: %s", self.me.peer_id, peer_id, state.round, r)
             state.decide(peer_id, Decision.REFUSED)
         except ExchangeFailed as exc:
@@ -205,22 +207,23 @@ class LinkProtocol:
                 return
             except Rejected as r:
                 # the server has not reached this round yet: it will soon, ask again
-                if r.reason != "round-ahead" or r.current_round >= state.round or state.closed:
+                if r.reason != "round-ahead" or r.current_round != state.round - 1 or state.closed:
                     raise
                 await asyncio.sleep(min(AHEAD_RETRY_S, max(0.0, until - self.now())))
 
-    async def ask_outcome(self, address: str, round_: int, until: float) -> bool | None:
+    async def ask_outcome(self, address: str | None, round_: int, until: float) -> bool | None:
         while True:
             try:
-                answer = await self.transport.outcome(address, self.me.run_id, self.me.peer_id, round_,
-                                                      timeout=OUTCOME_QUERY_TIMEOUT_S)
-            except ExchangeFailed:
+                answer = None if not address else await self.transport.outcome(
+                    address, self.me.run_id, self.me.peer_id, round_, timeout=OUTCOME_QUERY_TIMEOUT_S)
+            except Exception as exc:  # noqa: BLE001 - whatever broke the call, the answer is unknown
+                log.debug("%s: outcome query to %s failed: %s", self.me.peer_id, address, exc)
                 answer = None
             if answer is not None or self.now() >= until:
                 return answer
             await asyncio.sleep(OUTCOME_RETRY_S)
 
-    async def settle_by_query(self, state: RoundState, peer_id: str, address: str, received: Received,
+    async def settle_by_query(self, state: RoundState, peer_id: str, address: str | None, received: Received,
                                until: float) -> None:
         answer = await self.ask_outcome(address, state.round, until + self.frame_timeout)
         if answer is None:

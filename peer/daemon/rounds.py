@@ -5,7 +5,8 @@ A round goes through three stages at a peer:
 ``open``    its own factors are sealed (after local training) and its candidate links are fixed;
             neighbours may swap with it, the server side stages what they sent.
 ``decided`` every link it attempted has a final decision (counted or not), or the deadline passed.
-``closed``  its mixing is done; any later commit for it is refused (``round-closed``).
+``closed``  its mixing is done; a late commit gets the decision already taken (a repeated commit of a
+            counted link is acknowledged again; anything else is refused, ``round-closed``).
 
 A link's decision is final the moment it is taken (``Decision``): the server decides at commit, or
 refuses for good when an outcome query arrives first; the client decides when the ack arrives or when
@@ -80,8 +81,8 @@ class RoundState:
 
 
 class RoundBook:
-    """The open rounds of a peer (usually one, two while a neighbour is one round ahead), and the
-    decisions of the recent closed ones (to answer outcome queries of late clients)."""
+    """The open round of a peer, and the decisions of the recent closed ones (to answer the outcome
+    queries of late clients)."""
 
     def __init__(self) -> None:
         self.open: dict[int, RoundState] = {}
@@ -106,7 +107,8 @@ class RoundBook:
         self.closed_upto = max(self.closed_upto, round_)
         self.history[round_] = dict(state.decisions)
         self.ready.pop(round_, None)
-        for old in [r for r in self.history if r <= round_ - DECISION_MEMORY_ROUNDS]:
+        # by count, not by distance: a peer that jumps forward still remembers the rounds before the jump
+        for old in sorted(self.history)[:-DECISION_MEMORY_ROUNDS]:
             del self.history[old]
         return state
 
@@ -115,7 +117,7 @@ class RoundBook:
         for r in [r for r in self.open if r < round_]:
             self.close(r)
         for r in [r for r in self.ready if r < round_]:
-            del self.ready[r]
+            self.ready.pop(r).set()  # a server waiting for it finds it over (round-behind), at once
         self.closed_upto = max(self.closed_upto, round_ - 1)
 
     def decision(self, round_: int, peer_id: str) -> Decision | None:
@@ -123,9 +125,6 @@ class RoundBook:
         if state is not None:
             return state.decisions.get(peer_id)
         return self.history.get(round_, {}).get(peer_id)
-
-    def counted_links(self, round_: int) -> set[str]:
-        return {pid for pid, d in self.history.get(round_, {}).items() if d is Decision.COUNTED}
 
     def to_state(self) -> dict:
         return {str(r): {pid: d.value for pid, d in ds.items()} for r, ds in self.history.items()}

@@ -67,8 +67,9 @@ class Settlements:
         if answer is not None:
             self.answers[key] = answer
 
-    def apply(self, add_to_factors: Callable[[dict[str, torch.Tensor]], None]) -> list[dict]:
-        """Between rounds: add the mix term of each pending link that counted; what was settled."""
+    def apply(self, add_to_factors: Callable[[dict[str, torch.Tensor]], bool]) -> list[dict]:
+        """Between rounds: add the mix term of each pending link that counted (``add_to_factors`` says
+        whether it was added); what was settled."""
         settled = []
         for key, counted in list(self.answers.items()):
             del self.answers[key]
@@ -78,15 +79,17 @@ class Settlements:
             entry = {"round": link.round, "peer": link.peer_id, "counted": counted}
             if counted:
                 correction = link.correction()
-                add_to_factors(correction)
-                entry.update(delta_a=factor_sum(correction, A), delta_b=factor_sum(correction, B))
+                if add_to_factors(correction):
+                    entry.update(delta_a=factor_sum(correction, A), delta_b=factor_sum(correction, B))
+                else:
+                    entry["applied"] = False
             settled.append(entry)
             log.info("link to %s in round %d settled late: %s", link.peer_id, link.round,
                      "counted" if counted else "did not count")
         return settled
 
     def to_state(self) -> list[dict]:
-        return [vars(link) for link in self.pending.values()]
+        return [dict(vars(link)) for link in self.pending.values()]
 
     def load_state(self, state: list[dict]) -> None:
         self.pending = {(p["round"], p["peer_id"]): PendingLink(**p) for p in state}

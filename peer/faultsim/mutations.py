@@ -3,7 +3,7 @@
 Each is a context manager that patches one piece of the daemon back to how it behaved before (issue
 10 of the tracker). Tests use them to show that the checker catches each defect
 (``tests/test_fault_simulator.py``); ``benchmarks/faultsim_before_after.py`` counts what it finds with
-and without them. Never used outside those two.
+and without them, and ``benchmarks/hung_peer.py`` times the old deadline. Never used by the daemon.
 """
 
 from __future__ import annotations

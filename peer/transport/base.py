@@ -99,7 +99,9 @@ class ExchangeFailed(Exception):
 class ExchangeOutcomeUnknown(Exception):
     """The client committed but no acknowledgement came back: the server may have counted the link.
 
-    The daemon asks the server (``Transport.outcome``) until the round's mixing deadline.
+    The daemon asks the server (``Transport.outcome``), whose answer is immediate and final, until its
+    deadline plus one frame timeout; without an answer by then the link is settled later
+    (``peer.daemon.settlement``).
     """
 
     def __init__(self, message: FactorMessage) -> None:

@@ -206,8 +206,8 @@ class GrpcTransport(Transport):
                 raise
             if await self._lost(Step.COMMIT, address):
                 raise ExchangeOutcomeUnknown(reply)  # we count as committed; the server never hears it
+            committed = True  # from here on a broken call may have delivered the commit: outcome unknown
             await call.write(pb.Frame(commit=pb.Commit(round=outgoing.header.round)))
-            committed = True
             ack = await next_frame()
             if await self._lost(Step.ACK, address, to_server=False):
                 raise ExchangeOutcomeUnknown(reply)
