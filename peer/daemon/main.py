@@ -99,7 +99,8 @@ async def run_daemon(run: RunConfig, net: DaemonConfig, out: Path, signals: Stop
         if signals is not None:  # from here on a stop lets the results be written; its watchdog bounds that
             signals.serving(loop, daemon.stopping.set)
         summary = await loop.run_in_executor(daemon.worker, daemon.finish)
-        await asyncio.sleep(1.0)  # let neighbours finish their last exchanges with us
+        # keep answering until the neighbours are done too: one may still ask the outcome of a last link
+        await daemon.linger(net.round_timeout_max, grace=net.round_timeout_min)
         return summary
     finally:
         if signals is not None:  # a stop during the clean-up lets it finish; its watchdog bounds it

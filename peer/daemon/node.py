@@ -59,6 +59,7 @@ from peer.transport.framing import seal
 log = logging.getLogger("tadlora.daemon")
 
 STATUS_TIMEOUT_S = 2.0
+LINGER_POLL_S = 0.25            # how often a finished peer checks whether its neighbours are done
 WATCH_INTERVAL_S = 0.5           # how often a server-side link asks whether its opener is still coming
 WATCH_STATUS_TIMEOUT_S = 1.0
 WATCH_UNREACHABLE_TRIES = 2      # unanswered status calls in a row before the opener counts as gone
@@ -567,6 +568,23 @@ class PeerDaemon(ExchangeServer):
             await self._run_round(self.round)
             if self.behind is not None:
                 await self.catch_up()
+
+    async def linger(self, at_most: float, grace: float) -> None:
+        """After the last round: keep serving until every neighbour has finished its rounds too (or does
+        not answer), then ``grace`` seconds more for its last outcome queries; ``at_most`` in all."""
+        until = self.now() + at_most
+        while self.now() < until and not self.stopping.is_set() and not await self._neighbours_done():
+            await asyncio.sleep(LINGER_POLL_S)
+        await asyncio.sleep(max(0.0, min(grace, until - self.now())))
+
+    async def _neighbours_done(self) -> bool:
+        for address in list(self.known.values()):
+            try:
+                if (await self.transport.status(address, timeout=STATUS_TIMEOUT_S)).round < self.run.rounds:
+                    return False
+            except ExchangeFailed:
+                continue  # gone: nothing to wait for
+        return True
 
     def finish(self) -> dict:
         """Export the adapter in PEFT's format, evaluate it, write summary.json."""

@@ -76,7 +76,7 @@ def auto_schedule_without_freeze_or_adoption():
     neighbours), a silent peer proposed T_max, and peers that decided differently never reconciled."""
     stack = contextlib.ExitStack()
     stack.enter_context(_patched(AgreedSchedule, "proposals_close", property(lambda self: 1 << 30)))
-    stack.enter_context(_patched(AgreedSchedule, "adopt", lambda self, *args: False))
+    stack.enter_context(_patched(AgreedSchedule, "adopt", lambda self, *args, **kwargs: False))
     def old_proposal(self, peers):  # every link assumed up before any round; no link at all: T_max
         estimate = self.link_estimate()
         return interval_for_link_rate(peers, 1.0 if estimate is None else estimate)
