@@ -59,6 +59,7 @@ from peer.transport.framing import seal
 log = logging.getLogger("tadlora.daemon")
 
 STATUS_TIMEOUT_S = 2.0
+LAGGING_NEIGHBOUR_ALLOWANCE = 3.0   # × --round-timeout-min: how long a swap we open may wait
 LINGER_POLL_S = 0.25            # how often a finished peer checks whether its neighbours are done
 WATCH_INTERVAL_S = 0.5           # how often a server-side link asks whether its opener is still coming
 WATCH_STATUS_TIMEOUT_S = 1.0
@@ -282,10 +283,13 @@ class PeerDaemon(ExchangeServer):
         the server: asked about instead of opened again) and wait until all are decided or the deadline."""
         start = self.now()
         until = start + self.deadline.current()
+        # a swap we open may wait for a neighbour one round behind to open our round (it finishes its
+        # round and trains): allow it longer than our own deadline, or the two stay a round apart
+        open_until = start + max(self.deadline.current(), LAGGING_NEIGHBOUR_ALLOWANCE * self.net.round_timeout_min)
         links = sorted(state.candidates)
         tasks = [self._spawn(self.protocol.settle_by_query(state, pid, self.known.get(pid), received, until))
                  for pid, received in sorted(tentative.items())]
-        tasks += [self._spawn(self._open(state, pid, until))
+        tasks += [self._spawn(self._open(state, pid, open_until))
                   for pid in links if self.peer_id < pid and pid not in state.decisions and pid not in tentative]
         tasks += [self._spawn(self._watch(state, pid, until)) for pid in links if pid < self.peer_id]
         waits = [self._spawn(state.event(pid).wait()) for pid in links]

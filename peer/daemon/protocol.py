@@ -39,9 +39,10 @@ log = logging.getLogger("tadlora.daemon")
 OUTCOME_RETRY_S = 0.2
 # How long an outcome query waits for an answer; a server that is up answers in milliseconds.
 OUTCOME_QUERY_TIMEOUT_S = 1.0
-# Pause before retrying a swap that a server one round behind refused (it is finishing its previous
-# round and will open ours soon); a server further behind is not retried: it will jump forward.
-AHEAD_RETRY_S = 0.05
+# Pause before retrying a swap that a server behind us refused. Retrying until the deadline is what
+# keeps peers in step: one round behind, the server opens our round soon; further behind, it has
+# learned from our swap that it is behind and jumps forward. Not retrying let a peer race ahead alone.
+AHEAD_RETRY_S = 0.2
 
 
 @dataclass
@@ -207,7 +208,7 @@ class LinkProtocol:
                 return
             except Rejected as r:
                 # the server has not reached this round yet: it will soon, ask again
-                if r.reason != "round-ahead" or r.current_round != state.round - 1 or state.closed:
+                if r.reason != "round-ahead" or r.current_round >= state.round or state.closed:
                     raise
                 await asyncio.sleep(min(AHEAD_RETRY_S, max(0.0, until - self.now())))
 
