@@ -397,12 +397,11 @@ class PeerDaemon(ExchangeServer):
 
     def _checkpoint_state(self, next_round: int) -> dict:
         return {"peer_id": self.peer_id, "run_id": self.net.run_id, "round": next_round,
-                "local": self.local.state(), "decisions": self.book.to_state(),
-                "pending": self.settlements.to_state(),
-                "phases": self.phases.to_state() if self.phases else {}}
+                "local": self.local.state(), "decisions": self.book.to_state(), **self._round_extras()}
 
     def _round_extras(self) -> dict:
-        """What the WAL keeps besides the factors, so that a restart finishes the round identically."""
+        """The auto-T schedule and the pending links: kept by the checkpoint and by the WAL alike, so a
+        restart finishes the round identically."""
         return {"phases": self.phases.to_state() if self.phases else {}, "pending": self.settlements.to_state()}
 
     async def _run_round(self, round_: int) -> None:
