@@ -56,6 +56,10 @@ class RunConfig:
     eval_every: int = 5                # evaluate every N rounds and after the last one
     eval_samples: int = 500            # validation examples used per evaluation; 0: all
     device: str = "auto"               # auto: cuda when present, else cpu
+    precision: str = "auto"            # auto | fp32 | bf16 | fp16: the forward pass's dtype (peer/training/precision.py)
+    batching: str = "by-length"        # by-length: batches of similar length from a random order | random
+    train_head: int = 0                # 1: train and mix the classification head every round, beside the factors
+    references: str = "alone,centralized"  # simulate/testbed: also train these at the same budget (none: skip)
     mixing_rule: str = "average"       # average | clipped | trimmed-mean (see peer/algorithm/robust.py)
     clip_multiplier: float = 2.0       # clipped: radius = this × median of recent deviation norms
     trim: int = 1                      # trimmed-mean: values dropped at each end, per coordinate
@@ -90,6 +94,16 @@ class RunConfig:
         _check(self.trim >= 0, "trim", f"must be >= 0, got {self.trim}")
         _check(self.device in ("auto", "cpu") or self.device.startswith("cuda"), "device",
                f"{self.device!r} must be auto, cpu or cuda[:N]")
+        _check(self.precision in ("auto", "fp32", "bf16", "fp16"), "precision",
+               f"{self.precision!r} is not one of auto, fp32, bf16, fp16")
+        _check(self.batching in ("by-length", "random"), "batching", f"{self.batching!r} is not by-length or random")
+        _check(self.train_head in (0, 1), "train-head", f"must be 0 or 1, got {self.train_head}")
+        try:
+            from peer.sim.references import parse_references
+
+            parse_references(self.references)
+        except ValueError as exc:
+            raise ConfigError(f"references: {exc}") from None
         return self
 
     def as_dict(self) -> dict:

@@ -58,10 +58,16 @@ class LocalPeer:
 
     def state(self) -> dict:
         """Everything a restart needs to continue exactly: factors (and head), optimizer, trained set."""
-        return {"adapter": self.adapter.state(), "optimizer": self.trainer.optimizer.state_dict(),
-                "last_trained": sorted(self.trainer.last_trained)}
+        state = {"adapter": self.adapter.state(), "optimizer": self.trainer.optimizer.state_dict(),
+                 "last_trained": sorted(self.trainer.last_trained)}
+        scaler = getattr(self.trainer, "scaler", None)
+        if scaler is not None and scaler.is_enabled():  # fp16: the loss scale is part of the state
+            state["scaler"] = scaler.state_dict()
+        return state
 
     def load_state(self, state: dict) -> None:
         self.adapter.load_state(state["adapter"])
         self.trainer.optimizer.load_state_dict(state["optimizer"])
         self.trainer.last_trained = frozenset(state["last_trained"])
+        if "scaler" in state and getattr(self.trainer, "scaler", None) is not None:
+            self.trainer.scaler.load_state_dict(state["scaler"])

@@ -18,8 +18,10 @@ from peer.algorithm.topology import Topology, make_topology
 from peer.config import RunConfig
 from peer.data.partition import partition
 from peer.data.tasks import TextTask, load_task
-from peer.training.adapters import LoraSettings, load_tokenizer
+from peer.training.adapters import Adapter, AdapterModel, LoraSettings, load_tokenizer
+from peer.training.precision import Precision, resolve_precision
 from peer.training.tokenizer import Encoded, encode
+from peer.training.trainer import Batching, LocalTrainer
 
 
 def peer_id(index: int) -> str:
@@ -56,7 +58,23 @@ def resolve_switch_interval(cfg: RunConfig, topology: Topology) -> int | None:
 
 
 def strategy_for(cfg: RunConfig, topology: Topology) -> Strategy:
-    return make_strategy(cfg.strategy, resolve_switch_interval(cfg, topology))
+    return make_strategy(cfg.strategy, resolve_switch_interval(cfg, topology), train_head=bool(cfg.train_head))
+
+
+def precision_for(cfg: RunConfig, device: torch.device) -> Precision:
+    return resolve_precision(cfg.precision, device)
+
+
+def build_model(cfg: RunConfig, num_labels: int, adapter_names: list[str]) -> AdapterModel:
+    """The frozen base with one adapter per name, on the run's device."""
+    return AdapterModel(cfg.model, num_labels, adapter_names, lora_settings(cfg), seed=cfg.seed,
+                        device=pick_device(cfg.device), train_head=bool(cfg.train_head))
+
+
+def build_trainer(cfg: RunConfig, adapter: Adapter, shard: Encoded, peer_index: int) -> LocalTrainer:
+    """Peer ``peer_index``'s trainer: the same batches, seeds and precision in every driver."""
+    return LocalTrainer(adapter, shard, cfg.batch_size, cfg.learning_rate, cfg.seed, peer_index,
+                        precision_for(cfg, adapter.owner.device), Batching(cfg.batching))
 
 
 @dataclass

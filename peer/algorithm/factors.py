@@ -1,16 +1,25 @@
-"""Names of the two LoRA factors and how a tensor name tells which factor it belongs to.
+"""Names of the blocks a peer trains and mixes, and how a tensor name tells which block it is in.
 
 A LoRA update is ``ΔW = B·A`` with ``A: r×d_in`` and ``B: d_out×r``. PEFT names the tensors
 ``...lora_A.weight`` and ``...lora_B.weight`` (also ``lora_embedding_A/B`` for embeddings).
+
+When the run trains the classification head (``--train-head 1``), the head is a third block, ``H``.
+It is an ordinary linear layer: averaging it has no cross term, so every strategy trains and mixes it
+in every round, beside whatever factors the round's plan names. Its tensors travel under their PEFT
+name with ``HEAD_PREFIX`` in front, which is how ``factor_of`` tells them apart from the factors.
 """
 
 A = "A"
 B = "B"
+HEAD = "H"
 FACTORS = (A, B)
+HEAD_PREFIX = "head/"
 
 
 def factor_of(tensor_name: str) -> str:
-    """Return ``"A"`` or ``"B"`` for a PEFT LoRA tensor name; raise ValueError for anything else."""
+    """Return ``"A"``, ``"B"`` or ``"H"`` for a tensor name; raise ValueError for anything else."""
+    if tensor_name.startswith(HEAD_PREFIX):
+        return HEAD
     if "lora_A" in tensor_name or "lora_embedding_A" in tensor_name:
         return A
     if "lora_B" in tensor_name or "lora_embedding_B" in tensor_name:
@@ -22,3 +31,8 @@ def select(tensors: dict, factors) -> dict:
     """The subset of ``tensors`` (name -> array) that belongs to the given factors."""
     wanted = frozenset(factors)
     return {name: value for name, value in tensors.items() if factor_of(name) in wanted}
+
+
+def blocks_of(tensors) -> tuple[str, ...]:
+    """The blocks (``A``, ``B``, ``H``) that the named tensors belong to, sorted."""
+    return tuple(sorted({factor_of(name) for name in tensors}))

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 
-from peer.algorithm.factors import A, B, FACTORS
+from peer.algorithm.factors import A, B, blocks_of
 from peer.algorithm.mixing import metropolis_hastings_weights
 from peer.config import DaemonConfig, RunConfig
 from peer.daemon.clock import AdaptiveDeadline
@@ -124,21 +124,19 @@ class PeerDaemon(ExchangeServer):
     @classmethod
     def from_config(cls, run: RunConfig, net: DaemonConfig, out_dir: Path, transport: Transport) -> "PeerDaemon":
         """The daemon of ``tadlora run``: the model, the data shard and the optimizer built from the config."""
-        from peer.run_setup import lora_settings, mixing_rule_for, pick_device, prepare_data, strategy_for, topology_for
-        from peer.training.adapters import AdapterModel
-        from peer.training.trainer import LocalTrainer
+        from peer.run_setup import (build_model, build_trainer, mixing_rule_for, prepare_data, strategy_for,
+                                    topology_for)
+        from peer.training.trainer import Evaluator
 
         data = prepare_data(run)
-        model = AdapterModel(run.model, data.task.num_labels, [net.peer_id], lora_settings(run),
-                             seed=run.seed, device=pick_device(run.device))
-        adapter = model[net.peer_id]
-        trainer = LocalTrainer(adapter, data.shards[net.peer_index], run.batch_size, run.learning_rate, run.seed,
-                               net.peer_index)
+        adapter = build_model(run, data.task.num_labels, [net.peer_id])[net.peer_id]
+        trainer = build_trainer(run, adapter, data.shards[net.peer_index], net.peer_index)
+        evaluator = Evaluator(data.validation, trainer.device, trainer.precision)
         local = LocalPeer(net.peer_id, adapter, trainer, strategy_for(run, topology_for(run)), run.local_steps,
                           mixing_rule_for(run))
         worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"train-{net.peer_id}")
         daemon = cls(local, run, net, Persistence(FolderStore(out_dir)), transport, thread_offload(worker),
-                     lambda: trainer.evaluate(data.validation))
+                     lambda: evaluator.accuracy(adapter))
         daemon.out, daemon.worker = Path(out_dir), worker
         return daemon
 
@@ -392,7 +390,7 @@ class PeerDaemon(ExchangeServer):
             self.settlements.add(PendingLink(round_, pid, self.known.get(pid, ""), weight, sent, received.tensors))
 
     def _publish_latest(self, next_round: int) -> None:
-        header = self._header(next_round, 0, factors=FACTORS)
+        header = self._header(next_round, 0, factors=blocks_of(self.schema))
         self.latest = seal(header, encode_factors(self.local.factors()))
 
     def _checkpoint_state(self, next_round: int) -> dict:

@@ -9,9 +9,10 @@ Initialisation (identical on every peer, from one seed)
 ``torch.manual_seed(seed)`` before the base model is built fixes the classification head (the only
 part of the checkpoint that is freshly initialised), and again before the LoRA adapter is created
 fixes A (PEFT's default Kaiming-uniform init); B is zero. Every further adapter copies the first
-one, so all peers start bit-identical. The head is kept frozen (the paper's setting) but is saved
-with each adapter (PEFT ``modules_to_save``), so that an exported adapter fully defines the model
-given the base checkpoint.
+one, so all peers start bit-identical. The head is saved with each adapter (PEFT
+``modules_to_save``), so that an exported adapter fully defines the model given the base checkpoint.
+It is frozen (the paper's setting) unless ``train_head``: then it is a third block beside A and B
+(``peer.algorithm.factors.HEAD``) that trains and mixes every round.
 
 Model names (``--model``)
 -------------------------
@@ -34,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from peer.algorithm.factors import FACTORS, factor_of, select
+from peer.algorithm.factors import HEAD_PREFIX, blocks_of, factor_of, select
 from peer.durable import fsync_directory, fsync_file
 from peer.training.tokenizer import TINY_VOCAB, HashTokenizer
 
@@ -96,12 +97,13 @@ class AdapterModel:
     """A frozen base model carrying one LoRA adapter per name in ``adapter_names``."""
 
     def __init__(self, model: str, num_labels: int, adapter_names: list[str], lora: LoraSettings = LoraSettings(),
-                 seed: int = 0, device: str | torch.device = "cpu") -> None:
+                 seed: int = 0, device: str | torch.device = "cpu", train_head: bool = False) -> None:
         from peft import LoraConfig, TaskType, get_peft_model
 
         if not adapter_names or len(set(adapter_names)) != len(adapter_names):
             raise ValueError(f"adapter names must be unique and non-empty, got {adapter_names}")
         self.model_name, self.lora, self.seed, self.num_labels = model, lora, seed, num_labels
+        self.train_head = train_head
         self.device = torch.device(device)
         self.peft_config = LoraConfig(task_type=TaskType.SEQ_CLS, r=lora.r, lora_alpha=lora.alpha,
                                       lora_dropout=lora.dropout, target_modules=list(lora.target_modules))
@@ -148,7 +150,16 @@ class Adapter:
         if not self.lora_params:
             raise RuntimeError(f"no LoRA tensors for adapter {name!r}: check --lora-targets "
                                f"{list(owner.lora.target_modules)} against the model's module names")
+        # what trains and travels: the factors, and the head when the run trains it
+        self.blocks: dict[str, torch.nn.Parameter] = dict(self.lora_params)
+        if owner.train_head:
+            self.blocks.update({HEAD_PREFIX + k: p for k, p in self.head_params.items()})
         self.trainable: frozenset[str] = frozenset()
+
+    @property
+    def block_names(self) -> tuple[str, ...]:
+        """``("A", "B")``, or ``("A", "B", "H")`` when the head trains."""
+        return blocks_of(self.blocks)
 
     def activate(self, trainable=()) -> None:
         """Route the model's forward pass through this adapter and make only ``trainable`` factors learn."""
@@ -156,15 +167,17 @@ class Adapter:
         for param in self.owner.peft_model.parameters():  # set_adapter re-enables grads: undo it
             param.requires_grad_(False)
         self.trainable = frozenset(trainable)
-        for key, param in self.lora_params.items():
+        for key, param in self.blocks.items():
             param.requires_grad_(factor_of(key) in self.trainable)
 
-    def parameters(self, factors=FACTORS) -> list[torch.nn.Parameter]:
-        return [p for k, p in self.lora_params.items() if factor_of(k) in frozenset(factors)]
+    def parameters(self, factors=None) -> list[torch.nn.Parameter]:
+        """The parameters of the chosen blocks (default: every block that trains in this run)."""
+        wanted = frozenset(self.block_names if factors is None else factors)
+        return [p for k, p in self.blocks.items() if factor_of(k) in wanted]
 
-    def factors(self, which=FACTORS) -> dict[str, torch.Tensor]:
-        """Detached copies of the chosen factors' tensors."""
-        return {k: p.detach().clone() for k, p in select(self.lora_params, which).items()}
+    def factors(self, which=None) -> dict[str, torch.Tensor]:
+        """Detached copies of the chosen blocks' tensors (default: every block that trains and mixes)."""
+        return {k: p.detach().clone() for k, p in select(self.blocks, self.block_names if which is None else which).items()}
 
     @torch.no_grad()
     def load_factors(self, tensors: dict[str, torch.Tensor]) -> None:
@@ -175,20 +188,26 @@ class Adapter:
         the parameter, which stays where the adapter lives.
         """
         for key, value in tensors.items():
-            if key not in self.lora_params:
+            if key not in self.blocks:
                 raise KeyError(f"adapter has no tensor {key!r}")
-            if tuple(value.shape) != tuple(self.lora_params[key].shape):
-                raise ValueError(f"{key}: shape {tuple(value.shape)} != local {tuple(self.lora_params[key].shape)}")
+            if tuple(value.shape) != tuple(self.blocks[key].shape):
+                raise ValueError(f"{key}: shape {tuple(value.shape)} != local {tuple(self.blocks[key].shape)}")
         for key, value in tensors.items():
-            self.lora_params[key].copy_(value)
+            self.blocks[key].copy_(value)
 
     def state(self) -> dict[str, torch.Tensor]:
         """Factors and head: everything that differs between adapters."""
-        return {**self.factors(), **{k: p.detach().clone() for k, p in self.head_params.items()}}
+        return {**{k: p.detach().clone() for k, p in self.lora_params.items()},
+                **{k: p.detach().clone() for k, p in self.head_params.items()}}
 
     @torch.no_grad()
     def load_state(self, state: dict[str, torch.Tensor]) -> None:
-        self.load_factors({k: v for k, v in state.items() if k in self.lora_params})
+        factors = {k: v for k, v in state.items() if k in self.lora_params}
+        for key, value in factors.items():
+            if tuple(value.shape) != tuple(self.lora_params[key].shape):
+                raise ValueError(f"{key}: shape {tuple(value.shape)} != local {tuple(self.lora_params[key].shape)}")
+        for key, value in factors.items():
+            self.lora_params[key].copy_(value)
         for key, param in self.head_params.items():
             param.copy_(state[key])
 

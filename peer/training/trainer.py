@@ -4,19 +4,47 @@ Determinism: the batches and the dropout masks of peer i in round r come from se
 (run seed, i, r) alone, so a peer produces the same update whether it runs in the simulator beside
 nine others or alone in a daemon process, and after a restart.
 
+Which examples, in which batches
+--------------------------------
+A peer walks through its shard in epochs, each a fresh seeded permutation, so every example is seen
+equally often. With ``Batching.BY_LENGTH`` (the default) the stream is cut into pools of
+``POOL_BATCHES`` batches; inside a pool the examples are sorted by length, cut into batches and the
+batches shuffled. The examples a peer sees, and how often, are exactly those of the random order;
+only which of them share a batch changes, so a batch pads to its own longest sentence instead of
+to the longest of a random draw (measured on the movie reviews: random batches of 16 are 43 %
+padding). ``Batching.RANDOM`` keeps the random order's batches. Batch ``g`` of the run is a pure
+function of the seed, the peer and ``g``, so a restarted round trains on the same batches.
+
 Optimizer state: one AdamW per peer (Hugging Face's defaults: betas (0.9, 0.999), eps 1e-8, no weight
 decay; constant learning rate), kept across rounds. When a factor becomes trainable again after a
 phase in which it was frozen, its moments are reset: they describe the loss surface of T rounds ago,
 before the other factor moved. A frozen factor has no gradient, so AdamW leaves it untouched.
+
+Precision: the forward pass runs under ``peer.training.precision.autocast``; the parameters, their
+gradients and the optimizer's moments stay fp32.
 """
 
 from __future__ import annotations
+
+from enum import StrEnum
+from functools import lru_cache
 
 import numpy as np
 import torch
 
 from peer.training.adapters import Adapter
+from peer.training.precision import Precision, autocast, gradient_scaler
 from peer.training.tokenizer import Encoded
+
+# Batches per length-sorted pool. Larger pools pad less but put ever more similar lengths together;
+# 32 batches of 16 (512 sentences) already cut the padding of the movie reviews to a few percent.
+POOL_BATCHES = 32
+EVAL_BATCH_SIZE = 128
+
+
+class Batching(StrEnum):
+    BY_LENGTH = "by-length"
+    RANDOM = "random"
 
 
 def derive_seed(*parts: int) -> int:
@@ -42,24 +70,84 @@ def collate(data: Encoded, indices, device: torch.device) -> dict[str, torch.Ten
     return {k: v.to(device) for k, v in batch.items()}
 
 
+class BatchPlan:
+    """Which shard examples make up batch ``g`` of a peer's run (see the module docstring)."""
+
+    def __init__(self, shard_size: int, batch_size: int, lengths, seed: int, peer_index: int,
+                 batching: Batching = Batching.BY_LENGTH) -> None:
+        self.shard_size, self.batch_size, self.seed, self.peer_index = shard_size, batch_size, seed, peer_index
+        self.lengths = np.asarray(lengths)
+        self.batching = Batching(batching)
+        self._pool = lru_cache(maxsize=2)(self._build_pool)
+
+    def batch(self, g: int) -> np.ndarray:
+        return self._pool(g // POOL_BATCHES)[g % POOL_BATCHES]
+
+    def _epoch(self, e: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, self.peer_index, e, 0xE90C]).permutation(self.shard_size)
+
+    def _stream(self, start: int, stop: int) -> np.ndarray:
+        """Positions ``start:stop`` of the endless stream of epochs."""
+        first, last = start // self.shard_size, (stop - 1) // self.shard_size
+        epochs = np.concatenate([self._epoch(e) for e in range(first, last + 1)])
+        offset = first * self.shard_size
+        return epochs[start - offset:stop - offset]
+
+    def _build_pool(self, pool: int) -> list[np.ndarray]:
+        size = POOL_BATCHES * self.batch_size
+        examples = self._stream(pool * size, (pool + 1) * size)
+        if self.batching is Batching.RANDOM:
+            return [examples[b * self.batch_size:(b + 1) * self.batch_size] for b in range(POOL_BATCHES)]
+        by_length = examples[np.argsort(self.lengths[examples], kind="stable")]  # stable: ties keep random order
+        batches = [by_length[b * self.batch_size:(b + 1) * self.batch_size] for b in range(POOL_BATCHES)]
+        order = np.random.default_rng([self.seed, self.peer_index, pool, 0xBA7C]).permutation(POOL_BATCHES)
+        return [batches[b] for b in order]
+
+
+class Evaluator:
+    """Accuracy on one dataset, with its batches collated once (length-sorted, so little padding) and
+    reused for every model scored on it: the simulator scores every peer on the same batches."""
+
+    def __init__(self, data: Encoded, device: torch.device, precision: Precision = Precision.FP32,
+                 batch_size: int = EVAL_BATCH_SIZE) -> None:
+        self.size, self.device, self.precision = len(data), device, precision
+        by_length = np.argsort([len(ids) for ids in data.input_ids], kind="stable")
+        self.batches = [collate(data, by_length[s:s + batch_size], device) for s in range(0, len(data), batch_size)]
+
+    @torch.inference_mode()
+    def accuracy(self, adapter: Adapter) -> float:
+        adapter.activate()
+        model = adapter.owner.peft_model
+        model.eval()
+        correct = 0
+        for batch in self.batches:
+            inputs = {k: v for k, v in batch.items() if k != "labels"}
+            with autocast(self.device, self.precision):
+                logits = model(**inputs).logits
+            correct += int((logits.argmax(-1) == batch["labels"]).sum())
+        return correct / max(1, self.size)
+
+
 class LocalTrainer:
     """Trains one adapter on one peer's shard."""
 
     def __init__(self, adapter: Adapter, shard: Encoded, batch_size: int, learning_rate: float,
-                 seed: int, peer_index: int) -> None:
+                 seed: int, peer_index: int, precision: Precision = Precision.FP32,
+                 batching: Batching = Batching.BY_LENGTH) -> None:
         if len(shard) == 0:
             raise ValueError(f"peer {peer_index} has no training examples")
         self.adapter, self.shard, self.batch_size = adapter, shard, batch_size
-        self.seed, self.peer_index = seed, peer_index
+        self.seed, self.peer_index, self.precision = seed, peer_index, Precision(precision)
+        self.device = adapter.owner.device
+        self.plan = BatchPlan(len(shard), batch_size, [len(ids) for ids in shard.input_ids], seed, peer_index,
+                              batching)
         self.optimizer = torch.optim.AdamW(adapter.parameters(), lr=learning_rate, betas=(0.9, 0.999),
                                            eps=1e-8, weight_decay=0.0)
+        self.scaler = gradient_scaler(self.device, self.precision)
         self.last_trained: frozenset[str] = frozenset()
 
     def _batches(self, round_: int, steps: int) -> list[np.ndarray]:
-        rng = np.random.default_rng([self.seed, self.peer_index, round_, 0xBA7C])
-        needed = steps * self.batch_size
-        order = np.concatenate([rng.permutation(len(self.shard)) for _ in range(-(-needed // len(self.shard)))])
-        return [order[s * self.batch_size:(s + 1) * self.batch_size] for s in range(steps)]
+        return [self.plan.batch(round_ * steps + s) for s in range(steps)]
 
     def _reset_moments_of_reactivated(self, factors: frozenset[str]) -> None:
         for factor in factors - self.last_trained:
@@ -76,24 +164,17 @@ class LocalTrainer:
         torch.manual_seed(derive_seed(self.seed, self.peer_index, round_))
         losses = []
         for indices in self._batches(round_, steps):
-            loss = model(**collate(self.shard, indices, self.adapter.owner.device)).loss
-            loss.backward()
-            self.optimizer.step()
+            batch = collate(self.shard, indices, self.device)
+            with autocast(self.device, self.precision):
+                loss = model(**batch).loss
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
             self.optimizer.zero_grad(set_to_none=True)
             losses.append(loss.item())
         return float(np.mean(losses)) if losses else float("nan")
 
-    @torch.inference_mode()
-    def evaluate(self, data: Encoded, batch_size: int = 128) -> float:
-        """Accuracy of this peer's model on ``data``."""
-        self.adapter.activate()
-        model = self.adapter.owner.peft_model
-        model.eval()
-        correct = 0
-        by_length = np.argsort([len(ids) for ids in data.input_ids], kind="stable")  # less padding
-        for start in range(0, len(data), batch_size):
-            indices = by_length[start:start + batch_size]
-            batch = collate(data, indices, self.adapter.owner.device)
-            labels = batch.pop("labels")
-            correct += int((model(**batch).logits.argmax(-1) == labels).sum())
-        return correct / max(1, len(data))
+    def evaluate(self, data: Encoded | Evaluator, batch_size: int = EVAL_BATCH_SIZE) -> float:
+        """Accuracy of this peer's model on ``data`` (pass an ``Evaluator`` to score it on pre-collated batches)."""
+        evaluator = data if isinstance(data, Evaluator) else Evaluator(data, self.device, self.precision, batch_size)
+        return evaluator.accuracy(self.adapter)

@@ -29,11 +29,12 @@ def available_strategies() -> list[str]:
     return sorted(STRATEGIES)
 
 
-def make_strategy(name: str, switch_interval: int | None = None) -> Strategy:
-    """Build a strategy by name; ``switch_interval=None`` takes the strategy's own default."""
+def make_strategy(name: str, switch_interval: int | None = None, train_head: bool = False) -> Strategy:
+    """Build a strategy by name; ``switch_interval=None`` takes the strategy's own default; with
+    ``train_head`` every round also trains and mixes the classification head."""
     if name not in STRATEGIES:
         raise ValueError(f"unknown strategy {name!r}; choose one of {', '.join(available_strategies())}")
-    return STRATEGIES[name](switch_interval)
+    return STRATEGIES[name](switch_interval, train_head)
 
 
 __all__ = ["RoundPlan", "Strategy", "STRATEGIES", "available_strategies", "make_strategy"]

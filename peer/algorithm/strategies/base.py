@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
-from peer.algorithm.factors import A, B
+from peer.algorithm.factors import A, B, HEAD
 from peer.algorithm.mixing import mix
 from peer.algorithm.schedule import PhaseSchedule
 
@@ -26,7 +26,9 @@ class RoundPlan:
 class Strategy:
     """Base class of a decentralized LoRA strategy.
 
-    A subclass sets ``name`` (the ``--strategy`` value) and implements ``plan``. The factors in
+    A subclass sets ``name`` (the ``--strategy`` value) and implements ``plan_factors``: which LoRA
+    factors train and mix in a round. ``plan`` adds the classification head to both sets when the run
+    trains it (``train_head``; see ``peer.algorithm.factors``). The blocks in
     ``plan.mix`` are sent to the round's neighbours and replaced by ``combine``'s result; the others
     stay local. ``combine`` defaults to the plain weighted average with the round's mixing weights.
     An override must return tensors on the device of ``own`` whatever device ``received`` is on
@@ -37,8 +39,9 @@ class Strategy:
     summary: ClassVar[str] = ""
     default_switch_interval: ClassVar[int] = 1
 
-    def __init__(self, switch_interval: int | None = None) -> None:
+    def __init__(self, switch_interval: int | None = None, train_head: bool = False) -> None:
         self.schedule = PhaseSchedule(switch_interval or self.default_switch_interval)
+        self.train_head = train_head
 
     @property
     def switch_interval(self) -> int:
@@ -46,6 +49,12 @@ class Strategy:
         return self.schedule.interval
 
     def plan(self, round_: int) -> RoundPlan:
+        plan = self.plan_factors(round_)
+        if not self.train_head:
+            return plan
+        return replace(plan, train=plan.train | {HEAD}, mix=plan.mix | {HEAD})
+
+    def plan_factors(self, round_: int) -> RoundPlan:
         raise NotImplementedError
 
     def combine(self, own: Mapping[str, object], received: Mapping[Hashable, Mapping[str, object]],

@@ -8,5 +8,5 @@ class FedSALoRA(Strategy):
     name = "fedsa"
     summary = "train A and B; mix A only, B stays local"
 
-    def plan(self, round_: int) -> RoundPlan:
+    def plan_factors(self, round_: int) -> RoundPlan:
         return RoundPlan(round_, "AB", BOTH, frozenset({A}))

@@ -8,5 +8,5 @@ class FFALoRA(Strategy):
     name = "ffa"
     summary = "A frozen at the shared init; train and mix B"
 
-    def plan(self, round_: int) -> RoundPlan:
+    def plan_factors(self, round_: int) -> RoundPlan:
         return RoundPlan(round_, B, frozenset({B}), frozenset({B}))

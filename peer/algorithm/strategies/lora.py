@@ -7,5 +7,5 @@ class LoRA(Strategy):
     name = "lora"
     summary = "train A and B, mix A and B"
 
-    def plan(self, round_: int) -> RoundPlan:
+    def plan_factors(self, round_: int) -> RoundPlan:
         return RoundPlan(round_, "AB", BOTH, BOTH)

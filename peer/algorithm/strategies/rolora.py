@@ -9,6 +9,6 @@ class RoLoRA(Strategy):
     summary = "alternate A/B every T rounds (T=1 default); mix only the trained factor"
     default_switch_interval = 1
 
-    def plan(self, round_: int) -> RoundPlan:
+    def plan_factors(self, round_: int) -> RoundPlan:
         phase = self.schedule.phase(round_)
         return RoundPlan(round_, phase, frozenset({phase}), frozenset({phase}))

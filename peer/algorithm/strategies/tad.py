@@ -12,6 +12,6 @@ class TADLoRA(Strategy):
     summary = "alternate A/B every T rounds (B first); mix A and B"
     default_switch_interval = 5
 
-    def plan(self, round_: int) -> RoundPlan:
+    def plan_factors(self, round_: int) -> RoundPlan:
         phase = self.schedule.phase(round_)
         return RoundPlan(round_, phase, frozenset({phase}), BOTH)
