@@ -99,7 +99,7 @@ class NamespacedTestbed(Testbed):
 
 
 def run_tadlora(peers: int, rounds: int, folder: Path) -> dict:
-    cfg = load_config(overrides=dict(strategy="lora", peers=peers, topology="complete", rounds=rounds, local_steps=1,
+    cfg = load_config(overrides=dict(references="none", strategy="lora", peers=peers, topology="complete", rounds=rounds, local_steps=1,
                                      batch_size=1, max_length=16, eval_every=10**6, eval_samples=10, device="cpu"))
     with Loopback() as ns:
         bed = NamespacedTestbed(cfg, folder, dict(discovery_wait=60.0, round_timeout_max=30.0), ns=ns)

@@ -37,6 +37,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--device", default="cuda", help="cpu with --model tiny-bert: a smoke run of this script")
+    parser.add_argument("--precision", default="auto", help="auto | fp32 | bf16 | fp16 (auto: bf16 on a GPU that has it)")
     args = parser.parse_args()
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("no CUDA device here: this benchmark needs one (it is not part of the tests)")
@@ -47,6 +48,7 @@ def main() -> None:
     from peer.local_peer import LocalPeer
     from peer.run_setup import lora_settings, pick_device, strategy_for, topology_for
     from peer.training.adapters import AdapterModel
+    from peer.training.precision import resolve_precision
     from peer.training.tokenizer import Encoded
     from peer.training.trainer import LocalTrainer
     from peer.transport.codec import decode_factors, encode_factors, payload_digest, schema_of
@@ -67,7 +69,8 @@ def main() -> None:
     n = 4 * args.batch_size
     shard = Encoded([torch.randint(5, 1000, (args.max_length,), generator=g).tolist() for _ in range(n)], None,
                     torch.randint(0, 2, (n,), generator=g).numpy(), 1)
-    trainer = LocalTrainer(adapter, shard, args.batch_size, cfg.learning_rate, 0, 0)
+    precision = resolve_precision(args.precision, device)
+    trainer = LocalTrainer(adapter, shard, args.batch_size, cfg.learning_rate, 0, 0, precision)
     strategy = strategy_for(cfg, topology_for(cfg))
     peer = LocalPeer("peer-00", adapter, trainer, strategy, 1)
 
@@ -101,7 +104,7 @@ def main() -> None:
     overhead = statistics.median(overheads)
     name = torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu"
     print(f"device: {name}; model {args.model}, r=8 query/value, batch {args.batch_size}, "
-          f"length {args.max_length}")
+          f"length {args.max_length}, precision {precision}")
     print(f"adapter: {sum(v.numel() for v in adapter.factors().values()):,} parameters, {len(payload):,} bytes per "
           f"phase payload")
     print(f"step: {step * 1e3:.1f} ms median ({args.batch_size / step:.1f} samples/s)")

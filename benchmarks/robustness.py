@@ -83,7 +83,7 @@ def run_one(out: Path, method: str, condition: str, args) -> dict:
     result_path = out / "result.json"
     if result_path.exists():
         return json.loads(result_path.read_text())
-    cfg = load_config(overrides=dict(model=args.model, task=args.task, peers=args.peers, rounds=args.rounds,
+    cfg = load_config(overrides=dict(references="none", model=args.model, task=args.task, peers=args.peers, rounds=args.rounds,
                                      local_steps=args.local_steps, batch_size=args.batch_size,
                                      learning_rate=args.learning_rate, max_length=48, eval_samples=400,
                                      eval_every=args.rounds,  # the final evaluation only: rounds stay comparable

@@ -51,7 +51,7 @@ def discovery_seconds(log: Path, others: int) -> float | None:
 
 
 def run_size(n: int, degree: float, rounds: int, out: Path) -> dict:
-    cfg = load_config(overrides=dict(model="tiny-bert", task="synthetic", peers=n, rounds=rounds, local_steps=2,
+    cfg = load_config(overrides=dict(references="none", model="tiny-bert", task="synthetic", peers=n, rounds=rounds, local_steps=2,
                                      batch_size=8, max_length=32, eval_every=10**6, eval_samples=32, device="cpu",
                                      topology="er", edge_prob=min(1.0, degree / (n - 1)), strategy="tad"))
     bed = Testbed(cfg, out, dict(discovery_wait=60.0 + n, round_timeout_min=2.0, round_timeout_max=30.0))

@@ -94,7 +94,7 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    cfg = load_config(overrides=dict(strategy="lora", peers=args.peers, topology="complete", rounds=args.rounds,
+    cfg = load_config(overrides=dict(references="none", strategy="lora", peers=args.peers, topology="complete", rounds=args.rounds,
                                      local_steps=args.local_steps, batch_size=args.batch_size,
                                      max_length=args.max_length, eval_every=10**6, eval_samples=50, device="cpu"))
     out = args.out or Path(tempfile.mkdtemp(prefix="tadlora-overhead-"))

@@ -49,6 +49,13 @@ HELP = {
     "log_format": "text | json (one JSON object per log line)",
     "trim": "trimmed-mean: values dropped at each end per coordinate (tolerates this many bad neighbours)",
     "device": "auto | cpu | cuda | cuda:N",
+    "precision": "auto | fp32 | bf16 | fp16: dtype of the forward pass (factors, optimizer and wire stay fp32); "
+                 "auto: bf16 on a GPU or a CPU that computes it natively (AVX512-BF16, AMX), else fp32",
+    "batching": "by-length: batches of similar length cut from the random order (same examples, less padding) "
+                "| random",
+    "train_head": "1: also train the classification head and mix it every round (a linear block: no cross term)",
+    "references": "simulate and testbed: also train, at the same budget and seed, each peer alone and one model "
+                  "on all the data (alone,centralized | alone | centralized | none)",
 }
 
 HELP.update({
@@ -224,10 +231,12 @@ def _run_simulate(args: argparse.Namespace) -> int:
     overrides = {name: getattr(args, name) for name in config_fields()}
     cfg = load_config(args.config, overrides)
     from peer.sim import simulate  # heavy imports only once the arguments are known to be good
+    from peer.sim.references import headline
 
     summary = simulate(cfg, out=args.out, progress=not args.quiet)
     print(json.dumps({k: summary[k] for k in ("topology", "switch_interval", "rounds", "mean_accuracy",
-                                                "accuracy", "seconds")}, indent=2))
+                                                "accuracy", "network_average", "references", "seconds")}, indent=2))
+    print(headline(summary))
     return 0
 
 

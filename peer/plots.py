@@ -4,7 +4,9 @@ A run folder is either a simulator's ``--out`` (``metrics.jsonl``) or a testbed'
 one folder per daemon; a single daemon's ``--out`` works too). Written to ``--out`` (default: the first
 run folder):
 
-- ``accuracy.png``: mean validation accuracy over peers against rounds, one line per run;
+- ``accuracy.png``: mean validation accuracy over peers against rounds, one line per run, with the
+  network average (dotted) and the references of the run's ``summary.json`` (dashed: each peer
+  alone, one model on all the data; see ``peer.sim.references``);
 - ``loss.png``: mean training loss over peers against rounds, one line per run;
 - ``consensus.png``: consensus distance of A and of B against rounds (simulator runs: only the
   simulator sees every peer at once);
@@ -29,6 +31,21 @@ class RunCurves:
     consensus_a: dict[int, float] = field(default_factory=dict)
     consensus_b: dict[int, float] = field(default_factory=dict)
     links: dict[str, dict[int, int]] = field(default_factory=dict)  # row name -> round -> links
+    network_average: dict[int, float] = field(default_factory=dict)  # round -> accuracy of the averaged factors
+    summary: dict = field(default_factory=dict)  # the run's summary.json (references, final network average)
+
+
+REFERENCE_STYLES = {"alone": ("tab:red", "each peer alone"), "centralized": ("tab:green", "one model on all data")}
+
+
+def draw_references(ax, summary: dict, label_prefix: str = "") -> None:
+    """Horizontal lines at the references' accuracies (and the final network average) of a summary."""
+    for name, value in summary.get("references", {}).items():
+        color, label = REFERENCE_STYLES.get(name, ("grey", name))
+        ax.axhline(value, color=color, linestyle="--", linewidth=1, label=f"{label_prefix}{label} {value:.3f}")
+    if summary.get("network_average") is not None:
+        ax.axhline(summary["network_average"], color="black", linestyle=":", linewidth=1,
+                   label=f"{label_prefix}network average {summary['network_average']:.3f}")
 
 
 def _jsonl(path: Path) -> list[dict]:
@@ -39,6 +56,8 @@ def load_run(folder: Path, label: str | None = None) -> RunCurves:
     """Curves of one run folder; a folder with neither layout is a ValueError that says so."""
     folder = Path(folder)
     curves = RunCurves(label or folder.name)
+    if (folder / "summary.json").exists():
+        curves.summary = json.loads((folder / "summary.json").read_text())
     if (folder / "metrics.jsonl").exists():
         for r in _jsonl(folder / "metrics.jsonl"):
             step = r["round"] + 1
@@ -48,6 +67,8 @@ def load_run(folder: Path, label: str | None = None) -> RunCurves:
             curves.links.setdefault("edges", {})[step] = r.get("edges", 0)
             if "mean_accuracy" in r:
                 curves.accuracy[step] = r["mean_accuracy"]
+            if r.get("network_average") is not None:
+                curves.network_average[step] = r["network_average"]
         return curves
     peers = sorted(p.parent for p in folder.glob("*/rounds.jsonl")) or (
         [folder] if (folder / "rounds.jsonl").exists() else [])
@@ -88,6 +109,12 @@ def plot_runs(runs: list[RunCurves], out: Path) -> list[Path]:
             if values:
                 ax.plot(list(values), list(values.values()), marker="o" if len(values) < 15 else None,
                         label=run.label)
+            if attr == "accuracy":
+                prefix = f"{run.label}: " if len(runs) > 1 else ""
+                if run.network_average:
+                    ax.plot(list(run.network_average), list(run.network_average.values()), linestyle=":",
+                            label=f"{prefix}network average")
+                draw_references(ax, {"references": run.summary.get("references", {})}, prefix)
         ax.set(xlabel="round", ylabel=ylabel)
         ax.grid(alpha=0.3)
         ax.legend()

@@ -21,7 +21,7 @@ from peer.transport.grpc_transport import GrpcTransport
 
 pytestmark = pytest.mark.slow
 
-TINY = dict(model="tiny-bert", task="synthetic", batch_size=8, max_length=32, eval_samples=64,
+TINY = dict(model="tiny-bert", task="synthetic", batch_size=8, max_length=32, eval_samples=64, references="none",
             learning_rate=1e-2, device="cpu")
 NET = dict(discovery_wait=30.0, round_timeout_min=2.0, round_timeout_max=30.0)
 

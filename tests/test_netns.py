@@ -22,7 +22,7 @@ WHY_NOT = netns_available()
 needs_netns = pytest.mark.skipif(bool(WHY_NOT), reason=f"network-namespace testbed skipped: {WHY_NOT}")
 
 CAN_DELAY = shutil.which("iptables") is not None and importlib.util.find_spec("netfilterqueue") is not None
-TINY = dict(model="tiny-bert", task="synthetic", batch_size=8, max_length=32, eval_samples=64,
+TINY = dict(model="tiny-bert", task="synthetic", batch_size=8, max_length=32, eval_samples=64, references="none",
             learning_rate=1e-2, device="cpu")
 
 

@@ -11,7 +11,7 @@ from peer.cli import main as cli
 from peer.config import load_config
 from peer.testbed import Testbed
 
-TINY = dict(model="tiny-bert", task="synthetic", batch_size=8, max_length=32, eval_samples=32,
+TINY = dict(model="tiny-bert", task="synthetic", batch_size=8, max_length=32, eval_samples=32, references="none",
             learning_rate=1e-2, device="cpu")
 
 

@@ -5,14 +5,20 @@ the seeded topology, every peer's outgoing factors are snapshotted, and then eve
 its neighbours' snapshots using Metropolis–Hastings weights. The per-peer arithmetic is
 ``peer.local_peer.LocalPeer``, the same the daemon runs.
 
+What N peers on one base share, so that they cost little more than one: the base model's weights
+(one copy, one adapter per peer), the tokenized data, and the validation batches (collated once,
+length-sorted, and scored for every peer, ``Evaluator``).
+
 Outputs under ``--out DIR``:
 
 - ``metrics.jsonl``: one object per round: ``round``, ``phase``, ``edges``, ``train_loss`` (per peer),
   ``consensus_a`` / ``consensus_b`` (mean squared distance of each peer's factor to the peers'
   average, summed over tensors, after mixing), ``seconds``; on evaluation rounds also ``accuracy``
-  (per peer) and ``mean_accuracy``.
+  (per peer), ``mean_accuracy`` and ``network_average`` (the accuracy of the peers' averaged factors).
 - ``summary.json``: ``config``, ``switch_interval`` (resolved), ``mean_accuracy`` (final, over peers),
-  ``accuracy`` per peer, ``rounds``, ``seconds``.
+  ``accuracy`` per peer, ``network_average``, ``references`` (``alone``, ``centralized``: see
+  ``peer.sim.references``), ``rounds``, ``seconds``, ``samples_per_second`` (training samples over the
+  time spent training).
 - ``peers/<peer-id>/adapter/``: each peer's final adapter in PEFT's format.
 """
 
@@ -31,19 +37,20 @@ from peer.algorithm.factors import A, B
 from peer.algorithm.mixing import consensus_distance, metropolis_hastings_matrix
 from peer.config import RunConfig
 from peer.local_peer import LocalPeer
-from peer.run_setup import (lora_settings, mixing_rule_for, peer_id, pick_device, prepare_data, strategy_for,
-                             topology_for)
-from peer.training.adapters import AdapterModel
-from peer.training.trainer import LocalTrainer
+from peer.run_setup import (build_model, build_trainer, mixing_rule_for, peer_id, precision_for, prepare_data,
+                            strategy_for, topology_for)
+from peer.sim.references import NETWORK_AVERAGE, load_average, parse_references, run_references
+from peer.training.trainer import Evaluator
+
+AVERAGE_ADAPTER = "network-average"
 
 
 def build_peers(cfg: RunConfig, data, strategy) -> list[LocalPeer]:
+    """The run's peers on one shared base model, which also carries an adapter for the network average."""
     ids = [peer_id(i) for i in range(cfg.peers)]
-    model = AdapterModel(cfg.model, data.task.num_labels, ids, lora_settings(cfg), seed=cfg.seed,
-                         device=pick_device(cfg.device))
-    return [LocalPeer(pid, model[pid],
-                      LocalTrainer(model[pid], data.shards[i], cfg.batch_size, cfg.learning_rate, cfg.seed, i),
-                      strategy, cfg.local_steps, mixing_rule_for(cfg))
+    model = build_model(cfg, data.task.num_labels, ids + [AVERAGE_ADAPTER])
+    return [LocalPeer(pid, model[pid], build_trainer(cfg, model[pid], data.shards[i], i), strategy, cfg.local_steps,
+                      mixing_rule_for(cfg))
             for i, pid in enumerate(ids)]
 
 
@@ -70,6 +77,15 @@ def _is_eval_round(cfg: RunConfig, round_: int) -> bool:
     return (round_ + 1) % cfg.eval_every == 0 or round_ == cfg.rounds - 1
 
 
+def _evaluate(peers: list[LocalPeer], evaluator: Evaluator) -> dict:
+    """Every peer's accuracy, their mean, and the accuracy of their averaged factors."""
+    accuracy = {p.peer_id: evaluator.accuracy(p.adapter) for p in peers}
+    average = peers[0].adapter.owner[AVERAGE_ADAPTER]
+    load_average(average, [p.adapter for p in peers])
+    return {"accuracy": accuracy, "mean_accuracy": float(np.mean(list(accuracy.values()))),
+            NETWORK_AVERAGE: evaluator.accuracy(average)}
+
+
 Tamper = Callable[[int, int, dict], dict]
 
 
@@ -81,39 +97,45 @@ def simulate(cfg: RunConfig, out: str | Path | None = None, progress: bool = Tru
     strategy = strategy_for(cfg, topology)
     data = prepare_data(cfg)
     peers = build_peers(cfg, data, strategy)
+    evaluator = Evaluator(data.validation, peers[0].trainer.device, peers[0].trainer.precision)
     out_dir = Path(out) if out is not None else None
     if out_dir:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "metrics.jsonl").write_text("")
-    accuracy: dict[str, float] = {}
+    scores: dict = {}
+    training_s = 0.0
     bar = tqdm(range(cfg.rounds), desc=f"{cfg.strategy} {topology.describe()}", unit="round",
                disable=not progress, file=sys.stderr, dynamic_ncols=True)
     for r in bar:
         t0 = time.perf_counter()
         plan = strategy.plan(r)
         losses = {p.peer_id: p.train(r) for p in peers}
+        training_s += time.perf_counter() - t0
         edges = _mix_round(peers, r, topology, tamper)
         cons_a, cons_b = _consensus(peers)
         record = {"round": r, "phase": plan.phase, "edges": edges, "train_loss": losses,
                   "consensus_a": cons_a, "consensus_b": cons_b}
         if _is_eval_round(cfg, r):
-            accuracy = {p.peer_id: p.trainer.evaluate(data.validation) for p in peers}
-            record["accuracy"] = accuracy
-            record["mean_accuracy"] = float(np.mean(list(accuracy.values())))
+            scores = _evaluate(peers, evaluator)
+            record.update(scores)
         record["seconds"] = time.perf_counter() - t0
         bar.set_postfix(phase=plan.phase, loss=f"{np.mean(list(losses.values())):.3f}",
                         acc=f"{record.get('mean_accuracy', float('nan')):.3f}")
         if out_dir:
             with (out_dir / "metrics.jsonl").open("a") as f:
                 f.write(json.dumps(record) + "\n")
+    bar.close()
+    references = run_references(cfg, data, parse_references(cfg.references), progress, evaluator)
     summary = {
         "config": cfg.as_dict(),
         "switch_interval": strategy.switch_interval,
         "topology": topology.describe(),
+        "precision": str(precision_for(cfg, peers[0].trainer.device)),
         "rounds": cfg.rounds,
-        "accuracy": accuracy,
-        "mean_accuracy": float(np.mean(list(accuracy.values()))),
+        **scores,
+        "references": references,
         "seconds": time.perf_counter() - started,
+        "samples_per_second": cfg.peers * cfg.rounds * cfg.local_steps * cfg.batch_size / max(training_s, 1e-9),
     }
     if out_dir:
         for p in peers:

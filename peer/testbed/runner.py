@@ -272,26 +272,42 @@ def collect(results: Path) -> dict:
 
 
 def format_table(summary: dict) -> str:
+    from peer.sim.references import headline
+
     lines = [f"{'peer':<10} {'accuracy':>9} {'rounds':>7} {'sent MB':>9} {'received MB':>12}"]
     for pid, p in summary["peers"].items():
         lines.append(f"{pid:<10} {p['accuracy']:>9.4f} {p['rounds']:>7} {p['bytes_sent'] / 1e6:>9.2f} "
                      f"{p['bytes_received'] / 1e6:>12.2f}")
     lines.append(f"{'mean':<10} {summary['mean_accuracy']:>9.4f}")
+    lines.append(headline(summary))
     return "\n".join(lines)
 
 
-def plot(testbed: Testbed, path: Path) -> None:
+def plot(testbed: Testbed, path: Path, summary: dict | None = None) -> None:
+    """Accuracy per round (each peer, with the network average and the references as lines), training
+    loss and links per round."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (loss_ax, link_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    from peer.plots import draw_references
+
+    fig, (acc_ax, loss_ax, link_ax) = plt.subplots(1, 3, figsize=(16, 4))
     for index in range(testbed.run.peers):
         rounds = testbed.rounds(index)
         xs = [r["round"] for r in rounds]
+        scored = [(r["round"], r["accuracy"]) for r in rounds if "accuracy" in r]
+        final = (summary or {}).get("peers", {}).get(peer_id(index))
+        if final is not None and (not scored or scored[-1][0] < final["rounds"] - 1):
+            scored.append((final["rounds"] - 1, final["accuracy"]))  # the evaluation after the last round
+        if scored:
+            acc_ax.plot(*zip(*scored), marker="o", label=f"peer-{index:02d}")
         loss_ax.plot(xs, [r["train_loss"] for r in rounds], label=f"peer-{index:02d}")
         link_ax.plot(xs, [len(r["neighbours"]) for r in rounds], marker=".", label=f"peer-{index:02d}")
+    draw_references(acc_ax, summary or {})
+    acc_ax.set(xlabel="round", ylabel="validation accuracy", title="accuracy (after the round)")
+    acc_ax.legend(fontsize=8)
     loss_ax.set(xlabel="round", ylabel="training loss", title="local training loss")
     link_ax.set(xlabel="round", ylabel="links that counted", title="links per round")
     loss_ax.legend()
@@ -321,6 +337,20 @@ def run_testbed(run: RunConfig, out: Path, daemon_settings: dict | None = None, 
                 lab.down()
         INTERRUPTS.restore(previous)
     summary = testbed.summary()
+    summary.update(assess(run, [testbed.peer_dir(i) / "peers" / peer_id(i) / "adapter" for i in range(run.peers)]))
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    plot(testbed, out / "testbed.png")
+    plot(testbed, out / "testbed.png", summary)
     return summary
+
+
+def assess(run: RunConfig, adapter_dirs: list[Path], progress: bool = True) -> dict:
+    """What makes the daemons' accuracy readable: their exported factors averaged and scored, and the
+    references (``run.references``) trained here at the same budget and seed (``peer.sim.references``)."""
+    from peer.run_setup import prepare_data
+    from peer.sim.references import NETWORK_AVERAGE, parse_references, run_references, score_average_of_exports
+
+    data = prepare_data(run)
+    print("scoring the network average and training the references "
+          f"({run.references or 'none'}) at the same budget", file=sys.stderr, flush=True)
+    return {NETWORK_AVERAGE: score_average_of_exports(run, data, adapter_dirs),
+            "references": run_references(run, data, parse_references(run.references), progress)}

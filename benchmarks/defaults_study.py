@@ -1,0 +1,88 @@
+"""How the embedded default's learning settings were chosen: a seeded grid on the simulator.
+
+    python benchmarks/defaults_study.py --out benchmarks/results/defaults [--seeds 0,1,2] [--grid head-lr]
+
+The embedded default (4 peers, label skew, ER p = 0.5, MiniLM, movie reviews) at a fixed budget of
+``--steps-per-peer`` steps of 16 sentences per peer, so that every row costs the same compute and
+the main command with its references fits in about 4 minutes on 2 cores. Rows vary one thing at a
+time; each cell is the mean ± standard deviation over the seeds of the peers' mean accuracy on all
+1,000 validation sentences, with the network average and the references (each peer alone, one model
+on all the data: ``peer.sim.references``) at the same budget and seed.
+
+Grids:
+- ``head-lr``: classification head frozen or trained and mixed, learning rate 2e-3 / 5e-3;
+- ``mixing``: how often to mix at the same budget (rounds × local steps) and the phase length T;
+- ``all``: both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from grid import mean_spread, references, run
+
+BASE = {"peers": 4, "topology": "er", "edge_prob": 0.5, "strategy": "tad", "eval_samples": 0}
+
+
+def head_lr_rows(steps: int) -> dict[str, dict]:
+    rows = {}
+    for head in (0, 1):
+        for lr in (2e-3, 5e-3):
+            rows[f"head {'trained' if head else 'frozen'}, lr {lr:g}, {steps // 2} x 2, T 5"] = {
+                "train_head": head, "learning_rate": lr, "rounds": steps // 2, "local_steps": 2,
+                "switch_interval": "5"}
+    return rows
+
+
+def mixing_rows(steps: int, head: int, lr: float) -> dict[str, dict]:
+    rows = {}
+    for local_steps, interval in ((1, 10), (2, 5), (2, 10), (3, 4), (5, 2), (5, 4)):
+        rounds = steps // local_steps
+        rows[f"{rounds} x {local_steps}, T {interval} ({interval * local_steps} steps a phase)"] = {
+            "train_head": head, "learning_rate": lr, "rounds": rounds, "local_steps": local_steps,
+            "switch_interval": str(interval)}
+    rows[f"lora {steps // 2} x 2"] = {"train_head": head, "learning_rate": lr, "rounds": steps // 2,
+                                      "local_steps": 2, "strategy": "lora"}
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/defaults"))
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--steps-per-peer", type=int, default=60)
+    parser.add_argument("--grid", default="head-lr", choices=["head-lr", "mixing", "all"])
+    parser.add_argument("--head", type=int, default=1, help="mixing grid: train the head (1) or not (0)")
+    parser.add_argument("--learning-rate", type=float, default=5e-3, help="mixing grid: learning rate")
+    args = parser.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    rows = {}
+    if args.grid in ("head-lr", "all"):
+        rows.update(head_lr_rows(args.steps_per_peer))
+    if args.grid in ("mixing", "all"):
+        rows.update(mixing_rows(args.steps_per_peer, args.head, args.learning_rate))
+    table = {}
+    for seed in seeds:
+        for name, settings in rows.items():
+            settings = {**BASE, **settings, "seed": seed, "eval_every": settings["rounds"]}
+            slug = "-".join(f"{k}{v}" for k, v in sorted(settings.items()) if k not in BASE and k != "eval_every")
+            summary = run(args.out / slug, **settings)
+            budget = {k: settings[k] for k in ("train_head", "learning_rate", "seed", "peers")}
+            refs = references(args.out / "references" / "-".join(f"{k}{v}" for k, v in sorted(budget.items())),
+                              **{**BASE, **budget, "rounds": args.steps_per_peer, "local_steps": 1})
+            table.setdefault(name, []).append({"peers": summary["mean_accuracy"],
+                                               "network_average": summary["network_average"], **refs})
+            print(json.dumps({"row": name, "seed": seed, **table[name][-1]}), flush=True)
+    print(f"\n{args.steps_per_peer} steps of 16 per peer; mean ± sd over seeds {args.seeds}\n")
+    print("| setting | alone | peers | network average | centralized |\n|---|---|---|---|---|")
+    for name, cells in table.items():
+        column = {k: [c[k] for c in cells] for k in ("alone", "peers", "network_average", "centralized")}
+        print(f"| {name} | " + " | ".join(mean_spread(column[k]) for k in column) + " |")
+    (args.out / "table.json").write_text(json.dumps(table, indent=2) + "\n")
+
+
+
+if __name__ == "__main__":
+    main()
