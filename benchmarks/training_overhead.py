@@ -2,7 +2,7 @@
 
     python benchmarks/training_overhead.py [--peers 2] [--rounds 8] [--local-steps 10] [--batch-size 8]
 
-bare: MiniLM + peft LoRA (r=8, query/value), AdamW, the same tokenized shard, ``rounds x
+bare: MiniLM + peft LoRA (r=8, query/value), AdamW, the same tokenized shard and batches, ``rounds x
 local_steps`` steps of ``batch_size``; nothing else; one torch thread, in ``--peers`` processes at once
 (so that the bare loops share the machine exactly as the daemons do). Samples/s after one warm-up
 step, median over the processes.
@@ -46,7 +46,7 @@ def bare_loop(cfg, steps: int) -> float:
 
     from peer.run_setup import prepare_data
     from peer.training.adapters import resolve_model_path
-    from peer.training.trainer import collate
+    from peer.training.trainer import BatchPlan, collate
 
     torch.set_num_threads(1)
     data = prepare_data(cfg)
@@ -55,8 +55,10 @@ def bare_loop(cfg, steps: int) -> float:
     model = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.1, target_modules=["query", "value"]))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate)
     model.train()
-    g = torch.Generator().manual_seed(0)
-    batches = [torch.randint(0, len(shard), (cfg.batch_size,), generator=g).tolist() for _ in range(steps + 1)]
+    # the daemon's own batch order (batches of similar length), so that the ratio measures only what
+    # the daemon adds around the same arithmetic
+    order = BatchPlan(len(shard), cfg.batch_size, [len(ids) for ids in shard.input_ids], cfg.seed, 0, cfg.batching)
+    batches = [order.batch(g) for g in range(steps + 1)]
     start = None
     for i, indices in enumerate(batches):
         if i == 1:

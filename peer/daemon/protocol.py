@@ -77,7 +77,7 @@ class LinkProtocol:
         if h.run_id != self.me.run_id:
             raise Rejected("run", f"run {h.run_id!r}, this peer belongs to {self.me.run_id!r}", self.current_round())
         if h.schema_digest != self.me.digest:
-            raise Rejected("schema", "adapter schema differs (model, rank or targets)", self.current_round())
+            raise Rejected("schema", "adapter schema differs (model, rank, targets or --train-head)", self.current_round())
         if h.sender_id == self.me.peer_id:
             raise Rejected("self", "a message from this peer's own id", self.current_round())
 
