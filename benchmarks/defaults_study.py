@@ -12,6 +12,7 @@ on all the data: ``peer.sim.references``) at the same budget and seed.
 Grids:
 - ``head-lr``: classification head frozen or trained and mixed, learning rate 2e-3 / 5e-3;
 - ``mixing``: how often to mix at the same budget (rounds × local steps) and the phase length T;
+- ``schedule``: a learning rate that decays linearly to 0, at two starting rates;
 - ``all``: both.
 """
 
@@ -38,13 +39,29 @@ def head_lr_rows(steps: int) -> dict[str, dict]:
 
 def mixing_rows(steps: int, head: int, lr: float) -> dict[str, dict]:
     rows = {}
-    for local_steps, interval in ((1, 10), (2, 5), (2, 10), (3, 4), (5, 2), (5, 4)):
+    for local_steps, interval in ((1, 10), (1, 20), (1, 5), (2, 5), (2, 10), (5, 2)):
         rounds = steps // local_steps
         rows[f"{rounds} x {local_steps}, T {interval} ({interval * local_steps} steps a phase)"] = {
             "train_head": head, "learning_rate": lr, "rounds": rounds, "local_steps": local_steps,
             "switch_interval": str(interval)}
-    rows[f"lora {steps // 2} x 2"] = {"train_head": head, "learning_rate": lr, "rounds": steps // 2,
-                                      "local_steps": 2, "strategy": "lora"}
+    for local_steps in (1, 2):
+        rows[f"lora {steps // local_steps} x {local_steps}"] = {
+            "train_head": head, "learning_rate": lr, "rounds": steps // local_steps, "local_steps": local_steps,
+            "strategy": "lora"}
+    return rows
+
+
+def schedule_rows(steps: int, head: int) -> dict[str, dict]:
+    rows = {}
+    for lr in (2e-3, 4e-3):
+        for local_steps, interval in ((2, 5), (1, 20)):
+            rounds = steps // local_steps
+            rows[f"linear decay from {lr:g}, {rounds} x {local_steps}, T {interval}"] = {
+                "train_head": head, "learning_rate": lr, "lr_schedule": "linear", "rounds": rounds,
+                "local_steps": local_steps, "switch_interval": str(interval)}
+        rows[f"lora, linear decay from {lr:g}, {steps // 2} x 2"] = {
+            "train_head": head, "learning_rate": lr, "lr_schedule": "linear", "rounds": steps // 2, "local_steps": 2,
+            "strategy": "lora"}
     return rows
 
 
@@ -53,7 +70,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/defaults"))
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--steps-per-peer", type=int, default=60)
-    parser.add_argument("--grid", default="head-lr", choices=["head-lr", "mixing", "all"])
+    parser.add_argument("--grid", default="head-lr", choices=["head-lr", "mixing", "schedule", "all"])
     parser.add_argument("--head", type=int, default=1, help="mixing grid: train the head (1) or not (0)")
     parser.add_argument("--learning-rate", type=float, default=5e-3, help="mixing grid: learning rate")
     args = parser.parse_args()
@@ -63,13 +80,18 @@ def main() -> None:
         rows.update(head_lr_rows(args.steps_per_peer))
     if args.grid in ("mixing", "all"):
         rows.update(mixing_rows(args.steps_per_peer, args.head, args.learning_rate))
+    if args.grid in ("schedule", "all"):
+        rows.update(schedule_rows(args.steps_per_peer, args.head))
     table = {}
     for seed in seeds:
         for name, settings in rows.items():
             settings = {**BASE, **settings, "seed": seed, "eval_every": settings["rounds"]}
             slug = "-".join(f"{k}{v}" for k, v in sorted(settings.items()) if k not in BASE and k != "eval_every")
             summary = run(args.out / slug, **settings)
-            budget = {k: settings[k] for k in ("train_head", "learning_rate", "seed", "peers")}
+            budget = {k: settings.get(k, "constant") for k in ("train_head", "learning_rate", "lr_schedule", "seed",
+                                                               "peers")}
+            if budget["lr_schedule"] == "constant":
+                del budget["lr_schedule"]  # the folder names of the first runs, made before the setting existed
             refs = references(args.out / "references" / "-".join(f"{k}{v}" for k, v in sorted(budget.items())),
                               **{**BASE, **budget, "rounds": args.steps_per_peer, "local_steps": 1})
             table.setdefault(name, []).append({"peers": summary["mean_accuracy"],

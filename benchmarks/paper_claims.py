@@ -67,7 +67,14 @@ def main() -> None:
     parser.add_argument("--train-head", type=int, default=1)
     parser.add_argument("--eval-samples", type=int, default=300)
     parser.add_argument("--report-only", action="store_true", help="tabulate the runs that exist; run nothing")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads (0: torch's default); on 2 cores two 1-thread processes, one per seed, "
+                             "train about 1.2x faster in all than one 2-thread process")
     args = parser.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     common = settings_from(args)
     seeds = [int(s) for s in args.seeds.split(",")]
     found: dict[tuple[str, str, float], list[float]] = {}

@@ -53,6 +53,7 @@ HELP = {
                  "auto: bf16 on a GPU or a CPU that computes it natively (AVX512-BF16, AMX), else fp32",
     "batching": "by-length: batches of similar length cut from the random order (same examples, less padding) "
                 "| random",
+    "lr_schedule": "constant | linear (decays to 0 at the run's last step; the references decay over theirs)",
     "train_head": "1: also train the classification head and mix it every round (a linear block: no cross term)",
     "references": "simulate and testbed: also train, at the same budget and seed, each peer alone and one model "
                   "on all the data (alone,centralized | alone | centralized | none)",

@@ -42,6 +42,7 @@ class RunConfig:
     local_steps: int = 5
     batch_size: int = 16
     learning_rate: float = 2e-3
+    lr_schedule: str = "constant"      # constant | linear (down to 0 at the last step)
     max_length: int = 64
     seed: int = 0
     model: str = "minilm"
@@ -97,6 +98,7 @@ class RunConfig:
         _check(self.precision in ("auto", "fp32", "bf16", "fp16"), "precision",
                f"{self.precision!r} is not one of auto, fp32, bf16, fp16")
         _check(self.batching in ("by-length", "random"), "batching", f"{self.batching!r} is not by-length or random")
+        _check(self.lr_schedule in ("constant", "linear"), "lr-schedule", f"{self.lr_schedule!r} is not constant or linear")
         _check(self.train_head in (0, 1), "train-head", f"must be 0 or 1, got {self.train_head}")
         try:
             from peer.sim.references import parse_references

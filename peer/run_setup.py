@@ -21,7 +21,7 @@ from peer.data.tasks import TextTask, load_task
 from peer.training.adapters import Adapter, AdapterModel, LoraSettings, load_tokenizer
 from peer.training.precision import Precision, resolve_precision
 from peer.training.tokenizer import Encoded, encode
-from peer.training.trainer import Batching, LocalTrainer
+from peer.training.trainer import Batching, LocalTrainer, LrSchedule
 
 
 def peer_id(index: int) -> str:
@@ -71,10 +71,13 @@ def build_model(cfg: RunConfig, num_labels: int, adapter_names: list[str]) -> Ad
                         device=pick_device(cfg.device), train_head=bool(cfg.train_head))
 
 
-def build_trainer(cfg: RunConfig, adapter: Adapter, shard: Encoded, peer_index: int) -> LocalTrainer:
-    """Peer ``peer_index``'s trainer: the same batches, seeds and precision in every driver."""
+def build_trainer(cfg: RunConfig, adapter: Adapter, shard: Encoded, peer_index: int,
+                  total_steps: int | None = None) -> LocalTrainer:
+    """Peer ``peer_index``'s trainer: the same batches, seeds, precision and learning rates in every driver.
+    ``total_steps`` (default: the run's rounds x local steps) is where a decaying learning rate reaches 0."""
     return LocalTrainer(adapter, shard, cfg.batch_size, cfg.learning_rate, cfg.seed, peer_index,
-                        precision_for(cfg, adapter.owner.device), Batching(cfg.batching))
+                        precision_for(cfg, adapter.owner.device), Batching(cfg.batching), LrSchedule(cfg.lr_schedule),
+                        total_steps or cfg.rounds * cfg.local_steps)
 
 
 @dataclass

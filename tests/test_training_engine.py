@@ -15,7 +15,8 @@ from peer.sim import simulate
 from peer.sim.references import Reference, headline, load_average, parse_references, score_average_of_exports
 from peer.training import precision as precision_module
 from peer.training.precision import Precision, autocast, resolve_precision
-from peer.training.trainer import POOL_BATCHES, BatchPlan, Batching, Evaluator, collate
+from peer.training.trainer import (POOL_BATCHES, BatchPlan, Batching, Evaluator, LrSchedule, collate,
+                                   learning_rate_at)
 
 LENGTHS = np.random.default_rng(0).integers(5, 60, size=300)
 
@@ -171,3 +172,15 @@ def test_references_parse_and_a_bad_one_is_named():
     assert parse_references("none") == () == parse_references("")
     with pytest.raises(ConfigError, match="references: unknown reference"):
         load_config(overrides={"references": "oracle"})
+
+
+def test_a_linear_schedule_decays_to_zero_at_the_last_step_and_depends_on_the_step_alone(tiny_cfg):
+    assert learning_rate_at(LrSchedule.CONSTANT, 1e-3, 50, 100) == 1e-3
+    assert [learning_rate_at(LrSchedule.LINEAR, 1.0, s, 4) for s in range(5)] == [1.0, 0.75, 0.5, 0.25, 0.0]
+    tiny_cfg.lr_schedule = "linear"
+    data = prepare_data(tiny_cfg)
+    model = build_model(tiny_cfg, data.task.num_labels, ["p"])
+    trainer = build_trainer(tiny_cfg, model["p"], data.shards[0], 0)
+    assert trainer.total_steps == tiny_cfg.rounds * tiny_cfg.local_steps
+    trainer.train_round(tiny_cfg.rounds - 1, frozenset({A, B}), tiny_cfg.local_steps)  # the run's last round
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(tiny_cfg.learning_rate / trainer.total_steps)

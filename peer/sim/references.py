@@ -97,7 +97,8 @@ def run_references(cfg: RunConfig, data: PreparedData, kinds: tuple[Reference, .
             results[Reference.ALONE] = float(np.mean(accuracies))
         if Reference.CENTRALIZED in kinds:
             # peer index ``peers``: a batch stream of its own, not any peer's
-            trainer = build_trainer(cfg, model["centralized"], concatenate(data.shards), cfg.peers)
+            trainer = build_trainer(cfg, model["centralized"], concatenate(data.shards), cfg.peers,
+                                    total_steps=cfg.peers * cfg.rounds * cfg.local_steps)
             _train(trainer, blocks, cfg.peers * cfg.rounds, cfg.local_steps, bar)
             results[Reference.CENTRALIZED] = evaluator.accuracy(model["centralized"])
     return results

@@ -16,7 +16,9 @@ padding). ``Batching.RANDOM`` keeps the random order's batches. Batch ``g`` of t
 function of the seed, the peer and ``g``, so a restarted round trains on the same batches.
 
 Optimizer state: one AdamW per peer (Hugging Face's defaults: betas (0.9, 0.999), eps 1e-8, no weight
-decay; constant learning rate), kept across rounds. When a factor becomes trainable again after a
+decay), kept across rounds. The learning rate is constant or decays linearly to 0 over the run's
+steps (``LrSchedule``): with decay the last rounds' local steps barely move a peer away from what it
+mixed, so the peers end close to their consensus. When a factor becomes trainable again after a
 phase in which it was frozen, its moments are reset: they describe the loss surface of T rounds ago,
 before the other factor moved. A frozen factor has no gradient, so AdamW leaves it untouched.
 
@@ -45,6 +47,19 @@ EVAL_BATCH_SIZE = 128
 class Batching(StrEnum):
     BY_LENGTH = "by-length"
     RANDOM = "random"
+
+
+class LrSchedule(StrEnum):
+    CONSTANT = "constant"
+    LINEAR = "linear"  # from the learning rate down to 0 at the run's last step (Hugging Face Trainer's default)
+
+
+def learning_rate_at(schedule: LrSchedule, base: float, step: int, total_steps: int) -> float:
+    """The learning rate of a peer's ``step``-th optimizer step (counted from 0 over the whole run).
+    A function of the step alone, so a restarted or caught-up peer uses the rate of the round it is in."""
+    if schedule is LrSchedule.CONSTANT:
+        return base
+    return base * max(0.0, 1.0 - step / max(1, total_steps))
 
 
 def derive_seed(*parts: int) -> int:
@@ -133,7 +148,8 @@ class LocalTrainer:
 
     def __init__(self, adapter: Adapter, shard: Encoded, batch_size: int, learning_rate: float,
                  seed: int, peer_index: int, precision: Precision = Precision.FP32,
-                 batching: Batching = Batching.BY_LENGTH) -> None:
+                 batching: Batching = Batching.BY_LENGTH, schedule: LrSchedule = LrSchedule.CONSTANT,
+                 total_steps: int = 0) -> None:
         if len(shard) == 0:
             raise ValueError(f"peer {peer_index} has no training examples")
         self.adapter, self.shard, self.batch_size = adapter, shard, batch_size
@@ -144,6 +160,7 @@ class LocalTrainer:
         self.optimizer = torch.optim.AdamW(adapter.parameters(), lr=learning_rate, betas=(0.9, 0.999),
                                            eps=1e-8, weight_decay=0.0)
         self.scaler = gradient_scaler(self.device, self.precision)
+        self.learning_rate, self.schedule, self.total_steps = learning_rate, LrSchedule(schedule), total_steps
         self.last_trained: frozenset[str] = frozenset()
 
     def _batches(self, round_: int, steps: int) -> list[np.ndarray]:
@@ -163,7 +180,10 @@ class LocalTrainer:
         model.train()
         torch.manual_seed(derive_seed(self.seed, self.peer_index, round_))
         losses = []
-        for indices in self._batches(round_, steps):
+        for s, indices in enumerate(self._batches(round_, steps)):
+            rate = learning_rate_at(self.schedule, self.learning_rate, round_ * steps + s, self.total_steps)
+            for group in self.optimizer.param_groups:
+                group["lr"] = rate
             batch = collate(self.shard, indices, self.device)
             with autocast(self.device, self.precision):
                 loss = model(**batch).loss
