@@ -13,6 +13,7 @@ Grids:
 - ``head-lr``: classification head frozen or trained and mixed, learning rate 2e-3 / 5e-3;
 - ``mixing``: how often to mix at the same budget (rounds × local steps) and the phase length T;
 - ``schedule``: a learning rate that decays linearly to 0, at two starting rates;
+- ``batch``: the same samples per peer in batches of 8 or 4 (more sequential steps);
 - ``all``: both.
 """
 
@@ -65,12 +66,28 @@ def schedule_rows(steps: int, head: int) -> dict[str, dict]:
     return rows
 
 
+def batch_rows(steps: int, head: int, lr: float) -> dict[str, dict]:
+    """The same samples per peer in smaller batches: more sequential steps for every peer (and for the
+    centralized reference, which gains less: it is nearer its plateau)."""
+    samples = steps * 16
+    rows = {}
+    for batch, local_steps, interval in ((8, 2, 5), (4, 2, 10), (4, 2, 5), (8, 2, 10)):
+        rounds = samples // batch // local_steps
+        rows[f"batch {batch}, {rounds} x {local_steps}, T {interval}"] = {
+            "train_head": head, "learning_rate": lr, "batch_size": batch, "rounds": rounds,
+            "local_steps": local_steps, "switch_interval": str(interval)}
+        rows.setdefault(f"lora, batch {batch}, {rounds} x {local_steps}", {
+            "train_head": head, "learning_rate": lr, "batch_size": batch, "rounds": rounds,
+            "local_steps": local_steps, "strategy": "lora"})
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/defaults"))
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--steps-per-peer", type=int, default=60)
-    parser.add_argument("--grid", default="head-lr", choices=["head-lr", "mixing", "schedule", "all"])
+    parser.add_argument("--grid", default="head-lr", choices=["head-lr", "mixing", "schedule", "batch", "all"])
     parser.add_argument("--head", type=int, default=1, help="mixing grid: train the head (1) or not (0)")
     parser.add_argument("--learning-rate", type=float, default=5e-3, help="mixing grid: learning rate")
     args = parser.parse_args()
@@ -82,6 +99,8 @@ def main() -> None:
         rows.update(mixing_rows(args.steps_per_peer, args.head, args.learning_rate))
     if args.grid in ("schedule", "all"):
         rows.update(schedule_rows(args.steps_per_peer, args.head))
+    if args.grid in ("batch", "all"):
+        rows.update(batch_rows(args.steps_per_peer, args.head, args.learning_rate))
     table = {}
     for seed in seeds:
         for name, settings in rows.items():
@@ -92,8 +111,11 @@ def main() -> None:
                                                                "peers")}
             if budget["lr_schedule"] == "constant":
                 del budget["lr_schedule"]  # the folder names of the first runs, made before the setting existed
+            if settings.get("batch_size", 16) != 16:
+                budget["batch_size"] = settings["batch_size"]
+            steps_per_peer = settings["rounds"] * settings["local_steps"]
             refs = references(args.out / "references" / "-".join(f"{k}{v}" for k, v in sorted(budget.items())),
-                              **{**BASE, **budget, "rounds": args.steps_per_peer, "local_steps": 1})
+                              **{**BASE, **budget, "rounds": steps_per_peer, "local_steps": 1})
             table.setdefault(name, []).append({"peers": summary["mean_accuracy"],
                                                "network_average": summary["network_average"], **refs})
             print(json.dumps({"row": name, "seed": seed, **table[name][-1]}), flush=True)
