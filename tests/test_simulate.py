@@ -5,7 +5,7 @@ import pytest
 import torch
 from peft import PeftModel
 
-from peer.algorithm import A, B
+from peer.algorithm import A, B, factor_of
 from peer.config import load_config
 from peer.run_setup import prepare_data, strategy_for, topology_for
 from peer.sim.simulator import _mix_round, build_peers, simulate
@@ -53,7 +53,7 @@ def test_each_round_mixes_exactly_the_planned_factors_and_keeps_their_sums(strat
         _mix_round(peers, r, topology)
         after = [p.adapter.factors() for p in peers]
         for key in before[0]:
-            factor = A if "lora_A" in key else B
+            factor = factor_of(key)  # A, B, or the head (H), which trains and mixes every round by default
             total_before = sum(s[key] for s in before)
             total_after = sum(s[key] for s in after)
             assert torch.allclose(total_before, total_after, atol=1e-5)
