@@ -72,7 +72,7 @@ def test_bf16_training_keeps_the_factors_and_the_optimizer_state_in_fp32(tiny_cf
     trainer = build_trainer(tiny_cfg, model["p"], data.shards[0], 0)
     assert trainer.precision is Precision.BF16
     before = model["p"].factors()
-    loss = trainer.train_round(0, frozenset({A, B}), 2)
+    loss = trainer.train_round(0, frozenset({A, B}), 1)  # bf16 is emulated on CPUs without it: one step
     assert np.isfinite(loss)
     after = model["p"].factors()
     assert all(t.dtype == torch.float32 for t in after.values())
@@ -107,6 +107,7 @@ def test_a_trained_head_trains_and_mixes_in_every_round_of_every_strategy(name):
 
 
 def test_the_head_is_a_block_of_the_adapter_only_when_it_trains(tiny_cfg):
+    tiny_cfg.train_head = 0
     data = prepare_data(tiny_cfg)
     frozen = build_model(tiny_cfg, data.task.num_labels, ["p"])["p"]
     assert frozen.block_names == (A, B)
