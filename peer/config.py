@@ -75,6 +75,8 @@ class RunConfig:
         from peer.algorithm.strategies import available_strategies
         from peer.algorithm.topology import TOPOLOGIES
         from peer.data.partition import SCHEMES
+        from peer.training.precision import Precision
+        from peer.training.trainer import Batching, LrSchedule
 
         _check(self.strategy in available_strategies(), "strategy",
                f"{self.strategy!r} is not one of {', '.join(available_strategies())}")
@@ -98,10 +100,9 @@ class RunConfig:
         _check(self.trim >= 0, "trim", f"must be >= 0, got {self.trim}")
         _check(self.device in ("auto", "cpu") or self.device.startswith("cuda"), "device",
                f"{self.device!r} must be auto, cpu or cuda[:N]")
-        _check(self.precision in ("auto", "fp32", "bf16", "fp16"), "precision",
-               f"{self.precision!r} is not one of auto, fp32, bf16, fp16")
-        _check(self.batching in ("by-length", "random"), "batching", f"{self.batching!r} is not by-length or random")
-        _check(self.lr_schedule in ("constant", "linear"), "lr-schedule", f"{self.lr_schedule!r} is not constant or linear")
+        for key, vocabulary in (("precision", Precision), ("batching", Batching), ("lr_schedule", LrSchedule)):
+            names = [v.value for v in vocabulary]
+            _check(getattr(self, key) in names, key, f"{getattr(self, key)!r} is not one of {', '.join(names)}")
         _check(self.train_head in (0, 1), "train-head", f"must be 0 or 1, got {self.train_head}")
         try:
             from peer.sim.references import parse_references

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from peer.algorithm.factors import A, B, HEAD
+from peer.algorithm.strategies import make_strategy
 from peer.config import RunConfig
 from peer.run_setup import PreparedData, build_model, build_trainer, precision_for
 from peer.training.adapters import Adapter
@@ -51,7 +51,8 @@ def parse_references(text: str) -> tuple[Reference, ...]:
 
 
 def trained_blocks(cfg: RunConfig) -> frozenset[str]:
-    return frozenset({A, B, HEAD} if cfg.train_head else {A, B})
+    """What plain LoRA trains in this run: both factors, and the head when the run trains it."""
+    return make_strategy("lora", train_head=bool(cfg.train_head)).plan(0).train
 
 
 def concatenate(parts: list[Encoded]) -> Encoded:
@@ -82,7 +83,7 @@ def run_references(cfg: RunConfig, data: PreparedData, kinds: tuple[Reference, .
     names = [f"alone-{i:02d}" for i in range(cfg.peers)] * (Reference.ALONE in kinds) + \
         ["centralized"] * (Reference.CENTRALIZED in kinds)
     model = build_model(cfg, data.task.num_labels, names)
-    evaluator = evaluator or Evaluator(data.validation, model.device, precision_for(cfg, model.device))
+    evaluator = evaluator or evaluator_for(cfg, data, model.device)
     blocks = trained_blocks(cfg)
     total = cfg.peers * cfg.rounds * cfg.local_steps * len(kinds)
     results: dict[str, float] = {}
@@ -104,13 +105,18 @@ def run_references(cfg: RunConfig, data: PreparedData, kinds: tuple[Reference, .
     return results
 
 
-def score_average_of_exports(cfg: RunConfig, data: PreparedData, adapter_dirs: list[Path]) -> float:
+def evaluator_for(cfg: RunConfig, data: PreparedData, device: torch.device) -> Evaluator:
+    return Evaluator(data.validation, device, precision_for(cfg, device))
+
+
+def score_average_of_exports(cfg: RunConfig, data: PreparedData, adapter_dirs: list[Path],
+                             evaluator: Evaluator | None = None) -> float:
     """The accuracy of the average of the adapters that daemons exported (PEFT format)."""
     from safetensors.torch import load_file
 
     names = [f"export-{i}" for i in range(len(adapter_dirs))]
     model = build_model(cfg, data.task.num_labels, names + ["network-average"])
-    evaluator = Evaluator(data.validation, model.device, precision_for(cfg, model.device))
+    evaluator = evaluator or evaluator_for(cfg, data, model.device)
     for name, folder in zip(names, adapter_dirs):
         model[name].load_state(load_file(str(Path(folder) / EXPORT_FILE)))
     load_average(model["network-average"], [model[n] for n in names])

@@ -346,11 +346,13 @@ def run_testbed(run: RunConfig, out: Path, daemon_settings: dict | None = None, 
 def assess(run: RunConfig, adapter_dirs: list[Path], progress: bool = True) -> dict:
     """What makes the daemons' accuracy readable: their exported factors averaged and scored, and the
     references (``run.references``) trained here at the same budget and seed (``peer.sim.references``)."""
-    from peer.run_setup import prepare_data
-    from peer.sim.references import NETWORK_AVERAGE, parse_references, run_references, score_average_of_exports
+    from peer.run_setup import pick_device, prepare_data
+    from peer.sim.references import (NETWORK_AVERAGE, evaluator_for, parse_references, run_references,
+                                     score_average_of_exports)
 
     data = prepare_data(run)
+    evaluator = evaluator_for(run, data, pick_device(run.device))  # the validation batches, collated once
     print("scoring the network average and training the references "
           f"({run.references or 'none'}) at the same budget", file=sys.stderr, flush=True)
-    return {NETWORK_AVERAGE: score_average_of_exports(run, data, adapter_dirs),
-            "references": run_references(run, data, parse_references(run.references), progress)}
+    return {NETWORK_AVERAGE: score_average_of_exports(run, data, adapter_dirs, evaluator),
+            "references": run_references(run, data, parse_references(run.references), progress, evaluator)}

@@ -193,8 +193,3 @@ class LocalTrainer:
             self.optimizer.zero_grad(set_to_none=True)
             losses.append(loss.item())
         return float(np.mean(losses)) if losses else float("nan")
-
-    def evaluate(self, data: Encoded | Evaluator, batch_size: int = EVAL_BATCH_SIZE) -> float:
-        """Accuracy of this peer's model on ``data`` (pass an ``Evaluator`` to score it on pre-collated batches)."""
-        evaluator = data if isinstance(data, Evaluator) else Evaluator(data, self.device, self.precision, batch_size)
-        return evaluator.accuracy(self.adapter)
