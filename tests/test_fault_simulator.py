@@ -78,6 +78,14 @@ def test_the_checker_catches_catch_up_that_adopts_a_neighbours_factors():
     assert found.get("continuity", 0) > 0, found
 
 
+def test_the_checker_watches_the_sum_of_the_head_too():
+    with mutations.head_mixed_by_a_plain_mean():
+        summary = run_many(list(range(20)))
+    sums = [v for violations in summary.failed.values() for v in violations if v.startswith("sum:")]
+    assert sums, summary.violations
+    assert all("of H by" in v and "of A by" not in v and "of B by" not in v for v in sums), sums[:3]
+
+
 def test_without_freeze_and_adoption_auto_schedules_split_more_and_stay_split():
     """Agreement is checked on decisions every peer could be informed of; after the others (a partition,
     a peer down through the window) the rounds with phases apart are measured. The old schedule is worse

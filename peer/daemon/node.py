@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 
-from peer.algorithm.factors import A, B, blocks_of
+from peer.algorithm.factors import blocks_of
 from peer.algorithm.mixing import metropolis_hastings_weights
 from peer.config import DaemonConfig, RunConfig
 from peer.daemon.clock import AdaptiveDeadline
@@ -49,7 +49,7 @@ from peer.daemon.persistence import FolderStore, Persistence, WriteAhead
 from peer.daemon.phases import SCHEDULE_WINDOW_ROUNDS, PhaseAgreement
 from peer.daemon.protocol import Identity, LinkProtocol
 from peer.daemon.rounds import Decision, Received, RoundBook, RoundState
-from peer.daemon.settlement import PendingLink, Settlements, factor_sum
+from peer.daemon.settlement import PendingLink, Settlements, block_sums
 from peer.local_peer import LocalPeer
 from peer.transport.base import (ExchangeFailed, ExchangeServer, FactorMessage, Header, NeighbourInfo, Rejected,
                                  StatusInfo, Transport)
@@ -375,8 +375,7 @@ class PeerDaemon(ExchangeServer):
                 "unresolved": sorted(pid for (r, pid) in self.settlements.pending if r == state.round),
                 "bytes_sent": len(state.own.payload) * len(state.counted),
                 "bytes_received": sum(r.payload_bytes for r in state.counted.values()),
-                "sum_a_before": factor_sum(before, A), "sum_a_after": factor_sum(after, A),
-                "sum_b_before": factor_sum(before, B), "sum_b_after": factor_sum(after, B),
+                **block_sums(before, "sum_{}_before"), **block_sums(after, "sum_{}_after"),
                 **({"mixing": self.local.rule.last} if self.local.rule.last else {})}
 
     def _remember_unresolved(self, state: RoundState) -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from peer.algorithm.factors import A, B, select
+from peer.algorithm.factors import blocks_of, select
 from peer.daemon.protocol import LinkProtocol
 
 log = logging.getLogger("tadlora.daemon")
@@ -37,6 +37,13 @@ class PendingLink:
 
 def factor_sum(tensors: dict[str, torch.Tensor], factor: str) -> float:
     return float(sum(float(v.double().sum()) for v in select(tensors, [factor]).values()))
+
+
+def block_sums(tensors: dict[str, torch.Tensor], key: str) -> dict[str, float]:
+    """The float64 sum of each block present, under ``key`` with the block's letter in place of
+    ``{}``: ``block_sums(t, "sum_{}_after")`` gives ``sum_a_after``, ``sum_b_after`` (and
+    ``sum_h_after`` when the head trains). The fault simulator adds these up across the network."""
+    return {key.format(block.lower()): factor_sum(tensors, block) for block in blocks_of(tensors)}
 
 
 class Settlements:
@@ -80,7 +87,7 @@ class Settlements:
             if counted:
                 correction = link.correction()
                 if add_to_factors(correction):
-                    entry.update(delta_a=factor_sum(correction, A), delta_b=factor_sum(correction, B))
+                    entry.update(block_sums(correction, "delta_{}"))
                 else:
                     entry["applied"] = False
             settled.append(entry)

@@ -2,9 +2,10 @@
 
 - links: every link of every round counted at both ends or at neither (late settlements included),
   and no link is left unsettled at the end;
-- sums: every round's mixing kept the network-wide sum of A and of B (float64, tolerance 1e-9), and
-  between two rounds a peer's factor that did not train kept its sum (late settlements included): no
-  catch-up, restart or recovery changed factors outside the mixing;
+- sums: every round's mixing kept the network-wide sum of A, of B and of the head H when it trains
+  (float64, tolerance 1e-9), and between two rounds a peer's factor that did not train kept its sum
+  (late settlements included): no catch-up, restart or recovery changed factors outside the mixing.
+  (The head trains every round, so only its mixing is checked.)
 - phases: every pair of peers that both ran a round agree on its phase. With fixed T, always. With
   ``auto``, every decision whose proposals could reach every peer: the checker replays how
   information spreads over the links that counted in the second half of each decision window, and
@@ -115,22 +116,30 @@ def _check_links(rounds, settled) -> list[Violation]:
     return out
 
 
+def _blocks(record: dict) -> list[str]:
+    """The blocks whose sums a round record carries (``a``, ``b``, and ``h`` when the head trains)."""
+    return [key[len("sum_"):-len("_before")] for key in record if key.startswith("sum_") and key.endswith("_before")]
+
+
 def _check_sums(rounds, settled) -> list[Violation]:
     out = []
-    change: dict[int, list[float]] = defaultdict(lambda: [0.0, 0.0])
+    change: dict[int, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     scale: dict[int, float] = defaultdict(lambda: 1.0)
     for by_round in rounds.values():
         for round_, r in by_round.items():
-            change[round_][0] += r["sum_a_after"] - r["sum_a_before"]
-            change[round_][1] += r["sum_b_after"] - r["sum_b_before"]
-            scale[round_] += abs(r["sum_a_before"]) + abs(r["sum_b_before"])
+            for block in _blocks(r):
+                change[round_][block] += r[f"sum_{block}_after"] - r[f"sum_{block}_before"]
+                scale[round_] += abs(r[f"sum_{block}_before"])
     for (_, round_, _), entry in settled.items():
         if entry["counted"]:
-            change[round_][0] += entry["delta_a"]
-            change[round_][1] += entry["delta_b"]
-    for round_, (da, db) in sorted(change.items()):
-        if max(abs(da), abs(db)) > SUM_TOLERANCE * scale[round_]:
-            out.append(Violation("sum", f"round {round_}: network-wide sum of A changed by {da:.3g}, of B by {db:.3g}"))
+            for key, delta in entry.items():
+                if key.startswith("delta_"):
+                    change[round_][key[len("delta_"):]] += delta
+    for round_, by_block in sorted(change.items()):
+        broken = {block: d for block, d in sorted(by_block.items()) if abs(d) > SUM_TOLERANCE * scale[round_]}
+        if broken:
+            changes = ", ".join(f"of {block.upper()} by {d:.3g}" for block, d in broken.items())
+            out.append(Violation("sum", f"round {round_}: network-wide sum changed: {changes}"))
     return out
 
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
+from peer.algorithm.factors import HEAD_PREFIX
 from peer.algorithm.schedule import AgreedSchedule, interval_for_link_rate
+from peer.algorithm.strategies import Strategy
 from peer.daemon import node, phases, protocol
 from peer.daemon.rounds import Decision
 from peer.transport.codec import decode_factors
@@ -83,6 +85,23 @@ def auto_schedule_without_freeze_or_adoption():
 
     stack.enter_context(_patched(phases.PhaseAgreement, "own_proposal", old_proposal))
     return stack
+
+
+def head_mixed_by_a_plain_mean():
+    """Not a past defect but a planted one: the head averaged over the peer and its neighbours with
+    equal weights. Each row still sums to one, the columns do not, so the network-wide sum of the
+    head drifts while A's and B's stay exact; it shows that the checker watches the head too."""
+    original = Strategy.combine
+
+    def combine(self, own, received, weights, self_weight):
+        mixed = original(self, own, received, weights, self_weight)
+        for name in own:
+            if name.startswith(HEAD_PREFIX):
+                values = [own[name], *(tensors[name] for tensors in received.values())]
+                mixed[name] = sum(values) / len(values)
+        return mixed
+
+    return _patched(Strategy, "combine", combine)
 
 
 def deadline_learns_from_failed_waits():

@@ -133,7 +133,7 @@ class Simulation:
     def _daemon(self, peer: _SimPeer) -> PeerDaemon:
         from peer.run_setup import resolve_switch_interval, topology_for
 
-        strategy = make_strategy("tad", resolve_switch_interval(self.run, topology_for(self.run)))
+        strategy = make_strategy("tad", resolve_switch_interval(self.run, topology_for(self.run)), train_head=True)
         net = DaemonConfig(peer_index=peer.index, peer_id=peer.peer_id, run_id=RUN_ID, mdns=0,
                            round_timeout_min=self.timings.round_timeout_min,
                            round_timeout_max=self.timings.round_timeout_max, frame_timeout=self.timings.frame_timeout)

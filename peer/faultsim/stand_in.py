@@ -1,8 +1,9 @@
-"""A peer without a model: two LoRA-named float64 tensors, and 'training' that adds seeded noise.
+"""A peer without a model: two LoRA-named float64 tensors and a head, and 'training' that adds seeded noise.
 
 The daemon gets a real ``LocalPeer`` (real strategy, real mixing rule) around these stand-ins, so
 every line of the daemon and the algorithm runs; only the model is missing. float64 keeps the
-conservation check tight (1e-9).
+conservation check tight (1e-9). The head (``head/…``) is there because runs train it by default: the
+strategy trains and mixes it every round, so its network-wide sum is checked like A's and B's.
 """
 
 from __future__ import annotations
@@ -10,13 +11,15 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from peer.algorithm.factors import FACTORS, factor_of, select
+from peer.algorithm.factors import HEAD_PREFIX, blocks_of, factor_of, select
 from peer.algorithm.robust import MixingRule
 from peer.algorithm.strategies import Strategy
 from peer.local_peer import LocalPeer
 
-TENSOR_NAMES = ("layer.0.q.lora_A.weight", "layer.0.q.lora_B.weight")
-SHAPES = {"layer.0.q.lora_A.weight": (2, 3), "layer.0.q.lora_B.weight": (3, 2)}
+SHAPES = {"layer.0.q.lora_A.weight": (2, 3), "layer.0.q.lora_B.weight": (3, 2),
+          f"{HEAD_PREFIX}classifier.weight": (2, 3)}
+TENSOR_NAMES = tuple(SHAPES)
+BLOCKS = blocks_of(TENSOR_NAMES)
 
 
 class StandInAdapter:
@@ -24,7 +27,7 @@ class StandInAdapter:
         rng = np.random.default_rng([seed, 0xADA])
         self.tensors = {name: torch.tensor(rng.normal(size=SHAPES[name])) for name in TENSOR_NAMES}
 
-    def factors(self, which=FACTORS) -> dict[str, torch.Tensor]:
+    def factors(self, which=BLOCKS) -> dict[str, torch.Tensor]:
         return {k: v.clone() for k, v in select(self.tensors, which).items()}
 
     def load_factors(self, tensors: dict[str, torch.Tensor]) -> None:
