@@ -152,6 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--out", help="folder for the PNGs (default: the first run folder)")
     gather = sub.add_parser("collect", help="summarise the daemons' result folders under DIR (compose testbed)")
     gather.add_argument("results", help="folder with one sub-folder per daemon (their --out)")
+    gather.add_argument("--references", help="references to train beside the result (default: the run's own "
+                                             "setting; 'none' skips them and the network average's scoring stays)")
     return parser
 
 
@@ -198,7 +200,7 @@ def _run_collect(args: argparse.Namespace) -> int:
 
     from peer.testbed import collect, format_table
 
-    summary = collect(Path(args.results))
+    summary = collect(Path(args.results), args.references)
     print(format_table(summary))
     return 0
 

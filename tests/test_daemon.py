@@ -14,7 +14,7 @@ from peer.config import load_config
 from peer.daemon.signals import STOP_GRACE_S
 from peer.sim import simulate
 from peer.testbed import Testbed
-from peer.testbed.runner import assess
+from peer.testbed.runner import collect
 from peer.transport.base import Header, Rejected
 from peer.transport.codec import encode_factors
 from peer.transport.framing import seal
@@ -58,13 +58,14 @@ def _wait_for_rounds(bed: Testbed, index: int, count: int, timeout: float = 60) 
 
 def test_daemons_equal_the_simulator_on_a_complete_graph(tmp_path):
     # the head trains and travels as a third block: the daemons' factors and heads equal the simulator's,
-    # and the testbed's assessment (network average, references) equals the simulator's figures
+    # and the assessment of the daemons' folders (network average, references; what compose's
+    # ``tadlora collect`` prints, the run's settings read back from a daemon's summary) equals the simulator's
     cfg = load_config(overrides=dict(TINY, peers=3, rounds=4, local_steps=2, topology="complete", train_head=1))
     bed = run_bed(cfg, tmp_path / "bed", NET, timeout=120)
     cfg.references = "alone,centralized"
     sim_summary = simulate(cfg, out=tmp_path / "sim", progress=False)
-    assessed = assess(cfg, [tmp_path / "bed" / f"peer-{i:02d}" / "peers" / f"peer-{i:02d}" / "adapter"
-                            for i in range(3)], progress=False)
+    assessed = collect(tmp_path / "bed", references="alone,centralized")
+    assert set(assessed["peers"]) == {f"peer-{i:02d}" for i in range(3)}
     assert assessed["network_average"] == pytest.approx(sim_summary["network_average"])
     assert assessed["references"] == sim_summary["references"]
     for i in range(3):

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from peer.config import DEFAULT_PORT, RunConfig
+from peer.config import DEFAULT_PORT, RunConfig, load_config
 from peer.run_setup import peer_id
 from peer.testbed.netns import NetnsLab
 from peer.testbed.scenario import NETWORK_ACTIONS, Event
@@ -259,16 +259,29 @@ def summarize_peers(peer_dirs: list[Path]) -> dict:
     return peers
 
 
-def collect(results: Path) -> dict:
+def collect(results: Path, references: str | None = None) -> dict:
     """Summarise every daemon folder (one with a summary.json or rounds.jsonl) under ``results``:
-    the compose testbed's collection step."""
+    the compose testbed's collection step. Like the testbed, it then scores the network average of
+    the peers' exported adapters and trains the references at the run's budget and seed (the run's
+    settings come from a daemon's summary; ``references`` overrides the run's ``references``,
+    ``"none"`` skips them)."""
     folders = sorted({p.parent for pattern in ("*/summary.json", "*/rounds.jsonl") for p in results.glob(pattern)})
     if not folders:
         raise FileNotFoundError(f"{results}: no daemon results (peer folders with rounds.jsonl) found")
     peers = summarize_peers(folders)
     summary = {"peers": peers, "mean_accuracy": float(np.mean([p["accuracy"] for p in peers.values()]))}
+    run = _run_of(folders[0], references)
+    adapters = [folder / "peers" / pid / "adapter" for folder, pid in zip(folders, peers)]
+    if all(path.is_dir() for path in adapters):
+        summary.update(assess(run, adapters))
     (results / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _run_of(folder: Path, references: str | None) -> RunConfig:
+    """The run's settings as a daemon recorded them in its summary (``references`` overriding)."""
+    settings = json.loads((folder / "summary.json").read_text())["config"]
+    return load_config(overrides={**settings, **({"references": references} if references else {})})
 
 
 def format_table(summary: dict) -> str:
