@@ -15,7 +15,8 @@ import os
 import sys
 
 from peer.config import (DAEMON_TOPOLOGY, ConfigError, DaemonConfig, RunConfig, config_fields, load_config,
-                         load_daemon_config)
+                         load_daemon_config, writable_folder)
+from peer.transport.ids import peer_id_problem, run_id_problem
 
 HELP = {
     "strategy": "lora | ffa | rolora | fedsa | tad",
@@ -166,7 +167,12 @@ def _run_certs(args: argparse.Namespace) -> int:
     ids = [peer_id(i) for i in range(args.peers)] + list(args.peer_id)
     if not ids:
         raise ValueError("certs: say which peers: --peers N and/or --peer-id ID")
-    folder = Path(args.folder)
+    if why := run_id_problem(args.run_id):
+        raise ConfigError(f"run-id: {why}")
+    for pid in ids:
+        if why := peer_id_problem(pid):
+            raise ConfigError(f"peer-id: {why}")
+    folder = writable_folder(args.folder, "certs folder")
     made = make_run(folder, args.run_id, ids)
     print(f"authority of run {args.run_id!r}: {folder / 'ca.pem'} (keep {folder / 'ca.key'} off the peers)")
     for path in made:
@@ -221,7 +227,7 @@ def _run_daemon(args: argparse.Namespace) -> int:
     if net.log_format == "json":
         use_json_logs()
 
-    out = Path(args.out or os.environ.get("TADLORA_OUT") or f"runs/{net.run_id}/{net.peer_id}")
+    out = writable_folder(args.out or os.environ.get("TADLORA_OUT") or f"runs/{net.run_id}/{net.peer_id}")
     summary = daemon_main(run, net, out, signals)
     print(json.dumps({k: summary.get(k) for k in ("peer_id", "rounds", "mean_accuracy")}), flush=True)
     if signals.received is not None:
@@ -233,6 +239,8 @@ def _run_daemon(args: argparse.Namespace) -> int:
 def _run_simulate(args: argparse.Namespace) -> int:
     overrides = {name: getattr(args, name) for name in config_fields()}
     cfg = load_config(args.config, overrides)
+    if args.out:
+        writable_folder(args.out)
     from peer.sim import simulate  # heavy imports only once the arguments are known to be good
     from peer.sim.references import headline
 
@@ -253,9 +261,12 @@ def _run_testbed(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, {name: getattr(args, name) for name in config_fields()})
     events = load_scenario(args.scenario, cfg.peers) if args.scenario else []
+    from peer.data.tasks import load_task
+
+    load_task(cfg.task)  # a bad data file is one error here, not one per daemon after they started
     if args.netns and (why := netns_available()):
         raise RuntimeError(f"--netns: {why}")
-    out = Path(args.out or "runs/testbed")
+    out = writable_folder(args.out or "runs/testbed")
     summary = run_testbed(cfg, out, netns=args.netns, events=events, tls=args.tls)
     print(format_table(summary))
     print(f"summary: {out / 'summary.json'}  plot: {out / 'testbed.png'}")

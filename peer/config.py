@@ -21,14 +21,69 @@ An unknown key or a value of the wrong type is an error that names the key, neve
 from __future__ import annotations
 
 import dataclasses
+import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from peer.transport.ids import peer_id_problem, run_id_problem
+
 
 class ConfigError(ValueError):
     """A configuration value that cannot run; the message names the setting."""
+
+
+# One gRPC message carries one chunk; gRPC's message caps are 32-bit, and chunks this large already
+# cost more memory than they save in per-frame overhead.
+MAX_CHUNK_SIZE = 64 << 20
+
+
+def host_port_problem(value: str) -> str:
+    """Why ``value`` is not ``host:port`` with a port in 0..65535 ("" if it is)."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host:
+        return f"must be host:port, got {value!r}"
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        return f"the port must be a number from 0 to 65535, got {port!r}"
+    return ""
+
+
+def writable_folder(path: str | Path, setting: str = "out") -> Path:
+    """Prove, before any work starts, that ``path`` can be created and written: a folder under a
+    regular file, on a read-only filesystem or without permission is a ConfigError that names the
+    setting, not a traceback halfway through a run. Folders it had to create for the proof are removed
+    again, so that a run that fails later (bad data, say) leaves nothing behind."""
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"{setting}: {folder} is a file, not a folder")
+    created = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
+    probe = folder / f".tadlora-write-probe-{os.getpid()}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"{setting}: cannot write to the folder {folder}: {exc.strerror or exc}") from None
+    finally:
+        for made in created:
+            try:
+                made.rmdir()
+            except OSError:
+                break
+    return folder
+
+
+def model_problem(model: str) -> str:
+    """A model given as a path (it starts with '/', '.' or '~', as a Hub id never does) must exist."""
+    if not model.startswith(("/", ".", "~")):
+        return ""
+    folder = Path(model).expanduser()
+    if not folder.is_dir():
+        return f"the model folder {model} does not exist (give a Hugging Face id, a local folder, or minilm)"
+    if not (folder / "config.json").is_file():
+        return f"the folder {model} holds no model (no config.json: save one with save_pretrained)"
+    return ""
 
 
 @dataclass
@@ -104,6 +159,7 @@ class RunConfig:
             names = [v.value for v in vocabulary]
             _check(getattr(self, key) in names, key, f"{getattr(self, key)!r} is not one of {', '.join(names)}")
         _check(self.train_head in (0, 1), "train-head", f"must be 0 or 1, got {self.train_head}")
+        _check(not model_problem(self.model), "model", model_problem(self.model))
         try:
             from peer.sim.references import parse_references
 
@@ -171,19 +227,22 @@ class DaemonConfig:
 
     def validate(self, run: RunConfig) -> "DaemonConfig":
         _check(0 <= self.peer_index < run.peers, "peer-index", f"must lie in [0, {run.peers}), got {self.peer_index}")
-        _check(":" in self.listen, "listen", f"must be host:port, got {self.listen!r}")
+        _check(not host_port_problem(self.listen), "listen", host_port_problem(self.listen))
         _check(0 < self.round_timeout_min <= self.round_timeout_max, "round-timeout-min",
                "need 0 < round-timeout-min <= round-timeout-max")
-        _check(self.chunk_size >= 1024, "chunk-size", f"must be >= 1024 bytes, got {self.chunk_size}")
+        _check(1024 <= self.chunk_size <= MAX_CHUNK_SIZE, "chunk-size",
+               f"must lie in [1024, {MAX_CHUNK_SIZE}] bytes, got {self.chunk_size}")
         _check(self.frame_timeout > 0, "frame-timeout", "must be > 0")
         _check(run.topology in ("er", "complete"), "topology",
                "the daemon runs 'complete' or 'er' (--edge-prob); ring and pairwise are simulator-only")
         _check(self.log_format in ("text", "json"), "log-format", f"must be text or json, got {self.log_format!r}")
-        _check(not self.metrics or ":" in self.metrics, "metrics", f"must be host:port, got {self.metrics!r}")
+        _check(not self.metrics or not host_port_problem(self.metrics), "metrics", host_port_problem(self.metrics))
         given = [bool(x) for x in (self.tls_ca, self.tls_cert, self.tls_key)]
         _check(all(given) or not any(given), "tls-ca", "give --tls-ca, --tls-cert and --tls-key together, or none")
         if not self.peer_id:
             self.peer_id = f"peer-{self.peer_index:02d}"
+        _check(not peer_id_problem(self.peer_id), "peer-id", peer_id_problem(self.peer_id))
+        _check(not run_id_problem(self.run_id), "run-id", run_id_problem(self.run_id))
         return self
 
     @property
@@ -210,7 +269,7 @@ def _coerce(key: str, value, target_type: str):
 
 def load_config(path: str | Path | None = None, overrides: dict | None = None) -> RunConfig:
     """Defaults, then the TOML file at ``path`` (if any), then ``overrides`` (flags that were given)."""
-    return _load(_given(path, overrides), [RunConfig])[0].validate()
+    return _load(_given(path, overrides, [RunConfig]), [RunConfig])[0].validate()
 
 
 def load_daemon_config(path: str | Path | None = None, overrides: dict | None = None,
@@ -219,7 +278,7 @@ def load_daemon_config(path: str | Path | None = None, overrides: dict | None = 
     of flags fill both dataclasses."""
     classes = [RunConfig, DaemonConfig]
     env = env_settings(environ or {}, classes)
-    given = _given(path, {**env, **{k: v for k, v in (overrides or {}).items() if v is not None}})
+    given = _given(path, {**env, **{k: v for k, v in (overrides or {}).items() if v is not None}}, classes)
     run, daemon = _load({**daemon_topology_defaults(given), **given}, classes)
     run.validate()
     return run, daemon.validate(run)
@@ -246,27 +305,38 @@ def env_settings(environ: Mapping[str, str], classes) -> dict:
 def read_toml(path: str | Path, what: str = "config file") -> dict:
     """Parse a TOML file; a missing or malformed file is a ConfigError that names it."""
     try:
-        return tomllib.loads(Path(path).read_text())
+        return tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{what} {path} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{what} {path} is a folder, not a TOML file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{what} {path} cannot be read: {getattr(exc, 'strerror', None) or exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{what} {path} is not valid TOML: {exc}") from None
 
 
-def _given(path, overrides) -> dict:
-    """The settings of the TOML file at ``path`` (if any), then ``overrides`` that are not None."""
+def _given(path, overrides, classes) -> dict:
+    """The settings of the TOML file at ``path`` (if any), then ``overrides`` that are not None. The
+    file's values are checked on their own first: a bad one is an error even where a flag overrides it
+    (the file is wrong, and would be the next time it runs without that flag)."""
     values: dict = {}
     if path is not None:
-        values.update({k.replace("-", "_"): v for k, v in read_toml(path).items()})
+        values.update(_typed({k.replace("-", "_"): v for k, v in read_toml(path).items()}, classes, f"{path}: "))
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
     return values
 
 
-def _load(values: dict, classes) -> list:
+def _typed(values: dict, classes, where: str = "") -> dict:
+    """``values`` converted to their fields' types; an unknown key or a wrong type names the setting."""
     all_fields = {name: f for cls in classes for name, f in config_fields(cls).items()}
     unknown = sorted(set(values) - set(all_fields))
     if unknown:
-        raise ConfigError(f"unknown setting(s) {', '.join(k.replace('_', '-') for k in unknown)}; "
+        raise ConfigError(f"{where}unknown setting(s) {', '.join(k.replace('_', '-') for k in unknown)}; "
                           f"known: {', '.join(k.replace('_', '-') for k in all_fields)}")
-    typed = {k: _coerce(k.replace("_", "-"), v, all_fields[k].type) for k, v in values.items()}
+    return {k: _coerce(f"{where}{k.replace('_', '-')}", v, all_fields[k].type) for k, v in values.items()}
+
+
+def _load(values: dict, classes) -> list:
+    typed = _typed(values, classes)
     return [cls(**{k: v for k, v in typed.items() if k in config_fields(cls)}) for cls in classes]

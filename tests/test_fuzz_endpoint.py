@@ -241,3 +241,19 @@ def test_after_the_fuzzing_a_stalled_stream_is_cut_and_a_good_message_still_goes
     assert status.peer_id == "peer-00" and sum(status.rejected.values()) == sum(live.daemon.rejected.values())
     good = live.send(frames_for(h, bytes(live.own.payload)))
     assert good[0].HasField("header"), "a well-formed message from a real neighbour is still answered"
+
+
+def test_a_peer_cannot_write_the_daemons_vocabulary(live, caplog):
+    # issue 12, part 4: a client's own Reject frames with huge reasons and forged log lines in the detail
+    from peer.daemon.node import REFUSAL_REASONS
+
+    # 20 KB each: the frame stays under the endpoint's message cap (chunk size + 64 KiB), so it is read
+    reason, detail = "x" * 20_000, "ok\n2026-11-29 00:00:00 INFO tadlora.daemon: forged line\n" + "y" * 20_000
+    with caplog.at_level("WARNING", logger="tadlora.daemon"):
+        for _ in range(50):
+            live.send([pb.Frame(reject=pb.Reject(reason=reason, detail=detail))])
+    assert set(live.daemon.rejected) <= REFUSAL_REASONS and live.daemon.rejected["unknown"] >= 50
+    status = live.stub.Status(pb.StatusRequest(), timeout=5)
+    assert status.ByteSize() < 4096 and all(len(k) < 40 for k in status.rejected)
+    lines = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert len(lines) >= 50 and all("\n" not in line and len(line) < 600 for line in lines)

@@ -12,6 +12,7 @@ Listening on every interface (``0.0.0.0``, the default), it announces this machi
 
 from __future__ import annotations
 
+import fcntl
 import asyncio
 import json
 import logging
@@ -19,11 +20,11 @@ import os
 import time
 from pathlib import Path
 
-from peer.config import DaemonConfig, RunConfig
+from peer.config import ConfigError, DaemonConfig, RunConfig
 from peer.daemon.node import PeerDaemon
 from peer.daemon.observe import observers_for
 from peer.daemon.signals import StopSignals, exit_if_shutdown_hangs
-from peer.discovery.mdns import MdnsDiscovery, PeerRecord, announced_address
+from peer.discovery.mdns import DUPLICATE_WINDOW_S, MdnsDiscovery, PeerRecord, announced_address
 from peer.transport.base import PROTOCOL_VERSION
 from peer.transport.framing import Limits
 from peer.transport.grpc_transport import GrpcTransport
@@ -48,8 +49,22 @@ async def _wait_for_peers(daemon: PeerDaemon, expected: int, seconds: float) -> 
         await asyncio.sleep(0.1)
 
 
+def lock_folder(out: Path) -> object:
+    """Hold ``out/.lock`` for the life of the process: a second daemon pointed at the same folder (the
+    same peer id and run with the default --out, say) would resume from and overwrite the first one's
+    checkpoint. The lock goes with the process, also when it is killed."""
+    handle = open(out / LOCK_FILE, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise ConfigError(f"out: the folder {out} is in use by another daemon; give each daemon its own --out") from None
+    return handle
+
+
 async def run_daemon(run: RunConfig, net: DaemonConfig, out: Path, signals: StopSignals | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
+    held = lock_folder(out)  # noqa: F841 - released when the process ends
     tls = load_tls(net.tls_ca, net.tls_cert, net.tls_key, net.peer_id, net.run_id) if net.tls else None
     transport = GrpcTransport(Limits(chunk_size=net.chunk_size, frame_timeout=net.frame_timeout), tls)
     daemon = PeerDaemon.from_config(run, net, out, transport)
@@ -72,22 +87,25 @@ async def run_daemon(run: RunConfig, net: DaemonConfig, out: Path, signals: Stop
     else:
         log.info("%s: mutual TLS: only peers with a certificate of run %r are accepted", daemon.peer_id, net.run_id)
     discovery = None
-    if net.mdns:
-        interface = net.mdns_interface or daemon.address.rsplit(":", 1)[0]
-        discovery = MdnsDiscovery(
-            PeerRecord(daemon.peer_id, net.run_id, daemon.address, PROTOCOL_VERSION, daemon.digest.hex()),
-            on_found=lambda rec: daemon.membership.add_peer(rec.peer_id, rec.address),
-            on_lost=daemon.membership.remove_peer,
-            interfaces=[interface])
-        await discovery.start()
-    static = asyncio.create_task(_static_peers(daemon, net.static_peers))
+    static = None
     loop = asyncio.get_running_loop()
     current = asyncio.current_task()
-    if signals is not None:
-        signals.serving(loop, lambda: (daemon.stopping.set(), current.cancel()))
     try:
+        if net.mdns:
+            interface = net.mdns_interface or daemon.address.rsplit(":", 1)[0]
+            discovery = MdnsDiscovery(
+                PeerRecord(daemon.peer_id, net.run_id, daemon.address, PROTOCOL_VERSION, daemon.digest.hex()),
+                on_found=lambda rec: daemon.membership.add_peer(rec.peer_id, rec.address),
+                on_lost=daemon.membership.remove_peer,
+                interfaces=[interface],
+                on_refused=lambda reason, detail, name: daemon.count_rejection(f"mdns-{reason}", detail, name))
+            await discovery.start()  # DuplicatePeerId: another daemon has this id; the finally below cleans up
+        static = asyncio.create_task(_static_peers(daemon, net.static_peers))
+        if signals is not None:
+            signals.serving(loop, lambda: (daemon.stopping.set(), current.cancel()))
         try:
-            await _wait_for_peers(daemon, run.peers - 1, net.discovery_wait)
+            waited = DUPLICATE_WINDOW_S if discovery is not None else 0.0  # start() browsed that long
+            await _wait_for_peers(daemon, run.peers - 1, max(0.0, net.discovery_wait - waited))
             await daemon.run_rounds()
             # links whose outcome is still unknown: a neighbour that was down may answer now
             await daemon.settle_remaining(net.round_timeout_max)
@@ -106,7 +124,8 @@ async def run_daemon(run: RunConfig, net: DaemonConfig, out: Path, signals: Stop
         if signals is not None:  # a stop during the clean-up lets it finish; its watchdog bounds it
             signals.serving(loop, daemon.stopping.set)
         exit_if_shutdown_hangs(SHUTDOWN_GRACE_S, lambda: daemon.stopping.is_set() or (out / "summary.json").exists())
-        static.cancel()
+        if static is not None:
+            static.cancel()
         if discovery is not None:
             await discovery.close()
         daemon.kill()  # probes and outcome queries must not outlive the transport
@@ -118,6 +137,7 @@ async def run_daemon(run: RunConfig, net: DaemonConfig, out: Path, signals: Stop
 
 
 SHUTDOWN_GRACE_S = 20.0
+LOCK_FILE = ".lock"
 
 
 def main(run: RunConfig, net: DaemonConfig, out: Path, signals: StopSignals | None = None) -> dict:

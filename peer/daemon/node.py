@@ -51,14 +51,21 @@ from peer.daemon.protocol import Identity, LinkProtocol
 from peer.daemon.rounds import Decision, Received, RoundBook, RoundState
 from peer.daemon.settlement import PendingLink, Settlements, block_sums
 from peer.local_peer import LocalPeer
-from peer.transport.base import (ExchangeFailed, ExchangeServer, FactorMessage, Header, NeighbourInfo, Rejected,
-                                 StatusInfo, Transport)
+from peer.discovery.mdns import Refusal as MdnsRefusal
+from peer.transport.base import (ExchangeFailed, ExchangeServer, FactorMessage, Header, NeighbourInfo, Reason,
+                                 Rejected, StatusInfo, Transport, shown)
 from peer.transport.codec import decode_factors, encode_factors, schema_digest, schema_of
 from peer.transport.framing import seal
 
 log = logging.getLogger("tadlora.daemon")
 
 STATUS_TIMEOUT_S = 2.0
+# Every key of the refusal counters, metric labels and Status answer: the transport's reasons and
+# discovery's (counted as ``mdns-<reason>``).
+REFUSAL_REASONS = frozenset([r.value for r in Reason] + [f"mdns-{r.value}" for r in MdnsRefusal])
+# The name of the daemon's one adapter inside its PEFT model. Not the peer id: PEFT adapter names are
+# module names (no '.'), and nothing outside the process sees this name.
+LOCAL_ADAPTER = "local"
 LAGGING_NEIGHBOUR_ALLOWANCE = 3.0   # × --round-timeout-min: how long a swap we open may wait
 LINGER_POLL_S = 0.25            # how often a finished peer checks whether its neighbours are done
 WATCH_INTERVAL_S = 0.5           # how often a server-side link asks whether its opener is still coming
@@ -129,7 +136,7 @@ class PeerDaemon(ExchangeServer):
         from peer.training.trainer import Evaluator
 
         data = prepare_data(run)
-        adapter = build_model(run, data.task.num_labels, [net.peer_id])[net.peer_id]
+        adapter = build_model(run, data.task.num_labels, [LOCAL_ADAPTER])[LOCAL_ADAPTER]
         trainer = build_trainer(run, adapter, data.shards[net.peer_index], net.peer_index)
         evaluator = Evaluator(data.validation, trainer.device, trainer.precision)
         local = LocalPeer(net.peer_id, adapter, trainer, strategy_for(run, topology_for(run)), run.local_steps,
@@ -180,10 +187,13 @@ class PeerDaemon(ExchangeServer):
         return self.latest
 
     def count_rejection(self, reason: str, detail: str = "", source: str = "") -> None:
-        """One log line and one count per refused message; the message itself is dropped."""
-        self.rejected[reason] += 1
-        self.observer.rejected(reason)
-        log.warning("%s: refused (%s) from %s: %s", self.peer_id, reason, source or "?", detail)
+        """One log line and one count per refused message; the message itself is dropped. The counter
+        key is from the fixed vocabulary (``REFUSAL_REASONS``; anything else counts as ``unknown``) and
+        the detail and source are escaped and cut: they may carry what a remote peer wrote."""
+        key = reason if reason in REFUSAL_REASONS else Reason.UNKNOWN.value
+        self.rejected[key] += 1
+        self.observer.rejected(key)
+        log.warning("%s: refused (%s) from %s: %s", self.peer_id, key, shown(source or "?", 80), shown(detail))
 
     # ------------------------------------------------------------------ what neighbours tell us
 

@@ -32,6 +32,7 @@ from peer.daemon.rounds import Decision, Received, RoundBook, RoundState
 from peer.transport.base import (ExchangeFailed, ExchangeOutcomeUnknown, FactorMessage, Header, Rejected,
                                  Transport)
 from peer.transport.codec import DecodeError, Schema, decode_factors
+from peer.transport.ids import MAX_RUN_ID_LENGTH, peer_id_problem
 
 log = logging.getLogger("tadlora.daemon")
 
@@ -75,7 +76,10 @@ class LinkProtocol:
 
     def check_identity(self, h: Header) -> None:
         if h.run_id != self.me.run_id:
-            raise Rejected("run", f"run {h.run_id!r}, this peer belongs to {self.me.run_id!r}", self.current_round())
+            raise Rejected("run", f"run {h.run_id[:MAX_RUN_ID_LENGTH]!r}, this peer belongs to {self.me.run_id!r}",
+                           self.current_round())
+        if why := peer_id_problem(h.sender_id):
+            raise Rejected("identity", f"sender id {why}", self.current_round())
         if h.schema_digest != self.me.digest:
             raise Rejected("schema", "adapter schema differs (model, rank, targets or --train-head)", self.current_round())
         if h.sender_id == self.me.peer_id:

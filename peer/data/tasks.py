@@ -19,6 +19,7 @@ so that every run is scored on the same sentences).
 from __future__ import annotations
 
 import csv
+import io
 import importlib.util
 import json
 from dataclasses import dataclass
@@ -150,20 +151,38 @@ def _glue(task: str) -> TextTask:
     )
 
 
-def _read_rows(path: Path, kind: str) -> list[dict]:
+def _read_text(path: Path) -> str:
+    """The file as UTF-8 text; a file that is not names itself and the line of the first bad byte."""
     if not path.is_file():
-        raise FileNotFoundError(f"data file {path} does not exist")
-    with path.open(encoding="utf-8") as f:
-        if kind == "csv":
-            return list(csv.DictReader(f))
-        rows = []
-        for n, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"{path}:{n}: not a JSON object ({exc.msg})") from exc
-        return rows
+        raise FileNotFoundError(f"data file {path} does not exist" if not path.exists() else
+                                f"data file {path} is not a regular file")
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise ValueError(f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x}); save the file as UTF-8") from None
+
+
+def _read_rows(path: Path, kind: str) -> list[dict]:
+    text = _read_text(path)
+    if kind == "csv":
+        try:
+            return list(csv.DictReader(io.StringIO(text, newline="")))
+        except csv.Error as exc:
+            raise ValueError(f"{path}: not a readable CSV file ({exc})") from None
+    rows = []
+    for n, line in enumerate(text.split("\n"), 1):  # not splitlines: U+2028 may sit inside a JSON string
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}:{n}: not a JSON object ({exc.msg})") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}:{n}: not a JSON object (got {type(row).__name__} {line.strip()[:40]})")
+        rows.append(row)
+    return rows
 
 
 def _column(row: dict, *names: str):

@@ -3,7 +3,12 @@
 Service type ``_tadlora._tcp.local.``; instance name ``<peer-id>-<run-hash>``; TXT records:
 ``peer_id``, ``run_id``, ``port``, ``proto`` (protocol version) and ``schema`` (hex digest of the
 adapter's tensor schema). Peers of another run, another protocol version or another schema are
-ignored (and logged once). Appearing and vanishing peers are reported through two callbacks.
+ignored, and so are records that do not parse (TXT values that are not UTF-8, a protocol version that
+is not a number, a peer id outside ``peer.transport.ids``'s alphabet): each is refused with one
+``Refusal`` (a fixed vocabulary, so a hostile record cannot invent labels), counted through
+``on_refused`` and logged once per service name. Appearing and vanishing peers are reported through
+two callbacks. Another daemon that already announces this peer id for this run makes ``start``
+raise ``DuplicatePeerId``.
 
 ``interfaces``: the addresses to announce and listen on. ``127.0.0.1`` keeps everything on the
 machine (tests); a LAN address (or ``None`` for all interfaces) for real deployments.
@@ -19,16 +24,45 @@ import hashlib
 import ipaddress
 import logging
 import socket
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 
 import ifaddr
-from zeroconf import IPVersion, ServiceStateChange
+from zeroconf import IPVersion, NonUniqueNameException, ServiceStateChange
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
+
+from peer.transport.ids import peer_id_problem
 
 log = logging.getLogger(__name__)
 
 SERVICE_TYPE = "_tadlora._tcp.local."
+RESOLVE_TIMEOUT_MS = 3000
+# How long ``start`` browses before announcing, to learn whether another daemon already has this peer
+# id in this run. python-zeroconf's browser hears an existing service about 1.1-1.25 s after it starts
+# (measured on loopback: its first query waits, and a responder multicasts a record at most once a
+# second, RFC 6762 §6.2); raise it on a network where a duplicate id is not caught (the symptom: two
+# peers with one id, their links flapping). The daemon counts this window into --discovery-wait.
+DUPLICATE_WINDOW_S = 1.5
+# Service names whose refusal was logged: remembered so that each is logged once, forgotten oldest
+# first beyond this many, so that a flood of fake names cannot grow memory.
+MAX_REMEMBERED_REFUSALS = 1024
+
+
+class Refusal(StrEnum):
+    """Why a discovered record was not taken as a peer (the counter labels ``mdns-<value>``)."""
+
+    NOT_UTF8 = "not-utf8"
+    BAD_RECORD = "bad-record"          # no address, no peer id, a protocol version that is not a number
+    BAD_PEER_ID = "bad-peer-id"
+    OTHER_RUN = "other-run"
+    OTHER_PROTOCOL = "other-protocol"
+    OTHER_SCHEMA = "other-schema"
+
+
+class DuplicatePeerId(RuntimeError):
+    """Another daemon already announces this peer id for this run on the network."""
 
 WILDCARD_HOSTS = {"", "0.0.0.0", "::", "[::]"}   # listen on every interface: not an address to dial
 LOOPBACK = "127.0.0.1"
@@ -87,16 +121,38 @@ class PeerRecord:
     schema: str
 
 
+def parse_record(properties: Mapping[bytes, bytes | None], addresses: list[str],
+                 port: int | None) -> PeerRecord | tuple[Refusal, str]:
+    """A record from an announcement's TXT properties, or why it is refused (with an escaped detail)."""
+    try:
+        props = {k.decode("utf-8"): (v or b"").decode("utf-8") for k, v in properties.items()}
+    except UnicodeDecodeError:
+        return Refusal.NOT_UTF8, "a TXT key or value is not UTF-8"
+    peer_id, proto = props.get("peer_id", ""), props.get("proto", "0") or "0"
+    if not addresses or not port:
+        return Refusal.BAD_RECORD, "no IPv4 address or port"
+    if why := peer_id_problem(peer_id):
+        return Refusal.BAD_PEER_ID, f"peer id {why}"
+    if not proto.isdigit() or len(proto) > 9:
+        return Refusal.BAD_RECORD, f"protocol version {proto[:16]!r} is not a number"
+    return PeerRecord(peer_id, props.get("run_id", ""), f"{addresses[0]}:{port}", int(proto), props.get("schema", ""))
+
+
 class MdnsDiscovery:
     def __init__(self, record: PeerRecord, on_found: Callable[[PeerRecord], None],
-                 on_lost: Callable[[str], None], interfaces: list[str] | None = None) -> None:
+                 on_lost: Callable[[str], None], interfaces: list[str] | None = None,
+                 on_refused: Callable[[Refusal, str, str], None] | None = None) -> None:
+        """``on_refused(reason, detail, service name)`` is called for each refused record (once per
+        name and reason; the name and detail are escaped and bounded)."""
         self.record, self.on_found, self.on_lost = record, on_found, on_lost
+        self.on_refused = on_refused
         self.interfaces = interfaces
         self._zc: AsyncZeroconf | None = None
         self._browser: AsyncServiceBrowser | None = None
         self._names: dict[str, str] = {}   # service name -> peer id
-        self._ignored: set[str] = set()
+        self._refused: OrderedDict[tuple[str, Refusal], None] = OrderedDict()
         self._tasks: set[asyncio.Task] = set()
+        self._own_name_seen = False   # before announcing: someone else answers for this peer id
 
     def _instance(self) -> str:
         run_hash = hashlib.sha256(self.record.run_id.encode()).hexdigest()[:8]
@@ -112,11 +168,35 @@ class MdnsDiscovery:
             SERVICE_TYPE, self._instance(), addresses=[socket.inet_aton(host)], port=int(port),
             properties={"peer_id": self.record.peer_id, "run_id": self.record.run_id, "port": port,
                         "proto": str(self.record.protocol_version), "schema": self.record.schema})
-        await self._zc.async_register_service(info)
+        # browse first: the answers to the browser's query tell whether another daemon already has
+        # this instance name (this peer id in this run) before we announce it
         self._browser = AsyncServiceBrowser(self._zc.zeroconf, [SERVICE_TYPE], handlers=[self._on_change])
+        try:
+            await asyncio.sleep(DUPLICATE_WINDOW_S)
+            elsewhere = await self._answered_elsewhere() if self._own_name_seen else None
+            if elsewhere is not None:
+                raise NonUniqueNameException(elsewhere)
+            await self._zc.async_register_service(info)
+        except NonUniqueNameException as exc:
+            await self.close()
+            where = f" (at {exc.args[0]})" if exc.args else ""
+            raise DuplicatePeerId(f"peer-id: another daemon already announces {self.record.peer_id!r} for run "
+                                  f"{self.record.run_id!r} on this network{where}; give each daemon its own "
+                                  "--peer-id") from None
+
+    async def _answered_elsewhere(self) -> str | None:
+        """The address of the other daemon that announced this peer id and run (from the browser's
+        answers, in the cache), unless it is this daemon's own address."""
+        info = AsyncServiceInfo(SERVICE_TYPE, self._instance())
+        if not await info.async_request(self._zc.zeroconf, RESOLVE_TIMEOUT_MS):
+            return None
+        addresses = info.parsed_addresses(IPVersion.V4Only)
+        there = f"{addresses[0]}:{info.port}" if addresses else "an unknown address"
+        return None if there == self.record.address else there
 
     def _on_change(self, zeroconf, service_type: str, name: str, state_change: ServiceStateChange) -> None:
         if name == self._instance():
+            self._own_name_seen = self._own_name_seen or state_change is not ServiceStateChange.Removed
             return
         if state_change is ServiceStateChange.Removed:
             peer_id = self._names.pop(name, None)
@@ -129,37 +209,47 @@ class MdnsDiscovery:
 
     async def _resolve(self, name: str) -> None:
         info = AsyncServiceInfo(SERVICE_TYPE, name)
-        if not await info.async_request(self._zc.zeroconf, 3000):
+        if not await info.async_request(self._zc.zeroconf, RESOLVE_TIMEOUT_MS):
             return
-        props = {k.decode(): (v or b"").decode() for k, v in info.properties.items()}
-        addresses = info.parsed_addresses(IPVersion.V4Only)
-        if not addresses or "peer_id" not in props:
+        parsed = parse_record(info.properties, info.parsed_addresses(IPVersion.V4Only), info.port)
+        if isinstance(parsed, tuple):
+            self._refuse(name, *parsed)
             return
-        record = PeerRecord(props["peer_id"], props.get("run_id", ""), f"{addresses[0]}:{info.port}",
-                            int(props.get("proto", "0") or 0), props.get("schema", ""))
-        why = self._incompatible(record)
-        if why:
-            if name not in self._ignored:
-                self._ignored.add(name)
-                log.info("ignoring %s at %s: %s", record.peer_id, record.address, why)
+        refusal = self._incompatible(parsed)
+        if refusal is not None:
+            self._refuse(name, *refusal)
             return
-        self._names[name] = record.peer_id
-        self.on_found(record)
+        self._names[name] = parsed.peer_id
+        self.on_found(parsed)
 
-    def _incompatible(self, other: PeerRecord) -> str:
+    def _refuse(self, name: str, reason: Refusal, detail: str) -> None:
+        key = (name, reason)
+        if key in self._refused:
+            return
+        self._refused[key] = None
+        if len(self._refused) > MAX_REMEMBERED_REFUSALS:
+            self._refused.popitem(last=False)
+        shown = ascii(name[:80])
+        log.info("ignoring the mDNS record %s: %s (%s)", shown, reason.value, detail)
+        if self.on_refused is not None:
+            self.on_refused(reason, detail, shown)
+
+    def _incompatible(self, other: PeerRecord) -> tuple[Refusal, str] | None:
         if other.run_id != self.record.run_id:
-            return f"another run ({other.run_id!r})"
+            return Refusal.OTHER_RUN, f"another run ({other.run_id[:40]!r})"
         if other.protocol_version != self.record.protocol_version:
-            return f"protocol version {other.protocol_version}, ours {self.record.protocol_version}"
+            return Refusal.OTHER_PROTOCOL, f"protocol version {other.protocol_version}, ours {self.record.protocol_version}"
         if other.schema != self.record.schema:
-            return "another adapter schema (model, rank or target modules differ)"
-        return ""
+            return Refusal.OTHER_SCHEMA, "another adapter schema (model, rank or target modules differ)"
+        return None
 
     async def close(self) -> None:
         for task in list(self._tasks):
             task.cancel()
-        if self._browser is not None:
-            await self._browser.async_cancel()
-        if self._zc is not None:
-            await self._zc.async_unregister_all_services()
-            await self._zc.async_close()
+        browser, self._browser = self._browser, None
+        zc, self._zc = self._zc, None
+        if browser is not None:
+            await browser.async_cancel()
+        if zc is not None:
+            await zc.async_unregister_all_services()
+            await zc.async_close()

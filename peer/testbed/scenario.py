@@ -75,8 +75,13 @@ def _number(value) -> bool:
 def load_scenario(path: str | Path, peers: int) -> list[Event]:
     raw = read_toml(path, "scenario file")
     events = []
-    for n, item in enumerate(raw.get("event", []), 1):
+    listed = raw.get("event", [])
+    if not isinstance(listed, list):
+        raise ValueError(f"{path}: events are [[event]] tables, got event = {listed!r}")
+    for n, item in enumerate(listed, 1):
         where = f"{path}: event {n}"
+        if not isinstance(item, dict):
+            raise ValueError(f"{where}: an event is a [[event]] table, got {item!r}")
         action, peer = item.get("action"), item.get("peer")
         if action not in ACTIONS:
             raise ValueError(f"{where}: action {action!r} is not one of {', '.join(ACTIONS)}")
@@ -84,6 +89,11 @@ def load_scenario(path: str | Path, peers: int) -> list[Event]:
             raise ValueError(f"{where}: peer must be an index in [0, {peers}), got {peer!r}")
         if ("at_round" in item) == ("at_seconds" in item):
             raise ValueError(f"{where}: give exactly one of at_round and at_seconds")
+        at_round, at_seconds = item.get("at_round"), item.get("at_seconds")
+        if at_round is not None and not (isinstance(at_round, int) and not isinstance(at_round, bool) and at_round >= 0):
+            raise ValueError(f"{where}: at_round must be a round number >= 0, got {at_round!r}")
+        if at_seconds is not None and not (_number(at_seconds) and at_seconds >= 0):
+            raise ValueError(f"{where}: at_seconds must be a number of seconds >= 0, got {at_seconds!r}")
         if action == "bandwidth" and not isinstance(item.get("rate"), str):
             raise ValueError(f"{where}: bandwidth needs rate = \"1mbit\" (or \"off\")")
         other = item.get("other")

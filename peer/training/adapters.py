@@ -25,6 +25,7 @@ Model names (``--model``)
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -77,7 +78,19 @@ def load_tokenizer(model: str):
         return HashTokenizer(TINY_VOCAB)
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(resolve_model_path(model))
+    with _model_errors(model):
+        return AutoTokenizer.from_pretrained(resolve_model_path(model))
+
+
+@contextlib.contextmanager
+def _model_errors(model: str):
+    """A model that cannot be loaded (no such folder, a Hub id without network, a folder without a
+    model) is a one-line error that names it; transformers' own message is long and multi-line."""
+    try:
+        yield
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"model: cannot load {model!r}: {first[:300]}") from None
 
 
 def _build_base(model: str, num_labels: int, seed: int) -> torch.nn.Module:
@@ -90,7 +103,8 @@ def _build_base(model: str, num_labels: int, seed: int) -> torch.nn.Module:
         config = BertConfig(vocab_size=TINY_VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
                             intermediate_size=128, max_position_embeddings=256, num_labels=num_labels)
         return BertForSequenceClassification(config)
-    return AutoModelForSequenceClassification.from_pretrained(resolve_model_path(model), num_labels=num_labels)
+    with _model_errors(model):
+        return AutoModelForSequenceClassification.from_pretrained(resolve_model_path(model), num_labels=num_labels)
 
 
 class AdapterModel:

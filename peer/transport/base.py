@@ -84,8 +84,64 @@ class StatusInfo:
     schedule_round: int = 0
 
 
+class Reason(enum.StrEnum):
+    """Why a message was refused: the whole vocabulary. It becomes counter keys, metric labels and
+    the Status answer, so a reason a remote peer sends that is not one of these is counted as
+    ``UNKNOWN``: nothing a peer sends can create a new label."""
+
+    # the stream
+    FRAMING = "framing"
+    STALLED = "stalled"
+    TRUNCATED = "truncated"
+    TOO_LARGE = "too-large"
+    TOO_MANY_CHUNKS = "too-many-chunks"
+    PAYLOAD_HASH = "payload-hash"
+    PROTOCOL_VERSION = "protocol-version"
+    # who sends it
+    RUN = "run"
+    SCHEMA = "schema"
+    SELF = "self"
+    IDENTITY = "identity"
+    MEMBERSHIP = "membership"
+    # when: the round and its links
+    PHASE = "phase"
+    ROUND = "round"
+    ROUND_AHEAD = "round-ahead"
+    ROUND_BEHIND = "round-behind"
+    ROUND_CLOSED = "round-closed"
+    NOT_A_LINK = "not-a-link"
+    REPLAY = "replay"
+    DEGREE = "degree"
+    NO_FACTORS = "no-factors"
+    DOWN = "down"
+    # the tensors (peer.transport.codec.DecodeError)
+    MALFORMED_PAYLOAD = "malformed-payload"
+    NON_FINITE = "non-finite"
+    TENSOR_DTYPE = "tensor-dtype"
+    TENSOR_NAMES = "tensor-names"
+    TENSOR_SHAPE = "tensor-shape"
+    UNKNOWN = "unknown"
+
+    @classmethod
+    def of(cls, text: str) -> "Reason":
+        """``text`` as a Reason, or ``UNKNOWN`` (for reasons that arrive from the network)."""
+        return cls._value2member_map_.get(text, cls.UNKNOWN)  # type: ignore[return-value]
+
+
+# What of a remote peer's text (a refusal's detail, an id) reaches a log line: escaped, so that a
+# newline cannot forge a line, and cut, so that it cannot flood the log.
+MAX_SHOWN_CHARS = 200
+
+
+def shown(text: str, limit: int = MAX_SHOWN_CHARS) -> str:
+    """``text`` made safe for one log line: non-printable characters escaped, at most ``limit`` characters."""
+    escaped = ascii(text[:limit])[1:-1]
+    return escaped[:limit] + ("…" if len(text) > limit or len(escaped) > limit else "")
+
+
 class Rejected(Exception):
-    """A peer refused a message; ``reason`` is a stable code, ``current_round`` the refuser's round."""
+    """A peer refused a message; ``reason`` is a stable code (a ``Reason`` value), ``current_round`` the
+    refuser's round."""
 
     def __init__(self, reason: str, detail: str = "", current_round: int = 0) -> None:
         super().__init__(f"{reason}: {detail}" if detail else reason)

@@ -9,7 +9,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
-from peer.transport.base import PROTOCOL_VERSION, FactorMessage, Header, Rejected
+from peer.transport.base import PROTOCOL_VERSION, FactorMessage, Header, Reason, Rejected, shown
 from peer.transport.codec import new_payload_digest, payload_digest
 from peer.transport.pb import peer_pb2 as pb
 
@@ -95,7 +95,7 @@ async def read_message(next_frame: Callable[[], Awaitable[pb.Frame | None]], lim
         if f is None:
             raise Rejected("truncated", "stream ended mid-message")
         if f.HasField("reject"):
-            raise Rejected(f.reject.reason, f.reject.detail, f.reject.current_round)
+            raise Rejected(Reason.of(f.reject.reason), shown(f.reject.detail), f.reject.current_round)
         return f
 
     first = await frame()

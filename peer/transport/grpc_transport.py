@@ -12,8 +12,8 @@ import logging
 
 import grpc
 
-from peer.transport.base import (ExchangeFailed, ExchangeOutcomeUnknown, ExchangeServer, FactorMessage,
-                                 NeighbourInfo, NetworkFaults, Rejected, StatusInfo, Step, Transport, Validator)
+from peer.transport.base import (ExchangeFailed, ExchangeOutcomeUnknown, ExchangeServer, FactorMessage, Reason,
+                                 NeighbourInfo, NetworkFaults, Rejected, StatusInfo, Step, Transport, Validator, shown)
 from peer.transport.framing import Limits, read_message, reject_frame, to_frames
 from peer.transport.pb import peer_pb2 as pb
 from peer.transport.pb import peer_pb2_grpc as pb_grpc
@@ -59,8 +59,8 @@ def _check_identity(context, header, tls: TlsMaterial | None) -> None:
         return
     names = context.auth_context().get("x509_common_name", [])
     if [header.sender_id.encode()] != list(names):
-        shown = b",".join(names).decode(errors="replace") or "none"
-        raise Rejected("identity", f"sender {header.sender_id!r} but certificate of {shown!r}")
+        named = b",".join(names).decode(errors="replace") or "none"
+        raise Rejected("identity", f"sender {header.sender_id!r} but certificate of {named!r}")
 
 
 class _Servicer(pb_grpc.PeerServicer):
@@ -212,7 +212,7 @@ class GrpcTransport(Transport):
             if await self._lost(Step.ACK, address, to_server=False):
                 raise ExchangeOutcomeUnknown(reply)
             if ack is not None and ack.HasField("reject"):
-                raise Rejected(ack.reject.reason, ack.reject.detail, ack.reject.current_round)
+                raise Rejected(Reason.of(ack.reject.reason), shown(ack.reject.detail), ack.reject.current_round)
             if ack is None or not ack.HasField("ack"):
                 raise ExchangeOutcomeUnknown(reply)
             await call.done_writing()

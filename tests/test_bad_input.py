@@ -1,0 +1,102 @@
+"""Every bad input a user can give gets one line that names the setting or file (and line), exit 2, no
+traceback, and leaves no output behind (issue 12, part 6). In-process through ``peer.cli.main``."""
+
+import pytest
+
+from peer.cli import main
+
+TINY = ["--model", "tiny-bert", "--task", "synthetic", "--rounds", "1", "--peers", "2", "--references", "none",
+        "--eval-samples", "16"]
+DAEMON = [*TINY, "--mdns", "0", "--listen", "127.0.0.1:0", "--discovery-wait", "0.1"]
+
+
+def _files(tmp_path):
+    (tmp_path / "numbers.jsonl").write_text("1\n2\n3\n")
+    (tmp_path / "latin1.csv").write_bytes(b"text,label\ngood,1\n\xe9t\xe9,0\n")
+    (tmp_path / "bad-peers.toml").write_text('peers = "x"\n')
+    (tmp_path / "soon.toml").write_text('[[event]]\nat_round = "soon"\naction = "kill"\npeer = 0\n')
+    (tmp_path / "a-file").write_text("")
+
+
+CASES = {
+    "a model folder that does not exist": (["simulate", *TINY, "--model", "/nonexistent/model"], "model: the model folder"),
+    "a model folder without a model": (["simulate", *TINY, "--model", "{tmp}"], "holds no model"),
+    "--out under a regular file": (["simulate", *TINY, "--out", "{tmp}/a-file/out"], "out: cannot write"),
+    "--out on a read-only filesystem": (["simulate", *TINY, "--out", "/proc/tadlora-out"], "out: cannot write"),
+    "--config naming a folder": (["simulate", *TINY, "--config", "{tmp}"], "is a folder, not a TOML file"),
+    "a JSONL file whose lines are numbers": (["simulate", *TINY, "--task", "jsonl:{tmp}/numbers.jsonl"],
+                                             "numbers.jsonl:1: not a JSON object"),
+    "a CSV file that is not UTF-8": (["simulate", *TINY, "--task", "csv:{tmp}/latin1.csv"], "latin1.csv:3: not UTF-8"),
+    "a bad TOML value that a flag overrides": (["simulate", *TINY, "--config", "{tmp}/bad-peers.toml", "--peers", "3"],
+                                               "bad-peers.toml: peers: expected int"),
+    "--peer-id with a path in it": (["run", *DAEMON, "--peer-id", "../../escaped"], "peer-id:"),
+    "a 200-character peer id": (["run", *DAEMON, "--peer-id", "p" * 200, "--mdns", "1"], "peer-id: must be at most"),
+    "a 400-character run id": (["run", *DAEMON, "--run-id", "r" * 400, "--mdns", "1"], "run-id: must be at most"),
+    "an empty peer id": (["run", *DAEMON, "--peer-id", " "], "peer-id:"),
+    "--listen with a port over 65535": (["run", *DAEMON, "--listen", "127.0.0.1:70000"], "listen: the port must be"),
+    "--listen without a host": (["run", *DAEMON, "--listen", "7070"], "listen: must be host:port"),
+    "--metrics with a bad port": (["run", *DAEMON, "--metrics", "127.0.0.1:x"], "metrics: the port"),
+    "--chunk-size 3 GB": (["run", *DAEMON, "--chunk-size", "3000000000"], "chunk-size: must lie in"),
+    "tadlora certs into a file": (["certs", "{tmp}/a-file", "--run-id", "r", "--peers", "1"], "is a file, not a folder"),
+    "tadlora certs for a bad peer id": (["certs", "{tmp}/ca", "--run-id", "r", "--peer-id", "a/b"], "peer-id:"),
+    "a scenario with at_round = 'soon'": (["testbed", *TINY, "--scenario", "{tmp}/soon.toml"],
+                                          "at_round must be a round number"),
+    "a testbed on a bad data file": (["testbed", *TINY, "--task", "jsonl:{tmp}/numbers.jsonl"], "not a JSON object"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_is_one_line_exit_2_and_leaves_nothing(case, tmp_path, capsys, monkeypatch):
+    _files(tmp_path)
+    monkeypatch.chdir(tmp_path)  # the commands' default output folders (runs/...) land here, if anywhere
+    argv, message = CASES[case]
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    out = tmp_path / "out"
+    if "--out" not in argv and argv[0] in ("simulate", "testbed", "run"):
+        argv += ["--out", str(out)]
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("tadlora: error:")]
+    assert len(lines) == 1 and message in lines[0], err[-2000:]
+    assert "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no output folder, nothing half-written
+
+
+def test_a_second_daemon_with_a_taken_peer_id_exits_2_with_one_line(tmp_path, capsys):
+    # the first "daemon" is its mDNS announcement (that is all the second one can see of it)
+    import asyncio
+    import threading
+
+    from peer.discovery.mdns import MdnsDiscovery, PeerRecord
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    first = MdnsDiscovery(PeerRecord("peer-00", "dup-run", "127.0.0.1:40031", 2, "s"), lambda r: None,
+                          lambda pid: None, interfaces=["127.0.0.1"])
+    asyncio.run_coroutine_threadsafe(first.start(), loop).result(timeout=30)
+    try:
+        argv = ["run", *DAEMON, "--mdns", "1", "--run-id", "dup-run", "--out", str(tmp_path / "second")]
+        assert main(argv) == 2
+    finally:
+        asyncio.run_coroutine_threadsafe(first.close(), loop).result(timeout=30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("tadlora: error:")]
+    assert len(lines) == 1 and "already announces 'peer-00'" in lines[0] and "127.0.0.1:40031" in lines[0], err[-2000:]
+    assert "Traceback" not in err
+
+
+def test_a_second_daemon_on_a_folder_in_use_exits_2_with_one_line(tmp_path, capsys):
+    from peer.daemon.main import lock_folder
+
+    held = lock_folder(tmp_path)  # as a running daemon holds it
+    try:
+        assert main(["run", *DAEMON, "--out", str(tmp_path)]) == 2
+    finally:
+        held.close()
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("tadlora: error:")]
+    assert len(lines) == 1 and "is in use by another daemon" in lines[0] and "Traceback" not in err, err[-2000:]
