@@ -82,6 +82,7 @@ def main() -> None:
     common = settings_from(args)
     seeds = [int(s) for s in args.seeds.split(",")]
     found: dict[tuple[str, str, float], list[float]] = {}
+    averaged: dict[tuple[str, str, float], list[float]] = {}   # the network average's accuracy
     chosen: dict[float, str] = {}
     refs: dict[str, list[float]] = {"alone": [], "centralized": []}
     for seed in seeds:
@@ -95,24 +96,29 @@ def main() -> None:
                 continue
             summary = run(folder, **common, **settings, seed=seed)
             found.setdefault((table, row, p), []).append(summary["mean_accuracy"])
+            averaged.setdefault((table, row, p), []).append(summary["network_average"])
             if row == "auto":
                 chosen[p] = str(summary["switch_interval"])
     print(f"\n10 peers, seeds {args.seeds}; {args.rounds} rounds x {args.local_steps} steps of {args.batch_size}; "
           f"lr {args.learning_rate:g}; head {'trained and mixed' if args.train_head else 'frozen'}")
     print(f"references (same budget and seeds): alone {mean_spread(refs['alone'])}, "
           f"centralized {mean_spread(refs['centralized'])}\n")
-    print("| method | " + " | ".join(f"p = {p:g}" for p in EDGE_PROBS) + " |\n|---" * 1 + "|---" * len(EDGE_PROBS) + "|")
-    for m in METHODS:
-        print(f"| {m} | " + " | ".join(mean_spread(found.get(("methods", m, p), [])) for p in EDGE_PROBS) + " |")
-    print("\n| T | " + " | ".join(f"p = {p:g}" for p in SPARSE) + " |\n|---" + "|---" * len(SPARSE) + "|")
-    for t in INTERVALS:
-        label = "auto" if t == "auto" else f"T = {t}"
-        print(f"| {label} | " + " | ".join(
-            mean_spread(found.get(("intervals", t, p), [])) + (f" (T = {chosen[p]})" if t == "auto" and p in chosen else "")
-            for p in SPARSE) + " |")
+    for title, values in (("the peers' own models (mean over peers)", found),
+                          ("the network average (the peers' factors averaged, one model)", averaged)):
+        print(f"\n{title}\n")
+        print("| method | " + " | ".join(f"p = {p:g}" for p in EDGE_PROBS) + " |\n|---" * 1 + "|---" * len(EDGE_PROBS) + "|")
+        for m in METHODS:
+            print(f"| {m} | " + " | ".join(mean_spread(values.get(("methods", m, p), [])) for p in EDGE_PROBS) + " |")
+        print("\n| T | " + " | ".join(f"p = {p:g}" for p in SPARSE) + " |\n|---" + "|---" * len(SPARSE) + "|")
+        for t in INTERVALS:
+            label = "auto" if t == "auto" else f"T = {t}"
+            print(f"| {label} | " + " | ".join(
+                mean_spread(values.get(("intervals", t, p), []))
+                + (f" (T = {chosen[p]})" if t == "auto" and p in chosen else "") for p in SPARSE) + " |")
     table = {f"{t}|{r}|{p:g}": v for (t, r, p), v in found.items()}
+    network = {f"{t}|{r}|{p:g}": v for (t, r, p), v in averaged.items()}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "table.json").write_text(json.dumps({"cells": table, "references": refs,
+    (args.out / "table.json").write_text(json.dumps({"cells": table, "network_average": network, "references": refs,
                                                      "settings": common}, indent=2) + "\n")
     spreads = [statistics.stdev(v) for v in found.values() if len(v) > 1]
     if spreads:

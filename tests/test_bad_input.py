@@ -74,7 +74,7 @@ def test_a_second_daemon_with_a_taken_peer_id_exits_2_with_one_line(tmp_path, ca
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
     first = MdnsDiscovery(PeerRecord("peer-00", "dup-run", "127.0.0.1:40031", 2, "s"), lambda r: None,
-                          lambda pid: None, interfaces=["127.0.0.1"])
+                          lambda pid, address: None, interfaces=["127.0.0.1"])
     asyncio.run_coroutine_threadsafe(first.start(), loop).result(timeout=30)
     try:
         argv = ["run", *DAEMON, "--mdns", "1", "--run-id", "dup-run", "--out", str(tmp_path / "second")]

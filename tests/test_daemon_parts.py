@@ -7,7 +7,7 @@ import json
 import torch
 
 from peer.algorithm.schedule import AgreedSchedule
-from peer.daemon.links import MAX_BACKOFF_ROUNDS, LinkBackoff
+from peer.daemon.links import DORMANT_AFTER_FAILURES, MAX_BACKOFF_ROUNDS, LinkBackoff
 from peer.daemon.persistence import FolderStore, MemoryStore, Persistence, ROUNDS_LOG, WAL
 from peer.daemon.protocol import Identity, LinkProtocol
 from peer.daemon.settlement import PendingLink
@@ -92,6 +92,18 @@ def test_backoff_skips_a_failing_neighbour_and_both_ends_meet_again():
     assert slow.period("x") == MAX_BACKOFF_ROUNDS
     slow.outcome("x", counted=True)
     assert slow.period("x") == 1
+
+
+def test_a_neighbour_that_never_answers_costs_a_bounded_number_of_rounds_then_none():
+    # issue 12, part 2: attempted (and waited for) in at most DORMANT_AFTER_FAILURES rounds, then never
+    backoff, attempted = LinkBackoff(), []
+    for round_ in range(200):
+        if backoff.attempt("ghost", round_):
+            attempted.append(round_)
+            backoff.outcome("ghost", counted=False)
+    assert len(attempted) == DORMANT_AFTER_FAILURES and attempted[-1] < 20 and backoff.dormant("ghost")
+    backoff.outcome("ghost", counted=True)  # it answered a status probe: attempted again at once
+    assert backoff.attempt("ghost", 201) and not backoff.dormant("ghost")
 
 
 def test_proposals_freeze_half_way_through_the_window():

@@ -23,8 +23,14 @@ def synthetic_link_up(seed: int, round_: int, a: str, b: str, p: float) -> bool:
 
 # A neighbour whose link failed this many rounds in a row becomes suspect ...
 SUSPECT_AFTER_FAILURES = 2
-# ... and is attempted only in rounds divisible by 2, 4, 8, ... up to this (one more doubling per failure).
+# ... and is attempted only in rounds divisible by 2, 4, 8, ... up to this (one more doubling per failure) ...
 MAX_BACKOFF_ROUNDS = 16
+# ... and after this many failed attempts in a row it is dormant: never attempted, not in the degree,
+# only asked for its status in the background until it answers. A vanished neighbour so costs at most
+# this many rounds that wait for it, spread over its first 1+1+2+4+8 = 16 rounds of absence. Raise it
+# where links fail often but briefly (the symptom of too small: a flapping neighbour left out of
+# rounds it could have joined; a Status answer brings it back the next round).
+DORMANT_AFTER_FAILURES = 5
 
 
 class LinkBackoff:
@@ -33,9 +39,10 @@ class LinkBackoff:
     A suspect neighbour at level k is attempted only in rounds divisible by 2**k. Aligning on the round
     number (rather than counting from the last failure) makes both ends of a link meet again: whatever
     levels the two ends have, a round divisible by the larger power is an attempt at both. A hung or
-    cut-off neighbour then costs one waiting round per backoff period instead of every round. In the
-    rounds it is skipped, the daemon asks it for its status in the background; an answer ends the
-    backoff, so a neighbour that comes back is attempted again at once.
+    cut-off neighbour then costs one waiting round per backoff period instead of every round, and after
+    ``DORMANT_AFTER_FAILURES`` failed attempts none at all (dormant: never attempted). In the rounds it
+    is skipped, the daemon asks it for its status in the background; an answer ends the backoff, so a
+    neighbour that comes back is attempted again at once.
 
     Only this peer's own view: its degree counts the links it attempts, and both ends of a link agree on
     whether it counted whatever each attempts, so skipping a neighbour never breaks the sums; the other
@@ -49,8 +56,11 @@ class LinkBackoff:
         excess = self.failures.get(peer_id, 0) - SUSPECT_AFTER_FAILURES
         return 1 if excess < 0 else min(MAX_BACKOFF_ROUNDS, 2 ** (excess + 1))
 
+    def dormant(self, peer_id: str) -> bool:
+        return self.failures.get(peer_id, 0) >= DORMANT_AFTER_FAILURES
+
     def attempt(self, peer_id: str, round_: int) -> bool:
-        return round_ % self.period(peer_id) == 0
+        return not self.dormant(peer_id) and round_ % self.period(peer_id) == 0
 
     def outcome(self, peer_id: str, counted: bool) -> None:
         if counted:

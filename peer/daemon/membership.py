@@ -1,5 +1,24 @@
-"""Who this peer may link with: peers announced by mDNS or given as static addresses, admitted once they
-prove (over mutual TLS) or claim (without it) that they belong to the run."""
+"""Who this peer may link with: peers announced by mDNS or given as static addresses, each known only
+once it has answered for its id.
+
+What holds, with and without TLS (the README's security section says the same):
+
+- An address for a peer id that is already known changes only when the new address proves the
+  identity: it answers a Status call with that peer id and this run (over mutual TLS, on a connection
+  whose certificate comes from the run's authority). A fake announcement of a known id at another
+  address is refused (``identity``) or, if it never answers, never taken.
+- Over TLS every announced peer must prove itself that way before it is known: a peer that cannot
+  complete the handshake is refused (``membership``), and one that never answers is never admitted
+  (it is tried again when it announces itself again).
+- A goodbye (an mDNS record withdrawn) removes a peer only at the address it was announced at: a
+  fake's goodbye cannot remove the real peer.
+- Every announced peer, with or without TLS, is known only once it answers a Status call with its id
+  and this run: an announcement at a dead port, a tarpit that never answers, a crowd of fake services
+  never enter the rounds. Without TLS anyone on the LAN who runs the protocol can still claim a new
+  id; only TLS keeps such a peer out.
+- A known peer that stops answering costs a bounded number of waiting rounds, then is dormant (not
+  attempted, not in the degree) until it answers again (``peer.daemon.links``).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +26,8 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from peer.transport.base import ExchangeFailed, Transport
+from peer.transport.base import ExchangeFailed, Reason, Transport
+from peer.transport.ids import peer_id_problem
 
 log = logging.getLogger("tadlora.daemon")
 
@@ -15,6 +35,9 @@ ADMISSION_TRIES = 5
 ADMISSION_STATUS_TIMEOUT_S = 3.0
 ADMISSION_RETRY_S = 1.0
 STATIC_STATUS_TIMEOUT_S = 2.0
+# Admissions in flight at once: each is a few Status calls; beyond this, announcements wait for the
+# next one (mDNS repeats them) instead of piling up tasks for a crowd of fakes.
+MAX_PENDING_ADMISSIONS = 64
 
 
 def tls_refused(exc: ExchangeFailed) -> bool:
@@ -28,46 +51,54 @@ class Membership:
         self.peer_id, self.run_id, self.digest, self.transport, self.tls = peer_id, run_id, digest, transport, tls
         self.count_rejection = count_rejection
         self.known: dict[str, str] = {}          # peer id -> address
-        self.admissions: set[asyncio.Task] = set()
+        self.admissions: dict[tuple[str, str], asyncio.Task] = {}
 
     def add_peer(self, peer_id: str, address: str) -> None:
-        """A peer announced by mDNS. Over TLS it joins only after proving membership (``_admit``)."""
+        """A peer announced by mDNS: known once it answers for its id and this run (``_admit``)."""
         if peer_id == self.peer_id or self.known.get(peer_id) == address:
             return
-        if self.tls:
-            task = asyncio.ensure_future(self._admit(peer_id, address))
-            self.admissions.add(task)
-            task.add_done_callback(self.admissions.discard)
-            return
-        self.know(peer_id, address)
+        self._admit_later(peer_id, address)
 
     def know(self, peer_id: str, address: str) -> None:
+        moved = self.known.get(peer_id)
         self.known[peer_id] = address
-        log.info("%s: found %s at %s", self.peer_id, peer_id, address)
+        log.info("%s: found %s at %s%s", self.peer_id, peer_id, address, f" (was {moved})" if moved else "")
+
+    def _admit_later(self, peer_id: str, address: str) -> None:
+        key = (peer_id, address)
+        if key in self.admissions or len(self.admissions) >= MAX_PENDING_ADMISSIONS:
+            return
+        task = asyncio.ensure_future(self._admit(peer_id, address))
+        self.admissions[key] = task
+        task.add_done_callback(lambda _: self.admissions.pop(key, None))
 
     async def _admit(self, peer_id: str, address: str) -> None:
-        """Open a mutual-TLS connection to an announced peer: only a certificate of this run's
-        authority completes the handshake. A failed handshake refuses the peer (logged, counted as
-        ``membership``); a peer that does not answer yet is tried again, then taken like any silent
-        peer (every later exchange is over the same TLS, so nothing unproven is ever mixed)."""
+        """Ask the announced address who it is (over mutual TLS when the run has it: only a certificate
+        of the run's authority completes the handshake). Known only if it answers with ``peer_id`` and
+        this run; a failed handshake or another identity is refused (logged, counted); an address that
+        never answers in ``ADMISSION_TRIES`` tries is not taken."""
         for _ in range(ADMISSION_TRIES):
             try:
                 status = await self.transport.status(address, timeout=ADMISSION_STATUS_TIMEOUT_S)
             except ExchangeFailed as exc:
-                if tls_refused(exc):
-                    self.count_rejection("membership", f"{peer_id} cannot prove membership of run "
+                if self.tls and tls_refused(exc):
+                    self.count_rejection(Reason.MEMBERSHIP, f"{peer_id} cannot prove membership of run "
                                          f"{self.run_id!r}: TLS handshake failed", address)
                     return
                 await asyncio.sleep(ADMISSION_RETRY_S)
                 continue
             if status.peer_id != peer_id or status.run_id != self.run_id:
-                self.count_rejection("identity", f"announced as {peer_id} of run {self.run_id!r}, "
-                                     f"answers as {status.peer_id} of run {status.run_id!r}", address)
+                self.count_rejection(Reason.IDENTITY, f"announced as {peer_id} of run {self.run_id!r}, "
+                                     f"answers as {status.peer_id[:60]!r} of run {status.run_id[:60]!r}", address)
                 return
-            break
-        self.know(peer_id, address)
+            self.know(peer_id, address)
+            return
+        log.info("%s: not taking %s at %s: it never answered", self.peer_id, peer_id, address)
 
-    def remove_peer(self, peer_id: str) -> None:
+    def remove_peer(self, peer_id: str, address: str | None = None) -> None:
+        """A peer's announcement withdrawn: removed only if it is known at that ``address`` (None: at any)."""
+        if address is not None and self.known.get(peer_id) != address:
+            return
         if self.known.pop(peer_id, None):
             log.info("%s: lost %s", self.peer_id, peer_id)
 
@@ -78,18 +109,22 @@ class Membership:
             status = await self.transport.status(address, timeout=STATIC_STATUS_TIMEOUT_S)
         except ExchangeFailed as exc:
             if self.tls and tls_refused(exc):
-                self.count_rejection("membership", f"static peer cannot prove membership of run "
+                self.count_rejection(Reason.MEMBERSHIP, f"static peer cannot prove membership of run "
                                      f"{self.run_id!r}: TLS handshake failed", address)
                 return True  # refused for good: stop asking
             return False
+        if peer_id_problem(status.peer_id):
+            self.count_rejection(Reason.IDENTITY, f"static peer answers with an invalid id: {peer_id_problem(status.peer_id)}",
+                                 address)
+            return True
         if status.run_id == self.run_id and status.schema_digest == self.digest:
             if status.peer_id != self.peer_id and self.known.get(status.peer_id) != address:
                 self.know(status.peer_id, address)  # its answer came over this run's TLS, if any
         else:
-            log.info("%s: ignoring %s at %s: run %r or another schema", self.peer_id, status.peer_id, address,
-                     status.run_id)
+            log.info("%s: ignoring %s at %s: run %r or another schema", self.peer_id, status.peer_id[:60], address,
+                     status.run_id[:60])
         return True
 
     def close(self) -> None:
-        for task in self.admissions:
+        for task in list(self.admissions.values()):
             task.cancel()

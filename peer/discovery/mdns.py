@@ -48,6 +48,9 @@ DUPLICATE_WINDOW_S = 1.5
 # Service names whose refusal was logged: remembered so that each is logged once, forgotten oldest
 # first beyond this many, so that a flood of fake names cannot grow memory.
 MAX_REMEMBERED_REFUSALS = 1024
+# Announcements of this run taken at once; beyond it a crowd of fake services is refused instead of
+# growing memory (a real run is far smaller; raise it for a run of more peers).
+MAX_ANNOUNCED_NAMES = 1024
 
 
 class Refusal(StrEnum):
@@ -59,6 +62,7 @@ class Refusal(StrEnum):
     OTHER_RUN = "other-run"
     OTHER_PROTOCOL = "other-protocol"
     OTHER_SCHEMA = "other-schema"
+    CROWD = "crowd"                    # more announcements than MAX_ANNOUNCED_NAMES
 
 
 class DuplicatePeerId(RuntimeError):
@@ -140,16 +144,18 @@ def parse_record(properties: Mapping[bytes, bytes | None], addresses: list[str],
 
 class MdnsDiscovery:
     def __init__(self, record: PeerRecord, on_found: Callable[[PeerRecord], None],
-                 on_lost: Callable[[str], None], interfaces: list[str] | None = None,
+                 on_lost: Callable[[str, str], None], interfaces: list[str] | None = None,
                  on_refused: Callable[[Refusal, str, str], None] | None = None) -> None:
-        """``on_refused(reason, detail, service name)`` is called for each refused record (once per
-        name and reason; the name and detail are escaped and bounded)."""
+        """``on_lost(peer id, address)``: the announcement of that peer at that address was withdrawn
+        (another announcement of the same id elsewhere is not touched). ``on_refused(reason, detail,
+        service name)`` is called for each refused record (once per name and reason; the name and detail
+        are escaped and bounded)."""
         self.record, self.on_found, self.on_lost = record, on_found, on_lost
         self.on_refused = on_refused
         self.interfaces = interfaces
         self._zc: AsyncZeroconf | None = None
         self._browser: AsyncServiceBrowser | None = None
-        self._names: dict[str, str] = {}   # service name -> peer id
+        self._names: dict[str, tuple[str, str]] = {}   # service name -> (peer id, address)
         self._refused: OrderedDict[tuple[str, Refusal], None] = OrderedDict()
         self._tasks: set[asyncio.Task] = set()
         self._own_name_seen = False   # before announcing: someone else answers for this peer id
@@ -199,9 +205,9 @@ class MdnsDiscovery:
             self._own_name_seen = self._own_name_seen or state_change is not ServiceStateChange.Removed
             return
         if state_change is ServiceStateChange.Removed:
-            peer_id = self._names.pop(name, None)
-            if peer_id:
-                self.on_lost(peer_id)
+            announced = self._names.pop(name, None)
+            if announced:
+                self.on_lost(*announced)
             return
         task = asyncio.ensure_future(self._resolve(name))
         self._tasks.add(task)
@@ -219,7 +225,10 @@ class MdnsDiscovery:
         if refusal is not None:
             self._refuse(name, *refusal)
             return
-        self._names[name] = parsed.peer_id
+        if name not in self._names and len(self._names) >= MAX_ANNOUNCED_NAMES:
+            self._refuse(name, Refusal.CROWD, f"already {MAX_ANNOUNCED_NAMES} peers announced")
+            return
+        self._names[name] = (parsed.peer_id, parsed.address)
         self.on_found(parsed)
 
     def _refuse(self, name: str, reason: Refusal, detail: str) -> None:

@@ -1,0 +1,116 @@
+"""Membership on a shared LAN (issue 12, part 1): an address for a known peer id changes only when the
+new address proves the id, a goodbye removes a peer only at its own address, and over TLS nothing that
+cannot complete the handshake is ever admitted. A scripted transport stands in for the network."""
+
+import asyncio
+
+import pytest
+
+from peer.daemon import membership as membership_module
+from peer.daemon.membership import Membership
+from peer.transport.base import ExchangeFailed, StatusInfo
+
+RUN = "lab-run"
+
+
+class ScriptedTransport:
+    """``answers[address]``: the StatusInfo that address gives, or an exception it raises."""
+
+    def __init__(self, answers):
+        self.answers, self.asked = answers, []
+
+    async def status(self, address, timeout):
+        self.asked.append(address)
+        answer = self.answers.get(address, ExchangeFailed("connection refused"))
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+def _member(answers, tls=False):
+    refused = []
+    m = Membership("peer-00", RUN, b"digest", ScriptedTransport(answers), tls,
+                   lambda reason, detail, source: refused.append(reason))
+    return m, refused
+
+
+def _status(peer_id, run=RUN):
+    return StatusInfo(peer_id=peer_id, run_id=run, round=0, phase="B", schema_digest=b"digest")
+
+
+async def _settle(m):
+    while m.admissions:
+        await asyncio.gather(*m.admissions.values(), return_exceptions=True)
+
+
+@pytest.fixture(autouse=True)
+def quick_retries(monkeypatch):
+    monkeypatch.setattr(membership_module, "ADMISSION_RETRY_S", 0.0)
+
+
+def test_a_fake_announcement_of_a_known_id_cannot_take_its_place_nor_say_goodbye_for_it():
+    async def scenario():
+        m, refused = _member({"10.0.0.2:7070": _status("peer-02"), "10.0.0.9:7070": _status("mallory")})
+        m.add_peer("peer-02", "10.0.0.2:7070")
+        await _settle(m)
+        m.add_peer("peer-02", "10.0.0.66:1")          # a dead port: never answers
+        m.add_peer("peer-02", "10.0.0.9:7070")        # answers, as someone else
+        await _settle(m)
+        assert m.known == {"peer-02": "10.0.0.2:7070"} and refused == ["identity"]
+        m.remove_peer("peer-02", "10.0.0.66:1")       # the fakes' goodbyes
+        m.remove_peer("peer-02", "10.0.0.9:7070")
+        assert m.known == {"peer-02": "10.0.0.2:7070"}
+        m.remove_peer("peer-02", "10.0.0.2:7070")     # its own goodbye
+        assert m.known == {}
+
+    asyncio.run(scenario())
+
+
+def test_a_peer_that_restarts_at_a_new_address_proves_it_and_moves():
+    async def scenario():
+        m, refused = _member({"10.0.0.2:7070": _status("peer-02"), "10.0.0.2:7071": _status("peer-02")})
+        m.add_peer("peer-02", "10.0.0.2:7070")
+        await _settle(m)
+        m.add_peer("peer-02", "10.0.0.2:7071")
+        await _settle(m)
+        assert m.known == {"peer-02": "10.0.0.2:7071"} and refused == []
+
+    asyncio.run(scenario())
+
+
+def test_over_tls_a_peer_that_cannot_complete_the_handshake_or_never_answers_is_never_admitted():
+    async def scenario():
+        m, refused = _member({"10.0.0.3:7070": ExchangeFailed("TLS handshake failed"),
+                              "10.0.0.4:7070": _status("peer-04")}, tls=True)
+        m.add_peer("peer-03", "10.0.0.3:7070")        # no certificate of the run
+        m.add_peer("peer-05", "10.0.0.5:7070")        # silent, whatever the retries say
+        m.add_peer("peer-04", "10.0.0.4:7070")        # a member
+        await _settle(m)
+        assert m.known == {"peer-04": "10.0.0.4:7070"} and refused == ["membership"]
+        assert m.transport.asked.count("10.0.0.5:7070") == membership_module.ADMISSION_TRIES
+
+    asyncio.run(scenario())
+
+
+def test_without_tls_a_ghost_or_a_crowd_that_never_answers_is_never_known():
+    async def scenario():
+        m, refused = _member({"10.0.0.2:7070": _status("peer-02")})
+        for i in range(50):
+            m.add_peer(f"ghost-{i}", f"10.0.9.{i}:7070")
+        m.add_peer("peer-02", "10.0.0.2:7070")
+        await _settle(m)
+        assert m.known == {"peer-02": "10.0.0.2:7070"} and refused == []
+
+    asyncio.run(scenario())
+
+
+def test_a_crowd_of_announcements_holds_a_bounded_number_of_admissions():
+    async def scenario():
+        m, _ = _member({}, tls=True)
+        for i in range(1000):
+            m.add_peer(f"fake-{i}", f"10.1.{i // 250}.{i % 250}:1")
+        assert len(m.admissions) == membership_module.MAX_PENDING_ADMISSIONS
+        m.close()
+        await asyncio.gather(*m.admissions.values(), return_exceptions=True)
+
+    asyncio.run(scenario())
