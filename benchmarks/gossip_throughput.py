@@ -70,10 +70,10 @@ class EchoPeer(ExchangeServer):
     def status(self):
         raise NotImplementedError
 
-    async def current_factors(self, run_id):
+    async def current_factors(self, run_id, peer_id):
         raise NotImplementedError
 
-    def outcome(self, peer_id, round_):
+    def outcome(self, peer_id, round_, run_id):
         return None
 
 

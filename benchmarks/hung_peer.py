@@ -43,10 +43,10 @@ class HungServer(ExchangeServer):
         # gRPC it would cost its 2 s timeout, once at start and once per catch-up check)
         raise ExchangeFailed("hung: never answers")
 
-    async def current_factors(self, run_id):
+    async def current_factors(self, run_id, peer_id):
         await asyncio.Event().wait()
 
-    def outcome(self, peer_id, round_):
+    def outcome(self, peer_id, round_, run_id):
         return None
 
 

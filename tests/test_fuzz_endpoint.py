@@ -257,3 +257,16 @@ def test_a_peer_cannot_write_the_daemons_vocabulary(live, caplog):
     assert status.ByteSize() < 4096 and all(len(k) < 40 for k in status.rejected)
     lines = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
     assert len(lines) >= 50 and all("\n" not in line and len(line) < 600 for line in lines)
+
+
+def test_a_frame_over_the_message_cap_is_refused_logged_and_counted(live, caplog):
+    # issue 12, part 5: gRPC drops the frame before the daemon sees it; the stream's end is the refusal
+    before = sum(live.daemon.rejected.values())
+    h = sealed(live.good_header(), bytes(live.own.payload))
+    cap = 4096 + (64 << 10)  # the LiveDaemon's chunk size + the transport's allowance for the frame
+    with caplog.at_level("WARNING", logger="tadlora.daemon"):
+        replies = live.send([pb.Frame(header=header_to_pb(h)), pb.Frame(chunk=pb.Chunk(data=b"x" * (cap + 1)))])
+    live.call(asyncio.sleep(0.1))
+    assert not any(f.HasField("header") or f.HasField("ack") for f in replies)
+    assert sum(live.daemon.rejected.values()) == before + 1
+    assert any("refused (truncated)" in r.getMessage() and "message cap" in r.getMessage() for r in caplog.records)

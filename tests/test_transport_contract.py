@@ -55,12 +55,16 @@ class FakePeer(ExchangeServer):
     def status(self):
         return StatusInfo(self.peer_id, "run-1", self.round, "A", schema_digest(SCHEMA), 3, [], dict(self.rejections))
 
-    async def current_factors(self, run_id):
+    async def current_factors(self, run_id, peer_id):
         if run_id != "run-1":
             raise Rejected("run", "other run")
+        if peer_id != "peer-a":
+            raise Rejected("membership", "not a known peer")
         return message(self.peer_id, self.round, self.value)
 
-    def outcome(self, peer_id, round_):
+    def outcome(self, peer_id, round_, run_id):
+        if run_id != "run-1" or peer_id != "peer-a":
+            return None
         return (peer_id, round_) in self.commits if round_ == self.round else None
 
     def count_rejection(self, reason, detail="", source=""):
@@ -197,10 +201,16 @@ def test_status_fetch_and_unreachable_peer(transports):
         async with pair(transports) as (client_t, peer, address):
             status = await client_t.status(address, timeout=2)
             assert (status.peer_id, status.round, status.switch_interval) == ("peer-b", 5, 3)
-            fetched = await client_t.fetch(address, "run-1", timeout=2)
+            fetched = await client_t.fetch(address, "run-1", "peer-a", timeout=2)
             assert decode_factors(fetched.payload, SCHEMA)["layer.0.lora_A.weight"][0, 0] == 7.0
             with pytest.raises(Rejected):
-                await client_t.fetch(address, "run-2", timeout=2)
+                await client_t.fetch(address, "run-2", "peer-a", timeout=2)
+            # only a known peer of the run gets the factors or a link's outcome; each refusal is counted
+            # (over TLS the claim is refused before: the certificate names another peer)
+            with pytest.raises(Rejected, match="membership|identity"):
+                await client_t.fetch(address, "run-1", "stranger", timeout=2)
+            assert peer.rejections.get("run") == 1 and sum(peer.rejections.values()) == 2
+            assert await client_t.outcome(address, "run-2", "peer-a", 5, timeout=2) is None
         closed = transports()  # the server is gone now
         with pytest.raises(ExchangeFailed):
             await closed.exchange(address, message("peer-a", 5, 1.0), accept, timeout=1)

@@ -166,7 +166,12 @@ class PeerDaemon(ExchangeServer):
     async def abort(self, header: Header) -> None:
         self.protocol.abort(header)
 
-    def outcome(self, peer_id: str, round_: int) -> bool | None:
+    def outcome(self, peer_id: str, round_: int, run_id: str) -> bool | None:
+        """Answered only to a known peer of this run (any other asker learns nothing, and is counted)."""
+        if run_id != self.net.run_id or peer_id not in self.known:
+            self.count_rejection(Reason.MEMBERSHIP, f"outcome query from {peer_id[:60]!r} of run {run_id[:60]!r}: "
+                                 "not a known peer of this run")
+            return None
         return self.protocol.outcome(peer_id, round_)
 
     def status(self) -> StatusInfo:
@@ -179,9 +184,11 @@ class PeerDaemon(ExchangeServer):
             neighbours=[NeighbourInfo(pid, addr, *self.last_link.get(pid, (-1, 0.0)))
                         for pid, addr in sorted(self.known.items())])
 
-    async def current_factors(self, run_id: str) -> FactorMessage:
+    async def current_factors(self, run_id: str, peer_id: str) -> FactorMessage:
         if run_id != self.net.run_id:
             raise Rejected("run", f"this peer belongs to run {self.net.run_id!r}")
+        if peer_id not in self.known:
+            raise Rejected("membership", f"{peer_id[:60]!r} is not a known peer of this run")
         if self.latest is None:
             raise Rejected("no-factors", "nothing mixed yet")
         return self.latest
@@ -563,7 +570,8 @@ class PeerDaemon(ExchangeServer):
     async def _latest_header_of(self, pid: str) -> Header | None:
         """The header of a neighbour's latest factors: its round and its phase schedule."""
         try:
-            return (await self.transport.fetch(self.known[pid], self.net.run_id, timeout=FETCH_TIMEOUT_S)).header
+            return (await self.transport.fetch(self.known[pid], self.net.run_id, self.peer_id,
+                                               timeout=FETCH_TIMEOUT_S)).header
         except (ExchangeFailed, Rejected, KeyError) as exc:
             log.warning("%s: could not fetch the schedule of %s: %s", self.peer_id, pid, exc)
             return None

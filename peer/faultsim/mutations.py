@@ -65,7 +65,7 @@ def catch_up_adopts_a_neighbours_factors():
             return
         donor = sorted(self.known)[0]
         try:
-            message = await self.transport.fetch(self.known[donor], self.net.run_id, timeout=1.0)
+            message = await self.transport.fetch(self.known[donor], self.net.run_id, self.peer_id, timeout=1.0)
         except Exception:  # noqa: BLE001 - the donor may be down: then nothing is adopted
             return
         self.local.adapter.load_factors(decode_factors(message.payload, self.schema))

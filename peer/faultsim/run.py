@@ -96,12 +96,12 @@ class _Guarded(ExchangeServer):
         self._check()
         return self.daemon.status()
 
-    async def current_factors(self, run_id):
+    async def current_factors(self, run_id, peer_id):
         self._check()
-        return await self.daemon.current_factors(run_id)
+        return await self.daemon.current_factors(run_id, peer_id)
 
-    def outcome(self, peer_id, round_):
-        return None if self.dead else self.daemon.outcome(peer_id, round_)
+    def outcome(self, peer_id, round_, run_id):
+        return None if self.dead else self.daemon.outcome(peer_id, round_, run_id)
 
     def count_rejection(self, reason, detail="", source=""):
         if not self.dead:

@@ -207,12 +207,14 @@ class ExchangeServer(abc.ABC):
     def status(self) -> StatusInfo: ...
 
     @abc.abstractmethod
-    async def current_factors(self, run_id: str) -> FactorMessage:
-        """The latest mixed factors (both A and B), for a late joiner; raise Rejected if none or wrong run."""
+    async def current_factors(self, run_id: str, peer_id: str) -> FactorMessage:
+        """The latest mixed factors, for ``peer_id`` of run ``run_id`` (a late joiner); raise Rejected if
+        there are none, or the asker is not a known peer of this run."""
 
     @abc.abstractmethod
-    def outcome(self, peer_id: str, round_: int) -> bool | None:
-        """Did the link with ``peer_id`` count in ``round_``? None when unknown."""
+    def outcome(self, peer_id: str, round_: int, run_id: str) -> bool | None:
+        """Did the link with ``peer_id`` (who asks) count in ``round_``? None when unknown, and for an
+        asker that is not a known peer of run ``run_id``."""
 
     def count_rejection(self, reason: str, detail: str = "", source: str = "") -> None:
         """Called by transports for every incoming message they refuse, in framing (size, hash,
@@ -240,7 +242,8 @@ class Transport(abc.ABC):
     async def status(self, address: str, timeout: float) -> StatusInfo: ...
 
     @abc.abstractmethod
-    async def fetch(self, address: str, run_id: str, timeout: float) -> FactorMessage: ...
+    async def fetch(self, address: str, run_id: str, peer_id: str, timeout: float) -> FactorMessage:
+        """The latest factors of the peer at ``address``, asked as ``peer_id`` of ``run_id``."""
 
     @abc.abstractmethod
     async def outcome(self, address: str, run_id: str, peer_id: str, round_: int, timeout: float) -> bool | None: ...

@@ -93,7 +93,8 @@ async def read_message(next_frame: Callable[[], Awaitable[pb.Frame | None]], lim
         except asyncio.TimeoutError:
             raise Rejected("stalled", f"no frame for {limits.frame_timeout:g} s") from None
         if f is None:
-            raise Rejected("truncated", "stream ended mid-message")
+            # gRPC also ends the stream this way when a frame is over its message cap (chunk size + 64 KiB)
+            raise Rejected("truncated", "stream ended mid-message (or a frame was over the message cap)")
         if f.HasField("reject"):
             raise Rejected(Reason.of(f.reject.reason), shown(f.reject.detail), f.reject.current_round)
         return f

@@ -55,12 +55,17 @@ def _reader(call):
 
 def _check_identity(context, header, tls: TlsMaterial | None) -> None:
     """Over TLS, the header's sender must be the common name of the client's certificate."""
+    _check_caller(context, header.sender_id, tls)
+
+
+def _check_caller(context, peer_id: str, tls: TlsMaterial | None) -> None:
+    """Over TLS, the peer id a caller gives must be the common name of its certificate."""
     if tls is None:
         return
     names = context.auth_context().get("x509_common_name", [])
-    if [header.sender_id.encode()] != list(names):
+    if [peer_id.encode()] != list(names):
         named = b",".join(names).decode(errors="replace") or "none"
-        raise Rejected("identity", f"sender {header.sender_id!r} but certificate of {named!r}")
+        raise Rejected("identity", f"sender {peer_id[:60]!r} but certificate of {named[:60]!r}")
 
 
 class _Servicer(pb_grpc.PeerServicer):
@@ -112,15 +117,22 @@ class _Servicer(pb_grpc.PeerServicer):
 
     async def Fetch(self, request, context):
         try:
-            message = await self.server.current_factors(request.run_id)
+            _check_caller(context, request.peer_id, self.tls)
+            message = await self.server.current_factors(request.run_id, request.peer_id)
         except Rejected as r:
+            self.server.count_rejection(r.reason, r.detail, context.peer())
             yield reject_frame(r)
             return
         for frame in to_frames(message, self.limits.chunk_size):
             yield frame
 
     async def Outcome(self, request, context):
-        counted = self.server.outcome(request.peer_id, request.round)
+        try:
+            _check_caller(context, request.peer_id, self.tls)
+        except Rejected as r:
+            self.server.count_rejection(r.reason, r.detail, context.peer())
+            return pb.OutcomeReply(counted=False, known=False)
+        counted = self.server.outcome(request.peer_id, request.round, request.run_id)
         return pb.OutcomeReply(counted=bool(counted), known=counted is not None)
 
 
@@ -233,11 +245,11 @@ class GrpcTransport(Transport):
         except grpc.aio.AioRpcError as exc:
             raise ExchangeFailed(f"{address}: {exc.code().name} {exc.details()}") from None
 
-    async def fetch(self, address: str, run_id: str, timeout: float) -> FactorMessage:
+    async def fetch(self, address: str, run_id: str, peer_id: str, timeout: float) -> FactorMessage:
         if await self._lost(Step.FETCH, address):
             await asyncio.sleep(timeout)
             raise ExchangeFailed(f"{address}: no answer within {timeout:g} s")
-        call = self._stub(address).Fetch(pb.FetchRequest(run_id=run_id), timeout=timeout)
+        call = self._stub(address).Fetch(pb.FetchRequest(run_id=run_id, peer_id=peer_id), timeout=timeout)
         try:
             return await read_message(_reader(call), self.limits)
         except grpc.aio.AioRpcError as exc:

@@ -169,10 +169,14 @@ class MemoryTransport(Transport):
         await self._answered(Step.STATUS, address, server, until)
         return answer
 
-    async def fetch(self, address: str, run_id: str, timeout: float) -> FactorMessage:
+    async def fetch(self, address: str, run_id: str, peer_id: str, timeout: float) -> FactorMessage:
         until = asyncio.get_running_loop().time() + timeout
         server = await self._call(Step.FETCH, address, timeout)
-        answer = copy.deepcopy(await self.faults.at_server(address, lambda: server.current_factors(run_id)))
+        try:
+            answer = copy.deepcopy(await self.faults.at_server(address, lambda: server.current_factors(run_id, peer_id)))
+        except Rejected as r:
+            server.count_rejection(r.reason, r.detail, "memory")
+            raise
         await self._answered(Step.FETCH, address, server, until)
         return answer
 
@@ -180,7 +184,7 @@ class MemoryTransport(Transport):
         until = asyncio.get_running_loop().time() + timeout
         try:
             server = await self._call(Step.OUTCOME, address, timeout)
-            answer = server.outcome(peer_id, round_)
+            answer = server.outcome(peer_id, round_, run_id)
             await self._answered(Step.OUTCOME, address, server, until)
         except ExchangeFailed:
             return None

@@ -132,10 +132,12 @@ class StatusReply(_message.Message):
     def __init__(self, protocol_version: _Optional[int] = ..., peer_id: _Optional[str] = ..., run_id: _Optional[str] = ..., round: _Optional[int] = ..., phase: _Optional[str] = ..., neighbours: _Optional[_Iterable[_Union[Neighbour, _Mapping]]] = ..., schema_digest: _Optional[bytes] = ..., switch_interval: _Optional[int] = ..., rejected: _Optional[_Mapping[str, int]] = ..., phase_start: _Optional[int] = ..., schedule_round: _Optional[int] = ...) -> None: ...
 
 class FetchRequest(_message.Message):
-    __slots__ = ("run_id",)
+    __slots__ = ("run_id", "peer_id")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    PEER_ID_FIELD_NUMBER: _ClassVar[int]
     run_id: str
-    def __init__(self, run_id: _Optional[str] = ...) -> None: ...
+    peer_id: str
+    def __init__(self, run_id: _Optional[str] = ..., peer_id: _Optional[str] = ...) -> None: ...
 
 class OutcomeRequest(_message.Message):
     __slots__ = ("run_id", "peer_id", "round")
