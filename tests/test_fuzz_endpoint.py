@@ -270,3 +270,58 @@ def test_a_frame_over_the_message_cap_is_refused_logged_and_counted(live, caplog
     assert not any(f.HasField("header") or f.HasField("ack") for f in replies)
     assert sum(live.daemon.rejected.values()) == before + 1
     assert any("refused (truncated)" in r.getMessage() and "message cap" in r.getMessage() for r in caplog.records)
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+
+def test_a_sender_cannot_make_the_daemon_hold_memory(live):
+    # issue 12, part 3: four streams announce 50 MB each from a known sender of the run, in the current
+    # round, and start sending. The header is screened before any payload: refused at once, nothing held.
+    h = live.good_header()
+    h.payload_size, h.payload_digest = 50 << 20, b"\0" * 16
+    chunks = [pb.Frame(chunk=pb.Chunk(data=b"x" * 4096))] * 2000   # 8 MB offered, lazily
+    before = _rss_mb()
+    started = time.monotonic()
+    for _ in range(4):
+        replies = live.send([pb.Frame(header=header_to_pb(h)), *chunks])
+        assert [f.reject.reason for f in replies if f.HasField("reject")] in (["too-large"], ["rpc-CANCELLED"])
+    assert time.monotonic() - started < 20
+    assert _rss_mb() - before < 50, "the daemon buffered a refused payload"
+
+
+def test_a_trickling_stream_is_cut_by_the_rate_floor_not_only_the_frame_timeout(live, caplog):
+    # one byte every 0.3 s never trips the 0.5-s frame timeout; the whole message is due after
+    # frame timeout + size / min_bytes_per_s, and is cut then
+    live.next_round()
+    payload = bytes(live.own.payload)
+    h = sealed(live.good_header(), payload)
+
+    def trickle():
+        yield pb.Frame(header=header_to_pb(h))
+        for i in range(40):
+            time.sleep(0.3)
+            yield pb.Frame(chunk=pb.Chunk(data=payload[i:i + 1]))
+
+    started = time.monotonic()
+    with caplog.at_level("WARNING", logger="tadlora.daemon"):
+        try:
+            replies = list(live.stub.Exchange(trickle(), timeout=15))
+        except grpc.RpcError:
+            replies = []
+    assert time.monotonic() - started < 5
+    assert [f.reject.reason for f in replies if f.HasField("reject")] == ["stalled"]
+    assert any("slower than" in r.getMessage() for r in caplog.records)
+
+
+def test_swaps_in_flight_are_capped_in_all_and_per_address():
+    from peer.transport.framing import Limits
+    from peer.transport.grpc_transport import _Servicer
+
+    servicer = _Servicer(None, Limits(max_streams=3, max_streams_per_address=2), None)
+    servicer.streams = {"ipv4:10.0.0.2": 2}
+    assert servicer._busy("ipv4:10.0.0.2").reason == "busy" and servicer._busy("ipv4:10.0.0.3") is None
+    servicer.streams["ipv4:10.0.0.3"] = 1
+    assert servicer._busy("ipv4:10.0.0.4").reason == "busy"

@@ -52,6 +52,9 @@ class Recorder:
     def __init__(self):
         self.rejections, self.responded = [], 0
 
+    def screen(self, header):
+        pass
+
     async def respond(self, incoming):
         self.responded += 1
         return incoming

@@ -63,6 +63,7 @@ STATUS_TIMEOUT_S = 2.0
 # Every key of the refusal counters, metric labels and Status answer: the transport's reasons and
 # discovery's (counted as ``mdns-<reason>``).
 REFUSAL_REASONS = frozenset([r.value for r in Reason] + [f"mdns-{r.value}" for r in MdnsRefusal])
+PAYLOAD_HEADER_ROOM = 4096
 # The name of the daemon's one adapter inside its PEFT model. Not the peer id: PEFT adapter names are
 # module names (no '.'), and nothing outside the process sees this name.
 LOCAL_ADAPTER = "local"
@@ -116,6 +117,9 @@ class PeerDaemon(ExchangeServer):
         self.observer: Observer = Observers([])  # metrics, TensorBoard: set by the runner (daemon.main)
         self.last_link: dict[str, tuple[int, float]] = {}
         self.latest: FactorMessage | None = None  # mixed factors (A and B), ready for round latest.header.round
+        # the largest payload a peer of this run can send: every block of this schema (the same names,
+        # shapes and dtypes encode to the same size), with room for the container's header
+        self.max_payload_bytes = len(encode_factors(self.local.factors())) + PAYLOAD_HEADER_ROOM
         self.behind: tuple[int, str] | None = None
         self.settlements = Settlements(self.protocol, self.known.get, self._spawn, net.round_timeout_min)
         self.probing: dict[str, asyncio.Task] = {}                 # status calls to neighbours in backoff
@@ -156,6 +160,9 @@ class PeerDaemon(ExchangeServer):
         return self.membership.known
 
     # ------------------------------------------------------------------ server side (ExchangeServer)
+
+    def screen(self, header: Header) -> None:
+        self.protocol.screen(header, self.known, self.max_payload_bytes)
 
     async def respond(self, incoming: FactorMessage) -> FactorMessage:
         return await self.protocol.respond(incoming, self.net.round_timeout_max)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -97,6 +97,22 @@ class LinkProtocol:
             raise Rejected(exc.reason, exc.detail, self.current_round()) from None
 
     # ------------------------------------------------------------------ server side
+
+    def screen(self, h: Header, known: Mapping[str, str], max_payload_bytes: int) -> None:
+        """What can be refused from the header alone, before the payload is read: another run or
+        schema, an invalid or unknown sender, a round that is over or far ahead, more bytes than this
+        run's factors take."""
+        self.check_identity(h)
+        if h.sender_id not in known:
+            raise Rejected("not-a-link", f"{h.sender_id} is not a known peer here", self.current_round())
+        if h.round <= self.book.closed_upto:
+            raise Rejected("round-behind", f"round {h.round} is over here", self.current_round())
+        if h.round > self.current_round() + 1:
+            self.on_later_round(h.sender_id, h.round)
+            raise Rejected("round-ahead", f"this peer is at round {self.current_round()}", self.current_round())
+        if h.payload_size > max_payload_bytes:
+            raise Rejected("too-large", f"{h.payload_size} bytes announced; this run's factors take at most "
+                           f"{max_payload_bytes}", self.current_round())
 
     async def respond(self, incoming: FactorMessage, wait_for_round: float) -> FactorMessage:
         h = incoming.header

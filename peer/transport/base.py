@@ -120,6 +120,8 @@ class Reason(enum.StrEnum):
     TENSOR_DTYPE = "tensor-dtype"
     TENSOR_NAMES = "tensor-names"
     TENSOR_SHAPE = "tensor-shape"
+    # this peer's own bounds (too many streams or bytes in flight at once)
+    BUSY = "busy"
     UNKNOWN = "unknown"
 
     @classmethod
@@ -205,6 +207,11 @@ class ExchangeServer(abc.ABC):
 
     @abc.abstractmethod
     def status(self) -> StatusInfo: ...
+
+    def screen(self, header: Header) -> None:
+        """Called with a swap's header before any of its payload is read: raise Rejected for a message
+        that ``respond`` would refuse anyway (another run, an unknown sender, a round far off, a payload
+        larger than any of this run's), so that it costs no memory. The default screens nothing."""
 
     @abc.abstractmethod
     async def current_factors(self, run_id: str, peer_id: str) -> FactorMessage:

@@ -26,12 +26,25 @@ class Limits:
     - ``frame_timeout``: seconds to wait for the next frame of a stream before giving up. Too small
       shows as ``stalled`` rejections between healthy peers on a slow link; too large keeps a stalled
       stream (a crashed or hostile peer) holding resources that long.
+
+    - ``min_bytes_per_s``: the slowest a stream may deliver its payload: a whole message must arrive
+      within ``frame_timeout + payload_size / min_bytes_per_s``, so that a sender cannot hold a stream
+      open by trickling one byte per frame timeout. Too large shows as ``stalled`` refusals of big
+      adapters on slow links.
+    - ``max_streams`` / ``max_streams_per_address``: swaps being received at once, in all and from one
+      IP address (loopback testbeds put every peer on one address: keep it above twice the peers).
+    - ``max_buffered_bytes``: payload bytes that swaps being received may announce, together; a swap
+      that would go over is refused (``busy``) before its payload is read.
     """
 
     chunk_size: int = 1 << 20
     max_payload_bytes: int = 256 << 20
     max_chunks: int = 1 << 16
     frame_timeout: float = 10.0
+    min_bytes_per_s: float = 64 << 10
+    max_streams: int = 256
+    max_streams_per_address: int = 64
+    max_buffered_bytes: int = 1 << 30
 
 
 def header_to_pb(h: Header) -> pb.Header:
@@ -84,13 +97,20 @@ def check_payload(message: FactorMessage, digest: bytes | None = None) -> None:
         raise Rejected("payload-hash", "payload does not match the hash in its header")
 
 
-async def read_message(next_frame: Callable[[], Awaitable[pb.Frame | None]], limits: Limits) -> FactorMessage:
-    """Read Header, Chunk* from a stream; raise Rejected for anything malformed, oversized or stalled."""
+async def read_message(next_frame: Callable[[], Awaitable[pb.Frame | None]], limits: Limits,
+                       screen: Callable[[Header], None] | None = None) -> FactorMessage:
+    """Read Header, Chunk* from a stream; raise Rejected for anything malformed, oversized or stalled.
+    ``screen`` sees the header before any payload is read (``ExchangeServer.screen``)."""
+    loop = asyncio.get_running_loop()
+    deadline: list[float] = []   # the whole message's, once the header says how large it is
 
     async def frame() -> pb.Frame:
+        left = deadline[0] - loop.time() if deadline else limits.frame_timeout
         try:
-            f = await asyncio.wait_for(next_frame(), limits.frame_timeout)
+            f = await asyncio.wait_for(next_frame(), max(0.0, min(limits.frame_timeout, left)))
         except asyncio.TimeoutError:
+            if left < limits.frame_timeout:
+                raise Rejected("stalled", f"slower than {limits.min_bytes_per_s:g} bytes/s") from None
             raise Rejected("stalled", f"no frame for {limits.frame_timeout:g} s") from None
         if f is None:
             # gRPC also ends the stream this way when a frame is over its message cap (chunk size + 64 KiB)
@@ -104,6 +124,9 @@ async def read_message(next_frame: Callable[[], Awaitable[pb.Frame | None]], lim
         raise Rejected("framing", "a message must start with a header")
     header = header_from_pb(first.header)
     check_header(header, limits)
+    if screen is not None:
+        screen(header)
+    deadline.append(loop.time() + limits.frame_timeout + header.payload_size / limits.min_bytes_per_s)
     # chunks are kept as they come and joined once; the hash is updated chunk by chunk, while the
     # next chunks are still on the wire, rather than over the whole payload at the end
     parts, received, digest = [], 0, new_payload_digest()

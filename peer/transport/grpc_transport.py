@@ -68,11 +68,54 @@ def _check_caller(context, peer_id: str, tls: TlsMaterial | None) -> None:
         raise Rejected("identity", f"sender {peer_id[:60]!r} but certificate of {named[:60]!r}")
 
 
+def _host_of(grpc_peer: str) -> str:
+    """``ipv4:10.0.0.2:54321`` -> ``ipv4:10.0.0.2`` (streams are capped per address, not per port)."""
+    return grpc_peer.rsplit(":", 1)[0] if grpc_peer.count(":") >= 2 else grpc_peer
+
+
 class _Servicer(pb_grpc.PeerServicer):
     def __init__(self, server: ExchangeServer, limits: Limits, tls: TlsMaterial | None) -> None:
         self.server, self.limits, self.tls = server, limits, tls
+        self.streams: dict[str, int] = {}     # swaps being received, per remote address
+        self.buffered = 0                     # payload bytes those swaps announced (screened headers)
+
+    def _busy(self, host: str) -> Rejected | None:
+        if sum(self.streams.values()) >= self.limits.max_streams:
+            return Rejected(Reason.BUSY, f"{self.limits.max_streams} swaps in progress")
+        if self.streams.get(host, 0) >= self.limits.max_streams_per_address:
+            return Rejected(Reason.BUSY, f"{self.limits.max_streams_per_address} swaps in progress from this address")
+        return None
 
     async def Exchange(self, request_iterator, context):
+        host = _host_of(context.peer())
+        busy = self._busy(host)
+        if busy is not None:
+            self.server.count_rejection(busy.reason, busy.detail, context.peer())
+            yield reject_frame(busy)
+            return
+        self.streams[host] = self.streams.get(host, 0) + 1
+        reserved = [0]
+
+        def screen(header) -> None:
+            """Before the payload: the sender's certificate (TLS), the server's own checks, then the byte
+            budget of all swaps."""
+            _check_identity(context, header, self.tls)
+            self.server.screen(header)
+            if self.buffered + header.payload_size > self.limits.max_buffered_bytes:
+                raise Rejected(Reason.BUSY, f"{self.limits.max_buffered_bytes} payload bytes in flight")
+            self.buffered += header.payload_size
+            reserved[0] = header.payload_size
+
+        try:
+            async for frame in self._exchange(request_iterator, context, screen):
+                yield frame
+        finally:
+            self.buffered -= reserved[0]
+            self.streams[host] -= 1
+            if not self.streams[host]:
+                del self.streams[host]
+
+    async def _exchange(self, request_iterator, context, screen):
         frames = request_iterator.__aiter__()
 
         async def next_frame():
@@ -82,8 +125,7 @@ class _Servicer(pb_grpc.PeerServicer):
                 return None
 
         try:
-            incoming = await read_message(next_frame, self.limits)
-            _check_identity(context, incoming.header, self.tls)
+            incoming = await read_message(next_frame, self.limits, screen)
             reply = await self.server.respond(incoming)
         except Rejected as r:
             self.server.count_rejection(r.reason, r.detail, context.peer())

@@ -72,6 +72,7 @@ class MemoryTransport(Transport):
     def _receive(self, server: ExchangeServer, message: FactorMessage) -> FactorMessage:
         try:
             check_header(message.header, self.limits)
+            server.screen(message.header)
             check_payload(message)
         except Rejected as r:
             server.count_rejection(r.reason, r.detail, "memory")
