@@ -106,6 +106,8 @@ async def run_daemon(run: RunConfig, net: DaemonConfig, out: Path, signals: Stop
         try:
             waited = DUPLICATE_WINDOW_S if discovery is not None else 0.0  # start() browsed that long
             await _wait_for_peers(daemon, run.peers - 1, max(0.0, net.discovery_wait - waited))
+            log.info("%s: starting at round %d with %d of %d peers known", daemon.peer_id, daemon.round,
+                     len(daemon.known), run.peers - 1)
             await daemon.run_rounds()
             # links whose outcome is still unknown: a neighbour that was down may answer now
             await daemon.settle_remaining(net.round_timeout_max)
