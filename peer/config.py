@@ -55,11 +55,12 @@ def writable_folder(path: str | Path, setting: str = "out") -> Path:
     setting, not a traceback halfway through a run. Folders it had to create for the proof are removed
     again, so that a run that fails later (bad data, say) leaves nothing behind."""
     folder = Path(path)
-    if folder.exists() and not folder.is_dir():
-        raise ConfigError(f"{setting}: {folder} is a file, not a folder")
-    created = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
     probe = folder / f".tadlora-write-probe-{os.getpid()}"
+    created: list[Path] = []
     try:
+        if folder.exists() and not folder.is_dir():
+            raise ConfigError(f"{setting}: {folder} is a file, not a folder")
+        created = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
         folder.mkdir(parents=True, exist_ok=True)
         probe.write_bytes(b"")
         probe.unlink()

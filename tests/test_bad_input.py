@@ -63,30 +63,65 @@ def test_bad_input_is_one_line_exit_2_and_leaves_nothing(case, tmp_path, capsys,
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # no output folder, nothing half-written
 
 
-def test_a_second_daemon_with_a_taken_peer_id_exits_2_with_one_line(tmp_path, capsys):
-    # the first "daemon" is its mDNS announcement (that is all the second one can see of it)
+def _announce_in_background(record, status=None):
+    """An mDNS announcement of ``record`` from a background loop, with a gRPC endpoint at its address
+    that answers Status with ``status`` (None: nothing listens there: a fake announcement)."""
     import asyncio
     import threading
 
-    from peer.discovery.mdns import MdnsDiscovery, PeerRecord
+    from peer.discovery.mdns import MdnsDiscovery
+    from peer.transport.grpc_transport import GrpcTransport
+
+    class Twin:
+        def status(self):
+            return status
 
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
-    first = MdnsDiscovery(PeerRecord("peer-00", "dup-run", "127.0.0.1:40031", 2, "s"), lambda r: None,
-                          lambda pid, address: None, interfaces=["127.0.0.1"])
-    asyncio.run_coroutine_threadsafe(first.start(), loop).result(timeout=30)
+    run = lambda coro: asyncio.run_coroutine_threadsafe(coro, loop).result(timeout=30)
+    transport = GrpcTransport()
+    if status is not None:
+        address = run(transport.serve(Twin(), "127.0.0.1:0"))
+        record = type(record)(record.peer_id, record.run_id, address, record.protocol_version, record.schema)
+    announcer = MdnsDiscovery(record, lambda r: None, lambda pid, address: None, interfaces=["127.0.0.1"])
+    run(announcer.start())
+
+    def stop():
+        run(announcer.close())
+        run(transport.close())
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+    return record.address, stop
+
+
+def test_a_second_daemon_with_a_taken_peer_id_exits_2_with_one_line(tmp_path, capsys):
+    from peer.discovery.mdns import PeerRecord
+    from peer.transport.base import StatusInfo
+
+    twin = StatusInfo(peer_id="peer-00", run_id="dup-run", round=0, phase="B", schema_digest=b"")
+    address, stop = _announce_in_background(PeerRecord("peer-00", "dup-run", "127.0.0.1:1", 2, "s"), twin)
     try:
         argv = ["run", *DAEMON, "--mdns", "1", "--run-id", "dup-run", "--out", str(tmp_path / "second")]
         assert main(argv) == 2
     finally:
-        asyncio.run_coroutine_threadsafe(first.close(), loop).result(timeout=30)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=10)
+        stop()
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith("tadlora: error:")]
-    assert len(lines) == 1 and "already announces 'peer-00'" in lines[0] and "127.0.0.1:40031" in lines[0], err[-2000:]
+    assert len(lines) == 1 and "already announces 'peer-00'" in lines[0] and address in lines[0], err[-2000:]
     assert "Traceback" not in err
+
+
+def test_a_fake_announcement_of_a_daemons_id_does_not_keep_it_from_starting(tmp_path, capsys):
+    from peer.discovery.mdns import PeerRecord
+
+    _, stop = _announce_in_background(PeerRecord("peer-00", "fake-run", "127.0.0.1:9", 2, "s"))
+    try:
+        argv = ["run", *DAEMON, "--mdns", "1", "--run-id", "fake-run", "--out", str(tmp_path / "daemon")]
+        assert main(argv) == 0
+    finally:
+        stop()
+    assert "tadlora: error" not in capsys.readouterr().err
 
 
 def test_a_second_daemon_on_a_folder_in_use_exits_2_with_one_line(tmp_path, capsys):

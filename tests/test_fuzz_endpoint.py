@@ -325,3 +325,23 @@ def test_swaps_in_flight_are_capped_in_all_and_per_address():
     assert servicer._busy("ipv4:10.0.0.2").reason == "busy" and servicer._busy("ipv4:10.0.0.3") is None
     servicer.streams["ipv4:10.0.0.3"] = 1
     assert servicer._busy("ipv4:10.0.0.4").reason == "busy"
+
+
+def test_a_stream_the_client_cancels_gives_its_slot_back(live):
+    h = sealed(live.good_header(), bytes(live.own.payload))
+
+    def header_then_wait():
+        yield pb.Frame(header=header_to_pb(h))
+        time.sleep(30)
+
+    call = live.stub.Exchange(header_then_wait(), timeout=30)
+    servicer = live.daemon.transport.servicer
+    until = time.monotonic() + 5
+    while not servicer.streams and time.monotonic() < until:
+        time.sleep(0.02)
+    assert sum(servicer.streams.values()) == 1
+    call.cancel()
+    until = time.monotonic() + 5
+    while servicer.streams and time.monotonic() < until:
+        time.sleep(0.02)
+    assert servicer.streams == {} and servicer.buffered == 0

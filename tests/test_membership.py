@@ -39,8 +39,8 @@ def _status(peer_id, run=RUN):
 
 
 async def _settle(m):
-    while m.admissions:
-        await asyncio.gather(*m.admissions.values(), return_exceptions=True)
+    while m.admissions or m.checks:
+        await asyncio.gather(*m.admissions.values(), *m.checks, return_exceptions=True)
 
 
 @pytest.fixture(autouse=True)
@@ -59,8 +59,12 @@ def test_a_fake_announcement_of_a_known_id_cannot_take_its_place_nor_say_goodbye
         assert m.known == {"peer-02": "10.0.0.2:7070"} and refused == ["identity"]
         m.remove_peer("peer-02", "10.0.0.66:1")       # the fakes' goodbyes
         m.remove_peer("peer-02", "10.0.0.9:7070")
+        m.remove_peer("peer-02", "10.0.0.2:7070")     # a forged goodbye for the real service name
+        await _settle(m)
         assert m.known == {"peer-02": "10.0.0.2:7070"}
-        m.remove_peer("peer-02", "10.0.0.2:7070")     # its own goodbye
+        del m.transport.answers["10.0.0.2:7070"]      # the real peer stops, and says goodbye
+        m.remove_peer("peer-02", "10.0.0.2:7070")
+        await _settle(m)
         assert m.known == {}
 
     asyncio.run(scenario())
@@ -100,6 +104,23 @@ def test_without_tls_a_ghost_or_a_crowd_that_never_answers_is_never_known():
         m.add_peer("peer-02", "10.0.0.2:7070")
         await _settle(m)
         assert m.known == {"peer-02": "10.0.0.2:7070"} and refused == []
+
+    asyncio.run(scenario())
+
+
+def test_a_crowd_delays_a_real_peers_admission_but_cannot_keep_it_out(monkeypatch):
+    monkeypatch.setattr(membership_module, "ADMISSION_RETRY_EVERY_S", 0.0)
+
+    async def scenario():
+        m, _ = _member({"10.0.0.2:7070": _status("peer-02")})
+        for i in range(membership_module.MAX_PENDING_ADMISSIONS):
+            m.add_peer(f"fake-{i}", f"10.1.0.{i}:1")
+        m.add_peer("peer-02", "10.0.0.2:7070")       # no admission slot left: skipped for now
+        assert ("peer-02", "10.0.0.2:7070") not in m.admissions
+        await _settle(m)
+        m.retry_admissions()                          # the next round
+        await _settle(m)
+        assert m.known == {"peer-02": "10.0.0.2:7070"}
 
     asyncio.run(scenario())
 

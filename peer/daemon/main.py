@@ -24,7 +24,7 @@ from peer.config import ConfigError, DaemonConfig, RunConfig
 from peer.daemon.node import PeerDaemon
 from peer.daemon.observe import observers_for
 from peer.daemon.signals import StopSignals, exit_if_shutdown_hangs
-from peer.discovery.mdns import DUPLICATE_WINDOW_S, MdnsDiscovery, PeerRecord, announced_address
+from peer.discovery.mdns import DUPLICATE_WINDOW_S, DuplicatePeerId, MdnsDiscovery, PeerRecord, announced_address
 from peer.transport.base import PROTOCOL_VERSION
 from peer.transport.framing import Limits
 from peer.transport.grpc_transport import GrpcTransport
@@ -99,7 +99,16 @@ async def run_daemon(run: RunConfig, net: DaemonConfig, out: Path, signals: Stop
                 on_lost=daemon.membership.remove_peer,
                 interfaces=[interface],
                 on_refused=lambda reason, detail, name: daemon.count_rejection(f"mdns-{reason}", detail, name))
-            await discovery.start()  # DuplicatePeerId: another daemon has this id; the finally below cleans up
+            try:
+                await discovery.start()
+            except DuplicatePeerId as duplicate:
+                # a real twin answers for our id and run; a fake announcement of it (anyone can send one)
+                # must not keep this daemon from starting: then start again without the check
+                if await daemon.membership.answers_as(duplicate.address, daemon.peer_id):
+                    raise  # the finally below cleans up
+                log.warning("%s: %s announces this peer id but does not answer for it; ignoring it",
+                            daemon.peer_id, duplicate.address)
+                await discovery.start(check_duplicate=False)
         static = asyncio.create_task(_static_peers(daemon, net.static_peers))
         if signals is not None:
             signals.serving(loop, lambda: (daemon.stopping.set(), current.cancel()))

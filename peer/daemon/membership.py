@@ -10,8 +10,12 @@ What holds, with and without TLS (the README's security section says the same):
 - Over TLS every announced peer must prove itself that way before it is known: a peer that cannot
   complete the handshake is refused (``membership``), and one that never answers is never admitted
   (it is tried again when it announces itself again).
-- A goodbye (an mDNS record withdrawn) removes a peer only at the address it was announced at: a
-  fake's goodbye cannot remove the real peer.
+- A goodbye (an mDNS record withdrawn) removes a peer only at the address it was announced at, and
+  only once that address no longer answers for the id: mDNS is not authenticated, so a forged
+  goodbye for the real peer's own service name is checked, not believed.
+- An announcement is remembered (up to ``MAX_REMEMBERED_ANNOUNCEMENTS``): one whose admission was
+  skipped (too many in flight) or failed is tried again every ``ADMISSION_RETRY_EVERY_S``, so a crowd
+  of fakes delays a real peer's admission but cannot keep it out.
 - Every announced peer, with or without TLS, is known only once it answers a Status call with its id
   and this run: an announcement at a dead port, a tarpit that never answers, a crowd of fake services
   never enter the rounds. Without TLS anyone on the LAN who runs the protocol can still claim a new
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 from collections.abc import Callable
 
 from peer.transport.base import ExchangeFailed, Reason, Transport
@@ -35,9 +40,14 @@ ADMISSION_TRIES = 5
 ADMISSION_STATUS_TIMEOUT_S = 3.0
 ADMISSION_RETRY_S = 1.0
 STATIC_STATUS_TIMEOUT_S = 2.0
-# Admissions in flight at once: each is a few Status calls; beyond this, announcements wait for the
-# next one (mDNS repeats them) instead of piling up tasks for a crowd of fakes.
+# Admissions in flight at once: each is a few Status calls; beyond this, announcements wait for their
+# retry instead of piling up tasks for a crowd of fakes.
 MAX_PENDING_ADMISSIONS = 64
+# How often an announced peer that is not (or not at that address) admitted is tried again, and how
+# many announcements are remembered for it (oldest forgotten first).
+ADMISSION_RETRY_EVERY_S = 10.0
+MAX_REMEMBERED_ANNOUNCEMENTS = 1024
+GOODBYE_CHECK_TIMEOUT_S = 2.0
 
 
 def tls_refused(exc: ExchangeFailed) -> bool:
@@ -52,12 +62,38 @@ class Membership:
         self.count_rejection = count_rejection
         self.known: dict[str, str] = {}          # peer id -> address
         self.admissions: dict[tuple[str, str], asyncio.Task] = {}
+        self.announced: OrderedDict[str, str] = OrderedDict()   # peer id -> last announced address
+        self.tried_at: dict[tuple[str, str], float] = {}
+        self.checks: set[asyncio.Task] = set()
 
     def add_peer(self, peer_id: str, address: str) -> None:
         """A peer announced by mDNS: known once it answers for its id and this run (``_admit``)."""
-        if peer_id == self.peer_id or self.known.get(peer_id) == address:
+        if peer_id == self.peer_id:
             return
-        self._admit_later(peer_id, address)
+        self.announced[peer_id] = address
+        self.announced.move_to_end(peer_id)
+        if len(self.announced) > MAX_REMEMBERED_ANNOUNCEMENTS:
+            forgotten, _ = self.announced.popitem(last=False)
+            self.tried_at = {k: v for k, v in self.tried_at.items() if k[0] != forgotten}
+        if self.known.get(peer_id) != address:
+            self._admit_later(peer_id, address)
+
+    def retry_admissions(self) -> None:
+        """Between rounds: announced peers not admitted at their address, tried again now and then."""
+        now = asyncio.get_running_loop().time()
+        waiting = [(self.tried_at.get((pid, address), -1e18), pid, address) for pid, address in self.announced.items()
+                   if self.known.get(pid) != address]
+        for tried, peer_id, address in sorted(waiting):   # least recently tried first: a crowd cannot starve one
+            if now - tried >= ADMISSION_RETRY_EVERY_S:
+                self._admit_later(peer_id, address)
+
+    async def answers_as(self, address: str, peer_id: str) -> bool:
+        """Does ``address`` answer a Status call as ``peer_id`` of this run?"""
+        try:
+            status = await self.transport.status(address, timeout=GOODBYE_CHECK_TIMEOUT_S)
+        except ExchangeFailed:
+            return False
+        return status.peer_id == peer_id and status.run_id == self.run_id
 
     def know(self, peer_id: str, address: str) -> None:
         moved = self.known.get(peer_id)
@@ -68,6 +104,7 @@ class Membership:
         key = (peer_id, address)
         if key in self.admissions or len(self.admissions) >= MAX_PENDING_ADMISSIONS:
             return
+        self.tried_at[key] = asyncio.get_running_loop().time()
         task = asyncio.ensure_future(self._admit(peer_id, address))
         self.admissions[key] = task
         task.add_done_callback(lambda _: self.admissions.pop(key, None))
@@ -96,9 +133,28 @@ class Membership:
         log.info("%s: not taking %s at %s: it never answered", self.peer_id, peer_id, address)
 
     def remove_peer(self, peer_id: str, address: str | None = None) -> None:
-        """A peer's announcement withdrawn: removed only if it is known at that ``address`` (None: at any)."""
-        if address is not None and self.known.get(peer_id) != address:
+        """A peer's announcement withdrawn (a goodbye): removed if it is known at that ``address`` and
+        that address no longer answers for it (checked in the background); ``None``: at once."""
+        if address is None:
+            self._forget(peer_id)
             return
+        if self.announced.get(peer_id) == address:
+            del self.announced[peer_id]
+        if self.known.get(peer_id) != address:
+            return
+        task = asyncio.ensure_future(self._check_goodbye(peer_id, address))
+        self.checks.add(task)
+        task.add_done_callback(self.checks.discard)
+
+    async def _check_goodbye(self, peer_id: str, address: str) -> None:
+        if await self.answers_as(address, peer_id):
+            log.info("%s: a goodbye for %s at %s, which still answers: kept", self.peer_id, peer_id, address)
+            self.announced.setdefault(peer_id, address)
+            return
+        if self.known.get(peer_id) == address:
+            self._forget(peer_id)
+
+    def _forget(self, peer_id: str) -> None:
         if self.known.pop(peer_id, None):
             log.info("%s: lost %s", self.peer_id, peer_id)
 
@@ -126,5 +182,5 @@ class Membership:
         return True
 
     def close(self) -> None:
-        for task in list(self.admissions.values()):
+        for task in [*self.admissions.values(), *self.checks]:
             task.cancel()

@@ -174,10 +174,12 @@ class PeerDaemon(ExchangeServer):
         self.protocol.abort(header)
 
     def outcome(self, peer_id: str, round_: int, run_id: str) -> bool | None:
-        """Answered only to a known peer of this run (any other asker learns nothing, and is counted)."""
-        if run_id != self.net.run_id or peer_id not in self.known:
-            self.count_rejection(Reason.MEMBERSHIP, f"outcome query from {peer_id[:60]!r} of run {run_id[:60]!r}: "
-                                 "not a known peer of this run")
+        """Answered only within this run (another run's query is counted and learns nothing). Not only
+        to peers known now: a neighbour this peer lost since (a goodbye, a restart at a new address)
+        must still learn how its link of that round ended, or the link could count at one end only;
+        for a peer that was no link of that round the answer is ``False`` or ``None`` anyway."""
+        if run_id != self.net.run_id:
+            self.count_rejection(Reason.RUN, f"outcome query from {peer_id[:60]!r} of run {run_id[:60]!r}")
             return None
         return self.protocol.outcome(peer_id, round_)
 
@@ -274,8 +276,8 @@ class PeerDaemon(ExchangeServer):
             status = await self.transport.status(address, timeout=STATUS_TIMEOUT_S) if address else None
         except ExchangeFailed:
             return
-        if status is not None and status.run_id == self.net.run_id:
-            self.backoff.outcome(peer_id, counted=True)
+        if status is not None and status.run_id == self.net.run_id and status.peer_id == peer_id:
+            self.backoff.revive(peer_id)   # one attempt; a link that fails again is dormant again at once
             self._on_later_round(peer_id, status.round)
 
     def _open_round(self, round_: int, candidates: list[str]) -> RoundState:
@@ -590,6 +592,7 @@ class PeerDaemon(ExchangeServer):
             await self.catch_up()
         while self.round < self.run.rounds and not self.stopping.is_set():
             self.settlements.ask()
+            self.membership.retry_admissions()
             await self._run_round(self.round)
             if self.behind is not None:
                 await self.catch_up()

@@ -48,8 +48,9 @@ DUPLICATE_WINDOW_S = 1.5
 # Service names whose refusal was logged: remembered so that each is logged once, forgotten oldest
 # first beyond this many, so that a flood of fake names cannot grow memory.
 MAX_REMEMBERED_REFUSALS = 1024
-# Announcements of this run taken at once; beyond it a crowd of fake services is refused instead of
-# growing memory (a real run is far smaller; raise it for a run of more peers).
+# Announcements of this run remembered (to pass on their goodbyes); beyond it the oldest is forgotten,
+# so a crowd of fake services cannot grow memory (a forgotten real peer's goodbye is then missed, and
+# the link back-off retires it instead).
 MAX_ANNOUNCED_NAMES = 1024
 
 
@@ -62,11 +63,14 @@ class Refusal(StrEnum):
     OTHER_RUN = "other-run"
     OTHER_PROTOCOL = "other-protocol"
     OTHER_SCHEMA = "other-schema"
-    CROWD = "crowd"                    # more announcements than MAX_ANNOUNCED_NAMES
 
 
 class DuplicatePeerId(RuntimeError):
-    """Another daemon already announces this peer id for this run on the network."""
+    """Another daemon already announces this peer id for this run on the network, at ``address``."""
+
+    def __init__(self, message: str, address: str = "") -> None:
+        super().__init__(message)
+        self.address = address
 
 WILDCARD_HOSTS = {"", "0.0.0.0", "::", "[::]"}   # listen on every interface: not an address to dial
 LOOPBACK = "127.0.0.1"
@@ -155,7 +159,7 @@ class MdnsDiscovery:
         self.interfaces = interfaces
         self._zc: AsyncZeroconf | None = None
         self._browser: AsyncServiceBrowser | None = None
-        self._names: dict[str, tuple[str, str]] = {}   # service name -> (peer id, address)
+        self._names: OrderedDict[str, tuple[str, str]] = OrderedDict()   # service name -> (peer id, address)
         self._refused: OrderedDict[tuple[str, Refusal], None] = OrderedDict()
         self._tasks: set[asyncio.Task] = set()
         self._own_name_seen = False   # before announcing: someone else answers for this peer id
@@ -164,7 +168,10 @@ class MdnsDiscovery:
         run_hash = hashlib.sha256(self.record.run_id.encode()).hexdigest()[:8]
         return f"{self.record.peer_id}-{run_hash}.{SERVICE_TYPE}"
 
-    async def start(self) -> None:
+    async def start(self, check_duplicate: bool = True) -> None:
+        """Browse, then announce this peer. ``check_duplicate``: first make sure no other daemon announces
+        this peer id in this run (``DuplicatePeerId``; the caller may verify the address it names and
+        start again without the check if that address does not answer for the id: a fake)."""
         kwargs = {"ip_version": IPVersion.V4Only}
         if self.interfaces:
             kwargs["interfaces"] = self.interfaces
@@ -178,17 +185,20 @@ class MdnsDiscovery:
         # this instance name (this peer id in this run) before we announce it
         self._browser = AsyncServiceBrowser(self._zc.zeroconf, [SERVICE_TYPE], handlers=[self._on_change])
         try:
-            await asyncio.sleep(DUPLICATE_WINDOW_S)
-            elsewhere = await self._answered_elsewhere() if self._own_name_seen else None
+            if check_duplicate:
+                await asyncio.sleep(DUPLICATE_WINDOW_S)
+            elsewhere = await self._answered_elsewhere() if check_duplicate and self._own_name_seen else None
             if elsewhere is not None:
                 raise NonUniqueNameException(elsewhere)
-            await self._zc.async_register_service(info)
+            # without the check (a fake holds our name): zeroconf would refuse the taken name; let it pick
+            # another instance name (peers read the peer id from the TXT record, not from the name)
+            await self._zc.async_register_service(info, allow_name_change=not check_duplicate)
         except NonUniqueNameException as exc:
             await self.close()
             where = f" (at {exc.args[0]})" if exc.args else ""
             raise DuplicatePeerId(f"peer-id: another daemon already announces {self.record.peer_id!r} for run "
                                   f"{self.record.run_id!r} on this network{where}; give each daemon its own "
-                                  "--peer-id") from None
+                                  "--peer-id", exc.args[0] if exc.args else "") from None
 
     async def _answered_elsewhere(self) -> str | None:
         """The address of the other daemon that announced this peer id and run (from the browser's
@@ -214,10 +224,14 @@ class MdnsDiscovery:
         task.add_done_callback(self._tasks.discard)
 
     async def _resolve(self, name: str) -> None:
-        info = AsyncServiceInfo(SERVICE_TYPE, name)
-        if not await info.async_request(self._zc.zeroconf, RESOLVE_TIMEOUT_MS):
+        try:
+            info = AsyncServiceInfo(SERVICE_TYPE, name)
+            if not await info.async_request(self._zc.zeroconf, RESOLVE_TIMEOUT_MS):
+                return
+            parsed = parse_record(info.properties, info.parsed_addresses(IPVersion.V4Only), info.port)
+        except Exception as exc:  # noqa: BLE001 - a name zeroconf cannot even parse: refused like any odd record
+            self._refuse(name, Refusal.BAD_RECORD, f"unreadable service name ({type(exc).__name__})")
             return
-        parsed = parse_record(info.properties, info.parsed_addresses(IPVersion.V4Only), info.port)
         if isinstance(parsed, tuple):
             self._refuse(name, *parsed)
             return
@@ -225,10 +239,10 @@ class MdnsDiscovery:
         if refusal is not None:
             self._refuse(name, *refusal)
             return
-        if name not in self._names and len(self._names) >= MAX_ANNOUNCED_NAMES:
-            self._refuse(name, Refusal.CROWD, f"already {MAX_ANNOUNCED_NAMES} peers announced")
-            return
         self._names[name] = (parsed.peer_id, parsed.address)
+        self._names.move_to_end(name)
+        if len(self._names) > MAX_ANNOUNCED_NAMES:
+            self._names.popitem(last=False)
         self.on_found(parsed)
 
     def _refuse(self, name: str, reason: Refusal, detail: str) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 import grpc
 
@@ -20,6 +21,10 @@ from peer.transport.pb import peer_pb2_grpc as pb_grpc
 from peer.transport.tls import TLS_NAME, TlsMaterial
 
 log = logging.getLogger(__name__)
+
+# Client channels kept open, one per remote address, oldest closed first beyond this (a real run has
+# one per neighbour; announcements of fake addresses must not grow the cache without bound).
+MAX_CHANNELS = 256
 
 
 def _channel_options(limits: Limits) -> list[tuple[str, int]]:
@@ -86,15 +91,38 @@ class _Servicer(pb_grpc.PeerServicer):
             return Rejected(Reason.BUSY, f"{self.limits.max_streams_per_address} swaps in progress from this address")
         return None
 
-    async def Exchange(self, request_iterator, context):
+    def _hold(self, context) -> Callable[[], None] | None:
+        """A stream slot for this caller, or None if it is over a cap. The slot (and the bytes ``reserve``
+        adds to it) is given back once, when the RPC ends however it ends: by the handler's own end or
+        by gRPC's done callback when the client cancels while the handler waits."""
         host = _host_of(context.peer())
-        busy = self._busy(host)
-        if busy is not None:
-            self.server.count_rejection(busy.reason, busy.detail, context.peer())
-            yield reject_frame(busy)
-            return
+        if self._busy(host) is not None:
+            return None
         self.streams[host] = self.streams.get(host, 0) + 1
-        reserved = [0]
+        held = {"open": True, "bytes": 0}
+
+        def release(*_) -> None:
+            if held["open"]:
+                held["open"] = False
+                self.buffered -= held["bytes"]
+                self.streams[host] -= 1
+                if not self.streams[host]:
+                    del self.streams[host]
+
+        release.held = held  # type: ignore[attr-defined]
+        context.add_done_callback(release)
+        return release
+
+    def _refuse_busy(self, context) -> pb.Frame:
+        busy = self._busy(_host_of(context.peer())) or Rejected(Reason.BUSY, "over a stream cap")
+        self.server.count_rejection(busy.reason, busy.detail, context.peer())
+        return reject_frame(busy)
+
+    async def Exchange(self, request_iterator, context):
+        release = self._hold(context)
+        if release is None:
+            yield self._refuse_busy(context)
+            return
 
         def screen(header) -> None:
             """Before the payload: the sender's certificate (TLS), the server's own checks, then the byte
@@ -104,16 +132,13 @@ class _Servicer(pb_grpc.PeerServicer):
             if self.buffered + header.payload_size > self.limits.max_buffered_bytes:
                 raise Rejected(Reason.BUSY, f"{self.limits.max_buffered_bytes} payload bytes in flight")
             self.buffered += header.payload_size
-            reserved[0] = header.payload_size
+            release.held["bytes"] += header.payload_size  # type: ignore[attr-defined]
 
         try:
             async for frame in self._exchange(request_iterator, context, screen):
                 yield frame
         finally:
-            self.buffered -= reserved[0]
-            self.streams[host] -= 1
-            if not self.streams[host]:
-                del self.streams[host]
+            release()
 
     async def _exchange(self, request_iterator, context, screen):
         frames = request_iterator.__aiter__()
@@ -158,15 +183,22 @@ class _Servicer(pb_grpc.PeerServicer):
         return status_to_pb(self.server.status())
 
     async def Fetch(self, request, context):
-        try:
-            _check_caller(context, request.peer_id, self.tls)
-            message = await self.server.current_factors(request.run_id, request.peer_id)
-        except Rejected as r:
-            self.server.count_rejection(r.reason, r.detail, context.peer())
-            yield reject_frame(r)
+        release = self._hold(context)   # the same stream caps as swaps: a reader that never reads holds a slot
+        if release is None:
+            yield self._refuse_busy(context)
             return
-        for frame in to_frames(message, self.limits.chunk_size):
-            yield frame
+        try:
+            try:
+                _check_caller(context, request.peer_id, self.tls)
+                message = await self.server.current_factors(request.run_id, request.peer_id)
+            except Rejected as r:
+                self.server.count_rejection(r.reason, r.detail, context.peer())
+                yield reject_frame(r)
+                return
+            for frame in to_frames(message, self.limits.chunk_size):
+                yield frame
+        finally:
+            release()
 
     async def Outcome(self, request, context):
         try:
@@ -200,7 +232,8 @@ class GrpcTransport(Transport):
 
     async def serve(self, server: ExchangeServer, address: str) -> str:
         self._server = grpc.aio.server(options=_channel_options(self.limits))
-        pb_grpc.add_PeerServicer_to_server(_Servicer(server, self.limits, self.tls), self._server)
+        self.servicer = _Servicer(server, self.limits, self.tls)
+        pb_grpc.add_PeerServicer_to_server(self.servicer, self._server)
         if self.tls is None:
             port = self._server.add_insecure_port(address)
         else:
@@ -225,6 +258,10 @@ class GrpcTransport(Transport):
                 channel = grpc.aio.secure_channel(address, credentials,
                                                   options=options + [("grpc.ssl_target_name_override", TLS_NAME)])
             self._channels[address] = channel
+            if len(self._channels) > MAX_CHANNELS:   # announcements of many fake addresses: drop the oldest
+                oldest = next(iter(self._channels))
+                stale = self._channels.pop(oldest)
+                asyncio.ensure_future(stale.close())
         return pb_grpc.PeerStub(channel)
 
     async def exchange(self, address: str, outgoing: FactorMessage, validate: Validator,
