@@ -14,7 +14,9 @@ Grids:
 - ``mixing``: how often to mix at the same budget (rounds × local steps) and the phase length T;
 - ``schedule``: a learning rate that decays linearly to 0, at two starting rates;
 - ``batch``: the same samples per peer in batches of 8 or 4 (more sequential steps);
-- ``all``: both.
+- ``default``: at the chosen default's budget (60 × 2 steps of 8), the phase length T = 5 against
+  T = 1 (what ``auto`` picks for 4 peers at p = 0.5), a higher learning rate, and plain LoRA;
+- ``all``: the first four.
 """
 
 from __future__ import annotations
@@ -82,12 +84,21 @@ def batch_rows(steps: int, head: int, lr: float) -> dict[str, dict]:
     return rows
 
 
+def default_rows() -> dict[str, dict]:
+    """Around the chosen default (60 rounds × 2 steps of 8, head trained, lr 2e-3, T 5)."""
+    base = {"train_head": 1, "batch_size": 8, "rounds": 60, "local_steps": 2}
+    return {"T 5, lr 2e-3 (the default)": {**base, "learning_rate": 2e-3, "switch_interval": "5"},
+            "T 1, lr 2e-3": {**base, "learning_rate": 2e-3, "switch_interval": "1"},
+            "T 5, lr 3e-3": {**base, "learning_rate": 3e-3, "switch_interval": "5"},
+            "lora, lr 2e-3": {**base, "learning_rate": 2e-3, "strategy": "lora"}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/defaults"))
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--steps-per-peer", type=int, default=60)
-    parser.add_argument("--grid", default="head-lr", choices=["head-lr", "mixing", "schedule", "batch", "all"])
+    parser.add_argument("--grid", default="head-lr", choices=["head-lr", "mixing", "schedule", "batch", "default", "all"])
     parser.add_argument("--head", type=int, default=1, help="mixing grid: train the head (1) or not (0)")
     parser.add_argument("--learning-rate", type=float, default=5e-3, help="mixing grid: learning rate")
     args = parser.parse_args()
@@ -101,6 +112,8 @@ def main() -> None:
         rows.update(schedule_rows(args.steps_per_peer, args.head))
     if args.grid in ("batch", "all"):
         rows.update(batch_rows(args.steps_per_peer, args.head, args.learning_rate))
+    if args.grid == "default":
+        rows.update(default_rows())
     table = {}
     for seed in seeds:
         for name, settings in rows.items():
