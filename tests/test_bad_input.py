@@ -10,6 +10,17 @@ TINY = ["--model", "tiny-bert", "--task", "synthetic", "--rounds", "1", "--peers
 DAEMON = [*TINY, "--mdns", "0", "--listen", "127.0.0.1:0", "--discovery-wait", "0.1"]
 
 
+@pytest.fixture(autouse=True)
+def no_shutdown_watchdog(monkeypatch):
+    """``tadlora run`` arms a watchdog that ends the whole process if its shutdown hangs (a daemon is a
+    process of its own); run in-process here, it would end pytest 20 s later. Disarmed."""
+    class Disarmed:
+        def cancel(self) -> None:
+            pass
+
+    monkeypatch.setattr("peer.daemon.main.exit_if_shutdown_hangs", lambda seconds, work_done: Disarmed())
+
+
 def _files(tmp_path):
     (tmp_path / "numbers.jsonl").write_text("1\n2\n3\n")
     (tmp_path / "latin1.csv").write_bytes(b"text,label\ngood,1\n\xe9t\xe9,0\n")
