@@ -114,8 +114,8 @@ def _status_and_bad_message(address: str) -> tuple:
                     await transport.exchange(address, seal(header, encode_factors({})), accept, timeout=5)
                 return info.value.reason
 
-            # a member's id (without TLS anyone can claim it): refused for its round; a stranger: for itself
-            far, stale = await refusal("peer-01", status.round + 1000), await refusal("peer-01", 0)
+            # refused for its round, before the payload; in the current round: no link of this peer
+            far, stale = await refusal("intruder", status.round + 1000), await refusal("intruder", 0)
             assert await refusal("intruder", status.round) == "not-a-link"
             after = await transport.status(address, timeout=5)
             return status, far, stale, after

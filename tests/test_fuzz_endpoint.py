@@ -213,7 +213,7 @@ def build(live: LiveDaemon, case) -> list[pb.Frame]:
     return frames[:1] + [pb.Frame(commit=pb.Commit(round=0))] + frames[1:]
 
 
-@settings(max_examples=1500, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+@settings(max_examples=1000, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 @given(case=CASES)
 def test_daemon_refuses_every_malformed_message_and_stays_unchanged(live, case):
     before = live.snapshot()

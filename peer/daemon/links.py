@@ -56,13 +56,6 @@ class LinkBackoff:
         excess = self.failures.get(peer_id, 0) - SUSPECT_AFTER_FAILURES
         return 1 if excess < 0 else min(MAX_BACKOFF_ROUNDS, 2 ** (excess + 1))
 
-    def revive(self, peer_id: str) -> None:
-        """A dormant neighbour answered a status probe: attempt it once more (at the longest period); if
-        that link fails too it is dormant again at once, so a peer that answers Status but never swaps
-        costs one waiting round per revival, not ``DORMANT_AFTER_FAILURES``."""
-        if self.dormant(peer_id):
-            self.failures[peer_id] = DORMANT_AFTER_FAILURES - 1
-
     def dormant(self, peer_id: str) -> bool:
         return self.failures.get(peer_id, 0) >= DORMANT_AFTER_FAILURES
 

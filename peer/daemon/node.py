@@ -277,7 +277,7 @@ class PeerDaemon(ExchangeServer):
         except ExchangeFailed:
             return
         if status is not None and status.run_id == self.net.run_id and status.peer_id == peer_id:
-            self.backoff.revive(peer_id)   # one attempt; a link that fails again is dormant again at once
+            self.backoff.outcome(peer_id, counted=True)   # attempted again from the next round on
             self._on_later_round(peer_id, status.round)
 
     def _open_round(self, round_: int, candidates: list[str]) -> RoundState:

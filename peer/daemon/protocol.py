@@ -100,11 +100,10 @@ class LinkProtocol:
 
     def screen(self, h: Header, known: Mapping[str, str], max_payload_bytes: int) -> None:
         """What can be refused from the header alone, before the payload is read: another run or
-        schema, an invalid or unknown sender, a round that is over or far ahead, more bytes than this
-        run's factors take."""
+        schema, an invalid sender id, a round that is over or far ahead, more bytes than this run's
+        factors take. Whether the sender is a link of the round is not: a peer may swap before this one
+        has learnt of it, and ``respond`` waits for the round to open, whose links decide."""
         self.check_identity(h)
-        if h.sender_id not in known:
-            raise Rejected("not-a-link", f"{h.sender_id} is not a known peer here", self.current_round())
         if h.round <= self.book.closed_upto:
             raise Rejected("round-behind", f"round {h.round} is over here", self.current_round())
         if h.round > self.current_round() + 1:
