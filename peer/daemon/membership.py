@@ -7,9 +7,8 @@ What holds, with and without TLS (the README's security section says the same):
   identity: it answers a Status call with that peer id and this run (over mutual TLS, on a connection
   whose certificate comes from the run's authority). A fake announcement of a known id at another
   address is refused (``identity``) or, if it never answers, never taken.
-- Over TLS every announced peer must prove itself that way before it is known: a peer that cannot
-  complete the handshake is refused (``membership``), and one that never answers is never admitted
-  (it is tried again when it announces itself again).
+- Over TLS that proof runs over a handshake with a certificate of the run's authority: a peer that
+  cannot complete it is refused (``membership``).
 - A goodbye (an mDNS record withdrawn) removes a peer only at the address it was announced at, and
   only once that address no longer answers for the id: mDNS is not authenticated, so a forged
   goodbye for the real peer's own service name is checked, not believed.
@@ -169,9 +168,8 @@ class Membership:
                                      f"{self.run_id!r}: TLS handshake failed", address)
                 return True  # refused for good: stop asking
             return False
-        if peer_id_problem(status.peer_id):
-            self.count_rejection(Reason.IDENTITY, f"static peer answers with an invalid id: {peer_id_problem(status.peer_id)}",
-                                 address)
+        if why := peer_id_problem(status.peer_id):
+            self.count_rejection(Reason.IDENTITY, f"static peer answers with an invalid id: {why}", address)
             return True
         if status.run_id == self.run_id and status.schema_digest == self.digest:
             if status.peer_id != self.peer_id and self.known.get(status.peer_id) != address:

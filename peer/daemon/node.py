@@ -162,7 +162,7 @@ class PeerDaemon(ExchangeServer):
     # ------------------------------------------------------------------ server side (ExchangeServer)
 
     def screen(self, header: Header) -> None:
-        self.protocol.screen(header, self.known, self.max_payload_bytes)
+        self.protocol.screen(header, self.max_payload_bytes)
 
     async def respond(self, incoming: FactorMessage) -> FactorMessage:
         return await self.protocol.respond(incoming, self.net.round_timeout_max)

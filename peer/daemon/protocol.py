@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -98,7 +98,7 @@ class LinkProtocol:
 
     # ------------------------------------------------------------------ server side
 
-    def screen(self, h: Header, known: Mapping[str, str], max_payload_bytes: int) -> None:
+    def screen(self, h: Header, max_payload_bytes: int) -> None:
         """What can be refused from the header alone, before the payload is read: another run or
         schema, an invalid sender id, a round that is over or far ahead, more bytes than this run's
         factors take. Whether the sender is a link of the round is not: a peer may swap before this one
