@@ -1,7 +1,12 @@
 """Shared helpers of the accuracy benchmarks: run a grid of simulator configs, resume, tabulate, plot.
 
 Each run writes its own folder (``metrics.jsonl``, ``summary.json``); a run whose ``summary.json``
-exists is not run again, so an interrupted benchmark continues where it stopped.
+exists is not run again, so an interrupted benchmark continues where it stopped. Only the summaries,
+the figures and the figures' points (``accuracy.json`` beside ``accuracy.png``) are committed; the
+per-round ``metrics.jsonl`` and the per-peer folders stay on the machine that ran them (.gitignore).
+
+The scripts that import this module (``from grid import ...``) find it because Python puts a script's
+own folder first on ``sys.path``: run them as ``python benchmarks/<script>.py`` from the repository root.
 """
 
 from __future__ import annotations
@@ -49,9 +54,13 @@ def mean_spread(values: list[float]) -> str:
     return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
-def accuracy_curve(out: Path) -> tuple[list[int], list[float]]:
+def accuracy_curve(out: Path) -> tuple[list[int], list[float]] | None:
+    """(rounds, mean accuracy) of a run from its ``metrics.jsonl``; None where the run has none (a clone)."""
+    path = out / "metrics.jsonl"
+    if not path.exists():
+        return None
     rounds, acc = [], []
-    for line in (out / "metrics.jsonl").read_text().splitlines():
+    for line in path.read_text().splitlines():
         record = json.loads(line)
         if "mean_accuracy" in record:
             rounds.append(record["round"] + 1)
@@ -66,17 +75,46 @@ def markdown_table(row_names: list[str], col_names: list[str], cell) -> str:
     return "\n".join(lines)
 
 
+def curve_points(path: Path, panels: dict[str, dict[str, Path]]) -> tuple[dict, bool]:
+    """The points of ``plot_curves``'s figure at ``path``: panel -> line -> rounds and mean accuracy, from
+    each run's ``metrics.jsonl`` or, for a run without it, from the points kept beside the figure; and
+    whether any run had its ``metrics.jsonl``."""
+    points_path = path.with_suffix(".json")
+    kept = json.loads(points_path.read_text()) if points_path.exists() else {}
+    points: dict[str, dict[str, dict[str, list]]] = {}
+    fresh = False
+    for panel, runs in panels.items():
+        for label, folder in runs.items():
+            curve = accuracy_curve(folder)
+            fresh |= curve is not None
+            if curve is not None:
+                points.setdefault(panel, {})[label] = {"rounds": curve[0], "mean_accuracy": curve[1]}
+            elif label in kept.get(panel, {}):
+                points.setdefault(panel, {})[label] = kept[panel][label]
+    return points, fresh
+
+
 def plot_curves(path: Path, panels: dict[str, dict[str, Path]], title: str) -> None:
-    """One panel per key of ``panels``; in each, one accuracy-against-rounds line per run folder."""
+    """One panel per key of ``panels``; in each, one accuracy-against-rounds line per run folder.
+
+    The points go beside the figure too (``path`` with ``.json``), committed with it. A run without its
+    ``metrics.jsonl`` (a fresh clone keeps only the summaries) takes its line from that file; when no
+    run has one, the figure and its points are left as they are."""
+    points, fresh = curve_points(path, panels)
+    if not fresh:
+        print(f"no metrics.jsonl in these runs: {path} left as it is", file=sys.stderr)
+        return
+    path.with_suffix(".json").write_text(json.dumps(points, indent=2) + "\n")
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), sharey=True, squeeze=False)
-    for ax, (panel, runs) in zip(axes[0], panels.items()):
-        for label, folder in runs.items():
-            ax.plot(*accuracy_curve(folder), marker="o", label=label)
+    for ax, panel in zip(axes[0], panels):
+        for label, line in points.get(panel, {}).items():
+            ax.plot(line["rounds"], line["mean_accuracy"], marker="o", label=label)
         ax.set_title(panel)
         ax.set_xlabel("round")
         ax.grid(alpha=0.3)
