@@ -32,10 +32,8 @@ import time
 import uuid
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from peer.config import load_config  # noqa: E402
-from peer.testbed import Testbed  # noqa: E402
+from peer.config import load_config
+from peer.testbed import Testbed
 
 HERE = Path(__file__).resolve().parent
 

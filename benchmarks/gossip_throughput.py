@@ -23,18 +23,14 @@ import multiprocessing as mp
 import socket
 import statistics
 import struct
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from peer.transport.base import ExchangeServer, Header  # noqa: E402
-from peer.transport.codec import decode_factors, encode_factors, schema_digest, schema_of  # noqa: E402
-from peer.transport.framing import Limits, seal  # noqa: E402
-from peer.transport.grpc_transport import GrpcTransport  # noqa: E402
+from peer.transport.base import ExchangeServer, Header
+from peer.transport.codec import decode_factors, encode_factors, schema_digest, schema_of
+from peer.transport.framing import Limits, seal
+from peer.transport.grpc_transport import GrpcTransport
 
 
 def factors(total_bytes: int, seed: int = 0) -> dict[str, torch.Tensor]:

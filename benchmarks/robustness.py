@@ -22,12 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from peer.config import load_config  # noqa: E402
-from peer.testbed.netns import NetnsLab, netns_available  # noqa: E402
-from peer.testbed.scenario import Event  # noqa: E402
-from peer.testbed import NetnsTestbed  # noqa: E402
+from peer.config import load_config
+from peer.testbed.netns import NetnsLab, netns_available
+from peer.testbed.scenario import Event
+from peer.testbed import NetnsTestbed
 
 CONDITIONS = ["loss 0%", "loss 20%", "loss 50%", "loss 80%", "restart"]
 

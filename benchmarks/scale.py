@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from datetime import datetime
@@ -29,10 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from peer.config import load_config  # noqa: E402
-from peer.testbed import Testbed  # noqa: E402
+from peer.config import load_config
+from peer.testbed import Testbed
 
 
 def _stamp(line: str) -> float:

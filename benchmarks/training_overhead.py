@@ -26,17 +26,14 @@ import argparse
 import json
 import multiprocessing as mp
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from peer.config import load_config  # noqa: E402
-from peer.testbed import Testbed  # noqa: E402
+from peer.config import load_config
+from peer.testbed import Testbed
 
 
 def bare_loop(cfg, steps: int) -> float:
