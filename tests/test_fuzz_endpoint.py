@@ -261,6 +261,7 @@ def test_a_peer_cannot_write_the_daemons_vocabulary(live, caplog):
 
 def test_a_frame_over_the_message_cap_is_refused_logged_and_counted(live, caplog):
     # issue 12, part 5: gRPC drops the frame before the daemon sees it; the stream's end is the refusal
+    live.next_round()   # a fresh link: the header passes the screen, the payload is read
     before = sum(live.daemon.rejected.values())
     h = sealed(live.good_header(), bytes(live.own.payload))
     cap = 4096 + (64 << 10)  # the LiveDaemon's chunk size + the transport's allowance for the frame
@@ -290,6 +291,34 @@ def test_a_sender_cannot_make_the_daemon_hold_memory(live):
         assert [f.reject.reason for f in replies if f.HasField("reject")] in (["too-large"], ["rpc-CANCELLED"])
     assert time.monotonic() - started < 20
     assert _rss_mb() - before < 50, "the daemon buffered a refused payload"
+
+
+def test_a_sender_that_is_no_link_of_the_round_is_refused_before_its_payload(live):
+    # issue 12, part 3: the link of the round is checked from the header; a stranger of the run (valid
+    # id, right run and schema, a plausible size) sends nothing that is read
+    payload = bytes(live.own.payload)
+    stranger = sealed(live.good_header(sender_id="peer-77"), payload)
+
+    def offered():
+        yield pb.Frame(header=header_to_pb(stranger))
+        for i in range(0, len(payload), 4096):
+            yield pb.Frame(chunk=pb.Chunk(data=payload[i:i + 4096]))
+
+    replies = list(live.stub.Exchange(offered(), timeout=10))
+    assert [f.reject.reason for f in replies if f.HasField("reject")] == ["not-a-link"]
+    assert live.daemon.rejected["not-a-link"] >= 1
+
+
+def test_a_forged_far_ahead_round_does_not_move_the_daemon(live):
+    # issue 12: without TLS anyone can send a header under a member's id; the round it claims is only
+    # believed once the member's own (admitted) address confirms it. SENDER's address never answers.
+    round_ = live.daemon.round
+    h = sealed(live.good_header(round=round_ + 1000), bytes(live.own.payload))
+    replies = live.send(frames_for(h, bytes(live.own.payload)))
+    assert [f.reject.reason for f in replies if f.HasField("reject")] == ["round-ahead"]
+    assert live.daemon.behind == (round_ + 1000, SENDER)
+    live.call(live.daemon.catch_up())
+    assert live.daemon.round == round_ and live.daemon.behind is None
 
 
 def test_a_trickling_stream_is_cut_by_the_rate_floor_not_only_the_frame_timeout(live, caplog):
@@ -345,3 +374,53 @@ def test_a_stream_the_client_cancels_gives_its_slot_back(live):
     while servicer.streams and time.monotonic() < until:
         time.sleep(0.02)
     assert servicer.streams == {} and servicer.buffered == 0
+
+
+def test_a_caller_that_stops_reading_the_reply_loses_its_slot():
+    # issue 12, part 3: the reply has a rate floor too. An echo server answers with 8 MB; the caller
+    # sends its message and then reads nothing, so flow control blocks the server's writes; the
+    # handler is cut after frame timeout + size / min_bytes_per_s (about 1.1 s here) and the slot freed.
+    from peer.transport.base import ExchangeServer
+
+    class Echo(ExchangeServer):
+        async def respond(self, incoming):
+            return incoming
+
+        async def commit(self, header):
+            return True
+
+        async def abort(self, header):
+            pass
+
+        def status(self):
+            raise NotImplementedError
+
+        async def current_factors(self, run_id, peer_id):
+            raise NotImplementedError
+
+        def outcome(self, peer_id, round_, run_id):
+            return None
+
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+    transport = GrpcTransport(Limits(chunk_size=1 << 20, frame_timeout=1.0, min_bytes_per_s=64 << 20))
+    address = asyncio.run_coroutine_threadsafe(transport.serve(Echo(), "127.0.0.1:0"), loop).result(10)
+    payload = b"p" * (8 << 20)
+    h = sealed(Header("echo", SENDER, 0, "A", ("A",), b"\0" * 32, degree=1), payload)
+    channel = grpc.insecure_channel(address, options=[("grpc.max_receive_message_length", 2 << 20)])
+    try:
+        call = pb_grpc.PeerStub(channel).Exchange(iter(frames_for(h, payload, chunk=1 << 20)), timeout=30)
+        servicer = transport.servicer
+        until = time.monotonic() + 5
+        while not servicer.streams and time.monotonic() < until:
+            time.sleep(0.05)
+        assert servicer.streams, "the swap never started"
+        until = time.monotonic() + 10
+        while servicer.streams and time.monotonic() < until:
+            time.sleep(0.1)
+        assert not servicer.streams and servicer.buffered == 0, "a caller that reads nothing kept its slot"
+        call.cancel()
+    finally:
+        channel.close()
+        asyncio.run_coroutine_threadsafe(transport.close(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)

@@ -8,7 +8,7 @@ import pytest
 
 from peer.daemon import membership as membership_module
 from peer.daemon.membership import Membership
-from peer.transport.base import ExchangeFailed, StatusInfo
+from peer.transport.base import ExchangeFailed, HandshakeRefused, StatusInfo
 
 RUN = "lab-run"
 
@@ -19,7 +19,7 @@ class ScriptedTransport:
     def __init__(self, answers):
         self.answers, self.asked = answers, []
 
-    async def status(self, address, timeout):
+    async def status(self, address, timeout, expect=None):
         self.asked.append(address)
         answer = self.answers.get(address, ExchangeFailed("connection refused"))
         if isinstance(answer, Exception):
@@ -84,7 +84,7 @@ def test_a_peer_that_restarts_at_a_new_address_proves_it_and_moves():
 
 def test_over_tls_a_peer_that_cannot_complete_the_handshake_or_never_answers_is_never_admitted():
     async def scenario():
-        m, refused = _member({"10.0.0.3:7070": ExchangeFailed("TLS handshake failed"),
+        m, refused = _member({"10.0.0.3:7070": HandshakeRefused("TLS handshake failed"),
                               "10.0.0.4:7070": _status("peer-04")}, tls=True)
         m.add_peer("peer-03", "10.0.0.3:7070")        # no certificate of the run
         m.add_peer("peer-05", "10.0.0.5:7070")        # silent, whatever the retries say

@@ -16,7 +16,7 @@ from peer.transport.tls import TlsError, load, make_run
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory):
     root = tmp_path_factory.mktemp("tls")
-    make_run(root / "run", "run-1", ["peer-a", "peer-b"])
+    make_run(root / "run", "run-1", ["peer-a", "peer-b", "peer-c"])
     make_run(root / "other", "run-1", ["peer-a"])    # same run id, another authority: a stranger
     make_run(root / "run2", "run-2", ["peer-a"])
     return root
@@ -52,7 +52,7 @@ class Recorder:
     def __init__(self):
         self.rejections, self.responded = [], 0
 
-    def screen(self, header):
+    async def screen(self, header):
         pass
 
     async def respond(self, incoming):
@@ -88,7 +88,7 @@ def test_strangers_cannot_connect_and_members_cannot_speak_for_others(certs):
                    "member": GrpcTransport(Limits(), material(certs / "run", "peer-a"))}
         try:
             for name in ("stranger", "other run", "no certificate"):
-                with pytest.raises(ExchangeFailed):
+                with pytest.raises(ExchangeFailed):   # HandshakeRefused, or a plaintext call the TLS port drops
                     await clients[name].exchange(address, _message("peer-a"), _accept, timeout=5)
             assert peer.responded == 0 and peer.rejections == []  # refused in the handshake, before any byte
             with pytest.raises(Rejected) as impostor:
@@ -99,6 +99,27 @@ def test_strangers_cannot_connect_and_members_cannot_speak_for_others(certs):
         finally:
             for client in clients.values():
                 await client.close()
+            await server.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_member_cannot_answer_for_another_member(certs):
+    # issue 12: dialled as peer-b, the server must hold peer-b's certificate; peer-c's (a member of the
+    # run too) fails the handshake, so peer-c cannot claim peer-b's id at its own address
+    from peer.transport.base import HandshakeRefused
+
+    async def scenario():
+        server = GrpcTransport(Limits(), material(certs / "run", "peer-c"))
+        address = await server.serve(Recorder(), "127.0.0.1:0")
+        client = GrpcTransport(Limits(), material(certs / "run", "peer-a"))
+        try:
+            with pytest.raises(HandshakeRefused):
+                await client.exchange(address, _message("peer-a"), _accept, timeout=5, expect="peer-b")
+            reply = await client.exchange(address, _message("peer-a"), _accept, timeout=5, expect="peer-c")
+            assert reply.header.sender_id == "peer-a"
+        finally:
+            await client.close()
             await server.close()
 
     asyncio.run(scenario())

@@ -30,7 +30,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Callable
 
-from peer.transport.base import ExchangeFailed, Reason, Transport
+from peer.transport.base import ExchangeFailed, HandshakeRefused, Reason, Transport
 from peer.transport.ids import peer_id_problem
 
 log = logging.getLogger("tadlora.daemon")
@@ -47,11 +47,6 @@ MAX_PENDING_ADMISSIONS = 64
 ADMISSION_RETRY_EVERY_S = 10.0
 MAX_REMEMBERED_ANNOUNCEMENTS = 1024
 GOODBYE_CHECK_TIMEOUT_S = 2.0
-
-
-def tls_refused(exc: ExchangeFailed) -> bool:
-    """The remote end failed the TLS handshake: it holds no certificate of this run's authority."""
-    return "handshake" in str(exc).lower()
 
 
 class Membership:
@@ -89,7 +84,7 @@ class Membership:
     async def answers_as(self, address: str, peer_id: str) -> bool:
         """Does ``address`` answer a Status call as ``peer_id`` of this run?"""
         try:
-            status = await self.transport.status(address, timeout=GOODBYE_CHECK_TIMEOUT_S)
+            status = await self.transport.status(address, timeout=GOODBYE_CHECK_TIMEOUT_S, expect=peer_id)
         except ExchangeFailed:
             return False
         return status.peer_id == peer_id and status.run_id == self.run_id
@@ -115,9 +110,9 @@ class Membership:
         never answers in ``ADMISSION_TRIES`` tries is not taken."""
         for _ in range(ADMISSION_TRIES):
             try:
-                status = await self.transport.status(address, timeout=ADMISSION_STATUS_TIMEOUT_S)
+                status = await self.transport.status(address, timeout=ADMISSION_STATUS_TIMEOUT_S, expect=peer_id)
             except ExchangeFailed as exc:
-                if self.tls and tls_refused(exc):
+                if isinstance(exc, HandshakeRefused):
                     self.count_rejection(Reason.MEMBERSHIP, f"{peer_id} cannot prove membership of run "
                                          f"{self.run_id!r}: TLS handshake failed", address)
                     return
@@ -163,7 +158,7 @@ class Membership:
         try:
             status = await self.transport.status(address, timeout=STATIC_STATUS_TIMEOUT_S)
         except ExchangeFailed as exc:
-            if self.tls and tls_refused(exc):
+            if isinstance(exc, HandshakeRefused):
                 self.count_rejection(Reason.MEMBERSHIP, f"static peer cannot prove membership of run "
                                      f"{self.run_id!r}: TLS handshake failed", address)
                 return True  # refused for good: stop asking

@@ -161,8 +161,8 @@ class PeerDaemon(ExchangeServer):
 
     # ------------------------------------------------------------------ server side (ExchangeServer)
 
-    def screen(self, header: Header) -> None:
-        self.protocol.screen(header, self.max_payload_bytes)
+    async def screen(self, header: Header) -> None:
+        await self.protocol.screen(header, self.max_payload_bytes, self.net.round_timeout_max)
 
     async def respond(self, incoming: FactorMessage) -> FactorMessage:
         return await self.protocol.respond(incoming, self.net.round_timeout_max)
@@ -273,7 +273,7 @@ class PeerDaemon(ExchangeServer):
     async def _ask_alive(self, peer_id: str) -> None:
         address = self.known.get(peer_id)
         try:
-            status = await self.transport.status(address, timeout=STATUS_TIMEOUT_S) if address else None
+            status = await self.transport.status(address, timeout=STATUS_TIMEOUT_S, expect=peer_id) if address else None
         except ExchangeFailed:
             return
         if status is not None and status.run_id == self.net.run_id and status.peer_id == peer_id:
@@ -375,7 +375,7 @@ class PeerDaemon(ExchangeServer):
         if address is None:
             return True
         try:
-            return (await self.transport.status(address, WATCH_STATUS_TIMEOUT_S)).round > round_
+            return (await self.transport.status(address, WATCH_STATUS_TIMEOUT_S, expect=peer_id)).round > round_
         except ExchangeFailed:
             return None
 
@@ -552,8 +552,15 @@ class PeerDaemon(ExchangeServer):
         if self.behind is None or self.behind[0] < self.round + JUMP_WHEN_BEHIND_BY:
             self.behind = None
             return
-        target, pid = self.behind
+        claimed, pid = self.behind
         self.behind = None
+        target = await self._confirmed_round_of(pid)
+        if target is None or target < self.round + JUMP_WHEN_BEHIND_BY:
+            # a round told in a swap's header is the sender's word: without TLS anyone can claim a
+            # member's id, and a forged far-ahead round must not move this peer
+            log.info("%s: %s's round %d not confirmed by its own address (it says %s); not jumping",
+                     self.peer_id, pid, claimed, "nothing" if target is None else target)
+            return
         if self.phases is not None:
             header = await self._latest_header_of(pid)
             if header is None:
@@ -569,18 +576,28 @@ class PeerDaemon(ExchangeServer):
         self._publish_latest(target)
 
     async def _ask_neighbours_their_round(self) -> None:
-        for pid, address in list(self.known.items()):
-            try:
-                status = await self.transport.status(address, timeout=STATUS_TIMEOUT_S)
-            except ExchangeFailed:
-                continue
-            self._on_later_round(pid, status.round)
+        for pid in list(self.known):
+            round_ = await self._confirmed_round_of(pid)
+            if round_ is not None:
+                self._on_later_round(pid, round_)
+
+    async def _confirmed_round_of(self, pid: str) -> int | None:
+        """The round ``pid`` reports from its known (admitted) address, or None if it does not answer
+        there as itself."""
+        address = self.known.get(pid)
+        try:
+            status = await self.transport.status(address, timeout=STATUS_TIMEOUT_S, expect=pid) if address else None
+        except ExchangeFailed:
+            return None
+        if status is None or status.peer_id != pid or status.run_id != self.net.run_id:
+            return None
+        return status.round
 
     async def _latest_header_of(self, pid: str) -> Header | None:
         """The header of a neighbour's latest factors: its round and its phase schedule."""
         try:
             return (await self.transport.fetch(self.known[pid], self.net.run_id, self.peer_id,
-                                               timeout=FETCH_TIMEOUT_S)).header
+                                               timeout=FETCH_TIMEOUT_S, expect=pid)).header
         except (ExchangeFailed, Rejected, KeyError) as exc:
             log.warning("%s: could not fetch the schedule of %s: %s", self.peer_id, pid, exc)
             return None
@@ -606,9 +623,9 @@ class PeerDaemon(ExchangeServer):
         await asyncio.sleep(max(0.0, min(grace, until - self.now())))
 
     async def _neighbours_done(self) -> bool:
-        for address in list(self.known.values()):
+        for pid, address in list(self.known.items()):
             try:
-                if (await self.transport.status(address, timeout=STATUS_TIMEOUT_S)).round < self.run.rounds:
+                if (await self.transport.status(address, timeout=STATUS_TIMEOUT_S, expect=pid)).round < self.run.rounds:
                     return False
             except ExchangeFailed:
                 continue  # gone: nothing to wait for

@@ -98,35 +98,39 @@ class LinkProtocol:
 
     # ------------------------------------------------------------------ server side
 
-    def screen(self, h: Header, max_payload_bytes: int) -> None:
-        """What can be refused from the header alone, before the payload is read: another run or
-        schema, an invalid sender id, a round that is over or far ahead, more bytes than this run's
-        factors take. Whether the sender is a link of the round is not: a peer may swap before this one
-        has learnt of it, and ``respond`` waits for the round to open, whose links decide."""
+    async def screen(self, h: Header, max_payload_bytes: int, wait_for_round: float) -> None:
+        """Everything ``respond`` checks but the payload, from the header alone and before any payload
+        is read: run, schema and sender id, the declared size against this run's factors, the round,
+        and, once that round is open here, that the sender is a link of it not yet decided, with a
+        degree of at least one. While it waits for the round, the payload stays with the sender (the
+        transport reads no further, so flow control holds it back): a stranger or a replay costs a
+        stream slot, never payload memory."""
         self.check_identity(h)
-        if h.round <= self.book.closed_upto:
-            raise Rejected("round-behind", f"round {h.round} is over here", self.current_round())
-        if h.round > self.current_round() + 1:
-            self.on_later_round(h.sender_id, h.round)
-            raise Rejected("round-ahead", f"this peer is at round {self.current_round()}", self.current_round())
         if h.payload_size > max_payload_bytes:
             raise Rejected("too-large", f"{h.payload_size} bytes announced; this run's factors take at most "
                            f"{max_payload_bytes}", self.current_round())
+        self.on_header(h)
+        await self._link_of_round(h, wait_for_round)
 
     async def respond(self, incoming: FactorMessage, wait_for_round: float) -> FactorMessage:
         h = incoming.header
         self.check_identity(h)
         self.on_header(h)
-        state = await self._round_for(h.round, h.sender_id, wait_for_round)
+        state = await self._link_of_round(h, wait_for_round)   # again: the round may have moved on meanwhile
+        tensors = self.decode(incoming, state.own.header)
+        state.staged[h.sender_id] = Received(tensors, h.degree, h.payload_size)
+        return state.own
+
+    async def _link_of_round(self, h: Header, wait: float) -> RoundState:
+        """The open round of ``h``, where its sender is a link not yet decided; else Rejected."""
+        state = await self._round_for(h.round, h.sender_id, wait)
         if h.sender_id not in state.candidates:
             raise Rejected("not-a-link", f"{h.sender_id} is not a link of round {h.round} here", self.current_round())
         if h.sender_id in state.decisions:
             raise Rejected("replay", f"the link with {h.sender_id} in round {h.round} is decided", self.current_round())
         if h.degree < 1:
             raise Rejected("degree", f"degree {h.degree}: a sender attempts at least this link", self.current_round())
-        tensors = self.decode(incoming, state.own.header)
-        state.staged[h.sender_id] = Received(tensors, h.degree, h.payload_size)
-        return state.own
+        return state
 
     async def _round_for(self, round_: int, sender: str, wait: float) -> RoundState:
         if round_ <= self.book.closed_upto:
@@ -202,7 +206,7 @@ class LinkProtocol:
         try:
             if address is None:
                 raise ExchangeFailed(f"{peer_id} has no address")
-            await self._exchange_retrying_while_ahead(address, state, validate, until)
+            await self._exchange_retrying_while_ahead(address, state, peer_id, validate, until)
             state.decide(peer_id, Decision.COUNTED, staged["received"], self.now())
         except ExchangeOutcomeUnknown:
             await self.settle_by_query(state, peer_id, address, staged["received"], until)
@@ -217,13 +221,14 @@ class LinkProtocol:
             log.info("%s: link to %s in round %d failed: %s", self.me.peer_id, peer_id, state.round, exc)
             state.decide(peer_id, Decision.REFUSED)
 
-    async def _exchange_retrying_while_ahead(self, address: str, state: RoundState, validate, until: float) -> None:
+    async def _exchange_retrying_while_ahead(self, address: str, state: RoundState, peer_id: str, validate,
+                                             until: float) -> None:
         while True:
             left = until - self.now()
             if left <= 0:
                 raise ExchangeFailed("deadline passed")
             try:
-                await self.transport.exchange(address, state.own, validate, timeout=left)
+                await self.transport.exchange(address, state.own, validate, timeout=left, expect=peer_id)
                 return
             except Rejected as r:
                 # the server has not reached this round yet: it will soon, ask again
@@ -231,11 +236,12 @@ class LinkProtocol:
                     raise
                 await asyncio.sleep(min(AHEAD_RETRY_S, max(0.0, until - self.now())))
 
-    async def ask_outcome(self, address: str | None, round_: int, until: float) -> bool | None:
+    async def ask_outcome(self, peer_id: str, address: str | None, round_: int, until: float) -> bool | None:
         while True:
             try:
                 answer = None if not address else await self.transport.outcome(
-                    address, self.me.run_id, self.me.peer_id, round_, timeout=OUTCOME_QUERY_TIMEOUT_S)
+                    address, self.me.run_id, self.me.peer_id, round_, timeout=OUTCOME_QUERY_TIMEOUT_S,
+                    expect=peer_id)
             except Exception as exc:  # noqa: BLE001 - whatever broke the call, the answer is unknown
                 log.debug("%s: outcome query to %s failed: %s", self.me.peer_id, address, exc)
                 answer = None
@@ -245,7 +251,7 @@ class LinkProtocol:
 
     async def settle_by_query(self, state: RoundState, peer_id: str, address: str | None, received: Received,
                                until: float) -> None:
-        answer = await self.ask_outcome(address, state.round, until + self.frame_timeout)
+        answer = await self.ask_outcome(peer_id, address, state.round, until + self.frame_timeout)
         if answer is None:
             log.warning("%s: outcome of the link to %s in round %d unknown; settled when it is learned",
                         self.me.peer_id, peer_id, state.round)

@@ -70,7 +70,7 @@ class Settlements:
     async def _query(self, key: tuple[int, str], link: PendingLink) -> None:
         address = self.address_of(link.peer_id) or link.address
         now = asyncio.get_running_loop().time()
-        answer = await self.protocol.ask_outcome(address, link.round, now + self.query_seconds)
+        answer = await self.protocol.ask_outcome(link.peer_id, address, link.round, now + self.query_seconds)
         if answer is not None:
             self.answers[key] = answer
 

@@ -33,7 +33,7 @@ def client_gives_up_on_a_lost_ack():
     """Before: the server answered an outcome query only once its round had closed, and a client that
     had not heard by its deadline counted the link as failed while the server had counted it."""
     async def give_up(self, state, peer_id, address, received, until):
-        answer = await self.ask_outcome(address, state.round, until) if address else None
+        answer = await self.ask_outcome(peer_id, address, state.round, until) if address else None
         state.decide(peer_id, Decision.COUNTED if answer else Decision.REFUSED, received, self.now())
 
     stack = contextlib.ExitStack()
@@ -65,7 +65,8 @@ def catch_up_adopts_a_neighbours_factors():
             return
         donor = sorted(self.known)[0]
         try:
-            message = await self.transport.fetch(self.known[donor], self.net.run_id, self.peer_id, timeout=1.0)
+            message = await self.transport.fetch(self.known[donor], self.net.run_id, self.peer_id, timeout=1.0,
+                                                   expect=donor)
         except Exception:  # noqa: BLE001 - the donor may be down: then nothing is adopted
             return
         self.local.adapter.load_factors(decode_factors(message.payload, self.schema))

@@ -77,6 +77,10 @@ class _Guarded(ExchangeServer):
         if self.dead:
             raise Rejected("down", "this peer crashed")
 
+    async def screen(self, header):
+        self._check()
+        await self.daemon.screen(header)
+
     async def respond(self, incoming):
         self._check()
         return await self.daemon.respond(incoming)

@@ -154,6 +154,11 @@ class ExchangeFailed(Exception):
     """The stream broke or timed out before the client committed: the link counts at neither end."""
 
 
+class HandshakeRefused(ExchangeFailed):
+    """The remote end failed TLS authentication: no certificate of this run's authority, or not one
+    that names the peer id the caller expected. Retrying will not help."""
+
+
 class ExchangeOutcomeUnknown(Exception):
     """The client committed but no acknowledgement came back: the server may have counted the link.
 
@@ -208,10 +213,12 @@ class ExchangeServer(abc.ABC):
     @abc.abstractmethod
     def status(self) -> StatusInfo: ...
 
-    def screen(self, header: Header) -> None:
+    async def screen(self, header: Header) -> None:
         """Called with a swap's header before any of its payload is read: raise Rejected for a message
-        that ``respond`` would refuse anyway (another run, an unknown sender, a round far off, a payload
-        larger than any of this run's), so that it costs no memory. The default screens nothing."""
+        that ``respond`` would refuse anyway (another run, a sender that is no link of the round, a
+        round far off, a payload larger than any of this run's), so that it costs no memory. It may
+        wait (for the round to open); the transport reads no payload meanwhile. The default screens
+        nothing."""
 
     @abc.abstractmethod
     async def current_factors(self, run_id: str, peer_id: str) -> FactorMessage:
@@ -236,9 +243,13 @@ class Transport(abc.ABC):
     async def serve(self, server: ExchangeServer, address: str) -> str:
         """Start answering at ``address`` (``host:port``, port 0 for any); returns the bound address."""
 
+    # Every call to another peer takes ``expect``: the peer id the answering end must prove (over TLS,
+    # a certificate naming it; a transport without authentication ignores it). None accepts any peer
+    # of the run, for an address whose owner is not known yet.
+
     @abc.abstractmethod
     async def exchange(self, address: str, outgoing: FactorMessage, validate: Validator,
-                       timeout: float) -> FactorMessage:
+                       timeout: float, *, expect: str | None = None) -> FactorMessage:
         """Swap factors with the peer at ``address``; returns its factors once the link counted.
 
         ``validate`` checks the server's answer and raises Rejected to refuse it (then nothing counts).
@@ -246,14 +257,16 @@ class Transport(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def status(self, address: str, timeout: float) -> StatusInfo: ...
+    async def status(self, address: str, timeout: float, *, expect: str | None = None) -> StatusInfo: ...
 
     @abc.abstractmethod
-    async def fetch(self, address: str, run_id: str, peer_id: str, timeout: float) -> FactorMessage:
+    async def fetch(self, address: str, run_id: str, peer_id: str, timeout: float, *,
+                    expect: str | None = None) -> FactorMessage:
         """The latest factors of the peer at ``address``, asked as ``peer_id`` of ``run_id``."""
 
     @abc.abstractmethod
-    async def outcome(self, address: str, run_id: str, peer_id: str, round_: int, timeout: float) -> bool | None: ...
+    async def outcome(self, address: str, run_id: str, peer_id: str, round_: int, timeout: float, *,
+                      expect: str | None = None) -> bool | None: ...
 
     @abc.abstractmethod
     async def close(self) -> None: ...

@@ -98,7 +98,7 @@ def check_payload(message: FactorMessage, digest: bytes | None = None) -> None:
 
 
 async def read_message(next_frame: Callable[[], Awaitable[pb.Frame | None]], limits: Limits,
-                       screen: Callable[[Header], None] | None = None) -> FactorMessage:
+                       screen: Callable[[Header], Awaitable[None]] | None = None) -> FactorMessage:
     """Read Header, Chunk* from a stream; raise Rejected for anything malformed, oversized or stalled.
     ``screen`` sees the header before any payload is read (``ExchangeServer.screen``)."""
     loop = asyncio.get_running_loop()
@@ -125,7 +125,7 @@ async def read_message(next_frame: Callable[[], Awaitable[pb.Frame | None]], lim
     header = header_from_pb(first.header)
     check_header(header, limits)
     if screen is not None:
-        screen(header)
+        await screen(header)
     deadline.append(loop.time() + limits.frame_timeout + header.payload_size / limits.min_bytes_per_s)
     # chunks are kept as they come and joined once; the hash is updated chunk by chunk, while the
     # next chunks are still on the wire, rather than over the whole payload at the end

@@ -13,8 +13,9 @@ from collections.abc import Callable
 
 import grpc
 
-from peer.transport.base import (ExchangeFailed, ExchangeOutcomeUnknown, ExchangeServer, FactorMessage, Reason,
-                                 NeighbourInfo, NetworkFaults, Rejected, StatusInfo, Step, Transport, Validator, shown)
+from peer.transport.base import (ExchangeFailed, ExchangeOutcomeUnknown, ExchangeServer, FactorMessage,
+                                 HandshakeRefused, NeighbourInfo, NetworkFaults, Reason, Rejected, StatusInfo, Step,
+                                 Transport, Validator, shown)
 from peer.transport.framing import Limits, read_message, reject_frame, to_frames
 from peer.transport.pb import peer_pb2 as pb
 from peer.transport.pb import peer_pb2_grpc as pb_grpc
@@ -73,9 +74,58 @@ def _check_caller(context, peer_id: str, tls: TlsMaterial | None) -> None:
         raise Rejected("identity", f"sender {peer_id[:60]!r} but certificate of {named[:60]!r}")
 
 
+# gRPC reports a failed TLS handshake only in the text of an UNAVAILABLE error: a certificate of
+# another authority reads "Handshake failed", one that does not name the expected peer "Hostname
+# Verification Check failed" (grpcio 1.6x). Recognised here, once, and raised as HandshakeRefused.
+_HANDSHAKE_FAILURE_MARKS = ("handshake failed", "verification check failed")
+
+
+def _failure(address: str, exc: grpc.aio.AioRpcError) -> ExchangeFailed:
+    details = (exc.details() or "").lower()
+    kind = HandshakeRefused if any(mark in details for mark in _HANDSHAKE_FAILURE_MARKS) else ExchangeFailed
+    return kind(f"{address}: {exc.code().name} {shown(exc.details() or '')}")
+
+
 def _host_of(grpc_peer: str) -> str:
     """``ipv4:10.0.0.2:54321`` -> ``ipv4:10.0.0.2`` (streams are capped per address, not per port)."""
     return grpc_peer.rsplit(":", 1)[0] if grpc_peer.count(":") >= 2 else grpc_peer
+
+
+class _Slot:
+    """One caller's stream slot and the payload bytes reserved under it. Given back once, when the RPC
+    ends however it ends: by the handler's own end, or by gRPC's done callback when the client cancels
+    while the handler waits."""
+
+    def __init__(self, servicer: _Servicer, host: str) -> None:
+        self.servicer, self.host, self.bytes, self.open = servicer, host, 0, True
+        servicer.streams[host] = servicer.streams.get(host, 0) + 1
+
+    def reserve(self, payload_bytes: int) -> None:
+        self.servicer.buffered += payload_bytes
+        self.bytes += payload_bytes
+
+    def release(self, *_) -> None:
+        if not self.open:
+            return
+        self.open = False
+        streams = self.servicer.streams
+        self.servicer.buffered -= self.bytes
+        streams[self.host] -= 1
+        if not streams[self.host]:
+            del streams[self.host]
+
+
+def _cancel_after(seconds: float) -> asyncio.TimerHandle:
+    """Cancel the running RPC handler after ``seconds``: a caller that stops reading blocks the handler's
+    writes forever (HTTP/2 flow control), and with them its stream slot. Cancel the handle when done."""
+    task = asyncio.current_task()
+    assert task is not None
+    return asyncio.get_running_loop().call_later(seconds, task.cancel)
+
+
+def _sending_time(limits: Limits, payload_bytes: int) -> float:
+    """The longest a peer may take to read a message of ``payload_bytes`` (the rate floor, both ways)."""
+    return limits.frame_timeout + payload_bytes / limits.min_bytes_per_s
 
 
 class _Servicer(pb_grpc.PeerServicer):
@@ -91,27 +141,14 @@ class _Servicer(pb_grpc.PeerServicer):
             return Rejected(Reason.BUSY, f"{self.limits.max_streams_per_address} swaps in progress from this address")
         return None
 
-    def _hold(self, context) -> Callable[[], None] | None:
-        """A stream slot for this caller, or None if it is over a cap. The slot (and the bytes ``reserve``
-        adds to it) is given back once, when the RPC ends however it ends: by the handler's own end or
-        by gRPC's done callback when the client cancels while the handler waits."""
+    def _hold(self, context) -> _Slot | None:
+        """A stream slot for this caller, or None if it is over a cap."""
         host = _host_of(context.peer())
         if self._busy(host) is not None:
             return None
-        self.streams[host] = self.streams.get(host, 0) + 1
-        held = {"open": True, "bytes": 0}
-
-        def release(*_) -> None:
-            if held["open"]:
-                held["open"] = False
-                self.buffered -= held["bytes"]
-                self.streams[host] -= 1
-                if not self.streams[host]:
-                    del self.streams[host]
-
-        release.held = held  # type: ignore[attr-defined]
-        context.add_done_callback(release)
-        return release
+        slot = _Slot(self, host)
+        context.add_done_callback(slot.release)
+        return slot
 
     def _refuse_busy(self, context) -> pb.Frame:
         busy = self._busy(_host_of(context.peer())) or Rejected(Reason.BUSY, "over a stream cap")
@@ -119,26 +156,25 @@ class _Servicer(pb_grpc.PeerServicer):
         return reject_frame(busy)
 
     async def Exchange(self, request_iterator, context):
-        release = self._hold(context)
-        if release is None:
+        slot = self._hold(context)
+        if slot is None:
             yield self._refuse_busy(context)
             return
 
-        def screen(header) -> None:
+        async def screen(header) -> None:
             """Before the payload: the sender's certificate (TLS), the server's own checks, then the byte
             budget of all swaps."""
             _check_identity(context, header, self.tls)
-            self.server.screen(header)
+            await self.server.screen(header)
             if self.buffered + header.payload_size > self.limits.max_buffered_bytes:
                 raise Rejected(Reason.BUSY, f"{self.limits.max_buffered_bytes} payload bytes in flight")
-            self.buffered += header.payload_size
-            release.held["bytes"] += header.payload_size  # type: ignore[attr-defined]
+            slot.reserve(header.payload_size)
 
         try:
             async for frame in self._exchange(request_iterator, context, screen):
                 yield frame
         finally:
-            release()
+            slot.release()
 
     async def _exchange(self, request_iterator, context, screen):
         frames = request_iterator.__aiter__()
@@ -157,6 +193,9 @@ class _Servicer(pb_grpc.PeerServicer):
             yield reject_frame(r)
             return
         committed = False
+        # the reply and the commit after it are due within the rate floor too (the commit is written
+        # only after the watchdog is off: it is never cut in the middle)
+        watchdog = _cancel_after(_sending_time(self.limits, reply.header.payload_size) + self.limits.frame_timeout)
         try:
             for frame in to_frames(reply, self.limits.chunk_size):
                 yield frame
@@ -164,6 +203,7 @@ class _Servicer(pb_grpc.PeerServicer):
                 answer = await asyncio.wait_for(next_frame(), self.limits.frame_timeout)
             except asyncio.TimeoutError:
                 answer = None
+            watchdog.cancel()
             if answer is not None and answer.HasField("commit") and answer.commit.round == incoming.header.round:
                 committed = await self.server.commit(incoming.header)
                 if committed:
@@ -176,6 +216,7 @@ class _Servicer(pb_grpc.PeerServicer):
                 self.server.count_rejection(refusal.reason, refusal.detail, context.peer())
                 yield reject_frame(refusal)
         finally:
+            watchdog.cancel()
             if not committed:
                 await self.server.abort(incoming.header)
 
@@ -183,8 +224,8 @@ class _Servicer(pb_grpc.PeerServicer):
         return status_to_pb(self.server.status())
 
     async def Fetch(self, request, context):
-        release = self._hold(context)   # the same stream caps as swaps: a reader that never reads holds a slot
-        if release is None:
+        slot = self._hold(context)   # the same stream caps as swaps: a reader that never reads holds a slot
+        if slot is None:
             yield self._refuse_busy(context)
             return
         try:
@@ -195,10 +236,14 @@ class _Servicer(pb_grpc.PeerServicer):
                 self.server.count_rejection(r.reason, r.detail, context.peer())
                 yield reject_frame(r)
                 return
-            for frame in to_frames(message, self.limits.chunk_size):
-                yield frame
+            watchdog = _cancel_after(_sending_time(self.limits, message.header.payload_size))
+            try:
+                for frame in to_frames(message, self.limits.chunk_size):
+                    yield frame
+            finally:
+                watchdog.cancel()
         finally:
-            release()
+            slot.release()
 
     async def Outcome(self, request, context):
         try:
@@ -224,7 +269,7 @@ class GrpcTransport(Transport):
         self.limits, self.tls = limits, tls
         self.faults, self.name = faults or NetworkFaults(), name
         self._server: grpc.aio.Server | None = None
-        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._channels: dict[tuple[str, str], grpc.aio.Channel] = {}   # (address, certificate name)
 
     async def _lost(self, step: Step, address: str, to_server: bool = True) -> bool:
         source, destination = (self.name, address) if to_server else (address, self.name)
@@ -245,8 +290,11 @@ class GrpcTransport(Transport):
         await self._server.start()
         return f"{address.rsplit(':', 1)[0]}:{port}"
 
-    def _stub(self, address: str) -> pb_grpc.PeerStub:
-        channel = self._channels.get(address)
+    def _stub(self, address: str, expect: str | None) -> pb_grpc.PeerStub:
+        """A stub on the channel to ``address`` whose server must hold a certificate naming ``expect``
+        (every peer certificate names its peer id and TLS_NAME, which any member of the run passes)."""
+        name = expect or TLS_NAME
+        channel = self._channels.get((address, name))
         if channel is None:
             options = _channel_options(self.limits)
             if self.tls is None:
@@ -254,10 +302,10 @@ class GrpcTransport(Transport):
             else:
                 credentials = grpc.ssl_channel_credentials(root_certificates=self.tls.ca, private_key=self.tls.key,
                                                            certificate_chain=self.tls.cert)
-                # peers are dialled by address; every certificate of the run carries this one name
+                # peers are dialled by address: the name checked in the handshake is the expected peer's
                 channel = grpc.aio.secure_channel(address, credentials,
-                                                  options=options + [("grpc.ssl_target_name_override", TLS_NAME)])
-            self._channels[address] = channel
+                                                  options=options + [("grpc.ssl_target_name_override", name)])
+            self._channels[(address, name)] = channel
             if len(self._channels) > MAX_CHANNELS:   # announcements of many fake addresses: drop the oldest
                 oldest = next(iter(self._channels))
                 stale = self._channels.pop(oldest)
@@ -265,11 +313,11 @@ class GrpcTransport(Transport):
         return pb_grpc.PeerStub(channel)
 
     async def exchange(self, address: str, outgoing: FactorMessage, validate: Validator,
-                       timeout: float) -> FactorMessage:
+                       timeout: float, *, expect: str | None = None) -> FactorMessage:
         if await self._lost(Step.SWAP, address):
             await asyncio.sleep(timeout)
             raise ExchangeFailed(f"{address}: no answer within {timeout:g} s")
-        call = self._stub(address).Exchange(timeout=timeout)
+        call = self._stub(address, expect).Exchange(timeout=timeout)
         committed, reply = False, None
 
         async def write_message():
@@ -311,37 +359,39 @@ class GrpcTransport(Transport):
         except grpc.aio.AioRpcError as exc:
             if committed:
                 raise ExchangeOutcomeUnknown(reply) from None
-            raise ExchangeFailed(f"{address}: {exc.code().name} {exc.details()}") from None
+            raise _failure(address, exc) from None
         finally:
             call.cancel()
 
-    async def status(self, address: str, timeout: float) -> StatusInfo:
+    async def status(self, address: str, timeout: float, *, expect: str | None = None) -> StatusInfo:
         if await self._lost(Step.STATUS, address):
             await asyncio.sleep(timeout)
             raise ExchangeFailed(f"{address}: no answer within {timeout:g} s")
         try:
-            return status_from_pb(await self._stub(address).Status(pb.StatusRequest(), timeout=timeout))
+            return status_from_pb(await self._stub(address, expect).Status(pb.StatusRequest(), timeout=timeout))
         except grpc.aio.AioRpcError as exc:
-            raise ExchangeFailed(f"{address}: {exc.code().name} {exc.details()}") from None
+            raise _failure(address, exc) from None
 
-    async def fetch(self, address: str, run_id: str, peer_id: str, timeout: float) -> FactorMessage:
+    async def fetch(self, address: str, run_id: str, peer_id: str, timeout: float, *,
+                    expect: str | None = None) -> FactorMessage:
         if await self._lost(Step.FETCH, address):
             await asyncio.sleep(timeout)
             raise ExchangeFailed(f"{address}: no answer within {timeout:g} s")
-        call = self._stub(address).Fetch(pb.FetchRequest(run_id=run_id, peer_id=peer_id), timeout=timeout)
+        call = self._stub(address, expect).Fetch(pb.FetchRequest(run_id=run_id, peer_id=peer_id), timeout=timeout)
         try:
             return await read_message(_reader(call), self.limits)
         except grpc.aio.AioRpcError as exc:
-            raise ExchangeFailed(f"{address}: {exc.code().name}") from None
+            raise _failure(address, exc) from None
         finally:
             call.cancel()
 
-    async def outcome(self, address: str, run_id: str, peer_id: str, round_: int, timeout: float) -> bool | None:
+    async def outcome(self, address: str, run_id: str, peer_id: str, round_: int, timeout: float, *,
+                      expect: str | None = None) -> bool | None:
         if await self._lost(Step.OUTCOME, address):
             await asyncio.sleep(timeout)
             return None
         try:
-            reply = await self._stub(address).Outcome(
+            reply = await self._stub(address, expect).Outcome(
                 pb.OutcomeRequest(run_id=run_id, peer_id=peer_id, round=round_), timeout=timeout)
         except grpc.aio.AioRpcError:
             return None

@@ -72,7 +72,6 @@ class MemoryTransport(Transport):
     def _receive(self, server: ExchangeServer, message: FactorMessage) -> FactorMessage:
         try:
             check_header(message.header, self.limits)
-            server.screen(message.header)
             check_payload(message)
         except Rejected as r:
             server.count_rejection(r.reason, r.detail, "memory")
@@ -96,7 +95,7 @@ class MemoryTransport(Transport):
         return bound
 
     async def exchange(self, address: str, outgoing: FactorMessage, validate: Validator,
-                       timeout: float) -> FactorMessage:
+                       timeout: float, *, expect: str | None = None) -> FactorMessage:
         until = asyncio.get_running_loop().time() + timeout
         server = self._server(address)
         incoming = self._receive(server, outgoing)
@@ -128,13 +127,19 @@ class MemoryTransport(Transport):
                        until: float) -> FactorMessage:
         left = max(0.0, until - asyncio.get_running_loop().time())
         try:
-            return await asyncio.wait_for(self.faults.at_server(address, lambda: server.respond(incoming)), left)
+            return await asyncio.wait_for(self.faults.at_server(address, lambda: self._screened(server, incoming)),
+                                          left)
         except Rejected as r:  # counted where it was refused, as over gRPC
             server.count_rejection(r.reason, r.detail, "memory")
             raise
         except asyncio.TimeoutError:
             await server.abort(incoming.header)
             raise ExchangeFailed(f"{address} did not answer within {left:g} s") from None
+
+    @staticmethod
+    async def _screened(server: ExchangeServer, incoming: FactorMessage) -> FactorMessage:
+        await server.screen(incoming.header)   # as over gRPC: the header first, then the whole message
+        return await server.respond(incoming)
 
     async def _commit(self, address: str, server: ExchangeServer, header, reply: FactorMessage) -> bool:
         if not await self._arrives(Step.COMMIT, address, server):
@@ -163,14 +168,15 @@ class MemoryTransport(Transport):
             await self._silence_until(until)
             raise ExchangeFailed(f"{address}: no answer")
 
-    async def status(self, address: str, timeout: float) -> StatusInfo:
+    async def status(self, address: str, timeout: float, *, expect: str | None = None) -> StatusInfo:
         until = asyncio.get_running_loop().time() + timeout
         server = await self._call(Step.STATUS, address, timeout)
         answer = copy.deepcopy(server.status())
         await self._answered(Step.STATUS, address, server, until)
         return answer
 
-    async def fetch(self, address: str, run_id: str, peer_id: str, timeout: float) -> FactorMessage:
+    async def fetch(self, address: str, run_id: str, peer_id: str, timeout: float, *,
+                    expect: str | None = None) -> FactorMessage:
         until = asyncio.get_running_loop().time() + timeout
         server = await self._call(Step.FETCH, address, timeout)
         try:
@@ -181,7 +187,8 @@ class MemoryTransport(Transport):
         await self._answered(Step.FETCH, address, server, until)
         return answer
 
-    async def outcome(self, address: str, run_id: str, peer_id: str, round_: int, timeout: float) -> bool | None:
+    async def outcome(self, address: str, run_id: str, peer_id: str, round_: int, timeout: float, *,
+                      expect: str | None = None) -> bool | None:
         until = asyncio.get_running_loop().time() + timeout
         try:
             server = await self._call(Step.OUTCOME, address, timeout)
