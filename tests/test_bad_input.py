@@ -121,6 +121,7 @@ def test_a_second_daemon_with_a_taken_peer_id_exits_2_with_one_line(tmp_path, ca
     lines = [line for line in err.splitlines() if line.startswith("tadlora: error:")]
     assert len(lines) == 1 and "already announces 'peer-00'" in lines[0] and address in lines[0], err[-2000:]
     assert "Traceback" not in err
+    assert not (tmp_path / "second").exists(), "the refused daemon left its folder behind"
 
 
 def test_a_fake_announcement_of_a_daemons_id_does_not_keep_it_from_starting(tmp_path, capsys):

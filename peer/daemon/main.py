@@ -63,6 +63,7 @@ def lock_folder(out: Path) -> object:
 
 
 async def run_daemon(run: RunConfig, net: DaemonConfig, out: Path, signals: StopSignals | None = None) -> dict:
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     held = lock_folder(out)  # noqa: F841 - released when the process ends
     tls = load_tls(net.tls_ca, net.tls_cert, net.tls_key, net.peer_id, net.run_id) if net.tls else None
@@ -88,6 +89,7 @@ async def run_daemon(run: RunConfig, net: DaemonConfig, out: Path, signals: Stop
         log.info("%s: mutual TLS: only peers with a certificate of run %r are accepted", daemon.peer_id, net.run_id)
     discovery = None
     static = None
+    withdrawn = False   # refused to start: leave no trace in the folder
     loop = asyncio.get_running_loop()
     current = asyncio.current_task()
     try:
@@ -105,6 +107,7 @@ async def run_daemon(run: RunConfig, net: DaemonConfig, out: Path, signals: Stop
                 # a real twin answers for our id and run; a fake announcement of it (anyone can send one)
                 # must not keep this daemon from starting: then start again without the check
                 if await daemon.membership.answers_as(duplicate.address, daemon.peer_id):
+                    withdrawn = True
                     raise  # the finally below cleans up
                 log.warning("%s: %s announces this peer id but does not answer for it; ignoring it",
                             daemon.peer_id, duplicate.address)
@@ -145,6 +148,20 @@ async def run_daemon(run: RunConfig, net: DaemonConfig, out: Path, signals: Stop
         daemon.worker.shutdown(wait=False, cancel_futures=True)
         if signals is not None:
             signals.leaving()
+        if withdrawn:
+            _withdraw(out, created)
+
+
+def _withdraw(out: Path, created: bool) -> None:
+    """A daemon that may not run (another answers for its id) leaves no trace: its endpoint.json names
+    an address that is closed now, and a folder it created holds nothing else."""
+    (out / "endpoint.json").unlink(missing_ok=True)
+    if created:
+        (out / LOCK_FILE).unlink(missing_ok=True)
+        try:
+            out.rmdir()
+        except OSError:  # something else was written there after all: keep it
+            pass
 
 
 SHUTDOWN_GRACE_S = 20.0
