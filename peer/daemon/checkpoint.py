@@ -74,7 +74,33 @@ def remove_stale_temp_files(directory: Path) -> list[Path]:
     return stale
 
 
+# What ``torch.load(weights_only=True)`` reads back: exactly these types (a numpy scalar is a float
+# subclass that pickles as numpy, and would make the file unreadable), in these containers.
+_PLAIN_TYPES = (str, int, float, bool, bytes, type(None), torch.dtype, torch.device)
+_CONTAINERS = (dict, list, tuple, set)
+
+
+def unloadable_part(value: object, where: str = "state") -> str:
+    """Where in ``value`` something sits that a ``weights_only`` load refuses ("" if nothing)."""
+    if isinstance(value, torch.Tensor) or type(value) in _PLAIN_TYPES:
+        return ""
+    if type(value) is dict:
+        for key, item in value.items():
+            if type(key) not in _PLAIN_TYPES:
+                return f"{where}: a key of type {type(key).__name__}"
+            if found := unloadable_part(item, f"{where}[{key!r}]"):
+                return found
+        return ""
+    if type(value) in _CONTAINERS:
+        return next((found for i, item in enumerate(value) if (found := unloadable_part(item, f"{where}[{i}]"))), "")
+    return f"{where} is a {type(value).__module__}.{type(value).__name__}"
+
+
 def save_checkpoint(directory: Path, state: dict) -> Path:
+    """Replace the checkpoint by ``state`` (tensors and plain values only: checked first, so that a
+    state the next start could not read never replaces a good checkpoint)."""
+    if problem := unloadable_part(state):
+        raise CheckpointError(f"not saved, the checkpoint could not be loaded again: {problem}")
     return write_atomically(Path(directory) / CHECKPOINT, lambda f: torch.save(state, f))
 
 
@@ -90,5 +116,13 @@ def load_checkpoint(directory: Path) -> dict | None:
         return None
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a file we did not write, or from an incompatible version
-        raise CheckpointError(f"{path} cannot be read ({exc}); move it away to start afresh") from exc
+    except Exception as exc:  # a torn or foreign file, or one of an incompatible version
+        raise unreadable(path, exc) from exc
+
+
+def unreadable(what: object, exc: Exception) -> CheckpointError:
+    """The error for a file that does not load: only the first line of torch's message (the rest of it
+    advises an unsafe load, ``weights_only=False``)."""
+    text = str(exc).strip()
+    first = text.splitlines()[0][:200] if text else type(exc).__name__
+    return CheckpointError(f"{what} cannot be read ({first}); move it away to start afresh")

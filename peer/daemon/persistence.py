@@ -39,7 +39,8 @@ from typing import Protocol
 
 import torch
 
-from peer.daemon.checkpoint import CHECKPOINT, CheckpointError, remove_stale_temp_files, write_atomically
+from peer.daemon.checkpoint import (CHECKPOINT, CheckpointError, remove_stale_temp_files, unloadable_part,
+                                    unreadable, write_atomically)
 
 WAL = "wal.pt"
 ROUNDS_LOG = "rounds.jsonl"
@@ -161,6 +162,8 @@ class TorchFormat:
 
     @staticmethod
     def dumps(state: dict) -> bytes:
+        if problem := unloadable_part(state):   # checked first: it would never load again
+            raise CheckpointError(f"not saved, it could not be loaded again: {problem}")
         buffer = io.BytesIO()
         torch.save(state, buffer)
         return buffer.getvalue()
@@ -225,7 +228,7 @@ class Persistence:
         try:
             return self.form.loads(data)
         except Exception as exc:  # not ours, or from an incompatible version
-            raise CheckpointError(f"{what} cannot be read ({exc}); move it away to start afresh") from exc
+            raise unreadable(what, exc) from exc
 
     # write-ahead record -----------------------------------------------------------------------
     def open_round(self, round_: int, local_state: dict, candidates: list[str], extras: dict) -> None:

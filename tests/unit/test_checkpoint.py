@@ -133,14 +133,11 @@ def test_a_pickle_that_would_run_code_is_refused_without_running_it(tmp_path):
     assert RAN == []
 
 
-@pytest.mark.xfail(strict=True, reason="save_checkpoint writes any picklable state: a numpy scalar "
-                   "(np.float64 from a numpy reduction) is saved over the good checkpoint, and the "
-                   "weights_only load then refuses the file; nothing checks the state before the rename")
 def test_a_state_that_could_not_be_loaded_is_refused_at_save_and_the_previous_one_kept(tmp_path):
     import numpy as np
 
     save_checkpoint(tmp_path, OLD)
-    with pytest.raises(Exception):
+    with pytest.raises(CheckpointError, match=r"state\['loss'\] is a numpy.float64"):
         save_checkpoint(tmp_path, {**NEW, "loss": np.float64(0.25)})
     assert load_checkpoint(tmp_path)["round"] == 3
 
