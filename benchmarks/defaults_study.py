@@ -35,8 +35,12 @@ def head_lr_rows(steps: int) -> dict[str, dict]:
     for head in (0, 1):
         for lr in (2e-3, 5e-3):
             rows[f"head {'trained' if head else 'frozen'}, lr {lr:g}, {steps // 2} x 2, T 5"] = {
-                "train_head": head, "learning_rate": lr, "rounds": steps // 2, "local_steps": 2,
-                "switch_interval": "5"}
+                "train_head": head,
+                "learning_rate": lr,
+                "rounds": steps // 2,
+                "local_steps": 2,
+                "switch_interval": "5",
+            }
     return rows
 
 
@@ -45,12 +49,20 @@ def mixing_rows(steps: int, head: int, lr: float) -> dict[str, dict]:
     for local_steps, interval in ((1, 10), (1, 20), (1, 5), (2, 5), (2, 10), (5, 2)):
         rounds = steps // local_steps
         rows[f"{rounds} x {local_steps}, T {interval} ({interval * local_steps} steps a phase)"] = {
-            "train_head": head, "learning_rate": lr, "rounds": rounds, "local_steps": local_steps,
-            "switch_interval": str(interval)}
+            "train_head": head,
+            "learning_rate": lr,
+            "rounds": rounds,
+            "local_steps": local_steps,
+            "switch_interval": str(interval),
+        }
     for local_steps in (1, 2):
         rows[f"lora {steps // local_steps} x {local_steps}"] = {
-            "train_head": head, "learning_rate": lr, "rounds": steps // local_steps, "local_steps": local_steps,
-            "strategy": "lora"}
+            "train_head": head,
+            "learning_rate": lr,
+            "rounds": steps // local_steps,
+            "local_steps": local_steps,
+            "strategy": "lora",
+        }
     return rows
 
 
@@ -60,11 +72,21 @@ def schedule_rows(steps: int, head: int) -> dict[str, dict]:
         for local_steps, interval in ((2, 5), (1, 20)):
             rounds = steps // local_steps
             rows[f"linear decay from {lr:g}, {rounds} x {local_steps}, T {interval}"] = {
-                "train_head": head, "learning_rate": lr, "lr_schedule": "linear", "rounds": rounds,
-                "local_steps": local_steps, "switch_interval": str(interval)}
+                "train_head": head,
+                "learning_rate": lr,
+                "lr_schedule": "linear",
+                "rounds": rounds,
+                "local_steps": local_steps,
+                "switch_interval": str(interval),
+            }
         rows[f"lora, linear decay from {lr:g}, {steps // 2} x 2"] = {
-            "train_head": head, "learning_rate": lr, "lr_schedule": "linear", "rounds": steps // 2, "local_steps": 2,
-            "strategy": "lora"}
+            "train_head": head,
+            "learning_rate": lr,
+            "lr_schedule": "linear",
+            "rounds": steps // 2,
+            "local_steps": 2,
+            "strategy": "lora",
+        }
     return rows
 
 
@@ -76,21 +98,36 @@ def batch_rows(steps: int, head: int, lr: float) -> dict[str, dict]:
     for batch, local_steps, interval in ((8, 2, 5), (4, 2, 10), (4, 2, 5), (8, 2, 10)):
         rounds = samples // batch // local_steps
         rows[f"batch {batch}, {rounds} x {local_steps}, T {interval}"] = {
-            "train_head": head, "learning_rate": lr, "batch_size": batch, "rounds": rounds,
-            "local_steps": local_steps, "switch_interval": str(interval)}
-        rows.setdefault(f"lora, batch {batch}, {rounds} x {local_steps}", {
-            "train_head": head, "learning_rate": lr, "batch_size": batch, "rounds": rounds,
-            "local_steps": local_steps, "strategy": "lora"})
+            "train_head": head,
+            "learning_rate": lr,
+            "batch_size": batch,
+            "rounds": rounds,
+            "local_steps": local_steps,
+            "switch_interval": str(interval),
+        }
+        rows.setdefault(
+            f"lora, batch {batch}, {rounds} x {local_steps}",
+            {
+                "train_head": head,
+                "learning_rate": lr,
+                "batch_size": batch,
+                "rounds": rounds,
+                "local_steps": local_steps,
+                "strategy": "lora",
+            },
+        )
     return rows
 
 
 def default_rows() -> dict[str, dict]:
     """Around the chosen default (60 rounds × 2 steps of 8, head trained, lr 2e-3, T 5)."""
     base = {"train_head": 1, "batch_size": 8, "rounds": 60, "local_steps": 2}
-    return {"T 5, lr 2e-3 (the default)": {**base, "learning_rate": 2e-3, "switch_interval": "5"},
-            "T 1, lr 2e-3": {**base, "learning_rate": 2e-3, "switch_interval": "1"},
-            "T 5, lr 3e-3": {**base, "learning_rate": 3e-3, "switch_interval": "5"},
-            "lora, lr 2e-3": {**base, "learning_rate": 2e-3, "strategy": "lora"}}
+    return {
+        "T 5, lr 2e-3 (the default)": {**base, "learning_rate": 2e-3, "switch_interval": "5"},
+        "T 1, lr 2e-3": {**base, "learning_rate": 2e-3, "switch_interval": "1"},
+        "T 5, lr 3e-3": {**base, "learning_rate": 3e-3, "switch_interval": "5"},
+        "lora, lr 2e-3": {**base, "learning_rate": 2e-3, "strategy": "lora"},
+    }
 
 
 def main() -> None:
@@ -98,7 +135,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/defaults"))
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--steps-per-peer", type=int, default=60)
-    parser.add_argument("--grid", default="head-lr", choices=["head-lr", "mixing", "schedule", "batch", "default", "all"])
+    parser.add_argument(
+        "--grid", default="head-lr", choices=["head-lr", "mixing", "schedule", "batch", "default", "all"]
+    )
     parser.add_argument("--head", type=int, default=1, help="mixing grid: train the head (1) or not (0)")
     parser.add_argument("--learning-rate", type=float, default=5e-3, help="mixing grid: learning rate")
     args = parser.parse_args()
@@ -120,17 +159,21 @@ def main() -> None:
             settings = {**BASE, **settings, "seed": seed, "eval_every": settings["rounds"]}
             slug = "-".join(f"{k}{v}" for k, v in sorted(settings.items()) if k not in BASE and k != "eval_every")
             summary = run(args.out / slug, **settings)
-            budget = {k: settings.get(k, "constant") for k in ("train_head", "learning_rate", "lr_schedule", "seed",
-                                                               "peers")}
+            budget = {
+                k: settings.get(k, "constant") for k in ("train_head", "learning_rate", "lr_schedule", "seed", "peers")
+            }
             if budget["lr_schedule"] == "constant":
                 del budget["lr_schedule"]  # the folder names of the first runs, made before the setting existed
             if settings.get("batch_size", 16) != 16:
                 budget["batch_size"] = settings["batch_size"]
             steps_per_peer = settings["rounds"] * settings["local_steps"]
-            refs = references(args.out / "references" / "-".join(f"{k}{v}" for k, v in sorted(budget.items())),
-                              **{**BASE, **budget, "rounds": steps_per_peer, "local_steps": 1})
-            table.setdefault(name, []).append({"peers": summary["mean_accuracy"],
-                                               "network_average": summary["network_average"], **refs})
+            refs = references(
+                args.out / "references" / "-".join(f"{k}{v}" for k, v in sorted(budget.items())),
+                **{**BASE, **budget, "rounds": steps_per_peer, "local_steps": 1},
+            )
+            table.setdefault(name, []).append(
+                {"peers": summary["mean_accuracy"], "network_average": summary["network_average"], **refs}
+            )
             print(json.dumps({"row": name, "seed": seed, **table[name][-1]}), flush=True)
     print(f"\n{args.steps_per_peer} steps of 16 per peer; mean ± sd over seeds {args.seeds}\n")
     print("| setting | alone | peers | network average | centralized |\n|---|---|---|---|---|")
@@ -138,7 +181,6 @@ def main() -> None:
         column = {k: [c[k] for c in cells] for k in ("alone", "peers", "network_average", "centralized")}
         print(f"| {name} | " + " | ".join(mean_spread(column[k]) for k in column) + " |")
     (args.out / "table.json").write_text(json.dumps(table, indent=2) + "\n")
-
 
 
 if __name__ == "__main__":

@@ -21,16 +21,21 @@ def main() -> None:
     args = parser.parse_args()
     seeds = list(range(args.schedules))
     variants = {"the daemon as it is": contextlib.nullcontext, **DEFECTS}
-    print("| daemon | schedules | with violations | violations by kind | auto T: rounds with phases apart "
-          "after a split (measured) | seconds |")
+    print(
+        "| daemon | schedules | with violations | violations by kind | auto T: rounds with phases apart "
+        "after a split (measured) | seconds |"
+    )
     print("|---|---|---|---|---|---|")
     for name, defect in variants.items():
         started = time.monotonic()
         with defect():
             summary = run_many(seeds, args.jobs)
         kinds = ", ".join(f"{k} {v}" for k, v in sorted(summary.violations.items())) or "none"
-        print(f"| {name} | {summary.schedules} | {len(summary.failed)} | {kinds} | "
-              f"{summary.measured['phase-after-split']} | {time.monotonic() - started:.0f} |", flush=True)
+        print(
+            f"| {name} | {summary.schedules} | {len(summary.failed)} | {kinds} | "
+            f"{summary.measured['phase-after-split']} | {time.monotonic() - started:.0f} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -46,9 +46,12 @@ class Loopback:
 
     def __enter__(self):
         if self.name:
-            for cmd in (["ip", "netns", "add", self.name], ["ip", "-n", self.name, "link", "set", "lo", "up"],
-                        ["ip", "-n", self.name, "link", "set", "lo", "multicast", "on"],
-                        ["ip", "-n", self.name, "route", "add", "224.0.0.0/4", "dev", "lo"]):
+            for cmd in (
+                ["ip", "netns", "add", self.name],
+                ["ip", "-n", self.name, "link", "set", "lo", "up"],
+                ["ip", "-n", self.name, "link", "set", "lo", "multicast", "on"],
+                ["ip", "-n", self.name, "route", "add", "224.0.0.0/4", "dev", "lo"],
+            ):
                 subprocess.run(cmd, check=True)
         return self
 
@@ -62,8 +65,9 @@ class Loopback:
     def bytes(self) -> int | None:
         if not self.name:
             return None
-        out = subprocess.run(self.wrap(["cat", "/sys/class/net/lo/statistics/tx_bytes"]), capture_output=True,
-                             text=True, check=True)
+        out = subprocess.run(
+            self.wrap(["cat", "/sys/class/net/lo/statistics/tx_bytes"]), capture_output=True, text=True, check=True
+        )
         return int(out.stdout)
 
 
@@ -72,19 +76,31 @@ def run_flower(python: str, clients: int, rounds: int, folder: Path) -> dict:
         before = ns.bytes()
         times = folder / "flower_times.json"
         side = str(HERE / "flower_side.py")
-        server = subprocess.Popen(ns.wrap([python, side, "server", "--clients", str(clients), "--rounds", str(rounds),
-                                           "--out", str(times)]), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        server = subprocess.Popen(
+            ns.wrap([python, side, "server", "--clients", str(clients), "--rounds", str(rounds), "--out", str(times)]),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         time.sleep(3)
-        procs = [subprocess.Popen(ns.wrap([python, side, "client", "--seed", str(i + 1)]), stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL) for i in range(clients)]
+        procs = [
+            subprocess.Popen(
+                ns.wrap([python, side, "client", "--seed", str(i + 1)]),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            for i in range(clients)
+        ]
         server.wait(timeout=600)
         for p in procs:
             p.wait(timeout=60)
         total = None if before is None else ns.bytes() - before
     result = json.loads(times.read_text())
     rounds_after_first = result["round_seconds"][1:]  # the first round waits for the clients to connect
-    return {"overhead": statistics.median(rounds_after_first), "bytes_per_round": total / rounds if total else None,
-            "payload": result["payload_bytes"]}
+    return {
+        "overhead": statistics.median(rounds_after_first),
+        "bytes_per_round": total / rounds if total else None,
+        "payload": result["payload_bytes"],
+    }
 
 
 class NamespacedTestbed(Testbed):
@@ -97,8 +113,21 @@ class NamespacedTestbed(Testbed):
 
 
 def run_tadlora(peers: int, rounds: int, folder: Path) -> dict:
-    cfg = load_config(overrides=dict(references="none", strategy="lora", peers=peers, topology="complete", rounds=rounds, local_steps=1,
-                                     batch_size=1, max_length=16, eval_every=10**6, eval_samples=10, device="cpu"))
+    cfg = load_config(
+        overrides=dict(
+            references="none",
+            strategy="lora",
+            peers=peers,
+            topology="complete",
+            rounds=rounds,
+            local_steps=1,
+            batch_size=1,
+            max_length=16,
+            eval_every=10**6,
+            eval_samples=10,
+            device="cpu",
+        )
+    )
     with Loopback() as ns:
         bed = NamespacedTestbed(cfg, folder, dict(discovery_wait=60.0, round_timeout_max=30.0), ns=ns)
         try:
@@ -111,9 +140,11 @@ def run_tadlora(peers: int, rounds: int, folder: Path) -> dict:
             bed.stop_all()
     records = [r for i in range(peers) for r in bed.rounds(i)[1:]]
     payload = sum(r["bytes_sent"] for i in range(peers) for r in bed.rounds(i)) / rounds
-    return {"overhead": statistics.median(r["seconds"] - r["train_seconds"] for r in records),
-            "bytes_per_round": (after - before) / rounds if before is not None else payload,
-            "payload_per_round": payload}
+    return {
+        "overhead": statistics.median(r["seconds"] - r["train_seconds"] for r in records),
+        "bytes_per_round": (after - before) / rounds if before is not None else payload,
+        "payload_per_round": payload,
+    }
 
 
 def main() -> None:
@@ -128,13 +159,21 @@ def main() -> None:
     mb = 1e6
     print(f"adapter payload: {flower['payload'] / 1e3:.0f} KB; {args.peers} processes; {args.rounds} rounds\n")
     print("| | round time beyond training (median s) | bytes on the wire per round (MB) |\n|---|---|---|")
-    print(f"| Flower (FedAvg server + {args.peers} clients) | {flower['overhead']:.3f} | "
-          f"{flower['bytes_per_round'] / mb if flower['bytes_per_round'] else float('nan'):.2f} |")
-    print(f"| tadlora ({args.peers} daemons, complete graph) | {ours['overhead']:.3f} | {ours['bytes_per_round'] / mb:.2f} |")
-    print(f"\nratio tadlora/Flower: time {ours['overhead'] / flower['overhead']:.2f}, "
-          f"bytes {ours['bytes_per_round'] / flower['bytes_per_round'] if flower['bytes_per_round'] else float('nan'):.2f}"
-          f" (payload per round: tadlora {ours['payload_per_round'] / mb:.2f} MB sent, Flower 2 x {args.peers} x "
-          f"{flower['payload'] / mb:.2f} MB)")
+    print(
+        f"| Flower (FedAvg server + {args.peers} clients) | {flower['overhead']:.3f} | "
+        f"{flower['bytes_per_round'] / mb if flower['bytes_per_round'] else float('nan'):.2f} |"
+    )
+    print(
+        f"| tadlora ({args.peers} daemons, complete graph) | {ours['overhead']:.3f} "
+        f"| {ours['bytes_per_round'] / mb:.2f} |"
+    )
+    byte_ratio = ours["bytes_per_round"] / flower["bytes_per_round"] if flower["bytes_per_round"] else float("nan")
+    print(
+        f"\nratio tadlora/Flower: time {ours['overhead'] / flower['overhead']:.2f}, "
+        f"bytes {byte_ratio:.2f}"
+        f" (payload per round: tadlora {ours['payload_per_round'] / mb:.2f} MB sent, Flower 2 x {args.peers} x "
+        f"{flower['payload'] / mb:.2f} MB)"
+    )
 
 
 if __name__ == "__main__":

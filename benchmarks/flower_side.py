@@ -50,11 +50,18 @@ def server(address: str, clients: int, rounds: int, out: str) -> None:
                 stamps.append(time.perf_counter())  # all clients are connected from here on
             return super().configure_fit(server_round, parameters, client_manager)
 
-    strategy = TimedFedAvg(fraction_fit=1.0, fraction_evaluate=0.0, min_fit_clients=clients,
-                           min_available_clients=clients, initial_parameters=ndarrays_to_parameters(adapter_arrays(0)))
+    strategy = TimedFedAvg(
+        fraction_fit=1.0,
+        fraction_evaluate=0.0,
+        min_fit_clients=clients,
+        min_available_clients=clients,
+        initial_parameters=ndarrays_to_parameters(adapter_arrays(0)),
+    )
     start_server(server_address=address, config=ServerConfig(num_rounds=rounds), strategy=strategy)
     with open(out, "w") as f:
-        json.dump({"round_seconds": list(np.diff(stamps)), "payload_bytes": int(sum(a.nbytes for a in adapter_arrays(0)))}, f)
+        json.dump(
+            {"round_seconds": list(np.diff(stamps)), "payload_bytes": int(sum(a.nbytes for a in adapter_arrays(0)))}, f
+        )
 
 
 def client(address: str, seed: int) -> None:

@@ -50,8 +50,9 @@ class EchoPeer(ExchangeServer):
 
     def __init__(self, reply_tensors: dict) -> None:
         self.schema = schema_of(reply_tensors)
-        self.reply = seal(Header("bench", "server", 0, "A", ("A",), schema_digest(self.schema)),
-                          encode_factors(reply_tensors))
+        self.reply = seal(
+            Header("bench", "server", 0, "A", ("A",), schema_digest(self.schema)), encode_factors(reply_tensors)
+        )
 
     async def respond(self, incoming):
         decode_factors(incoming.payload, self.schema, set(self.schema))
@@ -81,6 +82,7 @@ def grpc_server(size: int, chunk: int, ready, stop) -> None:
         while not stop.is_set():
             await asyncio.sleep(0.05)
         await transport.close()
+
     asyncio.run(main())
 
 
@@ -125,12 +127,14 @@ def time_grpc(address: str, size: int, chunk: int, repeats: int) -> list[float]:
         times = []
         for _ in range(repeats + 1):  # the first swap opens the channel: not timed
             start = time.perf_counter()
-            message = seal(Header("bench", "client", 0, "A", ("A",), schema_digest(schema_of(tensors))),
-                           encode_factors(tensors))
+            message = seal(
+                Header("bench", "client", 0, "A", ("A",), schema_digest(schema_of(tensors))), encode_factors(tensors)
+            )
             await transport.exchange(address, message, validate, timeout=600)
             times.append(time.perf_counter() - start)
         await transport.close()
         return times[1:]
+
     return asyncio.run(main())
 
 
@@ -154,7 +158,9 @@ def measure(kind: str, size: int, chunk: int, repeats: int) -> list[float]:
     ctx = mp.get_context("spawn")
     ready_recv, ready_send = ctx.Pipe(duplex=False)
     stop = ctx.Event()
-    target, args = (grpc_server, (size, chunk, ready_send, stop)) if kind == "gossip" else (raw_server, (size, ready_send, stop))
+    target, args = (
+        (grpc_server, (size, chunk, ready_send, stop)) if kind == "gossip" else (raw_server, (size, ready_send, stop))
+    )
     proc = ctx.Process(target=target, args=args, daemon=True)
     proc.start()
     try:
@@ -171,14 +177,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--chunk-kb", type=int, default=1024, help="gRPC chunk size (the daemon's --chunk-size)")
     args = parser.parse_args()
-    print(f"| payload | raw socket (median s) | gossip (median s) | gossip MB/s | ratio (raw/gossip) |")
+    print("| payload | raw socket (median s) | gossip (median s) | gossip MB/s | ratio (raw/gossip) |")
     print("|---|---|---|---|---|")
     for mb in [float(x) for x in args.sizes_mb.split(",")]:
         size = int(mb * 1e6) // 4 * 4
         raw = statistics.median(measure("raw", size, 0, args.repeats))
         gossip = statistics.median(measure("gossip", size, args.chunk_kb << 10, args.repeats))
-        print(f"| {mb:g} MB | {raw:.4f} | {gossip:.4f} | {2 * size / gossip / 1e6:.0f} | {raw / gossip:.2f} |",
-              flush=True)
+        print(
+            f"| {mb:g} MB | {raw:.4f} | {gossip:.4f} | {2 * size / gossip / 1e6:.0f} | {raw / gossip:.2f} |", flush=True
+        )
 
 
 if __name__ == "__main__":

@@ -33,7 +33,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--device", default="cuda", help="cpu with --model tiny-bert: a smoke run of this script")
-    parser.add_argument("--precision", default="auto", help="auto | fp32 | bf16 | fp16 (auto: bf16 on a GPU that has it)")
+    parser.add_argument(
+        "--precision", default="auto", help="auto | fp32 | bf16 | fp16 (auto: bf16 on a GPU that has it)"
+    )
     args = parser.parse_args()
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("no CUDA device here: this benchmark needs one (it is not part of the tests)")
@@ -49,9 +51,18 @@ def main() -> None:
     from peer.training.trainer import LocalTrainer
     from peer.transport.codec import decode_factors, encode_factors, payload_digest, schema_of
 
-    cfg = load_config(overrides=dict(model=args.model, batch_size=args.batch_size, max_length=args.max_length,
-                                     peers=args.peers, topology="complete", device=args.device, strategy="tad",
-                                     local_steps=args.steps))
+    cfg = load_config(
+        overrides=dict(
+            model=args.model,
+            batch_size=args.batch_size,
+            max_length=args.max_length,
+            peers=args.peers,
+            topology="complete",
+            device=args.device,
+            strategy="tad",
+            local_steps=args.steps,
+        )
+    )
     device = pick_device(cfg.device)
 
     def sync():
@@ -63,8 +74,12 @@ def main() -> None:
     # synthetic token ids of full length: the cost of a step does not depend on the text
     g = torch.Generator().manual_seed(0)
     n = 4 * args.batch_size
-    shard = Encoded([torch.randint(5, 1000, (args.max_length,), generator=g).tolist() for _ in range(n)], None,
-                    torch.randint(0, 2, (n,), generator=g).numpy(), 1)
+    shard = Encoded(
+        [torch.randint(5, 1000, (args.max_length,), generator=g).tolist() for _ in range(n)],
+        None,
+        torch.randint(0, 2, (n,), generator=g).numpy(),
+        1,
+    )
     precision = resolve_precision(args.precision, device)
     trainer = LocalTrainer(adapter, shard, args.batch_size, cfg.learning_rate, 0, 0, precision)
     strategy = strategy_for(cfg, topology_for(cfg))
@@ -90,8 +105,9 @@ def main() -> None:
         received = {}
         for j in range(1, args.peers):  # neighbours' payloads: here copies of ours, decoded as if received
             assert payload_digest(payload) == digest
-            received[j] = {k: v.to(device) for k, v in
-                           decode_factors(payload, schema, set(peer.outgoing(round_))).items()}
+            received[j] = {
+                k: v.to(device) for k, v in decode_factors(payload, schema, set(peer.outgoing(round_))).items()
+            }
         peer.mix(round_, received, {j: weights[0, j] for j in received}, weights[0, 0])
         sync()
         overheads.append(time.perf_counter() - start)
@@ -99,13 +115,19 @@ def main() -> None:
     step = statistics.median(step_times)
     overhead = statistics.median(overheads)
     name = torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu"
-    print(f"device: {name}; model {args.model}, r=8 query/value, batch {args.batch_size}, "
-          f"length {args.max_length}, precision {precision}")
-    print(f"adapter: {sum(v.numel() for v in adapter.factors().values()):,} parameters, {len(payload):,} bytes per "
-          f"phase payload")
+    print(
+        f"device: {name}; model {args.model}, r=8 query/value, batch {args.batch_size}, "
+        f"length {args.max_length}, precision {precision}"
+    )
+    print(
+        f"adapter: {sum(v.numel() for v in adapter.factors().values()):,} parameters, {len(payload):,} bytes per "
+        f"phase payload"
+    )
     print(f"step: {step * 1e3:.1f} ms median ({args.batch_size / step:.1f} samples/s)")
-    print(f"round overhead beyond training ({args.peers - 1} neighbours, no network): {overhead * 1e3:.1f} ms "
-          f"median = {overhead / (10 * step):.3f} of 10 local steps")
+    print(
+        f"round overhead beyond training ({args.peers - 1} neighbours, no network): {overhead * 1e3:.1f} ms "
+        f"median = {overhead / (10 * step):.3f} of 10 local steps"
+    )
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import shutil
 import socket
@@ -44,7 +45,7 @@ from peer.transport.pb import peer_pb2 as pb
 from peer.transport.pb import peer_pb2_grpc as pb_grpc
 
 LOOPBACK = "127.0.0.1"
-DEAD_PORT = 9   # discard: nothing listens there on this machine
+DEAD_PORT = 9  # discard: nothing listens there on this machine
 
 
 class FakeServices:
@@ -66,12 +67,20 @@ class FakeServices:
 
     def announce_many(self, services: list[tuple[str, int, dict]]) -> list[AsyncServiceInfo]:
         """Register them all at once (each registration probes for about 1.5 s)."""
-        infos = [AsyncServiceInfo(SERVICE_TYPE, f"{name}.{SERVICE_TYPE}", addresses=[socket.inet_aton(LOOPBACK)],
-                                  port=port, properties=properties) for name, port, properties in services]
+        infos = [
+            AsyncServiceInfo(
+                SERVICE_TYPE,
+                f"{name}.{SERVICE_TYPE}",
+                addresses=[socket.inet_aton(LOOPBACK)],
+                port=port,
+                properties=properties,
+            )
+            for name, port, properties in services
+        ]
 
         async def register_all():
             announcing = await asyncio.gather(*(self.zc.async_register_service(info) for info in infos))
-            await asyncio.gather(*announcing)   # each registration returns its announcements' task
+            await asyncio.gather(*announcing)  # each registration returns its announcements' task
 
         self._call(register_all(), timeout=600)
         return infos
@@ -96,10 +105,23 @@ def tarpit() -> tuple[socket.socket, int]:
 
 
 def start_bed(out: Path, rounds: int) -> Testbed:
-    shutil.rmtree(out, ignore_errors=True)   # a fresh run: daemons would resume from an old folder
-    cfg = load_config(overrides=dict(model="tiny-bert", task="synthetic", peers=3, rounds=rounds, local_steps=1,
-                                     batch_size=8, max_length=32, eval_samples=32, eval_every=rounds,
-                                     references="none", topology="complete", device="cpu"))
+    shutil.rmtree(out, ignore_errors=True)  # a fresh run: daemons would resume from an old folder
+    cfg = load_config(
+        overrides=dict(
+            model="tiny-bert",
+            task="synthetic",
+            peers=3,
+            rounds=rounds,
+            local_steps=1,
+            batch_size=8,
+            max_length=32,
+            eval_samples=32,
+            eval_every=rounds,
+            references="none",
+            topology="complete",
+            device="cpu",
+        )
+    )
     bed = Testbed(cfg, out, dict(discovery_wait=30.0, round_timeout_min=1.0, round_timeout_max=10.0))
     for i in range(3):
         bed.start(i)
@@ -157,7 +179,7 @@ def scenario_hijack(out: Path, rounds: int) -> dict:
         wait_for_round(bed, 3)
         info = fakes.announce("fake-hijack", DEAD_PORT, {"peer_id": "peer-02", **run_properties(bed)})
         time.sleep(5.0)
-        fakes.withdraw(info)   # its goodbye
+        fakes.withdraw(info)  # its goodbye
         attacked_at = len(bed.rounds(2))
         finish(bed)
     finally:
@@ -165,10 +187,13 @@ def scenario_hijack(out: Path, rounds: int) -> dict:
     after = bed.rounds(2)[attacked_at:]
     links = [len(r["neighbours"]) for r in after]
     logs = [(bed.peer_dir(i) / "daemon.log").read_text() for i in (0, 1)]
-    return {"rounds_logged_after": len(after), "peer_02_mean_links_after": sum(links) / max(1, len(links)),
-            "rounds_with_0_links_after": sum(1 for n in links if n == 0),
-            "fake_not_taken_by": sum("not taking peer-02" in log for log in logs),
-            "peer_02_lost_by": sum("lost peer-02" in log for log in logs)}
+    return {
+        "rounds_logged_after": len(after),
+        "peer_02_mean_links_after": sum(links) / max(1, len(links)),
+        "rounds_with_0_links_after": sum(1 for n in links if n == 0),
+        "fake_not_taken_by": sum("not taking peer-02" in log for log in logs),
+        "peer_02_lost_by": sum("lost peer-02" in log for log in logs),
+    }
 
 
 def scenario_ghosts(out: Path, rounds: int, crowd: int = 0) -> dict:
@@ -178,8 +203,9 @@ def scenario_ghosts(out: Path, rounds: int, crowd: int = 0) -> dict:
         wait_for_round(bed, 2)
         props = run_properties(bed)
         if crowd:
-            fakes.announce_many([(f"crowd-{i}", DEAD_PORT, {"peer_id": f"fake-{i:03d}", **props})
-                                 for i in range(crowd)])
+            fakes.announce_many(
+                [(f"crowd-{i}", DEAD_PORT, {"peer_id": f"fake-{i:03d}", **props}) for i in range(crowd)]
+            )
         else:
             pit, pit_port = tarpit()
             fakes.announce("ghost-empty", DEAD_PORT, {"peer_id": "", **props})
@@ -193,9 +219,13 @@ def scenario_ghosts(out: Path, rounds: int, crowd: int = 0) -> dict:
     degrees = [r["degree"] for i in range(3) for r in bed.rounds(i)]
     log = (bed.peer_dir(0) / "daemon.log").read_text()
     summary = json.loads((bed.peer_dir(0) / "summary.json").read_text())
-    return {"rounds_per_s": rounds_per_second(bed), "max_degree": max(degrees),
-            "peer_00_not_taking": log.count(": not taking "), "peer_00_refused": summary["rejected"],
-            "min_self_weight": min(r["self_weight"] for i in range(3) for r in bed.rounds(i))}
+    return {
+        "rounds_per_s": rounds_per_second(bed),
+        "max_degree": max(degrees),
+        "peer_00_not_taking": log.count(": not taking "),
+        "peer_00_refused": summary["rejected"],
+        "min_self_weight": min(r["self_weight"] for i in range(3) for r in bed.rounds(i)),
+    }
 
 
 def _peak_rss_mb(pid: int) -> float:
@@ -214,23 +244,29 @@ def scenario_slow_streams(out: Path, rounds: int) -> dict:
         before = _peak_rss_mb(target["pid"])
 
         def stream(announced: int) -> None:
-            header = Header(run_id=status.run_id, sender_id="peer-01", round=status.round + 1, phase="B",
-                            factors=("B",), schema_digest=status.schema_digest, payload_size=announced,
-                            payload_digest=b"\0" * 16, degree=1)
+            header = Header(
+                run_id=status.run_id,
+                sender_id="peer-01",
+                round=status.round + 1,
+                phase="B",
+                factors=("B",),
+                schema_digest=status.schema_digest,
+                payload_size=announced,
+                payload_digest=b"\0" * 16,
+                degree=1,
+            )
 
             def frames():
                 yield pb.Frame(header=header_to_pb(header))
                 chunk = pb.Frame(chunk=pb.Chunk(data=b"x" * (1 << 20)))
-                for _ in range(announced >> 20):   # as fast as the daemon takes them (it should take none)
+                for _ in range(announced >> 20):  # as fast as the daemon takes them (it should take none)
                     yield chunk
                 for _ in range(4):
                     time.sleep(8.0)
                     yield pb.Frame(chunk=pb.Chunk(data=b"x"))
-            with grpc.insecure_channel(target["address"]) as channel:
-                try:
-                    list(pb_grpc.PeerStub(channel).Exchange(frames(), timeout=60))
-                except grpc.RpcError:
-                    pass
+
+            with grpc.insecure_channel(target["address"]) as channel, contextlib.suppress(grpc.RpcError):
+                list(pb_grpc.PeerStub(channel).Exchange(frames(), timeout=60))
 
         threads = [threading.Thread(target=stream, args=(size,)) for size in [200 << 20] * 4 + [10_000] * 4]
         for t in threads:
@@ -253,27 +289,38 @@ def scenario_reason_spam(out: Path, rounds: int) -> dict:
         with grpc.insecure_channel(target["address"]) as channel:
             stub = pb_grpc.PeerStub(channel)
             for i in range(300):
-                try:
-                    list(stub.Exchange(iter([pb.Frame(reject=pb.Reject(reason=f"spam-{i}-" + "x" * 60_000,
-                                                                       detail=forged))]), timeout=5))
-                except grpc.RpcError:
-                    pass
+                with contextlib.suppress(grpc.RpcError):
+                    list(
+                        stub.Exchange(
+                            iter([pb.Frame(reject=pb.Reject(reason=f"spam-{i}-" + "x" * 60_000, detail=forged))]),
+                            timeout=5,
+                        )
+                    )
         reply = status_of(target["address"])
-        cli = subprocess.run([sys.executable, "-m", "peer.cli", "status", target["address"]], capture_output=True,
-                             text=True, timeout=60)
+        cli = subprocess.run(
+            [sys.executable, "-m", "peer.cli", "status", target["address"]], capture_output=True, text=True, timeout=60
+        )
         finish(bed)
     finally:
         bed.stop_all()
     log = (bed.peer_dir(0) / "daemon.log").read_text()
-    return {"status_bytes": reply.ByteSize(), "status_reasons": len(reply.rejected),
-            "tadlora_status_exit": cli.returncode,
-            "summary_bytes": (bed.peer_dir(0) / "summary.json").stat().st_size,
-            "forged_lines_in_log": log.count("\n2026-11-29 00:00:00 INFO")}
+    return {
+        "status_bytes": reply.ByteSize(),
+        "status_reasons": len(reply.rejected),
+        "tadlora_status_exit": cli.returncode,
+        "summary_bytes": (bed.peer_dir(0) / "summary.json").stat().st_size,
+        "forged_lines_in_log": log.count("\n2026-11-29 00:00:00 INFO"),
+    }
 
 
-SCENARIOS = {"baseline": scenario_baseline, "hijack": scenario_hijack, "ghosts": scenario_ghosts,
-             "crowd": lambda out, rounds: scenario_ghosts(out, rounds, crowd=200),
-             "slow-streams": scenario_slow_streams, "reason-spam": scenario_reason_spam}
+SCENARIOS = {
+    "baseline": scenario_baseline,
+    "hijack": scenario_hijack,
+    "ghosts": scenario_ghosts,
+    "crowd": lambda out, rounds: scenario_ghosts(out, rounds, crowd=200),
+    "slow-streams": scenario_slow_streams,
+    "reason-spam": scenario_reason_spam,
+}
 
 
 def main() -> None:

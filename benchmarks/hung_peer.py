@@ -64,12 +64,22 @@ class HungSimulation(Simulation):
 
 
 def _schedule(seed: int) -> FaultSchedule:
-    return FaultSchedule(seed=seed, peers=PEERS, rounds=ROUNDS, switch_interval="5", edge_prob=1.0,
-                         loss={step: 0.0 for step in Step}, latency=(0.001, 0.005), long_delay_probability=0.0,
-                         duplicate_probability=0.0, partitions=[], crashes=[])
+    return FaultSchedule(
+        seed=seed,
+        peers=PEERS,
+        rounds=ROUNDS,
+        switch_interval="5",
+        edge_prob=1.0,
+        loss={step: 0.0 for step in Step},
+        latency=(0.001, 0.005),
+        long_delay_probability=0.0,
+        duplicate_probability=0.0,
+        partitions=[],
+        crashes=[],
+    )
 
 
-STEADY_FROM = 10   # rounds before this include the start-up (the first round waits up to the maximum)
+STEADY_FROM = 10  # rounds before this include the start-up (the first round waits up to the maximum)
 
 
 def rounds_per_minute(hung: bool, seed: int = 0) -> tuple[float, float, float]:
@@ -81,20 +91,28 @@ def rounds_per_minute(hung: bool, seed: int = 0) -> tuple[float, float, float]:
         loop.run_until_complete(sim.main())
     finally:
         loop.close()
-    logs = [[json.loads(line) for line in p.store.lines(ROUNDS_LOG)] for p in sim.peers
-            if not (hung and p.index == HUNG)]
+    logs = [
+        [json.loads(line) for line in p.store.lines(ROUNDS_LOG)] for p in sim.peers if not (hung and p.index == HUNG)
+    ]
     total = statistics.median(sum(r["seconds"] for r in log) for log in logs)
     steady = statistics.median(sum(r["seconds"] for r in log if r["round"] >= STEADY_FROM) for log in logs)
-    return (60.0 * ROUNDS / total, 60.0 * (ROUNDS - STEADY_FROM) / steady,
-            statistics.median(log[-1]["deadline"] for log in logs))
+    return (
+        60.0 * ROUNDS / total,
+        60.0 * (ROUNDS - STEADY_FROM) / steady,
+        statistics.median(log[-1]["deadline"] for log in logs),
+    )
 
 
 def main() -> None:
-    rows = [("no hung peer", False, contextlib.nullcontext),
-            ("peer-03 hung, the daemon as it is", True, contextlib.nullcontext),
-            ("peer-03 hung, old deadline, no backoff", True, _both)]
-    print(f"| run | healthy peers' rounds/min, all {ROUNDS} rounds | from round {STEADY_FROM} on | "
-          f"deadline at the end (s) |")
+    rows = [
+        ("no hung peer", False, contextlib.nullcontext),
+        ("peer-03 hung, the daemon as it is", True, contextlib.nullcontext),
+        ("peer-03 hung, old deadline, no backoff", True, _both),
+    ]
+    print(
+        f"| run | healthy peers' rounds/min, all {ROUNDS} rounds | from round {STEADY_FROM} on | "
+        f"deadline at the end (s) |"
+    )
     print("|---|---|---|---|")
     results = {}
     for name, hung, defect in rows:

@@ -33,9 +33,18 @@ PEERS = 10
 
 
 def settings_from(args) -> dict:
-    return dict(peers=PEERS, topology="er", rounds=args.rounds, local_steps=args.local_steps,
-                batch_size=args.batch_size, max_length=args.max_length, learning_rate=args.learning_rate,
-                train_head=args.train_head, eval_every=args.rounds, eval_samples=args.eval_samples)
+    return dict(
+        peers=PEERS,
+        topology="er",
+        rounds=args.rounds,
+        local_steps=args.local_steps,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        learning_rate=args.learning_rate,
+        train_head=args.train_head,
+        eval_every=args.rounds,
+        eval_samples=args.eval_samples,
+    )
 
 
 def cells(seed: int, tables: str = "methods,intervals") -> list[tuple[str, str, float, dict]]:
@@ -72,8 +81,12 @@ def main() -> None:
     parser.add_argument("--eval-samples", type=int, default=300)
     parser.add_argument("--report-only", action="store_true", help="tabulate the runs that exist; run nothing")
     parser.add_argument("--tables", default="methods,intervals", help="methods (table 1), intervals (table 2) or both")
-    parser.add_argument("--threads", type=int, default=0,
-                        help="torch threads (0: torch's default); 1 lets two processes (one seed each) share 2 cores")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch threads (0: torch's default); 1 lets two processes (one seed each) share 2 cores",
+    )
     args = parser.parse_args()
     if args.threads:
         import torch
@@ -82,7 +95,7 @@ def main() -> None:
     common = settings_from(args)
     seeds = [int(s) for s in args.seeds.split(",")]
     found: dict[tuple[str, str, float], list[float]] = {}
-    averaged: dict[tuple[str, str, float], list[float]] = {}   # the network average's accuracy
+    averaged: dict[tuple[str, str, float], list[float]] = {}  # the network average's accuracy
     chosen: dict[float, str] = {}
     refs: dict[str, list[float]] = {"alone": [], "centralized": []}
     for seed in seeds:
@@ -99,27 +112,47 @@ def main() -> None:
             averaged.setdefault((table, row, p), []).append(summary["network_average"])
             if row == "auto":
                 chosen[p] = str(summary["switch_interval"])
-    print(f"\n10 peers, seeds {args.seeds}; {args.rounds} rounds x {args.local_steps} steps of {args.batch_size}; "
-          f"lr {args.learning_rate:g}; head {'trained and mixed' if args.train_head else 'frozen'}")
-    print(f"references (same budget and seeds): alone {mean_spread(refs['alone'])}, "
-          f"centralized {mean_spread(refs['centralized'])}\n")
-    for title, values in (("the peers' own models (mean over peers)", found),
-                          ("the network average (the peers' factors averaged, one model)", averaged)):
+    print(
+        f"\n10 peers, seeds {args.seeds}; {args.rounds} rounds x {args.local_steps} steps of {args.batch_size}; "
+        f"lr {args.learning_rate:g}; head {'trained and mixed' if args.train_head else 'frozen'}"
+    )
+    print(
+        f"references (same budget and seeds): alone {mean_spread(refs['alone'])}, "
+        f"centralized {mean_spread(refs['centralized'])}\n"
+    )
+    for title, values in (
+        ("the peers' own models (mean over peers)", found),
+        ("the network average (the peers' factors averaged, one model)", averaged),
+    ):
         print(f"\n{title}\n")
-        print("| method | " + " | ".join(f"p = {p:g}" for p in EDGE_PROBS) + " |\n|---" * 1 + "|---" * len(EDGE_PROBS) + "|")
+        print(
+            "| method | "
+            + " | ".join(f"p = {p:g}" for p in EDGE_PROBS)
+            + " |\n|---" * 1
+            + "|---" * len(EDGE_PROBS)
+            + "|"
+        )
         for m in METHODS:
             print(f"| {m} | " + " | ".join(mean_spread(values.get(("methods", m, p), [])) for p in EDGE_PROBS) + " |")
         print("\n| T | " + " | ".join(f"p = {p:g}" for p in SPARSE) + " |\n|---" + "|---" * len(SPARSE) + "|")
         for t in INTERVALS:
             label = "auto" if t == "auto" else f"T = {t}"
-            print(f"| {label} | " + " | ".join(
-                mean_spread(values.get(("intervals", t, p), []))
-                + (f" (T = {chosen[p]})" if t == "auto" and p in chosen else "") for p in SPARSE) + " |")
+            print(
+                f"| {label} | "
+                + " | ".join(
+                    mean_spread(values.get(("intervals", t, p), []))
+                    + (f" (T = {chosen[p]})" if t == "auto" and p in chosen else "")
+                    for p in SPARSE
+                )
+                + " |"
+            )
     table = {f"{t}|{r}|{p:g}": v for (t, r, p), v in found.items()}
     network = {f"{t}|{r}|{p:g}": v for (t, r, p), v in averaged.items()}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "table.json").write_text(json.dumps({"cells": table, "network_average": network, "references": refs,
-                                                     "settings": common}, indent=2) + "\n")
+    (args.out / "table.json").write_text(
+        json.dumps({"cells": table, "network_average": network, "references": refs, "settings": common}, indent=2)
+        + "\n"
+    )
     spreads = [statistics.stdev(v) for v in found.values() if len(v) > 1]
     if spreads:
         print(f"\nmedian spread of a cell over seeds: {statistics.median(spreads):.3f}")

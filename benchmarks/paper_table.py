@@ -34,9 +34,18 @@ def main() -> None:
     parser.add_argument("--methods", default=",".join(METHODS))
     args = parser.parse_args()
     methods = args.methods.split(",")
-    common = dict(peers=args.peers, rounds=args.rounds, local_steps=args.local_steps, batch_size=args.batch_size,
-                  max_length=args.max_length, learning_rate=args.learning_rate, eval_every=args.eval_every,
-                  eval_samples=args.eval_samples, seed=args.seed, topology="er")
+    common = dict(
+        peers=args.peers,
+        rounds=args.rounds,
+        local_steps=args.local_steps,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        learning_rate=args.learning_rate,
+        eval_every=args.eval_every,
+        eval_samples=args.eval_samples,
+        seed=args.seed,
+        topology="er",
+    )
     results, folders = {}, {}
     for p in EDGE_PROBS:
         for method in methods:
@@ -45,9 +54,11 @@ def main() -> None:
             folders[method, p] = folder
     cols = [f"p = {p:g}" for p in EDGE_PROBS]
     print(markdown_table(methods, cols, lambda m, c: f"{results[m, float(c.split('= ')[1])]['mean_accuracy']:.4f}"))
-    plot_curves(args.out / "accuracy.png",
-                {f"ER p = {p:g}": {m: folders[m, p] for m in methods} for p in EDGE_PROBS},
-                f"{args.peers} peers, MiniLM-L6 + LoRA r=8, movie reviews, label skew")
+    plot_curves(
+        args.out / "accuracy.png",
+        {f"ER p = {p:g}": {m: folders[m, p] for m in methods} for p in EDGE_PROBS},
+        f"{args.peers} peers, MiniLM-L6 + LoRA r=8, movie reviews, label skew",
+    )
     print(f"plot: {args.out / 'accuracy.png'}")
 
 

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from grid import markdown_table, plot_curves
 
 from peer.config import load_config
@@ -60,12 +59,28 @@ def main() -> None:
     parser.add_argument("--noise", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval-every", type=int, default=5)
-    parser.add_argument("--attacks", default=",".join(ATTACKS),
-                        help="which to run (a second process can take some of them; the table reads all that exist)")
+    parser.add_argument(
+        "--attacks",
+        default=",".join(ATTACKS),
+        help="which to run (a second process can take some of them; the table reads all that exist)",
+    )
     args = parser.parse_args()
-    common = dict(strategy="tad", peers=args.peers, topology="er", edge_prob=0.5, rounds=args.rounds,
-                  local_steps=args.local_steps, batch_size=8, max_length=48, learning_rate=5e-3, eval_every=args.eval_every,
-                  eval_samples=300, seed=args.seed, model=args.model, task=args.task)
+    common = dict(
+        strategy="tad",
+        peers=args.peers,
+        topology="er",
+        edge_prob=0.5,
+        rounds=args.rounds,
+        local_steps=args.local_steps,
+        batch_size=8,
+        max_length=48,
+        learning_rate=5e-3,
+        eval_every=args.eval_every,
+        eval_samples=300,
+        seed=args.seed,
+        model=args.model,
+        task=args.task,
+    )
     results, folders = {}, {}
     wanted = args.attacks.split(",")
     for attack in ATTACKS:
@@ -79,20 +94,25 @@ def main() -> None:
                 continue
             print(f"running {folder.name}", flush=True)
             cfg = load_config(overrides=dict(common, mixing_rule=rule))
-            results[attack, rule] = simulate(cfg, out=folder, progress=True,
-                                             tamper=tamper_for(attack, args.scale, args.noise, args.seed))
+            results[attack, rule] = simulate(
+                cfg, out=folder, progress=True, tamper=tamper_for(attack, args.scale, args.noise, args.seed)
+            )
 
     def cell(rule, col):
         result = results.get((col.split(": ")[1], rule))
         return f"{honest_accuracy(result):.4f}" if result else "not run"
 
     table = markdown_table(RULES, [f"attack: {a}" for a in ATTACKS], cell)
-    print(f"\nhonest peers' final mean accuracy ({args.model}, {args.peers} peers, peer 0 faulty; "
-          f"scaled x{args.scale:g}, noise sd {args.noise:g})\n")
+    print(
+        f"\nhonest peers' final mean accuracy ({args.model}, {args.peers} peers, peer 0 faulty; "
+        f"scaled x{args.scale:g}, noise sd {args.noise:g})\n"
+    )
     print(table)
-    plot_curves(args.out / "accuracy.png",
-                {f"attack: {a}": {rule: folders[a, rule] for rule in RULES if (a, rule) in results} for a in ATTACKS},
-                "mean accuracy over all peers (faulty one included) against rounds")
+    plot_curves(
+        args.out / "accuracy.png",
+        {f"attack: {a}": {rule: folders[a, rule] for rule in RULES if (a, rule) in results} for a in ATTACKS},
+        "mean accuracy over all peers (faulty one included) against rounds",
+    )
     print(f"\nplot: {args.out / 'accuracy.png'}")
 
 

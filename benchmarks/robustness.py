@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from peer.config import load_config
+from peer.testbed import NetnsTestbed
 from peer.testbed.netns import NetnsLab, netns_available
 from peer.testbed.scenario import Event
-from peer.testbed import NetnsTestbed
 
 CONDITIONS = ["loss 0%", "loss 20%", "loss 50%", "loss 80%", "restart"]
 
@@ -34,8 +34,11 @@ def events_for(condition: str, peers: int, rounds: int) -> list[Event]:
     if condition == "restart":
         return [Event("kill", 1, at_round=rounds // 3), Event("restart", 1, at_round=rounds // 3 + 2)]
     percent = int(condition.split()[1].rstrip("%"))
-    return [Event("loss", i, at_round=0, other=j, percent=percent)
-            for i in range(peers) for j in range(i + 1, peers)] if percent else []
+    return (
+        [Event("loss", i, at_round=0, other=j, percent=percent) for i in range(peers) for j in range(i + 1, peers)]
+        if percent
+        else []
+    )
 
 
 def invariant_violations(bed: NetnsTestbed, peers: int) -> list:
@@ -47,7 +50,10 @@ def invariant_violations(bed: NetnsTestbed, peers: int) -> list:
     logs = {}
     for i in range(peers):
         folder = bed.peer_dir(i)
-        read = lambda name: (folder / name).read_text().splitlines() if (folder / name).exists() else []
+
+        def read(name, folder=folder):
+            return (folder / name).read_text().splitlines() if (folder / name).exists() else []
+
         logs[f"peer-{i:02d}"] = (read("rounds.jsonl"), read("events.jsonl"))
     previous, checker.SUM_TOLERANCE = checker.SUM_TOLERANCE, FLOAT32_TOLERANCE
     try:
@@ -70,28 +76,49 @@ def measure(bed: NetnsTestbed, peers: int) -> dict:
     accuracy = [json.loads((bed.peer_dir(i) / "summary.json").read_text())["mean_accuracy"] for i in range(peers)]
     violations = invariant_violations(bed, peers)
     kinds = sorted({v.kind for v in violations})
-    return {"mean_accuracy": float(np.mean(accuracy)), "rounds": max(by_round) + 1 if by_round else 0,
-            "round_seconds_mean": float(np.mean(seconds)), "round_seconds_p95": float(np.percentile(seconds, 95)),
-            "failed_exchanges": failed, "links": sum(len(r["neighbours"]) for rs in by_round.values() for r in rs),
-            "rounds_with_sums_off": len({v.detail.split(":")[0] for v in violations if v.kind == "sum"}),
-            "violations": [str(v) for v in violations[:20]], "violation_kinds": kinds}
+    return {
+        "mean_accuracy": float(np.mean(accuracy)),
+        "rounds": max(by_round) + 1 if by_round else 0,
+        "round_seconds_mean": float(np.mean(seconds)),
+        "round_seconds_p95": float(np.percentile(seconds, 95)),
+        "failed_exchanges": failed,
+        "links": sum(len(r["neighbours"]) for rs in by_round.values() for r in rs),
+        "rounds_with_sums_off": len({v.detail.split(":")[0] for v in violations if v.kind == "sum"}),
+        "violations": [str(v) for v in violations[:20]],
+        "violation_kinds": kinds,
+    }
 
 
 def run_one(out: Path, method: str, condition: str, args) -> dict:
     result_path = out / "result.json"
     if result_path.exists():
         return json.loads(result_path.read_text())
-    cfg = load_config(overrides=dict(references="none", model=args.model, task=args.task, peers=args.peers, rounds=args.rounds,
-                                     local_steps=args.local_steps, batch_size=args.batch_size,
-                                     learning_rate=args.learning_rate, max_length=48, eval_samples=400,
-                                     eval_every=args.rounds,  # the final evaluation only: rounds stay comparable
-                                     topology="complete", strategy=method, switch_interval="2", device="cpu"))
+    cfg = load_config(
+        overrides=dict(
+            references="none",
+            model=args.model,
+            task=args.task,
+            peers=args.peers,
+            rounds=args.rounds,
+            local_steps=args.local_steps,
+            batch_size=args.batch_size,
+            learning_rate=args.learning_rate,
+            max_length=48,
+            eval_samples=400,
+            eval_every=args.rounds,  # the final evaluation only: rounds stay comparable
+            topology="complete",
+            strategy=method,
+            switch_interval="2",
+            device="cpu",
+        )
+    )
     print(f"running {method} / {condition}", file=sys.stderr, flush=True)
     lab = NetnsLab(args.peers)
     lab.up()
     try:
-        bed = NetnsTestbed(cfg, out, lab, dict(discovery_wait=30.0, round_timeout_min=2.0,
-                                               round_timeout_max=args.round_timeout_max))
+        bed = NetnsTestbed(
+            cfg, out, lab, dict(discovery_wait=30.0, round_timeout_min=2.0, round_timeout_max=args.round_timeout_max)
+        )
         try:
             bed.drive(events_for(condition, args.peers, args.rounds), timeout=3600)
         finally:
@@ -138,15 +165,22 @@ def main() -> None:
     if why := netns_available():
         raise SystemExit(f"robustness benchmark needs network namespaces: {why}")
     methods = args.methods.split(",")
-    results = {(m, c): run_one(args.out / f"{m}-{c.replace(' ', '').replace('%', 'pct')}", m, c, args)
-               for m in methods for c in CONDITIONS}
-    print("| method | condition | mean accuracy | rounds | round s (mean) | round s (p95) | failed exchanges | "
-          "link ends counted | rounds with sums off | invariant violations |")
+    results = {
+        (m, c): run_one(args.out / f"{m}-{c.replace(' ', '').replace('%', 'pct')}", m, c, args)
+        for m in methods
+        for c in CONDITIONS
+    }
+    print(
+        "| method | condition | mean accuracy | rounds | round s (mean) | round s (p95) | failed exchanges | "
+        "link ends counted | rounds with sums off | invariant violations |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for (m, c), r in results.items():
-        print(f"| {m} | {c} | {r['mean_accuracy']:.4f} | {r['rounds']} | {r['round_seconds_mean']:.2f} | "
-              f"{r['round_seconds_p95']:.2f} | {r['failed_exchanges']} | {r.get('links', '?')} | "
-              f"{r['rounds_with_sums_off']} | {', '.join(r.get('violation_kinds', [])) or 'none'} |")
+        print(
+            f"| {m} | {c} | {r['mean_accuracy']:.4f} | {r['rounds']} | {r['round_seconds_mean']:.2f} | "
+            f"{r['round_seconds_p95']:.2f} | {r['failed_exchanges']} | {r.get('links', '?')} | "
+            f"{r['rounds_with_sums_off']} | {', '.join(r.get('violation_kinds', [])) or 'none'} |"
+        )
     plot(args.out / "robustness.png", results, methods)
     print(f"plot: {args.out / 'robustness.png'}")
 

@@ -48,9 +48,24 @@ def discovery_seconds(log: Path, others: int) -> float | None:
 
 
 def run_size(n: int, degree: float, rounds: int, out: Path) -> dict:
-    cfg = load_config(overrides=dict(references="none", model="tiny-bert", task="synthetic", peers=n, rounds=rounds, local_steps=2,
-                                     batch_size=8, max_length=32, eval_every=10**6, eval_samples=32, device="cpu",
-                                     topology="er", edge_prob=min(1.0, degree / (n - 1)), strategy="tad"))
+    cfg = load_config(
+        overrides=dict(
+            references="none",
+            model="tiny-bert",
+            task="synthetic",
+            peers=n,
+            rounds=rounds,
+            local_steps=2,
+            batch_size=8,
+            max_length=32,
+            eval_every=10**6,
+            eval_samples=32,
+            device="cpu",
+            topology="er",
+            edge_prob=min(1.0, degree / (n - 1)),
+            strategy="tad",
+        )
+    )
     bed = Testbed(cfg, out, dict(discovery_wait=60.0 + n, round_timeout_min=2.0, round_timeout_max=30.0))
     began = time.monotonic()
     try:
@@ -62,13 +77,18 @@ def run_size(n: int, degree: float, rounds: int, out: Path) -> dict:
     discovery = [d for i in range(n) if (d := discovery_seconds(bed.peer_dir(i) / "daemon.log", n - 1)) is not None]
     records = [r for i in range(n) for r in bed.rounds(i) if r["round"] > 0]
     seconds = [r["seconds"] for r in records]
-    return {"peers": n, "edge_prob": cfg.edge_prob, "discovered": len(discovery),
-            "discovery_median": statistics.median(discovery) if discovery else float("nan"),
-            "discovery_max": max(discovery) if discovery else float("nan"),
-            "round_median": statistics.median(seconds), "round_p95": float(np.percentile(seconds, 95)),
-            "exchange_median": statistics.median(r["exchange_seconds"] for r in records),
-            "links": float(np.mean([len(r["neighbours"]) for r in records])),
-            "wall": time.monotonic() - began}
+    return {
+        "peers": n,
+        "edge_prob": cfg.edge_prob,
+        "discovered": len(discovery),
+        "discovery_median": statistics.median(discovery) if discovery else float("nan"),
+        "discovery_max": max(discovery) if discovery else float("nan"),
+        "round_median": statistics.median(seconds),
+        "round_p95": float(np.percentile(seconds, 95)),
+        "exchange_median": statistics.median(r["exchange_seconds"] for r in records),
+        "links": float(np.mean([len(r["neighbours"]) for r in records])),
+        "wall": time.monotonic() - began,
+    }
 
 
 def main() -> None:
@@ -79,14 +99,20 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="tadlora-scale-"))
-    print("| peers | edge p | discovery s (median / max) | round s (median / p95) | exchange s (median) "
-          "| links per round | wall s |\n|---|---|---|---|---|---|---|")
+    print(
+        "| peers | edge p | discovery s (median / max) | round s (median / p95) | exchange s (median) "
+        "| links per round | wall s |\n|---|---|---|---|---|---|---|"
+    )
     for n in [int(x) for x in args.sizes.split(",")]:
         r = run_size(n, args.degree, args.rounds, out / f"n{n}")
         partial = "" if r["discovered"] == n else f" ({r['discovered']} of {n} found all)"
-        print(f"| {n} | {r['edge_prob']:.3f} | {r['discovery_median']:.2f} / {r['discovery_max']:.2f}{partial} "
-              f"| {r['round_median']:.2f} / {r['round_p95']:.2f} | {r['exchange_median']:.2f} | {r['links']:.2f} "
-              f"| {r['wall']:.0f} |", flush=True)
+        print(
+            f"| {n} | {r['edge_prob']:.3f} | {r['discovery_median']:.2f} / {r['discovery_max']:.2f}{partial} "
+            f"| {r['round_median']:.2f} / {r['round_p95']:.2f} | {r['exchange_median']:.2f} | {r['links']:.2f} "
+            f"| {r['wall']:.0f} |",
+            flush=True,
+        )
+
 
 if __name__ == "__main__":
     main()

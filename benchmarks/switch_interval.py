@@ -23,8 +23,12 @@ EDGE_PROBS = "0.02,0.1"
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/switch"))
-    parser.add_argument("--reuse", type=Path, default=Path("benchmarks/results/paper"),
-                        help="folder of paper_table.py's runs: its tad T=5 runs are reused, not repeated")
+    parser.add_argument(
+        "--reuse",
+        type=Path,
+        default=Path("benchmarks/results/paper"),
+        help="folder of paper_table.py's runs: its tad T=5 runs are reused, not repeated",
+    )
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--local-steps", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
@@ -32,8 +36,19 @@ def main() -> None:
     parser.add_argument("--report-only", action="store_true", help="tabulate the runs that exist; run nothing")
     args = parser.parse_args()
     edge_probs = [float(p) for p in args.edge_probs.split(",")]
-    common = dict(strategy="tad", peers=10, topology="er", rounds=args.rounds, local_steps=args.local_steps,
-                  batch_size=8, max_length=48, learning_rate=5e-3, eval_every=10, eval_samples=400, seed=args.seed)
+    common = dict(
+        strategy="tad",
+        peers=10,
+        topology="er",
+        rounds=args.rounds,
+        local_steps=args.local_steps,
+        batch_size=8,
+        max_length=48,
+        learning_rate=5e-3,
+        eval_every=10,
+        eval_samples=400,
+        seed=args.seed,
+    )
     results, folders = {}, {}
     for p in edge_probs:
         auto_t = str(auto_switch_interval(make_topology("er", 10, p=p, seed=args.seed).contraction()))
@@ -58,12 +73,19 @@ def main() -> None:
             return "not run"
         return f"{r['mean_accuracy']:.4f}" + (f" (chose T={r['switch_interval']})" if t == "auto" else "")
 
-    print(markdown_table([f"T = {t}" if t != "auto" else "auto" for t in INTERVALS], cols,
-                         lambda row, col: cell(row.replace("T = ", ""), col)))
+    print(
+        markdown_table(
+            [f"T = {t}" if t != "auto" else "auto" for t in INTERVALS],
+            cols,
+            lambda row, col: cell(row.replace("T = ", ""), col),
+        )
+    )
     args.out.mkdir(parents=True, exist_ok=True)
-    plot_curves(args.out / "accuracy.png", {f"ER p = {p:g}": {f"T={t}": folders[t, p] for t in INTERVALS
-                                                               if (t, p) in results}
-                                            for p in edge_probs}, "tad: switching interval")
+    plot_curves(
+        args.out / "accuracy.png",
+        {f"ER p = {p:g}": {f"T={t}": folders[t, p] for t in INTERVALS if (t, p) in results} for p in edge_probs},
+        "tad: switching interval",
+    )
     print(f"plot: {args.out / 'accuracy.png'}")
 
 

@@ -93,20 +93,43 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    cfg = load_config(overrides=dict(references="none", strategy="lora", peers=args.peers, topology="complete", rounds=args.rounds,
-                                     local_steps=args.local_steps, batch_size=args.batch_size,
-                                     max_length=args.max_length, eval_every=10**6, eval_samples=50, device="cpu"))
+    cfg = load_config(
+        overrides=dict(
+            references="none",
+            strategy="lora",
+            peers=args.peers,
+            topology="complete",
+            rounds=args.rounds,
+            local_steps=args.local_steps,
+            batch_size=args.batch_size,
+            max_length=args.max_length,
+            eval_every=10**6,
+            eval_samples=50,
+            device="cpu",
+        )
+    )
     out = args.out or Path(tempfile.mkdtemp(prefix="tadlora-overhead-"))
     training, end_to_end = daemon_run(cfg, out)
     steps = (args.rounds - 1) * args.local_steps
     with mp.get_context("spawn").Pool(cfg.peers) as pool:
         bare = statistics.median(pool.starmap(bare_loop, [(cfg, steps)] * cfg.peers))
-    print(json.dumps({"bare_samples_per_s": round(bare, 2), "daemon_training_samples_per_s": round(training, 2),
-                      "daemon_end_to_end_samples_per_s": round(end_to_end, 2)}))
-    print(f"| | samples/s | ratio to bare |\n|---|---|---|\n"
-          f"| bare peft loop (median of {cfg.peers} processes, 1 thread each) | {bare:.2f} | 1.00 |")
+    print(
+        json.dumps(
+            {
+                "bare_samples_per_s": round(bare, 2),
+                "daemon_training_samples_per_s": round(training, 2),
+                "daemon_end_to_end_samples_per_s": round(end_to_end, 2),
+            }
+        )
+    )
+    print(
+        f"| | samples/s | ratio to bare |\n|---|---|---|\n"
+        f"| bare peft loop (median of {cfg.peers} processes, 1 thread each) | {bare:.2f} | 1.00 |"
+    )
     print(f"| daemon, local training (median of {cfg.peers}) | {training:.2f} | {training / bare:.2f} |")
-    print(f"| daemon, end to end (training + exchange + mix + checkpoint) | {end_to_end:.2f} | {end_to_end / bare:.2f} |")
+    print(
+        f"| daemon, end to end (training + exchange + mix + checkpoint) | {end_to_end:.2f} | {end_to_end / bare:.2f} |"
+    )
 
 
 if __name__ == "__main__":

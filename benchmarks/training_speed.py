@@ -59,31 +59,40 @@ def main() -> None:
     model = build_model(cfg, data.task.num_labels, ["before", "after"])
     shard = data.shards[2]  # a balanced peer
     trainers = {
-        "before": LocalTrainer(model["before"], shard, cfg.batch_size, cfg.learning_rate, 0, 2, Precision.FP32,
-                               Batching.RANDOM),
-        "after": LocalTrainer(model["after"], shard, cfg.batch_size, cfg.learning_rate, 0, 2, precision,
-                              Batching.BY_LENGTH),
+        "before": LocalTrainer(
+            model["before"], shard, cfg.batch_size, cfg.learning_rate, 0, 2, Precision.FP32, Batching.RANDOM
+        ),
+        "after": LocalTrainer(
+            model["after"], shard, cfg.batch_size, cfg.learning_rate, 0, 2, precision, Batching.BY_LENGTH
+        ),
     }
     samples = args.steps * cfg.batch_size
     speeds: dict[str, list[float]] = {name: [] for name in trainers}
-    for name, trainer in trainers.items():  # warm-up
+    for trainer in trainers.values():  # warm-up
         trainer.train_round(0, frozenset({A, B}), 1)
     for r in range(1, args.repeats + 1):
         for name, trainer in trainers.items():
-            speeds[name].append(samples / timed(lambda: trainer.train_round(r, frozenset({A, B}), args.steps)))
-    evaluators = {"before": Evaluator(data.validation, device, Precision.FP32),
-                  "after": Evaluator(data.validation, device, precision)}
+            speeds[name].append(samples / timed(lambda t=trainer, r=r: t.train_round(r, frozenset({A, B}), args.steps)))
+    evaluators = {
+        "before": Evaluator(data.validation, device, Precision.FP32),
+        "after": Evaluator(data.validation, device, precision),
+    }
     scoring: dict[str, list[float]] = {name: [] for name in evaluators}
     for _ in range(max(2, args.repeats // 2)):
         for name, evaluator in evaluators.items():
-            scoring[name].append(len(data.validation) / timed(lambda: evaluator.accuracy(model[name])))
+            scoring[name].append(len(data.validation) / timed(lambda e=evaluator, n=name: e.accuracy(model[n])))
     print(f"device {device}, precision after: {precision}, torch threads {torch.get_num_threads()}")
     for name in trainers:
-        print(f"{name:>6}: training {statistics.median(speeds[name]):6.1f} samples/s "
-              f"(padding {padding_share(trainers[name], 64):.0%}), scoring {statistics.median(scoring[name]):6.1f} "
-              f"sentences/s")
-    print(f"ratio after/before: training {statistics.median(speeds['after']) / statistics.median(speeds['before']):.2f}x, "
-          f"scoring {statistics.median(scoring['after']) / statistics.median(scoring['before']):.2f}x")
+        print(
+            f"{name:>6}: training {statistics.median(speeds[name]):6.1f} samples/s "
+            f"(padding {padding_share(trainers[name], 64):.0%}), scoring {statistics.median(scoring[name]):6.1f} "
+            f"sentences/s"
+        )
+    training_ratio = statistics.median(speeds["after"]) / statistics.median(speeds["before"])
+    print(
+        f"ratio after/before: training {training_ratio:.2f}x, "
+        f"scoring {statistics.median(scoring['after']) / statistics.median(scoring['before']):.2f}x"
+    )
 
 
 if __name__ == "__main__":

@@ -14,14 +14,23 @@ import logging
 import os
 import sys
 
-from peer.config import (DAEMON_TOPOLOGY, ConfigError, DaemonConfig, RunConfig, config_fields, load_config,
-                         load_daemon_config, writable_folder)
+from peer.config import (
+    DAEMON_TOPOLOGY,
+    ConfigError,
+    DaemonConfig,
+    RunConfig,
+    config_fields,
+    load_config,
+    load_daemon_config,
+    writable_folder,
+)
+from peer.errors import USAGE_EXIT_CODE, UsageError
 from peer.transport.ids import peer_id_problem, run_id_problem
 
 HELP = {
     "strategy": "lora | ffa | rolora | fedsa | tad",
     "switch_interval": "rounds per A/B phase: an integer, 'default' (tad 5, rolora 1) or 'auto' (T from the "
-                       "spectral gap of the configured topology)",
+    "spectral gap of the configured topology)",
     "peers": "number of peers",
     "topology": "complete | ring | er (time-varying Erdős–Rényi) | pairwise (random encounters)",
     "edge_prob": "edge probability per round for er and pairwise",
@@ -32,11 +41,14 @@ HELP = {
     "max_length": "tokens per example (longer ones are truncated)",
     "seed": "one seed for data split, model init, topology and batches",
     "model": "minilm (offline default) | tiny-bert (tests) | Hugging Face id or local path",
-    "task": "movie-reviews (offline default) | trec | glue/sst2 | glue/qnli | glue/qqp | glue/mnli | csv:PATH | jsonl:PATH",
+    "task": "movie-reviews (offline default) | trec | glue/sst2 | glue/qnli | glue/qqp | glue/mnli | csv:PATH "
+    "| jsonl:PATH",
     "partition": "label-skew (the paper's) | dirichlet | iid",
     "dirichlet_alpha": "concentration for --partition dirichlet (smaller: more skew)",
     "samples_per_peer": "cap on training examples per peer (0: split everything)",
-    "lora_r": "LoRA rank", "lora_alpha": "LoRA alpha", "lora_dropout": "LoRA dropout",
+    "lora_r": "LoRA rank",
+    "lora_alpha": "LoRA alpha",
+    "lora_dropout": "LoRA dropout",
     "lora_targets": "comma-separated module names that get LoRA",
     "eval_every": "evaluate every N rounds (and after the last)",
     "eval_samples": "validation examples per evaluation (0: all)",
@@ -51,65 +63,74 @@ HELP = {
     "trim": "trimmed-mean: values dropped at each end per coordinate (tolerates this many bad neighbours)",
     "device": "auto | cpu | cuda | cuda:N",
     "precision": "auto | fp32 | bf16 | fp16: dtype of the forward pass (factors, optimizer and wire stay fp32); "
-                 "auto: bf16 on a GPU or a CPU that computes it natively (AVX512-BF16, AMX), else fp32",
-    "batching": "by-length: batches of similar length cut from the random order (same examples, less padding) "
-                "| random",
+    "auto: bf16 on a GPU or a CPU that computes it natively (AVX512-BF16, AMX), else fp32",
+    "batching": "by-length: batches of similar length cut from the random order (same examples, less padding) | random",
     "lr_schedule": "constant | linear (decays to 0 at the run's last step; the references decay over theirs)",
     "train_head": "1: also train the classification head and mix it every round (a linear block: no cross term)",
     "references": "simulate and testbed: also train, at the same budget and seed, each peer alone and one model "
-                  "on all the data (alone,centralized | alone | centralized | none)",
+    "on all the data (alone,centralized | alone | centralized | none)",
 }
 
-HELP.update({
-    "peer_index": "this peer's shard of the data, 0 .. peers-1",
-    "peer_id": "this peer's id",
-    "run_id": "the run this peer belongs to; peers of other runs are ignored",
-    "listen": "host:port of this peer's gRPC endpoint; 0.0.0.0: every interface, peers are told this machine's "
-              "address (see --mdns-interface); port 0: any free port",
-    "peer": "static peers, comma-separated host:port (usable with mDNS)",
-    "mdns": "1: discover peers by mDNS; 0: static peers only",
-    "mdns_interface": "address to run mDNS on and to tell peers",
-    "round_timeout_min": "lower bound of the adaptive exchange deadline, seconds",
-    "round_timeout_max": "upper bound of the adaptive exchange deadline, seconds",
-    "discovery_wait": "seconds to look for peers before the first round",
-    "chunk_size": "bytes per gRPC chunk",
-    "frame_timeout": "seconds without a frame before a stream counts as stalled",
-})
+HELP.update(
+    {
+        "peer_index": "this peer's shard of the data, 0 .. peers-1",
+        "peer_id": "this peer's id",
+        "run_id": "the run this peer belongs to; peers of other runs are ignored",
+        "listen": "host:port of this peer's gRPC endpoint; 0.0.0.0: every interface, peers are told this machine's "
+        "address (see --mdns-interface); port 0: any free port",
+        "peer": "static peers, comma-separated host:port (usable with mDNS)",
+        "mdns": "1: discover peers by mDNS; 0: static peers only",
+        "mdns_interface": "address to run mDNS on and to tell peers",
+        "round_timeout_min": "lower bound of the adaptive exchange deadline, seconds",
+        "round_timeout_max": "upper bound of the adaptive exchange deadline, seconds",
+        "discovery_wait": "seconds to look for peers before the first round",
+        "chunk_size": "bytes per gRPC chunk",
+        "frame_timeout": "seconds without a frame before a stream counts as stalled",
+    }
+)
 
 # What the daemons (tadlora run, and the testbed's) do differently from the simulator.
 DAEMON_HELP = {
     "switch_interval": "rounds per A/B phase: an integer, 'default' (tad 5, rolora 1) or 'auto' (T agreed by "
-                       "the peers from measured link rates: each turns the fraction of its links that counted in "
-                       "the last 20 rounds into a proposal, all take the largest at a phase boundary)",
+    "the peers from measured link rates: each turns the fraction of its links that counted in "
+    "the last 20 rounds into a proposal, all take the largest at a phase boundary)",
     "topology": "complete (every link that works) | er (each working link also used only with probability "
-                "--edge-prob, seeded synthetic drops both ends agree on); ring and pairwise are simulator-only",
+    "--edge-prob, seeded synthetic drops both ends agree on); ring and pairwise are simulator-only",
     "edge_prob": "with --topology er: the probability that a working link is used in a round",
 }
-RUN_DEFAULTS = {"topology": f"{DAEMON_TOPOLOGY['topology']}; er when only --edge-prob is given",
-                "edge_prob": f"{RunConfig.edge_prob} with --topology er",
-                "peer_id": "peer-<index>",
-                "mdns_interface": "the host of --listen; for 0.0.0.0 this machine's address on its outgoing "
-                                  "interface, loopback only when it has no other"}
+RUN_DEFAULTS = {
+    "topology": f"{DAEMON_TOPOLOGY['topology']}; er when only --edge-prob is given",
+    "edge_prob": f"{RunConfig.edge_prob} with --topology er",
+    "peer_id": "peer-<index>",
+    "mdns_interface": "the host of --listen; for 0.0.0.0 this machine's address on its outgoing "
+    "interface, loopback only when it has no other",
+}
 
 OUT_HELP = {
     "simulate": "directory for metrics.jsonl (one line per round), summary.json and peers/<peer-id>/adapter/",
     "testbed": "directory for summary.json, testbed.png and one folder per daemon, peer-NN/ (its daemon.log and "
-               "what tadlora run writes to --out) (default: runs/testbed)",
+    "what tadlora run writes to --out) (default: runs/testbed)",
     "run": "directory for endpoint.json (address, pid), rounds.jsonl (one line per round), checkpoint.pt (every "
-           "round; a restart with the same --out resumes) and at the end summary.json and peers/<peer-id>/adapter/ "
-           "(default: runs/<run-id>/<peer-id>)",
+    "round; a restart with the same --out resumes) and at the end summary.json and peers/<peer-id>/adapter/ "
+    "(default: runs/<run-id>/<peer-id>)",
 }
 
 _TYPES = {"int": int, "float": float, "str": str}
 
 
-def _add_flags(parser: argparse.ArgumentParser, cls=None, helps: dict | None = None,
-               defaults: dict | None = None) -> None:
+def _add_flags(
+    parser: argparse.ArgumentParser, cls=None, helps: dict | None = None, defaults: dict | None = None
+) -> None:
     """One flag per field of ``cls``; ``helps`` and ``defaults``: this command's own texts, where they differ."""
     helps, defaults = {**HELP, **(helps or {})}, defaults or {}
     for name, field in config_fields(cls).items():
-        parser.add_argument("--" + name.replace("_", "-"), dest=name, type=_TYPES[field.type], default=None,
-                            help=f"{helps.get(name, '')} (default: {defaults.get(name, field.default)})")
+        parser.add_argument(
+            "--" + name.replace("_", "-"),
+            dest=name,
+            type=_TYPES[field.type],
+            default=None,
+            help=f"{helps.get(name, '')} (default: {defaults.get(name, field.default)})",
+        )
 
 
 def _add_run_flags(parser: argparse.ArgumentParser, command: str) -> None:
@@ -128,17 +149,25 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_flags(sim, "simulate")
     bed = sub.add_parser("testbed", help="N daemons as local processes with real gRPC and mDNS (the main command)")
     _add_run_flags(bed, "testbed")
-    bed.add_argument("--netns", action="store_true",
-                     help="each daemon in its own network namespace behind a bridge (needs root)")
+    bed.add_argument(
+        "--netns", action="store_true", help="each daemon in its own network namespace behind a bridge (needs root)"
+    )
     bed.add_argument("--scenario", help="TOML file of scripted faults (see peer/testbed/scenario.py)")
-    bed.add_argument("--tls", action="store_true", help="mutual TLS: a certificate authority for the run, one "
-                                                        "certificate per daemon (in OUT/certs)")
+    bed.add_argument(
+        "--tls",
+        action="store_true",
+        help="mutual TLS: a certificate authority for the run, one certificate per daemon (in OUT/certs)",
+    )
     bed.set_defaults(peers=None)
     daemon = sub.add_parser("run", help="run one peer daemon (gRPC + mDNS); SIGINT or SIGTERM stops it")
     _add_run_flags(daemon, "run")
     _add_flags(daemon, DaemonConfig, defaults=RUN_DEFAULTS)
-    certs = sub.add_parser("certs", help="create a run's certificate authority and one certificate per peer (mutual TLS)")
-    certs.add_argument("folder", help="where ca.pem, ca.key and <peer-id>.pem/.key go (an existing authority is reused)")
+    certs = sub.add_parser(
+        "certs", help="create a run's certificate authority and one certificate per peer (mutual TLS)"
+    )
+    certs.add_argument(
+        "folder", help="where ca.pem, ca.key and <peer-id>.pem/.key go (an existing authority is reused)"
+    )
     certs.add_argument("--run-id", required=True, help="the run the authority is for (daemons check it)")
     certs.add_argument("--peers", type=int, default=0, help="certificates for peer-00 .. peer-(N-1)")
     certs.add_argument("--peer-id", action="append", default=[], help="a certificate for this peer id (repeatable)")
@@ -153,20 +182,22 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--out", help="folder for the PNGs (default: the first run folder)")
     gather = sub.add_parser("collect", help="summarise the daemons' result folders under DIR (compose testbed)")
     gather.add_argument("results", help="folder with one sub-folder per daemon (their --out)")
-    gather.add_argument("--references", help="references to train beside the result (default: the run's own "
-                                             "setting; 'none' skips them and the network average's scoring stays)")
+    gather.add_argument(
+        "--references",
+        help="references to train beside the result (default: the run's own "
+        "setting; 'none' skips them and the network average's scoring stays)",
+    )
     return parser
 
 
 def _run_certs(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
     from peer.run_setup import peer_id
     from peer.transport.tls import make_run
 
     ids = [peer_id(i) for i in range(args.peers)] + list(args.peer_id)
     if not ids:
-        raise ValueError("certs: say which peers: --peers N and/or --peer-id ID")
+        raise ConfigError("certs: say which peers: --peers N and/or --peer-id ID")
     if why := run_id_problem(args.run_id):
         raise ConfigError(f"run-id: {why}")
     for pid in ids:
@@ -217,9 +248,11 @@ def _run_daemon(args: argparse.Namespace) -> int:
     signals = StopSignals()
     signals.install()  # first: loading torch, the data and the model takes seconds, and a stop must not wait
     names = list(config_fields()) + list(config_fields(DaemonConfig))
-    run, net = load_daemon_config(args.config or os.environ.get("TADLORA_CONFIG") or None,
-                                  {name: getattr(args, name) for name in names}, os.environ)
-    from pathlib import Path
+    run, net = load_daemon_config(
+        args.config or os.environ.get("TADLORA_CONFIG") or None,
+        {name: getattr(args, name) for name in names},
+        os.environ,
+    )
 
     from peer.daemon.main import main as daemon_main
     from peer.daemon.observe import use_json_logs
@@ -245,17 +278,31 @@ def _run_simulate(args: argparse.Namespace) -> int:
     from peer.sim.references import headline
 
     summary = simulate(cfg, out=args.out, progress=not args.quiet)
-    print(json.dumps({k: summary[k] for k in ("topology", "switch_interval", "rounds", "mean_accuracy",
-                                                "accuracy", "network_average", "references", "seconds")}, indent=2))
+    print(
+        json.dumps(
+            {
+                k: summary[k]
+                for k in (
+                    "topology",
+                    "switch_interval",
+                    "rounds",
+                    "mean_accuracy",
+                    "accuracy",
+                    "network_average",
+                    "references",
+                    "seconds",
+                )
+            },
+            indent=2,
+        )
+    )
     print(headline(summary))
     return 0
 
 
 def _run_testbed(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
     from peer.testbed import format_table, run_testbed
-
     from peer.testbed.netns import netns_available
     from peer.testbed.scenario import load_scenario
 
@@ -265,7 +312,7 @@ def _run_testbed(args: argparse.Namespace) -> int:
 
     load_task(cfg.task)  # a bad data file is one error here, not one per daemon after they started
     if args.netns and (why := netns_available()):
-        raise RuntimeError(f"--netns: {why}")
+        raise UsageError(f"--netns: {why}")
     out = writable_folder(args.out or "runs/testbed")
     summary = run_testbed(cfg, out, netns=args.netns, events=events, tls=args.tls)
     print(format_table(summary))
@@ -273,8 +320,15 @@ def _run_testbed(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"simulate": _run_simulate, "run": _run_daemon, "testbed": _run_testbed, "certs": _run_certs,
-            "status": _run_status, "plot": _run_plot, "collect": _run_collect}
+COMMANDS = {
+    "simulate": _run_simulate,
+    "run": _run_daemon,
+    "testbed": _run_testbed,
+    "certs": _run_certs,
+    "status": _run_status,
+    "plot": _run_plot,
+    "collect": _run_collect,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -282,9 +336,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as exc:
+    except UsageError as exc:  # a user's mistake: one line; anything else is a bug and keeps its traceback
         print(f"tadlora: error: {exc}", file=sys.stderr)
-        return 2
+        return USAGE_EXIT_CODE
     except KeyboardInterrupt:
         print("tadlora: interrupted", file=sys.stderr)
         return 130

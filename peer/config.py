@@ -27,11 +27,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from peer.errors import ConfigError
 from peer.transport.ids import peer_id_problem, run_id_problem
 
-
-class ConfigError(ValueError):
-    """A configuration value that cannot run; the message names the setting."""
+__all__ = ["ConfigError", "DaemonConfig", "RunConfig", "load_config", "load_daemon_config"]
 
 
 # One gRPC message carries one chunk; gRPC's message caps are 32-bit, and chunks this large already
@@ -90,7 +89,7 @@ def model_problem(model: str) -> str:
 @dataclass
 class RunConfig:
     strategy: str = "tad"
-    switch_interval: str = "default"   # an integer, "auto", or "default" (the strategy's own: tad 5, rolora 1)
+    switch_interval: str = "default"  # an integer, "auto", or "default" (the strategy's own: tad 5, rolora 1)
     peers: int = 4
     topology: str = "er"
     edge_prob: float = 0.5
@@ -100,31 +99,31 @@ class RunConfig:
     local_steps: int = 2
     batch_size: int = 8
     learning_rate: float = 2e-3
-    lr_schedule: str = "constant"      # constant | linear (down to 0 at the last step)
+    lr_schedule: str = "constant"  # constant | linear (down to 0 at the last step)
     max_length: int = 64
     seed: int = 0
     model: str = "minilm"
     task: str = "movie-reviews"
     partition: str = "label-skew"
     dirichlet_alpha: float = 0.5
-    samples_per_peer: int = 0          # 0: split all training data
+    samples_per_peer: int = 0  # 0: split all training data
     lora_r: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.1
     lora_targets: str = "query,value"
-    eval_every: int = 20               # evaluate every N rounds and after the last one
-    eval_samples: int = 500            # validation examples used per evaluation; 0: all
-    device: str = "auto"               # auto: cuda when present, else cpu
-    precision: str = "auto"            # auto | fp32 | bf16 | fp16: the forward pass's dtype (peer/training/precision.py)
-    batching: str = "by-length"        # by-length: batches of similar length from a random order | random
-    train_head: int = 1                # 1: train and mix the classification head every round, beside the factors
-                                       # (0: frozen, the paper's setting)
+    eval_every: int = 20  # evaluate every N rounds and after the last one
+    eval_samples: int = 500  # validation examples used per evaluation; 0: all
+    device: str = "auto"  # auto: cuda when present, else cpu
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16: the forward pass's dtype (peer/training/precision.py)
+    batching: str = "by-length"  # by-length: batches of similar length from a random order | random
+    train_head: int = 1  # 1: train and mix the classification head every round, beside the factors
+    # (0: frozen, the paper's setting)
     references: str = "alone,centralized"  # simulate/testbed: also train these at the same budget (none: skip)
-    mixing_rule: str = "average"       # average | clipped | trimmed-mean (see peer/algorithm/robust.py)
-    clip_multiplier: float = 2.0       # clipped: radius = this × median of recent deviation norms
-    trim: int = 1                      # trimmed-mean: values dropped at each end, per coordinate
+    mixing_rule: str = "average"  # average | clipped | trimmed-mean (see peer/algorithm/robust.py)
+    clip_multiplier: float = 2.0  # clipped: radius = this × median of recent deviation norms
+    trim: int = 1  # trimmed-mean: values dropped at each end, per coordinate
 
-    def validate(self) -> "RunConfig":
+    def validate(self) -> RunConfig:
         # imported here, not at the top: they pull in torch (seconds), and `tadlora run` installs its stop
         # signal handlers before anything slow (peer.daemon.signals)
         from peer.algorithm.robust import RULES as MIXING_RULES
@@ -134,13 +133,19 @@ class RunConfig:
         from peer.training.precision import Precision
         from peer.training.trainer import Batching, LrSchedule
 
-        _check(self.strategy in available_strategies(), "strategy",
-               f"{self.strategy!r} is not one of {', '.join(available_strategies())}")
+        _check(
+            self.strategy in available_strategies(),
+            "strategy",
+            f"{self.strategy!r} is not one of {', '.join(available_strategies())}",
+        )
         _check(self.topology in TOPOLOGIES, "topology", f"{self.topology!r} is not one of {', '.join(TOPOLOGIES)}")
         _check(self.partition in SCHEMES, "partition", f"{self.partition!r} is not one of {', '.join(SCHEMES)}")
-        _check(self.switch_interval in ("auto", "default") or str(self.switch_interval).isdigit()
-               and int(self.switch_interval) >= 1, "switch-interval",
-               f"{self.switch_interval!r} must be a positive integer, 'auto' or 'default'")
+        _check(
+            self.switch_interval in ("auto", "default")
+            or (str(self.switch_interval).isdigit() and int(self.switch_interval) >= 1),
+            "switch-interval",
+            f"{self.switch_interval!r} must be a positive integer, 'auto' or 'default'",
+        )
         for name in ("peers", "rounds", "local_steps", "batch_size", "max_length", "lora_r", "eval_every"):
             _check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
         for name in ("samples_per_peer", "eval_samples", "lora_alpha"):
@@ -150,12 +155,18 @@ class RunConfig:
         _check(0.0 <= self.lora_dropout < 1.0, "lora-dropout", f"must lie in [0, 1), got {self.lora_dropout}")
         _check(self.dirichlet_alpha > 0, "dirichlet-alpha", f"must be > 0, got {self.dirichlet_alpha}")
         _check(self.max_length >= 8, "max-length", f"must be >= 8 tokens, got {self.max_length}")
-        _check(self.mixing_rule in MIXING_RULES, "mixing-rule",
-               f"{self.mixing_rule!r} is not one of {', '.join(MIXING_RULES)}")
+        _check(
+            self.mixing_rule in MIXING_RULES,
+            "mixing-rule",
+            f"{self.mixing_rule!r} is not one of {', '.join(MIXING_RULES)}",
+        )
         _check(self.clip_multiplier > 0, "clip-multiplier", f"must be > 0, got {self.clip_multiplier}")
         _check(self.trim >= 0, "trim", f"must be >= 0, got {self.trim}")
-        _check(self.device in ("auto", "cpu") or self.device.startswith("cuda"), "device",
-               f"{self.device!r} must be auto, cpu or cuda[:N]")
+        _check(
+            self.device in ("auto", "cpu") or self.device.startswith("cuda"),
+            "device",
+            f"{self.device!r} must be auto, cpu or cuda[:N]",
+        )
         for key, vocabulary in (("precision", Precision), ("batching", Batching), ("lr_schedule", LrSchedule)):
             names = [v.value for v in vocabulary]
             _check(getattr(self, key) in names, key, f"{getattr(self, key)!r} is not one of {', '.join(names)}")
@@ -206,36 +217,45 @@ def daemon_topology_defaults(given: Mapping[str, object]) -> dict:
 class DaemonConfig:
     """The network settings of ``tadlora run`` (on top of a RunConfig)."""
 
-    peer_index: int = 0                # which shard of the data this peer trains on (0 .. peers-1)
-    peer_id: str = ""                  # default: peer-<index>
-    run_id: str = "tadlora"            # peers of other runs are ignored
+    peer_index: int = 0  # which shard of the data this peer trains on (0 .. peers-1)
+    peer_id: str = ""  # default: peer-<index>
+    run_id: str = "tadlora"  # peers of other runs are ignored
     listen: str = f"0.0.0.0:{DEFAULT_PORT}"  # host:port of the gRPC endpoint (0.0.0.0: every interface; port 0: any)
-    peer: str = ""                     # static peers, comma-separated host:port (with or without mDNS)
-    mdns: int = 1                      # 1: announce and browse by mDNS; 0: static peers only
-    mdns_interface: str = ""           # address to run mDNS on and to announce; default: the host of --listen,
-                                       # or for 0.0.0.0 this machine's address (peer.discovery.mdns.own_address)
-    round_timeout_min: float = 2.0     # seconds; see peer/daemon/clock.py for how to choose
+    peer: str = ""  # static peers, comma-separated host:port (with or without mDNS)
+    mdns: int = 1  # 1: announce and browse by mDNS; 0: static peers only
+    mdns_interface: str = ""  # address to run mDNS on and to announce; default: the host of --listen,
+    # or for 0.0.0.0 this machine's address (peer.discovery.mdns.own_address)
+    round_timeout_min: float = 2.0  # seconds; see peer/daemon/clock.py for how to choose
     round_timeout_max: float = 60.0
-    discovery_wait: float = 3.0        # seconds to look for peers before the first round
-    chunk_size: int = 1 << 20          # bytes per gRPC chunk
-    frame_timeout: float = 10.0        # seconds without a frame before a stream counts as stalled
-    tls_ca: str = ""                   # mutual TLS: the run's CA certificate (tadlora certs) ...
-    tls_cert: str = ""                 # ... this peer's certificate (common name = peer id) ...
-    tls_key: str = ""                  # ... and its key; all three or none
-    metrics: str = ""                  # host:port of a Prometheus endpoint ("" : none; port 0: any free)
-    tensorboard: str = ""              # folder for TensorBoard event files ("" : none)
-    log_format: str = "text"           # text | json
+    discovery_wait: float = 3.0  # seconds to look for peers before the first round
+    chunk_size: int = 1 << 20  # bytes per gRPC chunk
+    frame_timeout: float = 10.0  # seconds without a frame before a stream counts as stalled
+    tls_ca: str = ""  # mutual TLS: the run's CA certificate (tadlora certs) ...
+    tls_cert: str = ""  # ... this peer's certificate (common name = peer id) ...
+    tls_key: str = ""  # ... and its key; all three or none
+    metrics: str = ""  # host:port of a Prometheus endpoint ("" : none; port 0: any free)
+    tensorboard: str = ""  # folder for TensorBoard event files ("" : none)
+    log_format: str = "text"  # text | json
 
-    def validate(self, run: RunConfig) -> "DaemonConfig":
+    def validate(self, run: RunConfig) -> DaemonConfig:
         _check(0 <= self.peer_index < run.peers, "peer-index", f"must lie in [0, {run.peers}), got {self.peer_index}")
         _check(not host_port_problem(self.listen), "listen", host_port_problem(self.listen))
-        _check(0 < self.round_timeout_min <= self.round_timeout_max, "round-timeout-min",
-               "need 0 < round-timeout-min <= round-timeout-max")
-        _check(1024 <= self.chunk_size <= MAX_CHUNK_SIZE, "chunk-size",
-               f"must lie in [1024, {MAX_CHUNK_SIZE}] bytes, got {self.chunk_size}")
+        _check(
+            0 < self.round_timeout_min <= self.round_timeout_max,
+            "round-timeout-min",
+            "need 0 < round-timeout-min <= round-timeout-max",
+        )
+        _check(
+            1024 <= self.chunk_size <= MAX_CHUNK_SIZE,
+            "chunk-size",
+            f"must lie in [1024, {MAX_CHUNK_SIZE}] bytes, got {self.chunk_size}",
+        )
         _check(self.frame_timeout > 0, "frame-timeout", "must be > 0")
-        _check(run.topology in ("er", "complete"), "topology",
-               "the daemon runs 'complete' or 'er' (--edge-prob); ring and pairwise are simulator-only")
+        _check(
+            run.topology in ("er", "complete"),
+            "topology",
+            "the daemon runs 'complete' or 'er' (--edge-prob); ring and pairwise are simulator-only",
+        )
         _check(self.log_format in ("text", "json"), "log-format", f"must be text or json, got {self.log_format!r}")
         _check(not self.metrics or not host_port_problem(self.metrics), "metrics", host_port_problem(self.metrics))
         given = [bool(x) for x in (self.tls_ca, self.tls_cert, self.tls_key)]
@@ -262,9 +282,8 @@ def _coerce(key: str, value, target_type: str):
     elif target_type == "int":
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-    elif target_type == "float":
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+    elif target_type == "float" and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
     raise ConfigError(f"{key}: expected {target_type}, got {value!r}")
 
 
@@ -273,8 +292,9 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
     return _load(_given(path, overrides, [RunConfig]), [RunConfig])[0].validate()
 
 
-def load_daemon_config(path: str | Path | None = None, overrides: dict | None = None,
-                       environ: Mapping[str, str] | None = None) -> tuple[RunConfig, DaemonConfig]:
+def load_daemon_config(
+    path: str | Path | None = None, overrides: dict | None = None, environ: Mapping[str, str] | None = None
+) -> tuple[RunConfig, DaemonConfig]:
     """Like ``load_config``, for the daemon: one file, ``TADLORA_*`` variables of ``environ`` and one set
     of flags fill both dataclasses."""
     classes = [RunConfig, DaemonConfig]
@@ -333,8 +353,10 @@ def _typed(values: dict, classes, where: str = "") -> dict:
     all_fields = {name: f for cls in classes for name, f in config_fields(cls).items()}
     unknown = sorted(set(values) - set(all_fields))
     if unknown:
-        raise ConfigError(f"{where}unknown setting(s) {', '.join(k.replace('_', '-') for k in unknown)}; "
-                          f"known: {', '.join(k.replace('_', '-') for k in all_fields)}")
+        raise ConfigError(
+            f"{where}unknown setting(s) {', '.join(k.replace('_', '-') for k in unknown)}; "
+            f"known: {', '.join(k.replace('_', '-') for k in all_fields)}"
+        )
     return {k: _coerce(f"{where}{k.replace('_', '-')}", v, all_fields[k].type) for k, v in values.items()}
 
 

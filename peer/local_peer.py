@@ -7,12 +7,12 @@ the factors travel and how the graph of the round is known; the arithmetic lives
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+from collections.abc import Mapping
 
 import torch
 
-from peer.algorithm.factors import factor_of
-from peer.algorithm.mixing import to_like
+from peer.algorithm.factors import Block, factor_of
+from peer.algorithm.mixing import Node, to_like
 from peer.algorithm.robust import MixingRule
 from peer.algorithm.strategies import RoundPlan, Strategy
 from peer.training.adapters import Adapter
@@ -20,8 +20,15 @@ from peer.training.trainer import LocalTrainer
 
 
 class LocalPeer:
-    def __init__(self, peer_id: str, adapter: Adapter, trainer: LocalTrainer, strategy: Strategy,
-                 local_steps: int, rule: MixingRule | None = None) -> None:
+    def __init__(
+        self,
+        peer_id: str,
+        adapter: Adapter,
+        trainer: LocalTrainer,
+        strategy: Strategy,
+        local_steps: int,
+        rule: MixingRule | None = None,
+    ) -> None:
         self.peer_id, self.adapter, self.trainer = peer_id, adapter, trainer
         self.strategy, self.local_steps = strategy, local_steps
         self.rule = rule or MixingRule()
@@ -36,8 +43,13 @@ class LocalPeer:
         """The factors this peer sends to its neighbours in ``round_``."""
         return self.adapter.factors(self.plan(round_).mix)
 
-    def mix(self, round_: int, received: Mapping[Hashable, Mapping[str, torch.Tensor]],
-            weights: Mapping[Hashable, float], self_weight: float) -> None:
+    def mix(
+        self,
+        round_: int,
+        received: Mapping[Node, Mapping[str, torch.Tensor]],
+        weights: Mapping[Node, float],
+        self_weight: float,
+    ) -> None:
         """Replace the plan's mixed factors by the strategy's combination of own and received ones
         (or by the robust rule's, when the run asks for one). ``received`` may be on any device
         (decoded to CPU, say, beside a CUDA adapter): every rule returns tensors where the own
@@ -53,13 +65,17 @@ class LocalPeer:
     def apply_correction(self, deltas: Mapping[str, torch.Tensor]) -> None:
         """Add ``deltas`` to the named factor tensors (a link's term of a past round's mix, settled late)."""
         current = self.adapter.factors(frozenset(factor_of(name) for name in deltas))
-        self.adapter.load_factors({name: current[name] + to_like(delta, current[name])
-                                   for name, delta in deltas.items()})
+        self.adapter.load_factors(
+            {name: current[name] + to_like(delta, current[name]) for name, delta in deltas.items()}
+        )
 
     def state(self) -> dict:
         """Everything a restart needs to continue exactly: factors (and head), optimizer, trained set."""
-        state = {"adapter": self.adapter.state(), "optimizer": self.trainer.optimizer.state_dict(),
-                 "last_trained": sorted(self.trainer.last_trained)}
+        state = {
+            "adapter": self.adapter.state(),
+            "optimizer": self.trainer.optimizer.state_dict(),
+            "last_trained": sorted(str(block) for block in self.trainer.last_trained),  # plain str: loadable
+        }
         scaler = getattr(self.trainer, "scaler", None)
         if scaler is not None and scaler.is_enabled():  # fp16: the loss scale is part of the state
             state["scaler"] = scaler.state_dict()
@@ -68,6 +84,6 @@ class LocalPeer:
     def load_state(self, state: dict) -> None:
         self.adapter.load_state(state["adapter"])
         self.trainer.optimizer.load_state_dict(state["optimizer"])
-        self.trainer.last_trained = frozenset(state["last_trained"])
+        self.trainer.last_trained = frozenset(Block(name) for name in state["last_trained"])
         if "scaler" in state and getattr(self.trainer, "scaler", None) is not None:
             self.trainer.scaler.load_state_dict(state["scaler"])

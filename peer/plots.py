@@ -22,11 +22,13 @@ from pathlib import Path
 
 import numpy as np
 
+from peer.errors import UsageError
+
 
 @dataclass
 class RunCurves:
     label: str
-    accuracy: dict[int, float] = field(default_factory=dict)     # round (1-based, after it) -> mean accuracy
+    accuracy: dict[int, float] = field(default_factory=dict)  # round (1-based, after it) -> mean accuracy
     loss: dict[int, float] = field(default_factory=dict)
     consensus_a: dict[int, float] = field(default_factory=dict)
     consensus_b: dict[int, float] = field(default_factory=dict)
@@ -44,8 +46,13 @@ def draw_references(ax, summary: dict, label_prefix: str = "") -> None:
         color, label = REFERENCE_STYLES.get(name, ("grey", name))
         ax.axhline(value, color=color, linestyle="--", linewidth=1, label=f"{label_prefix}{label} {value:.3f}")
     if summary.get("network_average") is not None:
-        ax.axhline(summary["network_average"], color="black", linestyle=":", linewidth=1,
-                   label=f"{label_prefix}network average {summary['network_average']:.3f}")
+        ax.axhline(
+            summary["network_average"],
+            color="black",
+            linestyle=":",
+            linewidth=1,
+            label=f"{label_prefix}network average {summary['network_average']:.3f}",
+        )
 
 
 def _jsonl(path: Path) -> list[dict]:
@@ -61,8 +68,10 @@ def load_run(folder: Path, label: str | None = None) -> RunCurves:
     if (folder / "metrics.jsonl").exists():
         for r in _jsonl(folder / "metrics.jsonl"):
             step = r["round"] + 1
-            losses = r["train_loss"]
-            curves.loss[step] = float(np.mean(list(losses.values()) if isinstance(losses, dict) else losses))
+            peer_losses = r["train_loss"]
+            curves.loss[step] = float(
+                np.mean(list(peer_losses.values()) if isinstance(peer_losses, dict) else peer_losses)
+            )
             curves.consensus_a[step], curves.consensus_b[step] = r["consensus_a"], r["consensus_b"]
             curves.links.setdefault("edges", {})[step] = r.get("edges", 0)
             if "mean_accuracy" in r:
@@ -71,9 +80,10 @@ def load_run(folder: Path, label: str | None = None) -> RunCurves:
                 curves.network_average[step] = r["network_average"]
         return curves
     peers = sorted(p.parent for p in folder.glob("*/rounds.jsonl")) or (
-        [folder] if (folder / "rounds.jsonl").exists() else [])
+        [folder] if (folder / "rounds.jsonl").exists() else []
+    )
     if not peers:
-        raise ValueError(f"{folder}: neither metrics.jsonl (tadlora simulate) nor */rounds.jsonl (daemons)")
+        raise UsageError(f"{folder}: neither metrics.jsonl (tadlora simulate) nor */rounds.jsonl (daemons)")
     losses: dict[int, list[float]] = {}
     accuracies: dict[int, list[float]] = {}
     for peer in peers:
@@ -107,13 +117,16 @@ def plot_runs(runs: list[RunCurves], out: Path) -> list[Path]:
         for run in runs:
             values = getattr(run, attr)
             if values:
-                ax.plot(list(values), list(values.values()), marker="o" if len(values) < 15 else None,
-                        label=run.label)
+                ax.plot(list(values), list(values.values()), marker="o" if len(values) < 15 else None, label=run.label)
             if attr == "accuracy":
                 prefix = f"{run.label}: " if len(runs) > 1 else ""
                 if run.network_average:
-                    ax.plot(list(run.network_average), list(run.network_average.values()), linestyle=":",
-                            label=f"{prefix}network average")
+                    ax.plot(
+                        list(run.network_average),
+                        list(run.network_average.values()),
+                        linestyle=":",
+                        label=f"{prefix}network average",
+                    )
                 draw_references(ax, {"references": run.summary.get("references", {})}, prefix)
         ax.set(xlabel="round", ylabel=ylabel)
         ax.grid(alpha=0.3)
@@ -140,8 +153,9 @@ def plot_runs(runs: list[RunCurves], out: Path) -> list[Path]:
         fig.savefig(out / "consensus.png", dpi=110)
         plt.close(fig)
         written.append(out / "consensus.png")
-    fig, axes = plt.subplots(len(runs), 1, figsize=(10, 1.2 + 0.45 * sum(len(r.links) for r in runs) + len(runs)),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        len(runs), 1, figsize=(10, 1.2 + 0.45 * sum(len(r.links) for r in runs) + len(runs)), squeeze=False
+    )
     for ax, run in zip(axes[:, 0], runs):
         rows = sorted(run.links)
         last = max((max(v) for v in run.links.values() if v), default=0)
@@ -149,8 +163,13 @@ def plot_runs(runs: list[RunCurves], out: Path) -> list[Path]:
         for i, row in enumerate(rows):
             for step, count in run.links[row].items():
                 grid[i, step - 1] = count
-        image = ax.imshow(grid, aspect="auto", interpolation="nearest", cmap="viridis",
-                          extent=(0.5, last + 0.5, len(rows) - 0.5, -0.5))
+        image = ax.imshow(
+            grid,
+            aspect="auto",
+            interpolation="nearest",
+            cmap="viridis",
+            extent=(0.5, last + 0.5, len(rows) - 0.5, -0.5),
+        )
         ax.set_yticks(range(len(rows)), rows)
         ax.set(xlabel="round", title=f"{run.label}: links up per round")
         fig.colorbar(image, ax=ax, label="links")

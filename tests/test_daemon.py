@@ -1,7 +1,9 @@
 """Real daemons as OS processes on loopback: real gRPC, real mDNS, real kill -9."""
 
 import asyncio
+import functools
 import json
+import operator
 import signal
 import time
 from pathlib import Path
@@ -22,8 +24,16 @@ from peer.transport.grpc_transport import GrpcTransport
 
 pytestmark = pytest.mark.slow
 
-TINY = dict(model="tiny-bert", task="synthetic", batch_size=8, max_length=32, eval_samples=64, references="none",
-            learning_rate=1e-2, device="cpu")
+TINY = dict(
+    model="tiny-bert",
+    task="synthetic",
+    batch_size=8,
+    max_length=32,
+    eval_samples=64,
+    references="none",
+    learning_rate=1e-2,
+    device="cpu",
+)
 NET = dict(discovery_wait=30.0, round_timeout_min=2.0, round_timeout_max=30.0)
 
 
@@ -75,14 +85,17 @@ def test_daemons_equal_the_simulator_on_a_complete_graph(tmp_path):
         assert net.keys() == sim.keys()
         for key in net:
             assert torch.allclose(net[key], sim[key], atol=1e-6), key
-    for round_, records in _all_rounds(bed).items():
+    for records in _all_rounds(bed).values():
         assert len(records) == 3 and {r["phase"] for r in records} == {"B"}
         assert all(len(r["neighbours"]) == 2 for r in records)
 
 
 def test_lossy_links_keep_sums_and_both_ends_agree(tmp_path):
-    cfg = load_config(overrides=dict(TINY, peers=4, rounds=8, local_steps=2, topology="er", edge_prob=0.5,
-                                     switch_interval="2", strategy="tad"))
+    cfg = load_config(
+        overrides=dict(
+            TINY, peers=4, rounds=8, local_steps=2, topology="er", edge_prob=0.5, switch_interval="2", strategy="tad"
+        )
+    )
     bed = run_bed(cfg, tmp_path / "bed", NET, timeout=120)
     rounds = _all_rounds(bed)
     assert any(len(r["neighbours"]) < 3 for records in rounds.values() for r in records)  # some links dropped
@@ -104,12 +117,19 @@ def _status_and_bad_message(address: str) -> tuple:
         transport = GrpcTransport()
         try:
             status = await transport.status(address, timeout=5)
+
             async def accept(_):
                 return None
 
             async def refusal(sender, round_):
-                header = Header(run_id=status.run_id, sender_id=sender, round=round_, phase="B", factors=("A", "B"),
-                                schema_digest=status.schema_digest)
+                header = Header(
+                    run_id=status.run_id,
+                    sender_id=sender,
+                    round=round_,
+                    phase="B",
+                    factors=("A", "B"),
+                    schema_digest=status.schema_digest,
+                )
                 with pytest.raises(Rejected) as info:
                     await transport.exchange(address, seal(header, encode_factors({})), accept, timeout=5)
                 return info.value.reason
@@ -121,6 +141,7 @@ def _status_and_bad_message(address: str) -> tuple:
             return status, far, stale, after
         finally:
             await transport.close()
+
     return asyncio.run(go())
 
 
@@ -173,8 +194,18 @@ def test_late_joiner_jumps_to_the_current_round_keeping_its_factors(tmp_path):
 
 
 def test_switch_interval_auto_agrees_across_peers_with_different_observations(tmp_path):
-    cfg = load_config(overrides=dict(TINY, peers=4, rounds=24, local_steps=2, topology="er", edge_prob=0.3,
-                                     switch_interval="auto", strategy="tad"))
+    cfg = load_config(
+        overrides=dict(
+            TINY,
+            peers=4,
+            rounds=24,
+            local_steps=2,
+            topology="er",
+            edge_prob=0.3,
+            switch_interval="auto",
+            strategy="tad",
+        )
+    )
     bed = run_bed(cfg, tmp_path / "bed", NET, timeout=150)
     rounds = _all_rounds(bed)
     full = {r: recs for r, recs in rounds.items() if len(recs) == 4}
@@ -204,8 +235,12 @@ def _free_ports(n: int) -> list[int]:
 def test_static_peers_without_mdns(tmp_path):
     cfg = load_config(overrides=dict(TINY, peers=2, rounds=3, local_steps=2, topology="complete"))
     ports = _free_ports(2)
-    bed = run_bed(cfg, tmp_path / "bed", dict(NET, mdns=0),
-                  {i: {"listen": f"127.0.0.1:{ports[i]}", "peer": f"127.0.0.1:{ports[1 - i]}"} for i in range(2)})
+    bed = run_bed(
+        cfg,
+        tmp_path / "bed",
+        dict(NET, mdns=0),
+        {i: {"listen": f"127.0.0.1:{ports[i]}", "peer": f"127.0.0.1:{ports[1 - i]}"} for i in range(2)},
+    )
     for i in range(2):
         assert all(len(r["neighbours"]) == 1 for r in bed.rounds(i))
         assert "found peer-" in (bed.peer_dir(i) / "daemon.log").read_text()
@@ -253,12 +288,27 @@ def test_sigterm_stops_a_daemon_cleanly_and_ctrl_c_stops_the_whole_testbed(tmp_p
     import sys
 
     out = tmp_path / "bed"
-    cmd = [sys.executable, "-m", "peer.cli", "testbed", "--out", str(out), "--peers", "3", "--rounds", "500",
-           "--local-steps", "20", "--topology", "complete"] + sum((["--" + k.replace("_", "-"), str(v)]
-                                                                   for k, v in TINY.items()), [])
+    cmd = [
+        sys.executable,
+        "-m",
+        "peer.cli",
+        "testbed",
+        "--out",
+        str(out),
+        "--peers",
+        "3",
+        "--rounds",
+        "500",
+        "--local-steps",
+        "20",
+        "--topology",
+        "complete",
+        *functools.reduce(operator.iadd, (["--" + k.replace("_", "-"), str(v)] for k, v in TINY.items()), []),
+    ]
     # started as CI starts it in the background, with SIGINT ignored: Ctrl-C must still stop it
-    bed = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-                           preexec_fn=_ignore_sigint)
+    bed = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, preexec_fn=_ignore_sigint
+    )
     pids: list[int] = []
     try:
         until = time.monotonic() + 90
@@ -322,10 +372,16 @@ def _training(proc, folder: Path) -> None:
     time.sleep(1.0)
 
 
-@pytest.mark.parametrize("moment, sig, peers", [
-    (_starting, signal.SIGINT, 2), (_discovering, signal.SIGTERM, 2), (_training, signal.SIGINT, 1),
-    (_training, signal.SIGTERM, 1),
-], ids=["starting-sigint", "discovering-sigterm", "training-sigint", "training-sigterm"])
+@pytest.mark.parametrize(
+    "moment, sig, peers",
+    [
+        (_starting, signal.SIGINT, 2),
+        (_discovering, signal.SIGTERM, 2),
+        (_training, signal.SIGINT, 1),
+        (_training, signal.SIGTERM, 1),
+    ],
+    ids=["starting-sigint", "discovering-sigterm", "training-sigint", "training-sigterm"],
+)
 def test_a_stop_signal_at_any_moment_ends_the_daemon_within_seconds(tmp_path, moment, sig, peers):
     import subprocess
 
@@ -335,8 +391,9 @@ def test_a_stop_signal_at_any_moment_ends_the_daemon_within_seconds(tmp_path, mo
     folder.mkdir(parents=True)
     with (folder / "daemon.log").open("ab") as log:
         # SIGINT ignored, as a daemon started in the background by a script inherits it
-        proc = subprocess.Popen(bed.command(0), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                preexec_fn=_ignore_sigint)
+        proc = subprocess.Popen(
+            bed.command(0), stdout=log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_ignore_sigint
+        )
     try:
         moment(proc, folder)
         sent = time.monotonic()

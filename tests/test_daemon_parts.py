@@ -8,21 +8,23 @@ import torch
 
 from peer.algorithm.schedule import AgreedSchedule
 from peer.daemon.links import DORMANT_AFTER_FAILURES, MAX_BACKOFF_ROUNDS, LinkBackoff
-from peer.daemon.persistence import FolderStore, MemoryStore, Persistence, ROUNDS_LOG, WAL
+from peer.daemon.persistence import ROUNDS_LOG, WAL, FolderStore, MemoryStore, Persistence
 from peer.daemon.protocol import Identity, LinkProtocol
-from peer.daemon.settlement import PendingLink
 from peer.daemon.rounds import Decision, Received, RoundBook, RoundState
+from peer.daemon.settlement import PendingLink
 from peer.transport.base import Header
 from peer.transport.codec import schema_digest, schema_of
 from peer.transport.framing import seal
 
-TENSORS = {"l.lora_A.weight": torch.ones(2, 3, dtype=torch.float64),
-           "l.lora_B.weight": torch.zeros(3, 2, dtype=torch.float64)}
+TENSORS = {
+    "l.lora_A.weight": torch.ones(2, 3, dtype=torch.float64),
+    "l.lora_B.weight": torch.zeros(3, 2, dtype=torch.float64),
+}
 
 
 def _protocol(store=None) -> tuple[LinkProtocol, RoundBook, Persistence]:
     schema = schema_of(TENSORS)
-    me = Identity("peer-05", "run", schema, schema_digest(schema))   # answers links opened by lower ids
+    me = Identity("peer-05", "run", schema, schema_digest(schema))  # answers links opened by lower ids
     book, files = RoundBook(), Persistence(store or MemoryStore())
     return LinkProtocol(me, book, files, None, 1.0, lambda: 0, lambda h: None, lambda p, r: None), book, files
 
@@ -43,8 +45,8 @@ def test_a_server_decision_is_final_and_answered_at_once():
         state = _open(book, files)
         state.staged["peer-00"] = Received(TENSORS, 2, 10)
         assert protocol.commit(_header("peer-00")) is True
-        assert protocol.commit(_header("peer-00")) is True          # a repeated commit: same answer
-        assert files.wal.links["peer-00"]["final"] is True           # written before the ack
+        assert protocol.commit(_header("peer-00")) is True  # a repeated commit: same answer
+        assert files.wal.links["peer-00"]["final"] is True  # written before the ack
         assert protocol.outcome("peer-00", 0) is True
         # a query that arrives before the commit refuses the link for good
         state.staged["peer-02"] = Received(TENSORS, 2, 10)
@@ -52,10 +54,11 @@ def test_a_server_decision_is_final_and_answered_at_once():
         assert protocol.commit(_header("peer-02")) is False
         assert protocol.outcome("peer-02", 0) is False
         assert protocol.outcome("peer-04x", 0) is False and "peer-04x" not in state.decisions
-        assert protocol.outcome("peer-07", 0) is None      # a higher id never opens a link to us
+        assert protocol.outcome("peer-07", 0) is None  # a higher id never opens a link to us
         book.close(0)
         assert protocol.outcome("peer-00", 0) is True and protocol.outcome("peer-02", 0) is False
-        assert protocol.outcome("peer-00", 5) is False                # never opened here: nothing counted
+        assert protocol.outcome("peer-00", 5) is False  # never opened here: nothing counted
+
     asyncio.run(go())
 
 
@@ -67,6 +70,7 @@ def test_an_aborted_stream_refuses_the_link_and_settles_it():
         protocol.abort(_header("peer-00"))
         assert state.decisions["peer-00"] is Decision.REFUSED and state.event("peer-00").is_set()
         assert protocol.commit(_header("peer-00")) is False
+
     asyncio.run(go())
 
 
@@ -109,9 +113,9 @@ def test_a_neighbour_that_never_answers_costs_a_bounded_number_of_rounds_then_no
 def test_proposals_freeze_half_way_through_the_window():
     s = AgreedSchedule(2, gossip_rounds=6)
     s.propose(3, round_=1)
-    s.propose(9, round_=3)        # too late: a rise now would reach only some peers before the decision
+    s.propose(9, round_=3)  # too late: a rise now would reach only some peers before the decision
     assert s.proposal() == 3
-    s.merge(0, 5)                 # a neighbour's (frozen) proposal still spreads
+    s.merge(0, 5)  # a neighbour's (frozen) proposal still spreads
     for r in range(8):
         s.decide(r)
     assert s.segment(6)[:2] == (6, 5)
@@ -124,7 +128,7 @@ def test_a_later_decision_is_adopted_and_the_order_is_total():
     for r in range(5):
         a.decide(r)
         b.decide(r)
-    assert a.segment(4)[1] == 3 and b.segment(4)[1] == 5     # decided apart (no gossip between them)
+    assert a.segment(4)[1] == 3 and b.segment(4)[1] == 5  # decided apart (no gossip between them)
     assert a.adopt(*b.segment(4)) and not b.adopt(*a.segment(4))
     assert [a.phase(r) for r in range(4, 12)] == [b.phase(r) for r in range(4, 12)]
 
@@ -133,7 +137,7 @@ def test_a_jumping_peer_continues_a_neighbours_phases_backwards_and_forwards():
     s = AgreedSchedule.continuing(start=10, length=3, factor="A", decided_at=10, round_=8, gossip_rounds=10)
     assert [s.phase(r) for r in range(8, 14)] == ["B", "B", "A", "A", "A", "B"]
     s = AgreedSchedule.continuing(start=10, length=3, factor="A", decided_at=10, round_=17, gossip_rounds=10)
-    assert s.phase(17) == "A" and s.phase(19) == "B"   # A for 10-12, B 13-15, A 16-18, B 19-21
+    assert s.phase(17) == "A" and s.phase(19) == "B"  # A for 10-12, B 13-15, A 16-18, B 19-21
 
 
 def test_files_resume_after_a_crash_between_checkpoint_and_log_line(tmp_path):
@@ -142,12 +146,15 @@ def test_files_resume_after_a_crash_between_checkpoint_and_log_line(tmp_path):
     files.record_link(0, "peer-02", dict(TENSORS), 2, 10, final=True)
     again = Persistence(FolderStore(tmp_path)).load_wal()
     link = again.links["peer-02"]
-    assert again.round == 0 and link["final"] and torch.equal(link["tensors"]["l.lora_A.weight"],
-                                                             TENSORS["l.lora_A.weight"])
-    files.save_checkpoint({"round": 1, "record": {"round": 0}})     # ... and the process dies here
+    assert (
+        again.round == 0
+        and link["final"]
+        and torch.equal(link["tensors"]["l.lora_A.weight"], TENSORS["l.lora_A.weight"])
+    )
+    files.save_checkpoint({"round": 1, "record": {"round": 0}})  # ... and the process dies here
     restarted = Persistence(FolderStore(tmp_path))
     restarted.log_round(restarted.load_checkpoint()["record"])
-    restarted.log_round({"round": 0})                               # once only
+    restarted.log_round({"round": 0})  # once only
     assert [json.loads(line)["round"] for line in (tmp_path / ROUNDS_LOG).read_text().splitlines()] == [0]
     restarted.discard_wal()
     assert not (tmp_path / WAL).exists()
@@ -162,18 +169,18 @@ def test_the_deadline_learns_from_counted_links_only_and_stretches_when_nothing_
     from peer.daemon.clock import AdaptiveDeadline
 
     deadline = AdaptiveDeadline(minimum=2.0, maximum=60.0)
-    assert deadline.current() == 60.0                       # nothing measured: the start-up allowance
+    assert deadline.current() == 60.0  # nothing measured: the start-up allowance
     for _ in range(30):
-        deadline.observe(0.4)                               # links count 0.4 s into the exchange
-    assert deadline.current() == 2.0                        # 2 × 0.4 clamped to the minimum
+        deadline.observe(0.4)  # links count 0.4 s into the exchange
+    assert deadline.current() == 2.0  # 2 × 0.4 clamped to the minimum
     # rounds in which some links counted and others failed at the deadline never raise it
     assert deadline.current() == 2.0
-    deadline.nothing_counted()                              # a lossy round: nothing got through
+    deadline.nothing_counted()  # a lossy round: nothing got through
     assert deadline.current() == 4.0
     for _ in range(10):
         deadline.nothing_counted()
-    assert deadline.current() == 60.0                       # up to the maximum, not beyond
-    deadline.observe(0.4)                                   # a link counts again: back to what it learned
+    assert deadline.current() == 60.0  # up to the maximum, not beyond
+    deadline.observe(0.4)  # a link counts again: back to what it learned
     assert deadline.current() == 2.0
 
 

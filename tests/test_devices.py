@@ -18,15 +18,19 @@ from peer.local_peer import LocalPeer
 from peer.training.adapters import AdapterModel, LoraSettings
 from peer.transport.codec import DecodeError, decode_factors, encode_factors, schema_of
 
-OTHER_DEVICES = ["meta", pytest.param("cuda", marks=pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="needs a CUDA device"))]
+OTHER_DEVICES = [
+    "meta",
+    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")),
+]
 cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
 def factors(seed: int, scale: float = 1.0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    return {"l0.lora_A.weight": torch.randn(4, 8, generator=g) * scale,
-            "l0.lora_B.weight": torch.randn(8, 4, generator=g) * scale}
+    return {
+        "l0.lora_A.weight": torch.randn(4, 8, generator=g) * scale,
+        "l0.lora_B.weight": torch.randn(8, 4, generator=g) * scale,
+    }
 
 
 def on(tensors: dict[str, torch.Tensor], device) -> dict[str, torch.Tensor]:

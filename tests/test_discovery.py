@@ -22,8 +22,12 @@ def test_peers_of_the_same_run_find_each_other_and_others_are_ignored():
 
         def make(name, run, schema, port):
             record = PeerRecord(f"peer-{name}", run, f"127.0.0.1:{port}", 1, schema)
-            return MdnsDiscovery(record, lambda r, n=name: found[n].__setitem__(r.peer_id, r.address),
-                                 lambda pid, address, n=name: lost[n].append(pid), interfaces=["127.0.0.1"])
+            return MdnsDiscovery(
+                record,
+                lambda r, n=name: found[n].__setitem__(r.peer_id, r.address),
+                lambda pid, address, n=name: lost[n].append(pid),
+                interfaces=["127.0.0.1"],
+            )
 
         a, b = make("a", "run-x", "s1", 40001), make("b", "run-x", "s1", 40002)
         other_run, other_schema = make("c", "run-y", "s1", 40003), make("d", "run-x", "s2", 40004)
@@ -70,28 +74,48 @@ def test_odd_announcements_are_counted_and_a_second_daemon_with_the_same_id_is_t
 
     async def scenario():
         found, refused = {}, []
-        a = MdnsDiscovery(PeerRecord("peer.a", "run-x", "127.0.0.1:40011", 1, "s"),
-                          lambda r: found.__setitem__(r.peer_id, r.address), lambda pid, address: None,
-                          interfaces=["127.0.0.1"], on_refused=lambda reason, detail, name: refused.append(reason))
-        b = MdnsDiscovery(PeerRecord("peer.b", "run-x", "127.0.0.1:40012", 1, "s"), lambda r: None, lambda pid, address: None,
-                          interfaces=["127.0.0.1"])
+        a = MdnsDiscovery(
+            PeerRecord("peer.a", "run-x", "127.0.0.1:40011", 1, "s"),
+            lambda r: found.__setitem__(r.peer_id, r.address),
+            lambda pid, address: None,
+            interfaces=["127.0.0.1"],
+            on_refused=lambda reason, detail, name: refused.append(reason),
+        )
+        b = MdnsDiscovery(
+            PeerRecord("peer.b", "run-x", "127.0.0.1:40012", 1, "s"),
+            lambda r: None,
+            lambda pid, address: None,
+            interfaces=["127.0.0.1"],
+        )
         raw = AsyncZeroconf(ip_version=IPVersion.V4Only, interfaces=["127.0.0.1"])
-        odd = [{"peer_id": "ghost", "run_id": b"\xff", "proto": "1", "schema": "s"},
-               {"peer_id": "ghost2", "run_id": "run-x", "proto": "abc", "schema": "s"},
-               {"peer_id": "", "run_id": "run-x", "proto": "1", "schema": "s"}]
+        odd = [
+            {"peer_id": "ghost", "run_id": b"\xff", "proto": "1", "schema": "s"},
+            {"peer_id": "ghost2", "run_id": "run-x", "proto": "abc", "schema": "s"},
+            {"peer_id": "", "run_id": "run-x", "proto": "1", "schema": "s"},
+        ]
         await a.start()
         await b.start()
         try:
             for n, props in enumerate(odd):
-                await raw.async_register_service(AsyncServiceInfo(
-                    SERVICE_TYPE, f"odd{n}.{SERVICE_TYPE}", addresses=[bytes([127, 0, 0, 1])], port=40020 + n,
-                    properties=props))
+                await raw.async_register_service(
+                    AsyncServiceInfo(
+                        SERVICE_TYPE,
+                        f"odd{n}.{SERVICE_TYPE}",
+                        addresses=[bytes([127, 0, 0, 1])],
+                        port=40020 + n,
+                        properties=props,
+                    )
+                )
             await _until(lambda: "peer.b" in found and len(refused) >= 3)
             assert found == {"peer.b": "127.0.0.1:40012"}
             assert sorted(refused) == sorted([Refusal.NOT_UTF8, Refusal.BAD_RECORD, Refusal.BAD_PEER_ID])
-            twin = MdnsDiscovery(PeerRecord("peer.b", "run-x", "127.0.0.1:40013", 1, "s"), lambda r: None,
-                                 lambda pid, address: None, interfaces=["127.0.0.1"])
-            with pytest.raises(DuplicatePeerId, match="already announces 'peer.b'"):
+            twin = MdnsDiscovery(
+                PeerRecord("peer.b", "run-x", "127.0.0.1:40013", 1, "s"),
+                lambda r: None,
+                lambda pid, address: None,
+                interfaces=["127.0.0.1"],
+            )
+            with pytest.raises(DuplicatePeerId, match=r"already announces 'peer\.b'"):
                 await twin.start()
             await twin.close()
         finally:

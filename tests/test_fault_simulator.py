@@ -2,7 +2,8 @@
 every step, partitions, crashes at await points and mid-write with restarts; every invariant checked.
 
 ``TADLORA_FAULTSIM_SCHEDULES`` sets how many random schedules run (default 1,500, to keep the suite
-within 10 minutes on 2 cores; a nightly run sets more). A failure prints the seeds to replay with ``python -m peer.faultsim --seed S``.
+within 10 minutes on 2 cores; a nightly run sets more). A failure prints the seeds to replay with
+``python -m peer.faultsim --seed S``.
 """
 
 import json
@@ -10,11 +11,11 @@ import os
 
 import pytest
 
-from peer.faultsim import mutations
 from peer.daemon.persistence import ROUNDS_LOG
+from peer.faultsim import mutations
+from peer.faultsim.clock import VirtualTimeLoop
 from peer.faultsim.faults import FaultSchedule
 from peer.faultsim.run import Simulation, run_many, run_schedule
-from peer.faultsim.clock import VirtualTimeLoop
 
 SCHEDULES = int(os.environ.get("TADLORA_FAULTSIM_SCHEDULES", "1500"))
 FIRST_SEED = int(os.environ.get("TADLORA_FAULTSIM_FIRST_SEED", "0"))
@@ -24,8 +25,9 @@ JOBS = min(2, os.cpu_count() or 1)
 def test_random_fault_schedules_keep_every_invariant():
     summary = run_many(list(range(FIRST_SEED, FIRST_SEED + SCHEDULES)), jobs=JOBS)
     report = {seed: violations[:3] for seed, violations in sorted(summary.failed.items())[:5]}
-    assert not summary.failed, f"{len(summary.failed)} schedules broke invariants (replay: python -m " \
-                               f"peer.faultsim --seed S): {report}"
+    assert not summary.failed, (
+        f"{len(summary.failed)} schedules broke invariants (replay: python -m peer.faultsim --seed S): {report}"
+    )
     # the schedules really did attack every step of the protocol, and crashed and partitioned peers
     for step in ("swap", "reply", "commit", "ack", "outcome", "status"):
         assert summary.injected[f"loss:{step}"] > 0, step
@@ -47,8 +49,10 @@ def _logs(seed: int) -> list[list[str]]:
 def test_a_schedule_replays_identically_from_its_seed():
     seed = next(s for s in range(100) if FaultSchedule.draw(s).crashes and FaultSchedule.draw(s).peers >= 3)
     first, second = _logs(seed), _logs(seed)
-    strip = lambda logs: [[{k: v for k, v in json.loads(line).items() if "seconds" not in k} for line in peer]
-                          for peer in logs]
+
+    def strip(logs):
+        return [[{k: v for k, v in json.loads(line).items() if "seconds" not in k} for line in peer] for peer in logs]
+
     assert strip(first) == strip(second)
 
 
@@ -93,8 +97,11 @@ def test_without_freeze_and_adoption_auto_schedules_split_more_and_stay_split():
     seeds = _seeds(lambda s: s.switch_interval == "auto", 80)
     fixed = run_many(seeds, jobs=JOBS)
     with mutations.auto_schedule_without_freeze_or_adoption():
-        old = run_many(seeds, jobs=JOBS)   # forked workers inherit the patch
-    apart = lambda summary: summary.violations["phase"] + summary.measured["phase-after-split"]
+        old = run_many(seeds, jobs=JOBS)  # forked workers inherit the patch
+
+    def apart(summary):
+        return summary.violations["phase"] + summary.measured["phase-after-split"]
+
     assert not fixed.failed
     assert apart(old) >= 2 * max(1, apart(fixed)), (dict(old.violations), old.measured, fixed.measured)
 

@@ -21,10 +21,10 @@ from safetensors.torch import save as st_save
 
 from peer.config import load_daemon_config
 from peer.daemon.node import PeerDaemon
+from peer.transport.base import Header
 from peer.transport.codec import payload_digest
 from peer.transport.framing import Limits, header_to_pb
 from peer.transport.grpc_transport import GrpcTransport
-from peer.transport.base import Header
 from peer.transport.pb import peer_pb2 as pb
 from peer.transport.pb import peer_pb2_grpc as pb_grpc
 
@@ -36,10 +36,27 @@ class LiveDaemon:
     and a checkpoint on disk, as in the middle of a run."""
 
     def __init__(self, out: Path) -> None:
-        run, net = load_daemon_config(None, dict(
-            model="tiny-bert", task="synthetic", peers=2, rounds=3, local_steps=1, batch_size=4, max_length=16,
-            eval_samples=8, device="cpu", topology="complete", peer_index=0, run_id="fuzz",
-            round_timeout_min=0.5, round_timeout_max=0.5, frame_timeout=0.5), {})
+        run, net = load_daemon_config(
+            None,
+            dict(
+                model="tiny-bert",
+                task="synthetic",
+                peers=2,
+                rounds=3,
+                local_steps=1,
+                batch_size=4,
+                max_length=16,
+                eval_samples=8,
+                device="cpu",
+                topology="complete",
+                peer_index=0,
+                run_id="fuzz",
+                round_timeout_min=0.5,
+                round_timeout_max=0.5,
+                frame_timeout=0.5,
+            ),
+            {},
+        )
         self.loop = asyncio.new_event_loop()
         threading.Thread(target=self.loop.run_forever, daemon=True).start()
         limits = Limits(chunk_size=4096, max_payload_bytes=1 << 20, max_chunks=64, frame_timeout=0.5)
@@ -63,9 +80,13 @@ class LiveDaemon:
         d = self.daemon
         factors = {k: v.clone() for k, v in d.local.factors().items()}
         checkpoint = hashlib.sha256((d.out / "checkpoint.pt").read_bytes()).hexdigest()
-        return {"factors": factors, "checkpoint": checkpoint, "round": d.round,
-                "staged": {r: dict(s.staged) for r, s in d.book.open.items() if s.staged},
-                "counted": {r: dict(s.counted) for r, s in d.book.open.items() if s.counted}}
+        return {
+            "factors": factors,
+            "checkpoint": checkpoint,
+            "round": d.round,
+            "staged": {r: dict(s.staged) for r, s in d.book.open.items() if s.staged},
+            "counted": {r: dict(s.counted) for r, s in d.book.open.items() if s.counted},
+        }
 
     def close(self):
         self.channel.close()
@@ -89,16 +110,25 @@ class LiveDaemon:
 
     def good_header(self, **changes) -> Header:
         own = self.own.header
-        fields = dict(run_id="fuzz", sender_id=SENDER, round=self.daemon.round, phase=own.phase, factors=own.factors,
-                      schema_digest=own.schema_digest, degree=1)
+        fields = dict(
+            run_id="fuzz",
+            sender_id=SENDER,
+            round=self.daemon.round,
+            phase=own.phase,
+            factors=own.factors,
+            schema_digest=own.schema_digest,
+            degree=1,
+        )
         fields.update(changes)
         return Header(**fields)
 
     def send(self, frames, pause: float = 0.0) -> list[pb.Frame]:
         """Write the frames in one Exchange stream (then stay silent ``pause`` s), read what comes back."""
+
         def writer():
             yield from frames
             time.sleep(pause)
+
         try:
             return list(self.stub.Exchange(writer(), timeout=5))
         except grpc.RpcError as exc:  # the stream may be cut; the daemon must survive either way
@@ -114,7 +144,8 @@ def live(tmp_path_factory):
 
 def frames_for(header: Header, payload: bytes, chunk: int = 4096) -> list[pb.Frame]:
     return [pb.Frame(header=header_to_pb(header))] + [
-        pb.Frame(chunk=pb.Chunk(data=payload[i:i + chunk])) for i in range(0, len(payload), chunk)]
+        pb.Frame(chunk=pb.Chunk(data=payload[i : i + chunk])) for i in range(0, len(payload), chunk)
+    ]
 
 
 def sealed(header: Header, payload: bytes) -> Header:
@@ -162,12 +193,18 @@ HEADER_MUTATIONS = st.one_of(
 CASES = st.one_of(
     st.tuples(st.just("header"), HEADER_MUTATIONS, st.binary(max_size=64)),
     st.tuples(st.just("garbage-payload"), st.binary(min_size=1, max_size=5000), st.booleans()),
-    st.tuples(st.just("tensors"), st.sampled_from(["nan", "inf", "shape", "dtype", "missing", "extra",
-                                                   "other-factor"]), st.integers(0, 10**6)),
+    st.tuples(
+        st.just("tensors"),
+        st.sampled_from(["nan", "inf", "shape", "dtype", "missing", "extra", "other-factor"]),
+        st.integers(0, 10**6),
+    ),
     st.tuples(st.just("hash"), st.integers(0, 10**6), st.booleans()),
     st.tuples(st.just("sizes"), st.sampled_from(["short", "long", "too-large", "too-many-chunks"]), st.booleans()),
-    st.tuples(st.just("framing"), st.sampled_from(["chunk-first", "commit-first", "empty", "two-headers",
-                                                   "commit-mid"]), st.booleans()),
+    st.tuples(
+        st.just("framing"),
+        st.sampled_from(["chunk-first", "commit-first", "empty", "two-headers", "commit-mid"]),
+        st.booleans(),
+    ),
 )
 
 
@@ -194,7 +231,7 @@ def build(live: LiveDaemon, case) -> list[pb.Frame]:
         if a == "short":
             return frames_for(h, good_payload)[:-1]
         if a == "long":
-            return frames_for(h, good_payload) + [pb.Frame(chunk=pb.Chunk(data=b"x"))]
+            return [*frames_for(h, good_payload), pb.Frame(chunk=pb.Chunk(data=b"x"))]
         if a == "too-large":
             h.payload_size = (1 << 20) + 1
             return frames_for(h, good_payload)
@@ -210,7 +247,7 @@ def build(live: LiveDaemon, case) -> list[pb.Frame]:
         return [pb.Frame(header=header_to_pb(h))] * 2
     h = sealed(live.good_header(), good_payload)
     frames = frames_for(h, good_payload)
-    return frames[:1] + [pb.Frame(commit=pb.Commit(round=0))] + frames[1:]
+    return [*frames[:1], pb.Frame(commit=pb.Commit(round=0)), *frames[1:]]
 
 
 @settings(max_examples=1000, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
@@ -261,7 +298,7 @@ def test_a_peer_cannot_write_the_daemons_vocabulary(live, caplog):
 
 def test_a_frame_over_the_message_cap_is_refused_logged_and_counted(live, caplog):
     # issue 12, part 5: gRPC drops the frame before the daemon sees it; the stream's end is the refusal
-    live.next_round()   # a fresh link: the header passes the screen, the payload is read
+    live.next_round()  # a fresh link: the header passes the screen, the payload is read
     before = sum(live.daemon.rejected.values())
     h = sealed(live.good_header(), bytes(live.own.payload))
     cap = 4096 + (64 << 10)  # the LiveDaemon's chunk size + the transport's allowance for the frame
@@ -283,7 +320,7 @@ def test_a_sender_cannot_make_the_daemon_hold_memory(live):
     # round, and start sending. The header is screened before any payload: refused at once, nothing held.
     h = live.good_header()
     h.payload_size, h.payload_digest = 50 << 20, b"\0" * 16
-    chunks = [pb.Frame(chunk=pb.Chunk(data=b"x" * 4096))] * 2000   # 8 MB offered, lazily
+    chunks = [pb.Frame(chunk=pb.Chunk(data=b"x" * 4096))] * 2000  # 8 MB offered, lazily
     before = _rss_mb()
     started = time.monotonic()
     for _ in range(4):
@@ -302,7 +339,7 @@ def test_a_sender_that_is_no_link_of_the_round_is_refused_before_its_payload(liv
     def offered():
         yield pb.Frame(header=header_to_pb(stranger))
         for i in range(0, len(payload), 4096):
-            yield pb.Frame(chunk=pb.Chunk(data=payload[i:i + 4096]))
+            yield pb.Frame(chunk=pb.Chunk(data=payload[i : i + 4096]))
 
     replies = list(live.stub.Exchange(offered(), timeout=10))
     assert [f.reject.reason for f in replies if f.HasField("reject")] == ["not-a-link"]
@@ -332,7 +369,7 @@ def test_a_trickling_stream_is_cut_by_the_rate_floor_not_only_the_frame_timeout(
         yield pb.Frame(header=header_to_pb(h))
         for i in range(40):
             time.sleep(0.3)
-            yield pb.Frame(chunk=pb.Chunk(data=payload[i:i + 1]))
+            yield pb.Frame(chunk=pb.Chunk(data=payload[i : i + 1]))
 
     started = time.monotonic()
     with caplog.at_level("WARNING", logger="tadlora.daemon"):

@@ -29,8 +29,14 @@ class ScriptedTransport:
 
 def _member(answers, tls=False):
     refused = []
-    m = Membership("peer-00", RUN, b"digest", ScriptedTransport(answers), tls,
-                   lambda reason, detail, source: refused.append(reason))
+    m = Membership(
+        "peer-00",
+        RUN,
+        b"digest",
+        ScriptedTransport(answers),
+        tls,
+        lambda reason, detail, source: refused.append(reason),
+    )
     return m, refused
 
 
@@ -53,16 +59,16 @@ def test_a_fake_announcement_of_a_known_id_cannot_take_its_place_nor_say_goodbye
         m, refused = _member({"10.0.0.2:7070": _status("peer-02"), "10.0.0.9:7070": _status("mallory")})
         m.add_peer("peer-02", "10.0.0.2:7070")
         await _settle(m)
-        m.add_peer("peer-02", "10.0.0.66:1")          # a dead port: never answers
-        m.add_peer("peer-02", "10.0.0.9:7070")        # answers, as someone else
+        m.add_peer("peer-02", "10.0.0.66:1")  # a dead port: never answers
+        m.add_peer("peer-02", "10.0.0.9:7070")  # answers, as someone else
         await _settle(m)
         assert m.known == {"peer-02": "10.0.0.2:7070"} and refused == ["identity"]
-        m.remove_peer("peer-02", "10.0.0.66:1")       # the fakes' goodbyes
+        m.remove_peer("peer-02", "10.0.0.66:1")  # the fakes' goodbyes
         m.remove_peer("peer-02", "10.0.0.9:7070")
-        m.remove_peer("peer-02", "10.0.0.2:7070")     # a forged goodbye for the real service name
+        m.remove_peer("peer-02", "10.0.0.2:7070")  # a forged goodbye for the real service name
         await _settle(m)
         assert m.known == {"peer-02": "10.0.0.2:7070"}
-        del m.transport.answers["10.0.0.2:7070"]      # the real peer stops, and says goodbye
+        del m.transport.answers["10.0.0.2:7070"]  # the real peer stops, and says goodbye
         m.remove_peer("peer-02", "10.0.0.2:7070")
         await _settle(m)
         assert m.known == {}
@@ -84,11 +90,12 @@ def test_a_peer_that_restarts_at_a_new_address_proves_it_and_moves():
 
 def test_over_tls_a_peer_that_cannot_complete_the_handshake_or_never_answers_is_never_admitted():
     async def scenario():
-        m, refused = _member({"10.0.0.3:7070": HandshakeRefused("TLS handshake failed"),
-                              "10.0.0.4:7070": _status("peer-04")}, tls=True)
-        m.add_peer("peer-03", "10.0.0.3:7070")        # no certificate of the run
-        m.add_peer("peer-05", "10.0.0.5:7070")        # silent, whatever the retries say
-        m.add_peer("peer-04", "10.0.0.4:7070")        # a member
+        m, refused = _member(
+            {"10.0.0.3:7070": HandshakeRefused("TLS handshake failed"), "10.0.0.4:7070": _status("peer-04")}, tls=True
+        )
+        m.add_peer("peer-03", "10.0.0.3:7070")  # no certificate of the run
+        m.add_peer("peer-05", "10.0.0.5:7070")  # silent, whatever the retries say
+        m.add_peer("peer-04", "10.0.0.4:7070")  # a member
         await _settle(m)
         assert m.known == {"peer-04": "10.0.0.4:7070"} and refused == ["membership"]
         assert m.transport.asked.count("10.0.0.5:7070") == membership_module.ADMISSION_TRIES
@@ -115,10 +122,10 @@ def test_a_crowd_delays_a_real_peers_admission_but_cannot_keep_it_out(monkeypatc
         m, _ = _member({"10.0.0.2:7070": _status("peer-02")})
         for i in range(membership_module.MAX_PENDING_ADMISSIONS):
             m.add_peer(f"fake-{i}", f"10.1.0.{i}:1")
-        m.add_peer("peer-02", "10.0.0.2:7070")       # no admission slot left: skipped for now
+        m.add_peer("peer-02", "10.0.0.2:7070")  # no admission slot left: skipped for now
         assert ("peer-02", "10.0.0.2:7070") not in m.admissions
         await _settle(m)
-        m.retry_admissions()                          # the next round
+        m.retry_admissions()  # the next round
         await _settle(m)
         assert m.known == {"peer-02": "10.0.0.2:7070"}
 

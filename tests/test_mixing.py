@@ -33,8 +33,15 @@ def test_a_mixing_step_keeps_the_network_average(graph, seed):
     rng = np.random.default_rng(seed)
     states = [{"x": rng.normal(size=(3, 4)), "y": rng.normal(size=5)} for _ in range(n)]
     w = metropolis_hastings_matrix(n, edges)
-    mixed = [mix(states[i], {j: states[j] for j in range(n) if j != i and w[i, j] > 0},
-                 {j: w[i, j] for j in range(n)}, w[i, i]) for i in range(n)]
+    mixed = [
+        mix(
+            states[i],
+            {j: states[j] for j in range(n) if j != i and w[i, j] > 0},
+            {j: w[i, j] for j in range(n)},
+            w[i, i],
+        )
+        for i in range(n)
+    ]
     for key in ("x", "y"):
         assert np.allclose(sum(s[key] for s in states), sum(m[key] for m in mixed))
 
@@ -53,8 +60,10 @@ def test_one_mix_on_a_complete_graph_reaches_consensus():
     states = [{"a": rng.normal(size=(4, 4))} for _ in range(n)]
     w = metropolis_hastings_matrix(n, [(i, j) for i in range(n) for j in range(i + 1, n)])
     assert np.allclose(w, 1.0 / n)
-    mixed = [mix(states[i], {j: states[j] for j in range(n) if j != i}, {j: w[i, j] for j in range(n)}, w[i, i])
-             for i in range(n)]
+    mixed = [
+        mix(states[i], {j: states[j] for j in range(n) if j != i}, {j: w[i, j] for j in range(n)}, w[i, i])
+        for i in range(n)
+    ]
     assert consensus_distance(states) > 1.0
     assert consensus_distance(mixed) == pytest.approx(0.0, abs=1e-20)
 

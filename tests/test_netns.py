@@ -5,25 +5,34 @@ otherwise. Everything it creates lives inside namespaces of its own and is remov
 """
 
 import importlib.util
+import itertools
 import json
-import statistics
 import shutil
+import statistics
 import subprocess
 import time
 
 import pytest
 
 from peer.config import load_config
+from peer.testbed import NetnsTestbed
 from peer.testbed.netns import NetnsLab, netns_available
 from peer.testbed.scenario import Event, load_scenario
-from peer.testbed import NetnsTestbed
 
 WHY_NOT = netns_available()
 needs_netns = pytest.mark.skipif(bool(WHY_NOT), reason=f"network-namespace testbed skipped: {WHY_NOT}")
 
 CAN_DELAY = shutil.which("iptables") is not None and importlib.util.find_spec("netfilterqueue") is not None
-TINY = dict(model="tiny-bert", task="synthetic", batch_size=8, max_length=32, eval_samples=64, references="none",
-            learning_rate=1e-2, device="cpu")
+TINY = dict(
+    model="tiny-bert",
+    task="synthetic",
+    batch_size=8,
+    max_length=32,
+    eval_samples=64,
+    references="none",
+    learning_rate=1e-2,
+    device="cpu",
+)
 
 
 def _namespaces() -> str:
@@ -36,19 +45,22 @@ def _blackholes() -> str:
 
 def test_scenario_files_are_checked(tmp_path):
     good = tmp_path / "s.toml"
-    good.write_text('[[event]]\nat_round = 4\naction = "kill"\npeer = 1\n'
-                    '[[event]]\nat_seconds = 2.5\naction = "bandwidth"\npeer = 0\nrate = "1mbit"\n')
+    good.write_text(
+        '[[event]]\nat_round = 4\naction = "kill"\npeer = 1\n'
+        '[[event]]\nat_seconds = 2.5\naction = "bandwidth"\npeer = 0\nrate = "1mbit"\n'
+    )
     events = load_scenario(good, peers=3)
     assert events == [Event("kill", 1, at_round=4), Event("bandwidth", 0, at_seconds=2.5, rate="1mbit")]
-    for text, message in [('[[event]]\nat_round = 1\naction = "explode"\npeer = 0\n', "action"),
-                          ('[[event]]\nat_round = 1\naction = "partition"\npeer = 0\n', "needs other"),
-                          ('[[event]]\nat_round = 1\naction = "loss"\npeer = 0\npercent = 120\n', "percent"),
-                          ('[[event]]\nat_round = 1\naction = "kill"\npeer = 7\n', "peer must be"),
-                          ('[[event]]\naction = "kill"\npeer = 0\n', "exactly one"),
-                          ('[[event]]\nat_round = 1\naction = "bandwidth"\npeer = 0\n', "rate"),
-                          ('[[event]]\nat_round = 1\naction = "delay"\npeer = 0\n', "delay_ms"),
-                          ('[[event]]\nat_round = 1\naction = "delay"\npeer = 0\ndelay_ms = 10\njitter_ms = 20\n',
-                           "jitter_ms")]:
+    for text, message in [
+        ('[[event]]\nat_round = 1\naction = "explode"\npeer = 0\n', "action"),
+        ('[[event]]\nat_round = 1\naction = "partition"\npeer = 0\n', "needs other"),
+        ('[[event]]\nat_round = 1\naction = "loss"\npeer = 0\npercent = 120\n', "percent"),
+        ('[[event]]\nat_round = 1\naction = "kill"\npeer = 7\n', "peer must be"),
+        ('[[event]]\naction = "kill"\npeer = 0\n', "exactly one"),
+        ('[[event]]\nat_round = 1\naction = "bandwidth"\npeer = 0\n', "rate"),
+        ('[[event]]\nat_round = 1\naction = "delay"\npeer = 0\n', "delay_ms"),
+        ('[[event]]\nat_round = 1\naction = "delay"\npeer = 0\ndelay_ms = 10\njitter_ms = 20\n', "jitter_ms"),
+    ]:
         bad = tmp_path / "bad.toml"
         bad.write_text(text)
         with pytest.raises(ValueError, match=message):
@@ -80,12 +92,20 @@ def test_three_peers_in_namespaces_survive_a_link_flap_and_a_restart(tmp_path):
     lab = NetnsLab(3)
     lab.up()
     try:
-        bed = NetnsTestbed(cfg, tmp_path / "bed", lab, dict(discovery_wait=30.0, round_timeout_min=1.0,
-                                                           round_timeout_max=10.0))
-        events = [Event("link-down", 2, at_round=3), Event("link-up", 2, at_round=6),
-                  Event("kill", 1, at_round=9), Event("restart", 1, at_round=10)]
+        bed = NetnsTestbed(
+            cfg, tmp_path / "bed", lab, dict(discovery_wait=30.0, round_timeout_min=1.0, round_timeout_max=10.0)
+        )
+        events = [
+            Event("link-down", 2, at_round=3),
+            Event("link-up", 2, at_round=6),
+            Event("kill", 1, at_round=9),
+            Event("restart", 1, at_round=10),
+        ]
         if CAN_DELAY:  # 40 ± 10 ms on everything peer-00 sends, for six rounds
-            events += [Event("delay", 0, at_round=13, delay_ms=40, jitter_ms=10), Event("delay", 0, at_round=19, delay_ms=0)]
+            events += [
+                Event("delay", 0, at_round=13, delay_ms=40, jitter_ms=10),
+                Event("delay", 0, at_round=19, delay_ms=0),
+            ]
         try:
             bed.drive(events, timeout=240)
         finally:
@@ -114,17 +134,41 @@ def test_random_loss_and_one_way_partition_drop_what_they_should():
     lab.up()
 
     def received(count=600):
-        listener = subprocess.Popen(lab.wrap(1, [sys.executable, "-c", (
-            "import socket\n"
-            f"s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('{lab.address(1)}', 9999)); s.settimeout(1.5)\n"
-            "n=0\n"
-            "try:\n    while True: s.recv(64); n+=1\nexcept OSError: pass\n"
-            "print(n)\n")]), stdout=subprocess.PIPE, text=True)
+        listener = subprocess.Popen(
+            lab.wrap(
+                1,
+                [
+                    sys.executable,
+                    "-c",
+                    (
+                        "import socket\n"
+                        "s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+                        f"s.bind(('{lab.address(1)}', 9999)); s.settimeout(1.5)\n"
+                        "n=0\n"
+                        "try:\n    while True: s.recv(64); n+=1\nexcept OSError: pass\n"
+                        "print(n)\n"
+                    ),
+                ],
+            ),
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         time.sleep(0.8)
-        subprocess.run(lab.wrap(0, [sys.executable, "-c", (
-            "import socket, time\n"
-            "s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
-            f"for i in range({count}): s.sendto(b'x', ('{lab.address(1)}', 9999)); time.sleep(0.0005)\n")]), check=True)
+        subprocess.run(
+            lab.wrap(
+                0,
+                [
+                    sys.executable,
+                    "-c",
+                    (
+                        "import socket, time\n"
+                        "s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+                        f"for i in range({count}): s.sendto(b'x', ('{lab.address(1)}', 9999)); time.sleep(0.0005)\n"
+                    ),
+                ],
+            ),
+            check=True,
+        )
         return int(listener.communicate(timeout=20)[0])
 
     try:
@@ -143,19 +187,45 @@ def _tcp_round_trips(lab: NetnsLab, count: int = 40) -> list[float]:
     """Seconds per request/answer over one TCP connection from peer 0 to an echo server in peer 1."""
     import sys
 
-    server = subprocess.Popen(lab.wrap(1, [sys.executable, "-c", (
-        "import socket\n"
-        f"s=socket.create_server(('{lab.address(1)}', 9998)); print('up', flush=True)\n"
-        "c,_=s.accept(); c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)\n"
-        "while (d:=c.recv(64)): c.sendall(d)\n")]), stdout=subprocess.PIPE, text=True)
+    server = subprocess.Popen(
+        lab.wrap(
+            1,
+            [
+                sys.executable,
+                "-c",
+                (
+                    "import socket\n"
+                    f"s=socket.create_server(('{lab.address(1)}', 9998)); print('up', flush=True)\n"
+                    "c,_=s.accept(); c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)\n"
+                    "while (d:=c.recv(64)): c.sendall(d)\n"
+                ),
+            ],
+        ),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert server.stdout.readline().strip() == "up"
-        client = subprocess.run(lab.wrap(0, [sys.executable, "-c", (
-            "import socket, time\n"
-            f"c=socket.create_connection(('{lab.address(1)}', 9998)); c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)\n"
-            f"for i in range({count}):\n"
-            "    t=time.monotonic(); c.sendall(b'ping'); c.recv(64); print(time.monotonic()-t)\n")]),
-            capture_output=True, text=True, timeout=60, check=True)
+        client = subprocess.run(
+            lab.wrap(
+                0,
+                [
+                    sys.executable,
+                    "-c",
+                    (
+                        "import socket, time\n"
+                        f"c=socket.create_connection(('{lab.address(1)}', 9998))\n"
+                        "c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)\n"
+                        f"for i in range({count}):\n"
+                        "    t=time.monotonic(); c.sendall(b'ping'); c.recv(64); print(time.monotonic()-t)\n"
+                    ),
+                ],
+            ),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
         return [float(x) for x in client.stdout.split()]
     finally:
         server.kill()
@@ -163,8 +233,11 @@ def _tcp_round_trips(lab: NetnsLab, count: int = 40) -> list[float]:
 
 
 @needs_netns
-@pytest.mark.skipif(not CAN_DELAY, reason="delay needs iptables (NFQUEUE) and netfilterqueue "
-                                          "(apt-get install libnetfilter-queue-dev; pip install netfilterqueue)")
+@pytest.mark.skipif(
+    not CAN_DELAY,
+    reason="delay needs iptables (NFQUEUE) and netfilterqueue "
+    "(apt-get install libnetfilter-queue-dev; pip install netfilterqueue)",
+)
 def test_delay_and_jitter_hold_packets_in_order_and_come_off_cleanly():
     lab = NetnsLab(2)
     lab.up()
@@ -193,7 +266,7 @@ def test_release_times_add_delay_within_jitter_and_never_reorder():
     for spacing in (0.001, 0.1):  # packets far closer than the jitter, and far apart
         arrivals = [i * spacing for i in range(2000)]
         out = release_times(arrivals, delay=0.05, jitter=0.02, rng=random.Random(1))
-        assert all(b >= a for a, b in zip(out, out[1:])), "packets leave in arrival order"
+        assert all(b >= a for a, b in itertools.pairwise(out)), "packets leave in arrival order"
         waits = [o - a for o, a in zip(out, arrivals)]
         assert min(waits) >= 0.03 - 1e-9 and max(waits) <= 0.07 + 1e-9
     assert 0.048 < statistics.mean(waits) < 0.052 and statistics.pstdev(waits) > 0.01  # uniform ±20 ms

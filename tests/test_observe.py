@@ -11,8 +11,16 @@ from peer.cli import main as cli
 from peer.config import load_config
 from peer.testbed import Testbed
 
-TINY = dict(model="tiny-bert", task="synthetic", batch_size=8, max_length=32, eval_samples=32, references="none",
-            learning_rate=1e-2, device="cpu")
+TINY = dict(
+    model="tiny-bert",
+    task="synthetic",
+    batch_size=8,
+    max_length=32,
+    eval_samples=32,
+    references="none",
+    learning_rate=1e-2,
+    device="cpu",
+)
 
 
 def _metric(text: str, name: str, peer: str) -> float:
@@ -25,8 +33,11 @@ def _metric(text: str, name: str, peer: str) -> float:
 @pytest.mark.slow
 def test_metrics_status_logs_tensorboard_and_plots_of_a_live_run(tmp_path, capsys):
     cfg = load_config(overrides=dict(TINY, peers=3, rounds=14, local_steps=2, topology="complete", eval_every=3))
-    bed = Testbed(cfg, tmp_path / "bed", dict(discovery_wait=20.0, metrics="127.0.0.1:0", log_format="json",
-                                               tensorboard=str(tmp_path / "tb")))
+    bed = Testbed(
+        cfg,
+        tmp_path / "bed",
+        dict(discovery_wait=20.0, metrics="127.0.0.1:0", log_format="json", tensorboard=str(tmp_path / "tb")),
+    )
     try:
         for i in range(3):
             bed.start(i)
@@ -55,15 +66,39 @@ def test_metrics_status_logs_tensorboard_and_plots_of_a_live_run(tmp_path, capsy
     finally:
         bed.stop_all()
 
-    lines = [l for l in (bed.peer_dir(1) / "daemon.log").read_text().splitlines() if l.startswith("{")]
-    records = [json.loads(l) for l in lines]
+    lines = [text for text in (bed.peer_dir(1) / "daemon.log").read_text().splitlines() if text.startswith("{")]
+    records = [json.loads(text) for text in lines]
     assert any("round 13 phase" in r["message"] for r in records) and {"time", "level", "logger"} <= set(records[0])
     assert list((tmp_path / "tb" / "peer-02").glob("events.out.tfevents.*"))
 
     sim = tmp_path / "sim"
-    assert cli(["simulate", "--model", "tiny-bert", "--task", "synthetic", "--peers", "3", "--rounds", "4",
-                "--local-steps", "2", "--eval-every", "2", "--eval-samples", "32", "--device", "cpu", "--quiet",
-                "--out", str(sim)]) == 0
+    assert (
+        cli(
+            [
+                "simulate",
+                "--model",
+                "tiny-bert",
+                "--task",
+                "synthetic",
+                "--peers",
+                "3",
+                "--rounds",
+                "4",
+                "--local-steps",
+                "2",
+                "--eval-every",
+                "2",
+                "--eval-samples",
+                "32",
+                "--device",
+                "cpu",
+                "--quiet",
+                "--out",
+                str(sim),
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     assert cli(["plot", str(bed.out), str(sim), "--out", str(tmp_path / "plots")]) == 0
     written = capsys.readouterr().out.split()

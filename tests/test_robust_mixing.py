@@ -57,8 +57,11 @@ def test_rule_radius_follows_the_honest_median_and_ignores_one_outlier():
 
 def test_trimmed_mean_drops_the_extremes_coordinate_by_coordinate():
     own = {"w": torch.tensor([1.0, 10.0])}
-    received = {1: {"w": torch.tensor([2.0, 11.0])}, 2: {"w": torch.tensor([3.0, 12.0])},
-                "evil": {"w": torch.tensor([1e9, -1e9])}}
+    received = {
+        1: {"w": torch.tensor([2.0, 11.0])},
+        2: {"w": torch.tensor([3.0, 12.0])},
+        "evil": {"w": torch.tensor([1e9, -1e9])},
+    }
     out = trimmed_mean(own, received, trim=1)
     assert torch.allclose(out["w"], torch.tensor([2.5, 10.5]))
     # too few values to outvote anyone: the peer keeps its own

@@ -13,13 +13,13 @@ from peer.training.adapters import _build_base
 
 def test_simulate_writes_metrics_summary_and_loadable_adapters(tmp_path, tiny_cfg):
     summary = simulate(tiny_cfg, out=tmp_path, progress=False)
-    lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [l["round"] for l in lines] == list(range(tiny_cfg.rounds))
+    lines = [json.loads(text) for text in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [entry["round"] for entry in lines] == list(range(tiny_cfg.rounds))
     for line in lines:
         assert {"round", "phase", "train_loss", "consensus_a", "consensus_b"} <= line.keys()
         assert len(line["train_loss"]) == tiny_cfg.peers
-    evals = [l for l in lines if "accuracy" in l]
-    assert [l["round"] for l in evals] == [1, 3]
+    evals = [entry for entry in lines if "accuracy" in entry]
+    assert [entry["round"] for entry in evals] == [1, 3]
     assert evals[-1]["mean_accuracy"] == pytest.approx(np.mean(list(evals[-1]["accuracy"].values())))
     on_disk = json.loads((tmp_path / "summary.json").read_text())
     assert on_disk["mean_accuracy"] == pytest.approx(summary["mean_accuracy"])

@@ -10,11 +10,14 @@ def test_all_five_strategies_are_registered():
     assert available_strategies() == ["fedsa", "ffa", "lora", "rolora", "tad"]
 
 
-@pytest.mark.parametrize("name, train, mixed", [
-    ("lora", AB, AB),
-    ("ffa", {B}, {B}),
-    ("fedsa", AB, {A}),
-])
+@pytest.mark.parametrize(
+    "name, train, mixed",
+    [
+        ("lora", AB, AB),
+        ("ffa", {B}, {B}),
+        ("fedsa", AB, {A}),
+    ],
+)
 def test_fixed_plans(name, train, mixed):
     strategy = make_strategy(name)
     for r in range(12):

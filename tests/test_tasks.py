@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from peer.data.tasks import load_task
+from peer.errors import ConfigError, DataError, UsageError
 
 
 def test_offline_movie_reviews_is_balanced_real_text():
@@ -37,11 +38,14 @@ def test_jsonl_integer_labels(tmp_path):
     assert task.num_labels == 3 and task.train_pairs is None
 
 
-@pytest.mark.parametrize("name, error", [
-    ("csv:/nonexistent.csv", FileNotFoundError),
-    ("imagenet", ValueError),
-    ("glue/cola", ValueError),
-])
+@pytest.mark.parametrize(
+    "name, error",
+    [
+        ("csv:/nonexistent.csv", DataError),
+        ("imagenet", ConfigError),
+        ("glue/cola", ConfigError),
+    ],
+)
 def test_bad_task_names(name, error):
     with pytest.raises(error):
         load_task(name)
@@ -60,7 +64,12 @@ def test_glue_path_maps_columns_and_the_matched_validation_split(monkeypatch):
     def fake_load_dataset(path, name):
         assert (path, name) == ("nyu-mll/glue", "mnli")
         split = lambda n: datasets.Dataset.from_dict(  # noqa: E731
-            {"premise": [f"p{i}" for i in range(n)], "hypothesis": [f"h{i}" for i in range(n)], "label": [i % 3 for i in range(n)]})
+            {
+                "premise": [f"p{i}" for i in range(n)],
+                "hypothesis": [f"h{i}" for i in range(n)],
+                "label": [i % 3 for i in range(n)],
+            }
+        )
         return datasets.DatasetDict(train=split(9), validation_matched=split(3), validation_mismatched=split(2))
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
@@ -76,5 +85,5 @@ def test_glue_without_hub_access_says_what_to_do(monkeypatch):
         raise ConnectionError("no route to host")
 
     monkeypatch.setattr(datasets, "load_dataset", offline)
-    with pytest.raises(RuntimeError, match="offline, use --task movie-reviews"):
+    with pytest.raises(UsageError, match="offline, use --task movie-reviews"):
         load_task("glue/sst2")

@@ -17,7 +17,7 @@ from peer.transport.tls import TlsError, load, make_run
 def certs(tmp_path_factory):
     root = tmp_path_factory.mktemp("tls")
     make_run(root / "run", "run-1", ["peer-a", "peer-b", "peer-c"])
-    make_run(root / "other", "run-1", ["peer-a"])    # same run id, another authority: a stranger
+    make_run(root / "other", "run-1", ["peer-a"])  # same run id, another authority: a stranger
     make_run(root / "run2", "run-2", ["peer-a"])
     return root
 
@@ -82,13 +82,15 @@ def test_strangers_cannot_connect_and_members_cannot_speak_for_others(certs):
         server = GrpcTransport(Limits(), material(certs / "run", "peer-b"))
         peer = Recorder()
         address = await server.serve(peer, "127.0.0.1:0")
-        clients = {"stranger": GrpcTransport(Limits(), material(certs / "other", "peer-a")),
-                   "other run": GrpcTransport(Limits(), material(certs / "run2", "peer-a", "run-2")),
-                   "no certificate": GrpcTransport(Limits()),
-                   "member": GrpcTransport(Limits(), material(certs / "run", "peer-a"))}
+        clients = {
+            "stranger": GrpcTransport(Limits(), material(certs / "other", "peer-a")),
+            "other run": GrpcTransport(Limits(), material(certs / "run2", "peer-a", "run-2")),
+            "no certificate": GrpcTransport(Limits()),
+            "member": GrpcTransport(Limits(), material(certs / "run", "peer-a")),
+        }
         try:
             for name in ("stranger", "other run", "no certificate"):
-                with pytest.raises(ExchangeFailed):   # HandshakeRefused, or a plaintext call the TLS port drops
+                with pytest.raises(ExchangeFailed):  # HandshakeRefused, or a plaintext call the TLS port drops
                     await clients[name].exchange(address, _message("peer-a"), _accept, timeout=5)
             assert peer.responded == 0 and peer.rejections == []  # refused in the handshake, before any byte
             with pytest.raises(Rejected) as impostor:
@@ -130,8 +132,19 @@ def test_daemons_of_one_run_train_over_tls_and_refuse_a_stranger_found_by_mdns(t
     from peer.config import load_config
     from peer.testbed import Testbed
 
-    tiny = dict(model="tiny-bert", task="synthetic", batch_size=8, max_length=32, eval_samples=64,
-                learning_rate=1e-2, device="cpu", peers=3, rounds=4, local_steps=2, topology="complete")
+    tiny = dict(
+        model="tiny-bert",
+        task="synthetic",
+        batch_size=8,
+        max_length=32,
+        eval_samples=64,
+        learning_rate=1e-2,
+        device="cpu",
+        peers=3,
+        rounds=4,
+        local_steps=2,
+        topology="complete",
+    )
     cfg = load_config(overrides=tiny)
     net = dict(discovery_wait=20.0, round_timeout_min=2.0, round_timeout_max=20.0)
     bed = Testbed(cfg, tmp_path / "bed", net, tls=True)
@@ -140,8 +153,15 @@ def test_daemons_of_one_run_train_over_tls_and_refuse_a_stranger_found_by_mdns(t
     forged = tmp_path / "forged"
     stranger = Testbed(cfg, tmp_path / "stranger", {**net, "run_id": bed.run_id})
     try:
-        stranger.start(0, {"peer_id": "intruder", "tls_ca": str(forged / "ca.pem"),
-                           "tls_cert": str(forged / "intruder.pem"), "tls_key": str(forged / "intruder.key")})
+        stranger.start(
+            0,
+            {
+                "peer_id": "intruder",
+                "tls_ca": str(forged / "ca.pem"),
+                "tls_cert": str(forged / "intruder.pem"),
+                "tls_key": str(forged / "intruder.key"),
+            },
+        )
         for i in range(3):
             bed.start(i)
         bed.wait(timeout=150)

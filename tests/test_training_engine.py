@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from peer.algorithm.factors import A, B, HEAD, HEAD_PREFIX, factor_of
+from peer.algorithm.factors import HEAD, HEAD_PREFIX, A, B, factor_of
 from peer.algorithm.strategies import available_strategies, make_strategy
 from peer.config import ConfigError, load_config
 from peer.run_setup import build_model, build_trainer, prepare_data
@@ -15,8 +15,7 @@ from peer.sim import simulate
 from peer.sim.references import Reference, headline, load_average, parse_references, score_average_of_exports
 from peer.training import precision as precision_module
 from peer.training.precision import Precision, autocast, resolve_precision
-from peer.training.trainer import (POOL_BATCHES, BatchPlan, Batching, Evaluator, LrSchedule, collate,
-                                   learning_rate_at)
+from peer.training.trainer import POOL_BATCHES, Batching, BatchPlan, Evaluator, LrSchedule, collate, learning_rate_at
 
 LENGTHS = np.random.default_rng(0).integers(5, 60, size=300)
 
@@ -29,16 +28,18 @@ def test_by_length_batches_hold_the_same_examples_as_the_random_order():
     grouped, random = plan(Batching.BY_LENGTH), plan(Batching.RANDOM)
     for pool in range(3):
         batches = range(pool * POOL_BATCHES, (pool + 1) * POOL_BATCHES)
-        assert Counter(np.concatenate([grouped.batch(g) for g in batches]).tolist()) == \
-            Counter(np.concatenate([random.batch(g) for g in batches]).tolist())
+        assert Counter(np.concatenate([grouped.batch(g) for g in batches]).tolist()) == Counter(
+            np.concatenate([random.batch(g) for g in batches]).tolist()
+        )
 
 
 def test_every_example_is_seen_once_per_epoch():
     shard = LENGTHS[:256]  # a pool of 32 batches of 16 is exactly two epochs of it
     grouped = BatchPlan(len(shard), 16, shard, seed=0, peer_index=1, batching=Batching.BY_LENGTH)
     for pool in range(3):
-        seen = Counter(np.concatenate([grouped.batch(g) for g in range(pool * POOL_BATCHES,
-                                                                        (pool + 1) * POOL_BATCHES)]).tolist())
+        seen = Counter(
+            np.concatenate([grouped.batch(g) for g in range(pool * POOL_BATCHES, (pool + 1) * POOL_BATCHES)]).tolist()
+        )
         assert set(seen.values()) == {2} and len(seen) == len(shard)
 
 
@@ -123,8 +124,8 @@ def test_the_head_is_a_block_of_the_adapter_only_when_it_trains(tiny_cfg):
 
 def test_a_trained_head_reaches_consensus_on_the_complete_graph(tiny_cfg):
     tiny_cfg.train_head, tiny_cfg.strategy, tiny_cfg.topology, tiny_cfg.references = 1, "lora", "complete", "none"
-    from peer.sim.simulator import _mix_round, build_peers
     from peer.run_setup import strategy_for, topology_for
+    from peer.sim.simulator import _mix_round, build_peers
 
     topology = topology_for(tiny_cfg)
     peers = build_peers(tiny_cfg, prepare_data(tiny_cfg), strategy_for(tiny_cfg, topology))
@@ -155,8 +156,9 @@ def test_the_average_of_exports_scores_as_the_average_of_the_adapters(tiny_cfg, 
     tiny_cfg.references = "none"
     summary = simulate(tiny_cfg, out=tmp_path, progress=False)
     exports = sorted((tmp_path / "peers").glob("*/adapter"))
-    assert score_average_of_exports(tiny_cfg, prepare_data(tiny_cfg), exports) == \
-        pytest.approx(summary["network_average"])
+    assert score_average_of_exports(tiny_cfg, prepare_data(tiny_cfg), exports) == pytest.approx(
+        summary["network_average"]
+    )
 
 
 def test_load_average_is_the_plain_mean(tiny_cfg):

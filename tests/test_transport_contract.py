@@ -6,7 +6,7 @@ import contextlib
 import pytest
 import torch
 
-from peer.transport.base import (ExchangeFailed, ExchangeServer, FactorMessage, Header, Rejected, StatusInfo)
+from peer.transport.base import ExchangeFailed, ExchangeServer, FactorMessage, Header, Rejected, StatusInfo
 from peer.transport.codec import decode_factors, encode_factors, schema_digest, schema_of
 from peer.transport.framing import Limits, seal
 from peer.transport.grpc_transport import GrpcTransport
@@ -24,8 +24,12 @@ SCHEMA = schema_of(tensors(0.0))
 
 def message(sender: str, round_: int, value: float, run: str = "run-1") -> FactorMessage:
     payload = encode_factors(tensors(value))
-    return seal(Header(run_id=run, sender_id=sender, round=round_, phase="A", factors=("A",),
-                       schema_digest=schema_digest(SCHEMA)), payload)
+    return seal(
+        Header(
+            run_id=run, sender_id=sender, round=round_, phase="A", factors=("A",), schema_digest=schema_digest(SCHEMA)
+        ),
+        payload,
+    )
 
 
 class FakePeer(ExchangeServer):
@@ -99,6 +103,7 @@ def transports(request, run_certs):
             f = run_certs
             tls = load(f / "ca.pem", f / f"{peer_id}.pem", f / f"{peer_id}.key", peer_id, "run-1")
         return GrpcTransport(LIMITS, tls)
+
     return make
 
 
@@ -128,6 +133,7 @@ def test_swap_delivers_both_ways_and_both_ends_count_it(transports):
             assert torch.equal(peer.received[0]["layer.0.lora_A.weight"], torch.full((4, 16), 1.0))
             assert peer.commits == [("peer-a", 5)] and peer.aborts == []
             assert await client_t.outcome(address, "run-1", "peer-a", 5, timeout=2) is True
+
     run(scenario())
 
 
@@ -145,6 +151,7 @@ def test_payload_larger_than_many_chunks(transports):
 
     async def _echo(incoming):
         return FactorMessage(incoming.header, incoming.payload)
+
     run(scenario())
 
 
@@ -155,6 +162,7 @@ def test_message_of_the_wrong_round_is_rejected_and_nothing_counts(transports):
                 await client_t.exchange(address, message("peer-a", 5, 1.0), accept, timeout=5)
             assert info.value.reason == "round-behind" and info.value.current_round == 6
             assert peer.commits == [] and peer.received == []
+
     run(scenario())
 
 
@@ -171,6 +179,7 @@ def test_client_refusing_the_answer_counts_at_neither_end(transports):
                     break
                 await asyncio.sleep(0.02)
             assert peer.commits == [] and peer.aborts == [("peer-a", 5)]
+
     run(scenario())
 
 
@@ -183,16 +192,18 @@ def test_corrupted_payload_is_refused_by_hash(transports):
                 await client_t.exchange(address, bad, accept, timeout=5)
             assert info.value.reason == "payload-hash"
             assert peer.received == [] and peer.rejections == {"payload-hash": 1}
+
     run(scenario())
 
 
 def test_oversized_payload_is_refused(transports):
     async def scenario():
-        async with pair(transports) as (client_t, peer, address):
+        async with pair(transports) as (client_t, _peer, address):
             big = seal(Header("run-1", "peer-a", 5, "A", ("A",), b""), b"\0" * (LIMITS.max_payload_bytes + 1))
             with pytest.raises(Rejected) as info:
                 await client_t.exchange(address, big, accept, timeout=5)
             assert info.value.reason == "too-large"
+
     run(scenario())
 
 
@@ -207,7 +218,7 @@ def test_status_fetch_and_unreachable_peer(transports):
                 await client_t.fetch(address, "run-2", "peer-a", timeout=2)
             # only a known peer of the run gets the factors or a link's outcome; each refusal is counted
             # (over TLS the claim is refused before: the certificate names another peer)
-            with pytest.raises(Rejected, match="membership|identity"):
+            with pytest.raises(Rejected, match=r"membership|identity"):
                 await client_t.fetch(address, "run-1", "stranger", timeout=2)
             assert peer.rejections.get("run") == 1 and sum(peer.rejections.values()) == 2
             assert await client_t.outcome(address, "run-2", "peer-a", 5, timeout=2) is None
@@ -215,6 +226,7 @@ def test_status_fetch_and_unreachable_peer(transports):
         with pytest.raises(ExchangeFailed):
             await closed.exchange(address, message("peer-a", 5, 1.0), accept, timeout=1)
         await closed.close()
+
     run(scenario())
 
 
@@ -225,4 +237,5 @@ def test_commit_after_the_server_closed_the_round_counts_nowhere(transports):
             with pytest.raises(Rejected) as info:
                 await client_t.exchange(address, message("peer-a", 5, 1.0), accept, timeout=5)
             assert info.value.reason == "round-closed" and peer.commits == []
+
     run(scenario())

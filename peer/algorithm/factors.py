@@ -9,14 +9,32 @@ in every round, beside whatever factors the round's plan names. Its tensors trav
 name with ``HEAD_PREFIX`` in front, which is how ``factor_of`` tells them apart from the factors.
 """
 
-A = "A"
-B = "B"
-HEAD = "H"
+from enum import StrEnum
+
+
+class Block(StrEnum):
+    """A block of tensors that trains and travels as one: a LoRA factor, or the head."""
+
+    A = "A"
+    B = "B"
+    HEAD = "H"
+
+
+class Phase(StrEnum):
+    """What a round trains, as headers, logs and metrics name it: one factor, or both (``lora``,
+    ``fedsa``)."""
+
+    A = "A"
+    B = "B"
+    AB = "AB"
+
+
+A, B, HEAD = Block.A, Block.B, Block.HEAD
 FACTORS = (A, B)
 HEAD_PREFIX = "head/"
 
 
-def factor_of(tensor_name: str) -> str:
+def factor_of(tensor_name: str) -> Block:
     """Return ``"A"``, ``"B"`` or ``"H"`` for a tensor name; raise ValueError for anything else."""
     if tensor_name.startswith(HEAD_PREFIX):
         return HEAD

@@ -18,10 +18,15 @@ rule meets them through ``to_like``, which puts each on the device and dtype of 
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterable, Mapping
+from typing import Any, TypeVar
 
 import numpy as np
 
 Edge = tuple[int, int]
+# a neighbour's key: a peer index in the simulator, a peer id in the daemon
+Node = TypeVar("Node", bound=Hashable)
+# mixing is the same arithmetic on torch tensors and numpy arrays
+TensorLike = Any
 
 
 def degrees(n: int, edges: Iterable[Edge]) -> list[int]:
@@ -33,7 +38,9 @@ def degrees(n: int, edges: Iterable[Edge]) -> list[int]:
     return deg
 
 
-def metropolis_hastings_weights(own_degree: int, neighbour_degrees: Mapping[Hashable, int]) -> tuple[float, dict]:
+def metropolis_hastings_weights(
+    own_degree: int, neighbour_degrees: Mapping[Node, int]
+) -> tuple[float, dict[Node, float]]:
     """One node's row of the MH matrix: ``(self_weight, {neighbour: weight})``.
 
     ``neighbour_degrees`` maps each neighbour of this round to its degree in this round's graph.
@@ -75,8 +82,12 @@ def to_like(value, like):
     return value.to(device=like.device, dtype=like.dtype)
 
 
-def mix(own: Mapping[str, object], neighbours: Mapping[Hashable, Mapping[str, object]],
-        weights: Mapping[Hashable, float], self_weight: float) -> dict[str, object]:
+def mix(
+    own: Mapping[str, TensorLike],
+    neighbours: Mapping[Node, Mapping[str, TensorLike]],
+    weights: Mapping[Node, float],
+    self_weight: float,
+) -> dict[str, TensorLike]:
     """``self_weight·own + Σ_j weights[j]·neighbours[j]``, tensor by tensor.
 
     Every neighbour must carry exactly the tensor names of ``own``; a mismatch is a ValueError
@@ -86,9 +97,11 @@ def mix(own: Mapping[str, object], neighbours: Mapping[Hashable, Mapping[str, ob
     for peer, tensors in neighbours.items():
         if set(tensors) != set(own):
             missing, extra = set(own) - set(tensors), set(tensors) - set(own)
-            raise ValueError(f"factors from {peer!r} do not match the local adapter: "
-                             f"missing {sorted(missing)[:3]}, unexpected {sorted(extra)[:3]}")
-    mixed = {}
+            raise ValueError(
+                f"factors from {peer!r} do not match the local adapter: "
+                f"missing {sorted(missing)[:3]}, unexpected {sorted(extra)[:3]}"
+            )
+    mixed: dict[str, TensorLike] = {}
     for name, value in own.items():
         acc = value * self_weight
         for peer, tensors in neighbours.items():
@@ -97,7 +110,7 @@ def mix(own: Mapping[str, object], neighbours: Mapping[Hashable, Mapping[str, ob
     return mixed
 
 
-def consensus_distance(states: list[Mapping[str, object]]) -> float:
+def consensus_distance(states: list[Mapping[str, TensorLike]]) -> float:
     """Mean over nodes of the squared Frobenius distance to the network average.
 
     ``(1/N) Σ_i Σ_tensors ||x_i − x̄||²``. Zero exactly when all nodes hold the same tensors.

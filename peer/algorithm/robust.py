@@ -33,11 +33,11 @@ from __future__ import annotations
 import math
 import statistics
 from collections import deque
-from collections.abc import Hashable, Mapping
+from collections.abc import Mapping
 
 import torch
 
-from peer.algorithm.mixing import to_like
+from peer.algorithm.mixing import Node, to_like
 
 RULES = ("average", "clipped", "trimmed-mean")
 
@@ -46,13 +46,16 @@ def _norm(tensors: Mapping[str, torch.Tensor]) -> float:
     return math.sqrt(sum(float(t.double().pow(2).sum()) for t in tensors.values()))
 
 
-def _deviations(own: Mapping[str, torch.Tensor], received: Mapping[Hashable, Mapping[str, torch.Tensor]]) -> dict:
-    return {peer: {name: to_like(tensors[name], own[name]) - own[name] for name in own}
-            for peer, tensors in received.items()}
+def _deviations(own: Mapping[str, torch.Tensor], received: Mapping[Node, Mapping[str, torch.Tensor]]) -> dict:
+    return {
+        peer: {name: to_like(tensors[name], own[name]) - own[name] for name in own}
+        for peer, tensors in received.items()
+    }
 
 
-def _apply_clipped(own: Mapping[str, torch.Tensor], deviations: dict, norms: dict,
-                   weights: Mapping[Hashable, float], radius: float) -> tuple[dict[str, torch.Tensor], dict]:
+def _apply_clipped(
+    own: Mapping[str, torch.Tensor], deviations: dict, norms: dict, weights: Mapping[Node, float], radius: float
+) -> tuple[dict[str, torch.Tensor], dict]:
     scales = {peer: min(1.0, radius / norm) if norm > 0 else 1.0 for peer, norm in norms.items()}
     mixed = {name: value.clone() for name, value in own.items()}
     for peer, deviation in deviations.items():
@@ -61,16 +64,21 @@ def _apply_clipped(own: Mapping[str, torch.Tensor], deviations: dict, norms: dic
     return mixed, {"norms": norms, "scales": scales}
 
 
-def clipped_mix(own: Mapping[str, torch.Tensor], received: Mapping[Hashable, Mapping[str, torch.Tensor]],
-                weights: Mapping[Hashable, float], radius: float) -> tuple[dict[str, torch.Tensor], dict]:
+def clipped_mix(
+    own: Mapping[str, torch.Tensor],
+    received: Mapping[Node, Mapping[str, torch.Tensor]],
+    weights: Mapping[Node, float],
+    radius: float,
+) -> tuple[dict[str, torch.Tensor], dict]:
     """``own + Σ_j weights[j]·clip(received[j] − own, radius)``; also returns each neighbour's
     deviation norm and the scale applied to it (1.0: not clipped)."""
     deviations = _deviations(own, received)
     return _apply_clipped(own, deviations, {p: _norm(d) for p, d in deviations.items()}, weights, radius)
 
 
-def trimmed_mean(own: Mapping[str, torch.Tensor], received: Mapping[Hashable, Mapping[str, torch.Tensor]],
-                 trim: int) -> dict[str, torch.Tensor]:
+def trimmed_mean(
+    own: Mapping[str, torch.Tensor], received: Mapping[Node, Mapping[str, torch.Tensor]], trim: int
+) -> dict[str, torch.Tensor]:
     """Coordinate-wise mean of own and received values without the ``trim`` largest and smallest
     (own values unchanged when there are fewer than ``2·trim + 1`` values)."""
     if trim < 0:
@@ -81,7 +89,7 @@ def trimmed_mean(own: Mapping[str, torch.Tensor], received: Mapping[Hashable, Ma
     out = {}
     for name, value in own.items():
         stacked = torch.stack([value, *(to_like(tensors[name], value) for tensors in received.values())])
-        out[name] = stacked.sort(dim=0).values[trim:n - trim].mean(dim=0)
+        out[name] = stacked.sort(dim=0).values[trim : n - trim].mean(dim=0)
     return out
 
 
@@ -124,8 +132,11 @@ class MixingRule:
         # remember the norms after the radius is set: a hostile peer's huge norm enters the history
         # as one sample among many and cannot drag the median
         self.history.setdefault(names, deque(maxlen=self.window)).extend(fresh)
-        self.last = {"rule": "clipped", "radius": radius,
-                     "clipped": sorted(str(p) for p, s in info["scales"].items() if s < 1.0)}
+        self.last = {
+            "rule": "clipped",
+            "radius": radius,
+            "clipped": sorted(str(p) for p, s in info["scales"].items() if s < 1.0),
+        }
         return mixed
 
 

@@ -27,12 +27,33 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import NamedTuple, Protocol
 
-from peer.algorithm.factors import A, B
+from peer.algorithm.factors import A, B, Block
 
 AUTO_SWITCH_CONSTANT = 1.0
 AUTO_SWITCH_MAX = 20
 FINE_LINK_RATES = 0.2
+
+
+class Schedule(Protocol):
+    """What a strategy asks of its phase schedule (fixed: ``PhaseSchedule``; agreed during the run by
+    the daemons: ``AgreedSchedule``)."""
+
+    @property
+    def interval(self) -> int: ...
+
+    def phase(self, round_: int) -> Block: ...
+
+
+class Segment(NamedTuple):
+    """One phase of an ``AgreedSchedule``: ``length`` rounds from ``start`` training ``factor``, its
+    length decided in round ``decided_at``."""
+
+    start: int
+    length: int
+    factor: Block
+    decided_at: int
 
 
 @dataclass(frozen=True)
@@ -45,8 +66,8 @@ class PhaseSchedule:
         if self.interval < 1:
             raise ValueError(f"switching interval must be >= 1 round, got {self.interval}")
 
-    def phase(self, round_: int) -> str:
-        """``"B"`` or ``"A"``: the factor trained in ``round_``."""
+    def phase(self, round_: int) -> Block:
+        """``B`` or ``A``: the factor trained in ``round_``."""
         if round_ < 0:
             raise ValueError(f"rounds count from 0, got {round_}")
         return B if (round_ // self.interval) % 2 == 0 else A
@@ -56,8 +77,9 @@ class PhaseSchedule:
         return round_ > 0 and round_ % self.interval == 0
 
 
-def auto_switch_interval(contraction: float, constant: float = AUTO_SWITCH_CONSTANT,
-                         t_max: int = AUTO_SWITCH_MAX) -> int:
+def auto_switch_interval(
+    contraction: float, constant: float = AUTO_SWITCH_CONSTANT, t_max: int = AUTO_SWITCH_MAX
+) -> int:
     """T = clip(round(constant / √(1 − ρ)), 1, t_max) for a mean-square contraction ρ ∈ [0, 1]."""
     if not 0.0 <= contraction <= 1.0:
         raise ValueError(f"contraction must lie in [0, 1], got {contraction}")
@@ -91,46 +113,48 @@ class AgreedSchedule:
     when it reconnects. The symptom of a split is ``phase`` refusals in the status counters.
     """
 
-    def __init__(self, interval: int, start: int = 0, factor: str = B, gossip_rounds: int = 10,
-                 decided_at: int | None = None) -> None:
+    def __init__(
+        self, interval: int, start: int = 0, factor: str = B, gossip_rounds: int = 10, decided_at: int | None = None
+    ) -> None:
+        factor = Block(factor)
         if interval < 1:
             raise ValueError(f"switching interval must be >= 1 round, got {interval}")
         decided = start if decided_at is None else decided_at
-        self.segments: list[tuple[int, int, str, int]] = [(start, interval, factor, decided)]
+        self.segments: list[Segment] = [Segment(start, interval, factor, decided)]
         self.gossip_rounds = gossip_rounds
         self.decided_at = decided
         self.proposals: dict[int, int] = {}
 
     @property
-    def current(self) -> tuple[int, int, str, int]:
+    def current(self) -> Segment:
         return self.segments[-1]
 
     @property
     def interval(self) -> int:
-        return self.current[1]
+        return self.current.length
 
     @property
     def proposals_close(self) -> int:
         """The first round at which this peer no longer changes its own proposal."""
         return self.decided_at + max(1, self.gossip_rounds // 2)
 
-    def segment(self, round_: int) -> tuple[int, int, str, int]:
-        """The phase containing ``round_``: ``(start, length, factor, decided_at)``."""
+    def segment(self, round_: int) -> Segment:
+        """The phase containing ``round_``."""
         start, length, factor, decided = self.segments[0]
         for segment in self.segments:
-            if segment[0] <= round_:
+            if segment.start <= round_:
                 start, length, factor, decided = segment
         # beyond the decided phases: continue with the last length (provisional until decided)
         if round_ >= start + length:
             skipped = (round_ - start) // length
             start += skipped * length
             factor = factor if skipped % 2 == 0 else _other(factor)
-        return start, length, factor, decided
+        return Segment(start, length, factor, decided)
 
-    def phase(self, round_: int) -> str:
+    def phase(self, round_: int) -> Block:
         if round_ < 0:
             raise ValueError(f"rounds count from 0, got {round_}")
-        return self.segment(round_)[2]
+        return self.segment(round_).factor
 
     def propose(self, interval: int, round_: int | None = None) -> None:
         """This peer's own proposal for the length decided next; ignored from ``proposals_close`` on."""
@@ -158,7 +182,7 @@ class AgreedSchedule:
         if round_ - self.decided_at >= self.gossip_rounds:
             next_length = self.proposals.pop(self.decided_at, length)
             self.decided_at = decided = round_
-        self.segments.append((round_, next_length, _other(factor), decided))
+        self.segments.append(Segment(round_, next_length, _other(factor), decided))
 
     def adopt(self, start: int, length: int, factor: str, decided_at: int, round_: int | None = None) -> bool:
         """Take a neighbour's phase if it is later than ours (see the class docstring); True if taken.
@@ -171,32 +195,40 @@ class AgreedSchedule:
             skipped = (round_ - start) // length
             start, factor = start + skipped * length, factor if skipped % 2 == 0 else _other(factor)
         mine = self.segment(start)
-        if (decided_at, start, length) <= (mine[3], mine[0], mine[1]) or decided_at < self.decided_at:
+        if (decided_at, start, length) <= (mine.decided_at, mine.start, mine.length) or decided_at < self.decided_at:
             return False
-        self.segments = [seg for seg in self.segments if seg[0] < start] + [(start, length, factor, decided_at)]
+        taken = Segment(start, length, Block(factor), decided_at)
+        self.segments = [seg for seg in self.segments if seg.start < start] + [taken]
         if decided_at > self.decided_at:
             self.proposals = {k: v for k, v in self.proposals.items() if k >= decided_at}
             self.decided_at = decided_at
         return True
 
     @classmethod
-    def continuing(cls, start: int, length: int, factor: str, decided_at: int, round_: int,
-                   gossip_rounds: int) -> "AgreedSchedule":
+    def continuing(
+        cls, start: int, length: int, factor: str, decided_at: int, round_: int, gossip_rounds: int
+    ) -> AgreedSchedule:
         """A schedule whose phases are a neighbour's phase ``(start, length, factor)`` continued (forward
         or backward) to the phase containing ``round_``: for a peer that jumps to ``round_``."""
         length = max(1, min(int(length), AUTO_SWITCH_MAX))
-        skipped = (round_ - start) // length   # floor: negative when round_ lies before start
+        skipped = (round_ - start) // length  # floor: negative when round_ lies before start
         factor = factor if skipped % 2 == 0 else _other(factor)
         return cls(length, start + skipped * length, factor, gossip_rounds, decided_at=min(decided_at, round_))
 
     def to_state(self) -> dict:
-        return {"segments": [list(seg) for seg in self.segments], "proposals": dict(self.proposals),
-                "gossip_rounds": self.gossip_rounds, "decided_at": self.decided_at}
+        return {
+            "segments": [[seg.start, seg.length, str(seg.factor), seg.decided_at] for seg in self.segments],
+            "proposals": dict(self.proposals),
+            "gossip_rounds": self.gossip_rounds,
+            "decided_at": self.decided_at,
+        }
 
     @classmethod
-    def from_state(cls, state: dict) -> "AgreedSchedule":
-        segments = [(int(seg[0]), int(seg[1]), seg[2], int(seg[3]) if len(seg) > 3 else int(state["decided_at"]))
-                    for seg in state["segments"]]
+    def from_state(cls, state: dict) -> AgreedSchedule:
+        segments = [
+            Segment(int(seg[0]), int(seg[1]), Block(seg[2]), int(seg[3]) if len(seg) > 3 else int(state["decided_at"]))
+            for seg in state["segments"]
+        ]
         start, length, factor, decided = segments[0]
         schedule = cls(length, start, factor, int(state["gossip_rounds"]), decided)
         schedule.segments = segments
@@ -205,7 +237,7 @@ class AgreedSchedule:
         return schedule
 
 
-def _other(factor: str) -> str:
+def _other(factor: str) -> Block:
     return A if factor == B else B
 
 
@@ -223,4 +255,5 @@ def interval_for_link_rate(n_peers: int, link_probability: float) -> int:
 @lru_cache(maxsize=512)
 def _interval_for_link_rate(n_peers: int, link_probability: float) -> int:
     from peer.algorithm.topology import ErdosRenyi  # topology depends on mixing only; imported late for speed
+
     return auto_switch_interval(ErdosRenyi(n=n_peers, seed=0, p=link_probability).contraction())

@@ -115,8 +115,11 @@ class PairwiseEncounters(Topology):
         rng = _round_rng(self.seed, round_)
         order = rng.permutation(self.n)
         meets = rng.random(self.n // 2) < self.p
-        return frozenset((int(min(order[2 * k], order[2 * k + 1])), int(max(order[2 * k], order[2 * k + 1])))
-                         for k in range(self.n // 2) if meets[k])
+        return frozenset(
+            (int(min(order[2 * k], order[2 * k + 1])), int(max(order[2 * k], order[2 * k + 1])))
+            for k in range(self.n // 2)
+            if meets[k]
+        )
 
     def describe(self) -> str:
         return f"pairwise(p={self.p:g})"
@@ -133,7 +136,8 @@ def make_topology(name: str, n: int, p: float = 0.5, seed: int = 0) -> Topology:
         raise ValueError(f"a topology needs at least one node, got n={n}")
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"edge probability must lie in [0, 1], got p={p}")
-    cls = TOPOLOGIES[name]
-    if cls in (ErdosRenyi, PairwiseEncounters):
-        return cls(n=n, seed=seed, p=p)
-    return cls(n=n, seed=seed)
+    if name == "er":
+        return ErdosRenyi(n=n, seed=seed, p=p)
+    if name == "pairwise":
+        return PairwiseEncounters(n=n, seed=seed, p=p)
+    return TOPOLOGIES[name](n=n, seed=seed)

@@ -18,12 +18,14 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Callable
+from enum import Enum
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import torch
 
 from peer.durable import fsync_directory
+from peer.errors import UsageError
 
 CHECKPOINT = "checkpoint.pt"
 TEMP_PREFIX = ".partial."
@@ -32,11 +34,12 @@ TEMP_PREFIX = ".partial."
 LEGACY_TEMP_PREFIXES = (".checkpoint.",)
 
 
-class CheckpointError(RuntimeError):
-    pass
+class CheckpointError(UsageError, RuntimeError):
+    """A checkpoint that cannot be read (torn, foreign, of another peer) or could not be read again;
+    the message names the file and says what to do."""
 
 
-def write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> Path:
+def write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> Path:
     """Replace ``path`` by what ``write`` writes into the open binary file it is given.
 
     If ``write`` raises, ``path`` keeps its previous content and the temporary file is removed; the
@@ -80,28 +83,28 @@ _PLAIN_TYPES = (str, int, float, bool, bytes, type(None), torch.dtype, torch.dev
 _CONTAINERS = (dict, list, tuple, set)
 
 
-def unloadable_part(value: object, where: str = "state") -> str:
-    """Where in ``value`` something sits that a ``weights_only`` load refuses ("" if nothing)."""
+def loadable(value: object, where: str = "state") -> Any:
+    """``value`` as a ``weights_only`` load reads it back: the protocol's enumerations (``StrEnum``s
+    such as a phase) become the plain strings they stand for; anything else that such a load refuses
+    (a numpy scalar, say) is a CheckpointError that says where it sits, before anything is written."""
     if isinstance(value, torch.Tensor) or type(value) in _PLAIN_TYPES:
-        return ""
+        return value
+    if isinstance(value, Enum) and isinstance(value, str | int):
+        return value.value
     if type(value) is dict:
-        for key, item in value.items():
-            if type(key) not in _PLAIN_TYPES:
-                return f"{where}: a key of type {type(key).__name__}"
-            if found := unloadable_part(item, f"{where}[{key!r}]"):
-                return found
-        return ""
-    if type(value) in _CONTAINERS:
-        return next((found for i, item in enumerate(value) if (found := unloadable_part(item, f"{where}[{i}]"))), "")
-    return f"{where} is a {type(value).__module__}.{type(value).__name__}"
+        return {loadable(key, f"{where}: a key"): loadable(item, f"{where}[{key!r}]") for key, item in value.items()}
+    if isinstance(value, list | tuple | set) and type(value) in _CONTAINERS:
+        return type(value)(loadable(item, f"{where}[{i}]") for i, item in enumerate(value))
+    raise CheckpointError(
+        f"not saved, it could not be loaded again: {where} is a {type(value).__module__}.{type(value).__name__}"
+    )
 
 
 def save_checkpoint(directory: Path, state: dict) -> Path:
     """Replace the checkpoint by ``state`` (tensors and plain values only: checked first, so that a
     state the next start could not read never replaces a good checkpoint)."""
-    if problem := unloadable_part(state):
-        raise CheckpointError(f"not saved, the checkpoint could not be loaded again: {problem}")
-    return write_atomically(Path(directory) / CHECKPOINT, lambda f: torch.save(state, f))
+    plain = loadable(state)
+    return write_atomically(Path(directory) / CHECKPOINT, lambda f: torch.save(plain, f))
 
 
 def load_checkpoint(directory: Path) -> dict | None:

@@ -30,7 +30,7 @@ from collections import deque
 
 import numpy as np
 
-STRETCH_FACTOR = 2.0   # a round in which nothing counted allows this much more time to the next
+STRETCH_FACTOR = 2.0  # a round in which nothing counted allows this much more time to the next
 
 
 class AdaptiveDeadline:

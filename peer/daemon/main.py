@@ -12,8 +12,9 @@ Listening on every interface (``0.0.0.0``, the default), it announces this machi
 
 from __future__ import annotations
 
-import fcntl
 import asyncio
+import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -53,12 +54,14 @@ def lock_folder(out: Path) -> object:
     """Hold ``out/.lock`` for the life of the process: a second daemon pointed at the same folder (the
     same peer id and run with the default --out, say) would resume from and overwrite the first one's
     checkpoint. The lock goes with the process, also when it is killed."""
-    handle = open(out / LOCK_FILE, "a+")
+    handle = open(out / LOCK_FILE, "a+")  # noqa: SIM115 - held open on purpose: the lock lives as long as the handle
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         handle.close()
-        raise ConfigError(f"out: the folder {out} is in use by another daemon; give each daemon its own --out") from None
+        raise ConfigError(
+            f"out: the folder {out} is in use by another daemon; give each daemon its own --out"
+        ) from None
     return handle
 
 
@@ -73,23 +76,38 @@ async def run_daemon(run: RunConfig, net: DaemonConfig, out: Path, signals: Stop
     daemon.address = announced_address(await transport.serve(daemon, net.listen), net.mdns_interface)
     daemon.observer = observers_for(net.metrics, net.tensorboard, daemon.peer_id, net.run_id)
     metrics_port = next((o.port for o in daemon.observer.observers if hasattr(o, "port")), None)
-    (out / "endpoint.json").write_text(json.dumps({"peer_id": daemon.peer_id, "address": daemon.address,
-                                                   "pid": os.getpid(), "metrics_port": metrics_port}))
+    (out / "endpoint.json").write_text(
+        json.dumps(
+            {"peer_id": daemon.peer_id, "address": daemon.address, "pid": os.getpid(), "metrics_port": metrics_port}
+        )
+    )
     if metrics_port is not None:
-        log.info("%s: Prometheus metrics at http://%s:%d/metrics", daemon.peer_id,
-                 net.metrics.rsplit(":", 1)[0] or "0.0.0.0", metrics_port)
+        log.info(
+            "%s: Prometheus metrics at http://%s:%d/metrics",
+            daemon.peer_id,
+            net.metrics.rsplit(":", 1)[0] or "0.0.0.0",
+            metrics_port,
+        )
     log.info("%s: listening on %s (run %s)", daemon.peer_id, daemon.address, net.run_id)
     if daemon.address.rsplit(":", 1)[0] != net.listen.rsplit(":", 1)[0]:
-        log.info("%s: bound to every interface (%s); peers are told %s (--mdns-interface to tell another)",
-                 daemon.peer_id, net.listen, daemon.address)
+        log.info(
+            "%s: bound to every interface (%s); peers are told %s (--mdns-interface to tell another)",
+            daemon.peer_id,
+            net.listen,
+            daemon.address,
+        )
     if tls is None:
-        log.warning("%s: NO CERTIFICATES: this daemon accepts factors from ANY machine that claims run %r; "
-                    "fine for a local testbed, not for a shared LAN (see tadlora certs)", daemon.peer_id, net.run_id)
+        log.warning(
+            "%s: NO CERTIFICATES: this daemon accepts factors from ANY machine that claims run %r; "
+            "fine for a local testbed, not for a shared LAN (see tadlora certs)",
+            daemon.peer_id,
+            net.run_id,
+        )
     else:
         log.info("%s: mutual TLS: only peers with a certificate of run %r are accepted", daemon.peer_id, net.run_id)
     discovery = None
     static = None
-    withdrawn = False   # refused to start: leave no trace in the folder
+    withdrawn = False  # refused to start: leave no trace in the folder
     loop = asyncio.get_running_loop()
     current = asyncio.current_task()
     try:
@@ -100,7 +118,8 @@ async def run_daemon(run: RunConfig, net: DaemonConfig, out: Path, signals: Stop
                 on_found=lambda rec: daemon.membership.add_peer(rec.peer_id, rec.address),
                 on_lost=daemon.membership.remove_peer,
                 interfaces=[interface],
-                on_refused=lambda reason, detail, name: daemon.count_rejection(f"mdns-{reason}", detail, name))
+                on_refused=lambda reason, detail, name: daemon.count_rejection(f"mdns-{reason}", detail, name),
+            )
             try:
                 await discovery.start()
             except DuplicatePeerId as duplicate:
@@ -109,17 +128,25 @@ async def run_daemon(run: RunConfig, net: DaemonConfig, out: Path, signals: Stop
                 if await daemon.membership.answers_as(duplicate.address, daemon.peer_id):
                     withdrawn = True
                     raise  # the finally below cleans up
-                log.warning("%s: %s announces this peer id but does not answer for it; ignoring it",
-                            daemon.peer_id, duplicate.address)
+                log.warning(
+                    "%s: %s announces this peer id but does not answer for it; ignoring it",
+                    daemon.peer_id,
+                    duplicate.address,
+                )
                 await discovery.start(check_duplicate=False)
         static = asyncio.create_task(_static_peers(daemon, net.static_peers))
         if signals is not None:
-            signals.serving(loop, lambda: (daemon.stopping.set(), current.cancel()))
+            signals.serving(loop, lambda: _stop_now(daemon, current))
         try:
             waited = DUPLICATE_WINDOW_S if discovery is not None else 0.0  # start() browsed that long
             await _wait_for_peers(daemon, run.peers - 1, max(0.0, net.discovery_wait - waited))
-            log.info("%s: starting at round %d with %d of %d peers known", daemon.peer_id, daemon.round,
-                     len(daemon.known), run.peers - 1)
+            log.info(
+                "%s: starting at round %d with %d of %d peers known",
+                daemon.peer_id,
+                daemon.round,
+                len(daemon.known),
+                run.peers - 1,
+            )
             await daemon.run_rounds()
             # links whose outcome is still unknown: a neighbour that was down may answer now
             await daemon.settle_remaining(net.round_timeout_max)
@@ -145,11 +172,19 @@ async def run_daemon(run: RunConfig, net: DaemonConfig, out: Path, signals: Stop
         daemon.kill()  # probes and outcome queries must not outlive the transport
         await transport.close()
         daemon.observer.close()
-        daemon.worker.shutdown(wait=False, cancel_futures=True)
+        if daemon.worker is not None:
+            daemon.worker.shutdown(wait=False, cancel_futures=True)
         if signals is not None:
             signals.leaving()
         if withdrawn:
             _withdraw(out, created)
+
+
+def _stop_now(daemon: PeerDaemon, rounds: asyncio.Task | None) -> None:
+    """A stop signal while the rounds run: stop after the current step (the rounds' task is cancelled)."""
+    daemon.stopping.set()
+    if rounds is not None:
+        rounds.cancel()
 
 
 def _withdraw(out: Path, created: bool) -> None:
@@ -158,10 +193,8 @@ def _withdraw(out: Path, created: bool) -> None:
     (out / "endpoint.json").unlink(missing_ok=True)
     if created:
         (out / LOCK_FILE).unlink(missing_ok=True)
-        try:
+        with contextlib.suppress(OSError):  # something else was written there after all: keep it
             out.rmdir()
-        except OSError:  # something else was written there after all: keep it
-            pass
 
 
 SHUTDOWN_GRACE_S = 20.0

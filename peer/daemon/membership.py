@@ -50,13 +50,20 @@ GOODBYE_CHECK_TIMEOUT_S = 2.0
 
 
 class Membership:
-    def __init__(self, peer_id: str, run_id: str, digest: bytes, transport: Transport, tls: bool,
-                 count_rejection: Callable[[str, str, str], None]) -> None:
+    def __init__(
+        self,
+        peer_id: str,
+        run_id: str,
+        digest: bytes,
+        transport: Transport,
+        tls: bool,
+        count_rejection: Callable[[str, str, str], None],
+    ) -> None:
         self.peer_id, self.run_id, self.digest, self.transport, self.tls = peer_id, run_id, digest, transport, tls
         self.count_rejection = count_rejection
-        self.known: dict[str, str] = {}          # peer id -> address
+        self.known: dict[str, str] = {}  # peer id -> address
         self.admissions: dict[tuple[str, str], asyncio.Task] = {}
-        self.announced: OrderedDict[str, str] = OrderedDict()   # peer id -> last announced address
+        self.announced: OrderedDict[str, str] = OrderedDict()  # peer id -> last announced address
         self.tried_at: dict[tuple[str, str], float] = {}
         self.checks: set[asyncio.Task] = set()
 
@@ -75,9 +82,12 @@ class Membership:
     def retry_admissions(self) -> None:
         """Between rounds: announced peers not admitted at their address, tried again now and then."""
         now = asyncio.get_running_loop().time()
-        waiting = [(self.tried_at.get((pid, address), -1e18), pid, address) for pid, address in self.announced.items()
-                   if self.known.get(pid) != address]
-        for tried, peer_id, address in sorted(waiting):   # least recently tried first: a crowd cannot starve one
+        waiting = [
+            (self.tried_at.get((pid, address), -1e18), pid, address)
+            for pid, address in self.announced.items()
+            if self.known.get(pid) != address
+        ]
+        for tried, peer_id, address in sorted(waiting):  # least recently tried first: a crowd cannot starve one
             if now - tried >= ADMISSION_RETRY_EVERY_S:
                 self._admit_later(peer_id, address)
 
@@ -113,14 +123,21 @@ class Membership:
                 status = await self.transport.status(address, timeout=ADMISSION_STATUS_TIMEOUT_S, expect=peer_id)
             except ExchangeFailed as exc:
                 if isinstance(exc, HandshakeRefused):
-                    self.count_rejection(Reason.MEMBERSHIP, f"{peer_id} cannot prove membership of run "
-                                         f"{self.run_id!r}: TLS handshake failed", address)
+                    self.count_rejection(
+                        Reason.MEMBERSHIP,
+                        f"{peer_id} cannot prove membership of run {self.run_id!r}: TLS handshake failed",
+                        address,
+                    )
                     return
                 await asyncio.sleep(ADMISSION_RETRY_S)
                 continue
             if status.peer_id != peer_id or status.run_id != self.run_id:
-                self.count_rejection(Reason.IDENTITY, f"announced as {peer_id} of run {self.run_id!r}, "
-                                     f"answers as {status.peer_id[:60]!r} of run {status.run_id[:60]!r}", address)
+                self.count_rejection(
+                    Reason.IDENTITY,
+                    f"announced as {peer_id} of run {self.run_id!r}, "
+                    f"answers as {status.peer_id[:60]!r} of run {status.run_id[:60]!r}",
+                    address,
+                )
                 return
             self.know(peer_id, address)
             return
@@ -159,8 +176,11 @@ class Membership:
             status = await self.transport.status(address, timeout=STATIC_STATUS_TIMEOUT_S)
         except ExchangeFailed as exc:
             if isinstance(exc, HandshakeRefused):
-                self.count_rejection(Reason.MEMBERSHIP, f"static peer cannot prove membership of run "
-                                     f"{self.run_id!r}: TLS handshake failed", address)
+                self.count_rejection(
+                    Reason.MEMBERSHIP,
+                    f"static peer cannot prove membership of run {self.run_id!r}: TLS handshake failed",
+                    address,
+                )
                 return True  # refused for good: stop asking
             return False
         if why := peer_id_problem(status.peer_id):
@@ -170,8 +190,13 @@ class Membership:
             if status.peer_id != self.peer_id and self.known.get(status.peer_id) != address:
                 self.know(status.peer_id, address)  # its answer came over this run's TLS, if any
         else:
-            log.info("%s: ignoring %s at %s: run %r or another schema", self.peer_id, status.peer_id[:60], address,
-                     status.run_id[:60])
+            log.info(
+                "%s: ignoring %s at %s: run %r or another schema",
+                self.peer_id,
+                status.peer_id[:60],
+                address,
+                status.run_id[:60],
+            )
         return True
 
     def close(self) -> None:

@@ -37,10 +37,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-
 from peer.algorithm.factors import blocks_of
 from peer.algorithm.mixing import metropolis_hastings_weights
 from peer.config import DaemonConfig, RunConfig
+from peer.daemon.checkpoint import CheckpointError
 from peer.daemon.clock import AdaptiveDeadline
 from peer.daemon.links import LinkBackoff, synthetic_link_up
 from peer.daemon.membership import Membership
@@ -50,10 +50,20 @@ from peer.daemon.phases import SCHEDULE_WINDOW_ROUNDS, PhaseAgreement
 from peer.daemon.protocol import Identity, LinkProtocol
 from peer.daemon.rounds import Decision, Received, RoundBook, RoundState
 from peer.daemon.settlement import PendingLink, Settlements, block_sums
-from peer.local_peer import LocalPeer
 from peer.discovery.mdns import Refusal as MdnsRefusal
-from peer.transport.base import (ExchangeFailed, ExchangeServer, FactorMessage, Header, NeighbourInfo, Reason,
-                                 Rejected, StatusInfo, Transport, shown)
+from peer.local_peer import LocalPeer
+from peer.transport.base import (
+    ExchangeFailed,
+    ExchangeServer,
+    FactorMessage,
+    Header,
+    NeighbourInfo,
+    Reason,
+    Rejected,
+    StatusInfo,
+    Transport,
+    shown,
+)
 from peer.transport.codec import decode_factors, encode_factors, schema_digest, schema_of
 from peer.transport.framing import seal
 
@@ -67,11 +77,11 @@ PAYLOAD_HEADER_ROOM = 4096
 # The name of the daemon's one adapter inside its PEFT model. Not the peer id: PEFT adapter names are
 # module names (no '.'), and nothing outside the process sees this name.
 LOCAL_ADAPTER = "local"
-LAGGING_NEIGHBOUR_ALLOWANCE = 3.0   # × --round-timeout-min: how long a swap we open may wait
-LINGER_POLL_S = 0.25            # how often a finished peer checks whether its neighbours are done
-WATCH_INTERVAL_S = 0.5           # how often a server-side link asks whether its opener is still coming
+LAGGING_NEIGHBOUR_ALLOWANCE = 3.0  # × --round-timeout-min: how long a swap we open may wait
+LINGER_POLL_S = 0.25  # how often a finished peer checks whether its neighbours are done
+WATCH_INTERVAL_S = 0.5  # how often a server-side link asks whether its opener is still coming
 WATCH_STATUS_TIMEOUT_S = 1.0
-WATCH_UNREACHABLE_TRIES = 2      # unanswered status calls in a row before the opener counts as gone
+WATCH_UNREACHABLE_TRIES = 2  # unanswered status calls in a row before the opener counts as gone
 FETCH_TIMEOUT_S = 10.0
 # A neighbour one round ahead is normal (it was not linked with us last round); two or more means we
 # missed rounds and jump forward.
@@ -82,8 +92,10 @@ Offload = Callable[..., Awaitable[Any]]
 
 def thread_offload(worker: ThreadPoolExecutor) -> Offload:
     """Run blocking work (training, evaluation) in ``worker`` so the loop keeps answering neighbours."""
+
     async def run(fn, *args):
         return await asyncio.get_running_loop().run_in_executor(worker, fn, *args)
+
     return run
 
 
@@ -92,9 +104,17 @@ class PeerDaemon(ExchangeServer):
 
     ``offload`` runs blocking work; ``evaluate`` scores the local model (None: no evaluation)."""
 
-    def __init__(self, local: LocalPeer, run: RunConfig, net: DaemonConfig, persistence: Persistence,
-                 transport: Transport, offload: Offload, evaluate: Callable[[], float] | None = None,
-                 schedule_window: int = SCHEDULE_WINDOW_ROUNDS) -> None:
+    def __init__(
+        self,
+        local: LocalPeer,
+        run: RunConfig,
+        net: DaemonConfig,
+        persistence: Persistence,
+        transport: Transport,
+        offload: Offload,
+        evaluate: Callable[[], float] | None = None,
+        schedule_window: int = SCHEDULE_WINDOW_ROUNDS,
+    ) -> None:
         self.local, self.run, self.net, self.persistence, self.transport = local, run, net, persistence, transport
         self.offload, self.evaluate = offload, evaluate
         self.peer_id = net.peer_id
@@ -105,9 +125,17 @@ class PeerDaemon(ExchangeServer):
         device = next(iter(factors.values())).device
         self.me = Identity(self.peer_id, net.run_id, self.schema, self.digest, device)
         self.book = RoundBook()
-        self.protocol = LinkProtocol(self.me, self.book, persistence, transport, net.frame_timeout,
-                                     lambda: self.round, self._on_header, self._on_later_round,
-                                     self._on_phase_refused)
+        self.protocol = LinkProtocol(
+            self.me,
+            self.book,
+            persistence,
+            transport,
+            net.frame_timeout,
+            lambda: self.round,
+            self._on_header,
+            self._on_later_round,
+            self._on_phase_refused,
+        )
         self.membership = Membership(self.peer_id, net.run_id, self.digest, transport, net.tls, self.count_rejection)
         self.backoff = LinkBackoff()
         self.edge_prob = 1.0 if run.topology == "complete" else run.edge_prob
@@ -122,9 +150,9 @@ class PeerDaemon(ExchangeServer):
         self.max_payload_bytes = len(encode_factors(self.local.factors())) + PAYLOAD_HEADER_ROOM
         self.behind: tuple[int, str] | None = None
         self.settlements = Settlements(self.protocol, self.known.get, self._spawn, net.round_timeout_min)
-        self.probing: dict[str, asyncio.Task] = {}                 # status calls to neighbours in backoff
+        self.probing: dict[str, asyncio.Task] = {}  # status calls to neighbours in backoff
         self.recovered: tuple[RoundState, dict, dict[str, Received]] | None = None
-        self.tasks: dict[asyncio.Task, None] = {}   # a dict: cancelled in creation order (replayable)
+        self.tasks: dict[asyncio.Task, None] = {}  # a dict: cancelled in creation order (replayable)
         self.out: Path | None = None
         self.worker: ThreadPoolExecutor | None = None
         self.stopping = asyncio.Event()
@@ -133,21 +161,28 @@ class PeerDaemon(ExchangeServer):
         self.phases = PhaseAgreement(self.strategy, schedule_window) if run.switch_interval == "auto" else None
 
     @classmethod
-    def from_config(cls, run: RunConfig, net: DaemonConfig, out_dir: Path, transport: Transport) -> "PeerDaemon":
+    def from_config(cls, run: RunConfig, net: DaemonConfig, out_dir: Path, transport: Transport) -> PeerDaemon:
         """The daemon of ``tadlora run``: the model, the data shard and the optimizer built from the config."""
-        from peer.run_setup import (build_model, build_trainer, mixing_rule_for, prepare_data, strategy_for,
-                                    topology_for)
+        from peer.run_setup import build_model, build_trainer, mixing_rule_for, prepare_data, strategy_for, topology_for
         from peer.training.trainer import Evaluator
 
         data = prepare_data(run)
         adapter = build_model(run, data.task.num_labels, [LOCAL_ADAPTER])[LOCAL_ADAPTER]
         trainer = build_trainer(run, adapter, data.shards[net.peer_index], net.peer_index)
         evaluator = Evaluator(data.validation, trainer.device, trainer.precision)
-        local = LocalPeer(net.peer_id, adapter, trainer, strategy_for(run, topology_for(run)), run.local_steps,
-                          mixing_rule_for(run))
+        local = LocalPeer(
+            net.peer_id, adapter, trainer, strategy_for(run, topology_for(run)), run.local_steps, mixing_rule_for(run)
+        )
         worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"train-{net.peer_id}")
-        daemon = cls(local, run, net, Persistence(FolderStore(out_dir)), transport, thread_offload(worker),
-                     lambda: evaluator.accuracy(adapter))
+        daemon = cls(
+            local,
+            run,
+            net,
+            Persistence(FolderStore(out_dir)),
+            transport,
+            thread_offload(worker),
+            lambda: evaluator.accuracy(adapter),
+        )
         daemon.out, daemon.worker = Path(out_dir), worker
         return daemon
 
@@ -184,14 +219,24 @@ class PeerDaemon(ExchangeServer):
         return self.protocol.outcome(peer_id, round_)
 
     def status(self) -> StatusInfo:
-        start, length, _, decided = (self.phases.schedule.segment(self.round) if self.phases else
-                                     (0, self.strategy.switch_interval, "", 0))
+        start, length, _, decided = (
+            self.phases.schedule.segment(self.round) if self.phases else (0, self.strategy.switch_interval, "", 0)
+        )
         return StatusInfo(
-            peer_id=self.peer_id, run_id=self.net.run_id, round=self.round,
-            phase=self.strategy.plan(self.round).phase, schema_digest=self.digest,
-            switch_interval=length, phase_start=start, schedule_round=decided, rejected=dict(self.rejected),
-            neighbours=[NeighbourInfo(pid, addr, *self.last_link.get(pid, (-1, 0.0)))
-                        for pid, addr in sorted(self.known.items())])
+            peer_id=self.peer_id,
+            run_id=self.net.run_id,
+            round=self.round,
+            phase=self.strategy.plan(self.round).phase,
+            schema_digest=self.digest,
+            switch_interval=length,
+            phase_start=start,
+            schedule_round=decided,
+            rejected=dict(self.rejected),
+            neighbours=[
+                NeighbourInfo(pid, addr, *self.last_link.get(pid, (-1, 0.0)))
+                for pid, addr in sorted(self.known.items())
+            ],
+        )
 
     async def current_factors(self, run_id: str, peer_id: str) -> FactorMessage:
         if run_id != self.net.run_id:
@@ -244,11 +289,19 @@ class PeerDaemon(ExchangeServer):
 
     def _header(self, round_: int, degree: int, factors: tuple[str, ...] | None = None) -> Header:
         plan = self.strategy.plan(round_)
-        schedule = (self.phases.header_fields(round_) if self.phases else
-                    {"switch_interval": self.strategy.switch_interval})
-        return Header(run_id=self.net.run_id, sender_id=self.peer_id, round=round_, phase=plan.phase,
-                      factors=factors or tuple(sorted(plan.mix)), schema_digest=self.digest, degree=degree,
-                      **schedule)
+        schedule = (
+            self.phases.header_fields(round_) if self.phases else {"switch_interval": self.strategy.switch_interval}
+        )
+        return Header(
+            run_id=self.net.run_id,
+            sender_id=self.peer_id,
+            round=round_,
+            phase=plan.phase,
+            factors=factors or tuple(sorted(plan.mix)),
+            schema_digest=self.digest,
+            degree=degree,
+            **schedule,
+        )
 
     def _choose_links(self, round_: int) -> list[str]:
         links = []
@@ -277,7 +330,7 @@ class PeerDaemon(ExchangeServer):
         except ExchangeFailed:
             return
         if status is not None and status.run_id == self.net.run_id and status.peer_id == peer_id:
-            self.backoff.outcome(peer_id, counted=True)   # attempted again from the next round on
+            self.backoff.outcome(peer_id, counted=True)  # attempted again from the next round on
             self._on_later_round(peer_id, status.round)
 
     def _open_round(self, round_: int, candidates: list[str]) -> RoundState:
@@ -311,10 +364,15 @@ class PeerDaemon(ExchangeServer):
         # round and trains): allow it longer than our own deadline, or the two stay a round apart
         open_until = start + max(self.deadline.current(), LAGGING_NEIGHBOUR_ALLOWANCE * self.net.round_timeout_min)
         links = sorted(state.candidates)
-        tasks = [self._spawn(self.protocol.settle_by_query(state, pid, self.known.get(pid), received, until))
-                 for pid, received in sorted(tentative.items())]
-        tasks += [self._spawn(self._open(state, pid, open_until))
-                  for pid in links if self.peer_id < pid and pid not in state.decisions and pid not in tentative]
+        tasks = [
+            self._spawn(self.protocol.settle_by_query(state, pid, self.known.get(pid), received, until))
+            for pid, received in sorted(tentative.items())
+        ]
+        tasks += [
+            self._spawn(self._open(state, pid, open_until))
+            for pid in links
+            if self.peer_id < pid and pid not in state.decisions and pid not in tentative
+        ]
         tasks += [self._spawn(self._watch(state, pid, until)) for pid in links if pid < self.peer_id]
         waits = [self._spawn(state.event(pid).wait()) for pid in links]
         try:
@@ -336,13 +394,15 @@ class PeerDaemon(ExchangeServer):
         """Links without a decision at the deadline: refused, unless this peer may have committed one
         (written tentatively ahead): that one is unresolved and settled later. True if any was left."""
         tentative = self.persistence.wal.links if self.persistence.wal is not None else {}
-        left = [pid for pid in links
-                if pid not in state.decisions and (state.round, pid) not in self.protocol.unresolved]
+        left = [
+            pid for pid in links if pid not in state.decisions and (state.round, pid) not in self.protocol.unresolved
+        ]
         for pid in left:
             link = tentative.get(pid)
             if link is not None and not link["final"]:
-                self.protocol.unresolved[(state.round, pid)] = Received(link["tensors"], int(link["degree"]),
-                                                                       int(link["bytes"]))
+                self.protocol.unresolved[(state.round, pid)] = Received(
+                    link["tensors"], int(link["degree"]), int(link["bytes"])
+                )
             else:
                 state.decide(pid, Decision.REFUSED)
         return bool(left)
@@ -361,12 +421,12 @@ class PeerDaemon(ExchangeServer):
             try:  # wake at once when the link settles
                 await asyncio.wait_for(event.wait(), WATCH_INTERVAL_S)
                 return
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             gone = await self._opener_gone(peer_id, state.round)
             unreachable = unreachable + 1 if gone is None else 0
             if gone or unreachable >= WATCH_UNREACHABLE_TRIES:
-                state.decide(peer_id, Decision.REFUSED)   # final: a commit that comes later is refused
+                state.decide(peer_id, Decision.REFUSED)  # final: a commit that comes later is refused
                 return
 
     async def _opener_gone(self, peer_id: str, round_: int) -> bool | None:
@@ -396,13 +456,19 @@ class PeerDaemon(ExchangeServer):
             self.backoff.outcome(pid, counted or self.settlements.is_pending(state.round, pid))
             if counted:
                 self.last_link[pid] = (state.round, now)
-        return {"neighbours": sorted(state.counted), "weights": weights, "self_weight": self_weight,
-                "attempted": sorted(state.candidates), "degree": state.degree,
-                "unresolved": sorted(pid for (r, pid) in self.settlements.pending if r == state.round),
-                "bytes_sent": len(state.own.payload) * len(state.counted),
-                "bytes_received": sum(r.payload_bytes for r in state.counted.values()),
-                **block_sums(before, "sum_{}_before"), **block_sums(after, "sum_{}_after"),
-                **({"mixing": self.local.rule.last} if self.local.rule.last else {})}
+        return {
+            "neighbours": sorted(state.counted),
+            "weights": weights,
+            "self_weight": self_weight,
+            "attempted": sorted(state.candidates),
+            "degree": state.degree,
+            "unresolved": sorted(pid for (r, pid) in self.settlements.pending if r == state.round),
+            "bytes_sent": len(state.own.payload) * len(state.counted),
+            "bytes_received": sum(r.payload_bytes for r in state.counted.values()),
+            **block_sums(before, "sum_{}_before"),
+            **block_sums(after, "sum_{}_after"),
+            **({"mixing": self.local.rule.last} if self.local.rule.last else {}),
+        }
 
     def _remember_unresolved(self, state: RoundState) -> None:
         """Links whose outcome is unknown: keep what their late settlement needs (``PendingLink``)."""
@@ -419,8 +485,14 @@ class PeerDaemon(ExchangeServer):
         self.latest = seal(header, encode_factors(self.local.factors()))
 
     def _checkpoint_state(self, next_round: int) -> dict:
-        return {"peer_id": self.peer_id, "run_id": self.net.run_id, "round": next_round,
-                "local": self.local.state(), "decisions": self.book.to_state(), **self._round_extras()}
+        return {
+            "peer_id": self.peer_id,
+            "run_id": self.net.run_id,
+            "round": next_round,
+            "local": self.local.state(),
+            "decisions": self.book.to_state(),
+            **self._round_extras(),
+        }
 
     def _round_extras(self) -> dict:
         """The auto-T schedule and the pending links: kept by the checkpoint and by the WAL alike, so a
@@ -441,14 +513,20 @@ class PeerDaemon(ExchangeServer):
             record["accuracy"] = await self.offload(self.evaluate)
         self.book.close(round_)
         self._publish_latest(round_ + 1)
-        record["seconds"] = self.now() - t0   # the round's time, up to its files
+        record["seconds"] = self.now() - t0  # the round's time, up to its files
         saved = self.now()
         self.persistence.finish_round(record, self._checkpoint_state(round_ + 1))
         self.observer.checkpoint(self.now() - saved)
         self.round = round_ + 1
         self.observer.round_done(record)
-        log.info("%s: round %d phase %s loss %.4f links %s", self.peer_id, round_, record["phase"],
-                 record["train_loss"], ",".join(record["neighbours"]) or "-")
+        log.info(
+            "%s: round %d phase %s loss %.4f links %s",
+            self.peer_id,
+            round_,
+            record["phase"],
+            record["train_loss"],
+            ",".join(record["neighbours"]) or "-",
+        )
 
     async def _train_and_open(self, round_: int) -> tuple[RoundState, dict]:
         settled = self.settlements.apply(self._add_settled_term)
@@ -456,11 +534,16 @@ class PeerDaemon(ExchangeServer):
         plan = self.strategy.plan(round_)
         trained = self.now()
         loss = await self.offload(self.local.train, round_)
-        record = {"round": round_, "phase": plan.phase, "train_loss": loss, **schedule_info,
-                  "train_seconds": self.now() - trained, **({"settled": settled} if settled else {})}
+        record = {
+            "round": round_,
+            "phase": plan.phase,
+            "train_loss": loss,
+            **schedule_info,
+            "train_seconds": self.now() - trained,
+            **({"settled": settled} if settled else {}),
+        }
         candidates = self._choose_links(round_)
-        self.persistence.open_round(round_, self.local.state(), candidates,
-                                    {**self._round_extras(), "record": record})
+        self.persistence.open_round(round_, self.local.state(), candidates, {**self._round_extras(), "record": record})
         return self._open_round(round_, candidates), record
 
     def _reopen(self, wal: WriteAhead) -> tuple[RoundState, dict, dict[str, Received]]:
@@ -480,8 +563,10 @@ class PeerDaemon(ExchangeServer):
                 state.decide(pid, Decision.COUNTED, received, self.now())
             else:
                 tentative[pid] = received
-        record = dict(wal.extras.get("record") or {"round": wal.round, "phase": state.own.header.phase,
-                                                   "train_loss": float("nan")})
+        record = dict(
+            wal.extras.get("record")
+            or {"round": wal.round, "phase": state.own.header.phase, "train_loss": float("nan")}
+        )
         record["recovered"] = True
         return state, record, tentative
 
@@ -530,13 +615,17 @@ class PeerDaemon(ExchangeServer):
         elif wal is not None:
             self.persistence.discard_wal()  # a round whose checkpoint was written: already finished
         self._publish_latest(self.round)
-        log.info("%s: resumed at round %d%s", self.peer_id, self.round,
-                 " (finishing it from its write-ahead record)" if self.recovered else "")
+        log.info(
+            "%s: resumed at round %d%s",
+            self.peer_id,
+            self.round,
+            " (finishing it from its write-ahead record)" if self.recovered else "",
+        )
         return True
 
     def _load_checkpoint(self, state: dict) -> None:
         if state["peer_id"] != self.peer_id or state["run_id"] != self.net.run_id:
-            raise RuntimeError(f"checkpoint belongs to {state['peer_id']} of run {state['run_id']}")
+            raise CheckpointError(f"checkpoint belongs to {state['peer_id']} of run {state['run_id']}")
         self.local.load_state(state["local"])
         if self.phases is not None:
             self.phases.load_state(state.get("phases", {}))
@@ -558,8 +647,13 @@ class PeerDaemon(ExchangeServer):
         if target is None or target < self.round + JUMP_WHEN_BEHIND_BY:
             # a round told in a swap's header is the sender's word: without TLS anyone can claim a
             # member's id, and a forged far-ahead round must not move this peer
-            log.info("%s: %s's round %d not confirmed by its own address (it says %s); not jumping",
-                     self.peer_id, pid, claimed, "nothing" if target is None else target)
+            log.info(
+                "%s: %s's round %d not confirmed by its own address (it says %s); not jumping",
+                self.peer_id,
+                pid,
+                claimed,
+                "nothing" if target is None else target,
+            )
             return
         if self.phases is not None:
             header = await self._latest_header_of(pid)
@@ -567,8 +661,13 @@ class PeerDaemon(ExchangeServer):
                 return
             target = max(target, header.round)
             self.phases.continue_from(header, target)
-        log.info("%s: behind (round %d); jumping to round %d of %s, keeping its own factors",
-                 self.peer_id, self.round, target, pid)
+        log.info(
+            "%s: behind (round %d); jumping to round %d of %s, keeping its own factors",
+            self.peer_id,
+            self.round,
+            target,
+            pid,
+        )
         self.persistence.append_event({"event": "jump", "from": self.round, "to": target, "peer": pid})
         self.round = target
         self.book.skip_to(target)
@@ -596,8 +695,11 @@ class PeerDaemon(ExchangeServer):
     async def _latest_header_of(self, pid: str) -> Header | None:
         """The header of a neighbour's latest factors: its round and its phase schedule."""
         try:
-            return (await self.transport.fetch(self.known[pid], self.net.run_id, self.peer_id,
-                                               timeout=FETCH_TIMEOUT_S, expect=pid)).header
+            return (
+                await self.transport.fetch(
+                    self.known[pid], self.net.run_id, self.peer_id, timeout=FETCH_TIMEOUT_S, expect=pid
+                )
+            ).header
         except (ExchangeFailed, Rejected, KeyError) as exc:
             log.warning("%s: could not fetch the schedule of %s: %s", self.peer_id, pid, exc)
             return None
@@ -633,11 +735,19 @@ class PeerDaemon(ExchangeServer):
 
     def finish(self) -> dict:
         """Export the adapter in PEFT's format, evaluate it, write summary.json."""
+        assert self.out is not None, "from_config sets the output folder"
         self.local.adapter.save_pretrained(self.out / "peers" / self.peer_id / "adapter")
         accuracy = self.evaluate() if self.evaluate is not None else float("nan")
-        summary = {"peer_id": self.peer_id, "run_id": self.net.run_id, "rounds": self.round,
-                   "accuracy": {self.peer_id: accuracy}, "mean_accuracy": accuracy,
-                   "switch_interval": self.strategy.switch_interval, "rejected": dict(self.rejected),
-                   "unsettled_links": len(self.settlements.pending), "config": self.run.as_dict()}
+        summary = {
+            "peer_id": self.peer_id,
+            "run_id": self.net.run_id,
+            "rounds": self.round,
+            "accuracy": {self.peer_id: accuracy},
+            "mean_accuracy": accuracy,
+            "switch_interval": self.strategy.switch_interval,
+            "rejected": dict(self.rejected),
+            "unsettled_links": len(self.settlements.pending),
+            "config": self.run.as_dict(),
+        }
         (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         return summary

@@ -21,6 +21,8 @@ import logging
 import time
 from pathlib import Path
 
+from peer.errors import UsageError
+
 PHASE_CODE = {"B": 0, "A": 1, "AB": 2}
 
 
@@ -84,17 +86,30 @@ class PrometheusMetrics(Observer):
         self.accuracy = gauge("validation_accuracy", "accuracy at the last evaluation")
         self.neighbours = gauge("neighbours", "links that counted in the last round")
         self.sent = Counter("tadlora_bytes_sent", "factor bytes sent", labels, registry=registry).labels(*self.values)
-        self.received = Counter("tadlora_bytes_received", "factor bytes received", labels,
-                                registry=registry).labels(*self.values)
-        self.rejections = Counter("tadlora_rejected", "messages refused, by reason", labels + ["reason"],
-                                  registry=registry)
+        self.received = Counter("tadlora_bytes_received", "factor bytes received", labels, registry=registry).labels(
+            *self.values
+        )
+        self.rejections = Counter(
+            "tadlora_rejected", "messages refused, by reason", [*labels, "reason"], registry=registry
+        )
         buckets = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
-        self.exchange_seconds = Histogram("tadlora_exchange_seconds", "duration of one factor swap this peer opened",
-                                          labels + ["outcome"], buckets=buckets, registry=registry)
-        self.checkpoint_seconds = Histogram("tadlora_checkpoint_seconds", "time to write a checkpoint", labels,
-                                            buckets=buckets, registry=registry).labels(*self.values)
-        self.round_seconds = Histogram("tadlora_round_seconds", "wall time of a round (train + exchange + mix)",
-                                       labels, buckets=buckets + (120, 300), registry=registry).labels(*self.values)
+        self.exchange_seconds = Histogram(
+            "tadlora_exchange_seconds",
+            "duration of one factor swap this peer opened",
+            [*labels, "outcome"],
+            buckets=buckets,
+            registry=registry,
+        )
+        self.checkpoint_seconds = Histogram(
+            "tadlora_checkpoint_seconds", "time to write a checkpoint", labels, buckets=buckets, registry=registry
+        ).labels(*self.values)
+        self.round_seconds = Histogram(
+            "tadlora_round_seconds",
+            "wall time of a round (train + exchange + mix)",
+            labels,
+            buckets=(*buckets, 120, 300),
+            registry=registry,
+        ).labels(*self.values)
         host, port = address.rsplit(":", 1)
         self.server, self.thread = start_http_server(int(port), addr=host or "0.0.0.0", registry=registry)
         self.port = self.server.server_port
@@ -129,7 +144,7 @@ class TensorBoardWriter(Observer):
         try:
             from tensorboardX import SummaryWriter
         except ImportError:
-            raise RuntimeError("--tensorboard needs tensorboardX: pip install 'tadlora[tensorboard]'") from None
+            raise UsageError("--tensorboard needs tensorboardX: pip install 'tadlora[tensorboard]'") from None
         self.writer = SummaryWriter(str(Path(folder) / peer_id))
 
     def round_done(self, record):
@@ -150,8 +165,12 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per line, for log shippers."""
 
     def format(self, record: logging.LogRecord) -> str:
-        entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
-                 "level": record.levelname, "logger": record.name, "message": record.getMessage()}
+        entry = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry)

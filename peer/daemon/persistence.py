@@ -35,12 +35,17 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
-from peer.daemon.checkpoint import (CHECKPOINT, CheckpointError, remove_stale_temp_files, unloadable_part,
-                                    unreadable, write_atomically)
+from peer.daemon.checkpoint import (
+    CHECKPOINT,
+    loadable,
+    remove_stale_temp_files,
+    unreadable,
+    write_atomically,
+)
 
 WAL = "wal.pt"
 ROUNDS_LOG = "rounds.jsonl"
@@ -110,11 +115,11 @@ class MemoryStore:
     instead of the n-th next write (the write does not happen: an atomic write either happened or not)."""
 
     def __init__(self) -> None:
-        self.files: dict[str, object] = {}
+        self.files: dict[str, Any] = {}  # bytes (TorchFormat), or a private deep copy of a state (CopyFormat)
         self.logs: dict[str, list[str]] = {}
         self.crash_after_writes: int | None = None
         self.frozen = False
-        self.on_crash = lambda: None   # the simulator's: stop the peer at the instant of the crash
+        self.on_crash = lambda: None  # the simulator's: stop the peer at the instant of the crash
 
     def _tick(self) -> None:
         if self.frozen:
@@ -144,7 +149,7 @@ class MemoryStore:
     def lines(self, name: str) -> list[str]:
         return list(self.logs.get(name, []))
 
-    def snapshot(self) -> "MemoryStore":
+    def snapshot(self) -> MemoryStore:
         """What survives a crash now: a copy that the dead process can no longer touch."""
         copy = MemoryStore()
         copy.files, copy.logs = dict(self.files), {k: list(v) for k, v in self.logs.items()}
@@ -162,10 +167,8 @@ class TorchFormat:
 
     @staticmethod
     def dumps(state: dict) -> bytes:
-        if problem := unloadable_part(state):   # checked first: it would never load again
-            raise CheckpointError(f"not saved, it could not be loaded again: {problem}")
         buffer = io.BytesIO()
-        torch.save(state, buffer)
+        torch.save(loadable(state), buffer)  # checked (and enumerations made plain) first
         return buffer.getvalue()
 
     @staticmethod
@@ -202,12 +205,17 @@ class WriteAhead:
     round: int
     local_state: dict
     candidates: list[str]
-    extras: dict = field(default_factory=dict)            # what else finishing the round needs (schedule, ...)
+    extras: dict = field(default_factory=dict)  # what else finishing the round needs (schedule, ...)
     links: dict[str, dict] = field(default_factory=dict)  # peer -> {tensors, degree, bytes, final}
 
     def as_dict(self) -> dict:
-        return {"round": self.round, "local_state": self.local_state, "candidates": self.candidates,
-                "extras": self.extras, "links": self.links}
+        return {
+            "round": self.round,
+            "local_state": self.local_state,
+            "candidates": self.candidates,
+            "extras": self.extras,
+            "links": self.links,
+        }
 
 
 class Persistence:
@@ -235,8 +243,9 @@ class Persistence:
         self.wal = WriteAhead(round_, local_state, sorted(candidates), extras)
         self._write_wal()
 
-    def record_link(self, round_: int, peer_id: str, tensors: dict, degree: int, payload_bytes: int,
-                    final: bool) -> None:
+    def record_link(
+        self, round_: int, peer_id: str, tensors: dict, degree: int, payload_bytes: int, final: bool
+    ) -> None:
         """Before a commit (client, ``final=False``) or an ack (server, ``final=True``)."""
         assert self.wal is not None and self.wal.round == round_, "a link is recorded in the open round"
         self.wal.links[peer_id] = {"tensors": tensors, "degree": degree, "bytes": payload_bytes, "final": final}
@@ -251,8 +260,13 @@ class Persistence:
         if data is None:
             return None
         state = self._load(data, WAL)
-        return WriteAhead(int(state["round"]), state["local_state"], list(state["candidates"]),
-                          dict(state.get("extras", {})), dict(state["links"]))
+        return WriteAhead(
+            int(state["round"]),
+            state["local_state"],
+            list(state["candidates"]),
+            dict(state.get("extras", {})),
+            dict(state["links"]),
+        )
 
     def discard_wal(self) -> None:
         self.store.delete(WAL)

@@ -17,10 +17,10 @@ from peer.transport.base import Header
 
 log = logging.getLogger("tadlora.daemon")
 
-LINK_WINDOW_ROUNDS = 20          # rounds over which a peer measures its link rate
-SCHEDULE_WINDOW_ROUNDS = 10      # rounds between two decisions (AgreedSchedule's gossip_rounds)
+LINK_WINDOW_ROUNDS = 20  # rounds over which a peer measures its link rate
+SCHEDULE_WINDOW_ROUNDS = 10  # rounds between two decisions (AgreedSchedule's gossip_rounds)
 
-Phase = tuple[int, int, str, int]   # start, length, factor, decided_at
+Phase = tuple[int, int, str, int]  # start, length, factor, decided_at
 
 
 class PhaseAgreement:
@@ -78,21 +78,39 @@ class PhaseAgreement:
         proposal = self.own_proposal(peers)
         self.schedule.propose(proposal, round_)
         start, length, _, decided = self.schedule.segment(round_)
-        return {"switch_interval": length, "phase_start": start, "decided_at": decided,
-                "proposal": proposal, "link_estimate": self.link_estimate()}
+        return {
+            "switch_interval": length,
+            "phase_start": start,
+            "decided_at": decided,
+            "proposal": proposal,
+            "link_estimate": self.link_estimate(),
+        }
 
     def continue_from(self, h: Header, round_: int) -> None:
         """Take a neighbour's phases, continued to ``round_`` (a peer that jumps forward)."""
-        self.use(AgreedSchedule.continuing(h.phase_start, h.switch_interval, h.phase if h.phase in (A, B) else B,
-                                           h.schedule_round, round_, self.schedule.gossip_rounds))
+        self.use(
+            AgreedSchedule.continuing(
+                h.phase_start,
+                h.switch_interval,
+                h.phase if h.phase in (A, B) else B,
+                h.schedule_round,
+                round_,
+                self.schedule.gossip_rounds,
+            )
+        )
         self.schedule.merge(h.schedule_round, h.proposed_interval)
 
     # ---------------------------------------------------------------- headers, status, files
 
     def header_fields(self, round_: int) -> dict:
         start, length, _, decided = self.schedule.segment(round_)
-        return {"switch_interval": length, "schedule_round": decided, "phase_start": start,
-                "proposed_interval": self.schedule.proposal(), "link_estimate": self.link_estimate() or 0.0}
+        return {
+            "switch_interval": length,
+            "schedule_round": decided,
+            "phase_start": start,
+            "proposed_interval": self.schedule.proposal(),
+            "link_estimate": self.link_estimate() or 0.0,
+        }
 
     def to_state(self) -> dict:
         return {"schedule": self.schedule.to_state(), "link_window": [list(x) for x in self.link_window]}

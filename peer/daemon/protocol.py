@@ -29,8 +29,7 @@ import torch
 from peer.algorithm.factors import select
 from peer.daemon.persistence import Persistence
 from peer.daemon.rounds import Decision, Received, RoundBook, RoundState
-from peer.transport.base import (ExchangeFailed, ExchangeOutcomeUnknown, FactorMessage, Header, Rejected,
-                                 Transport)
+from peer.transport.base import ExchangeFailed, ExchangeOutcomeUnknown, FactorMessage, Header, Rejected, Transport
 from peer.transport.codec import DecodeError, Schema, decode_factors
 from peer.transport.ids import MAX_RUN_ID_LENGTH, peer_id_problem
 
@@ -56,14 +55,22 @@ class Identity:
 
 
 class LinkProtocol:
-    def __init__(self, me: Identity, book: RoundBook, persistence: Persistence, transport: Transport,
-                 frame_timeout: float, current_round: Callable[[], int],
-                 on_header: Callable[[Header], None], on_later_round: Callable[[str, int], None],
-                 on_phase_refused: Callable[[str], None] = lambda address: None) -> None:
+    def __init__(
+        self,
+        me: Identity,
+        book: RoundBook,
+        persistence: Persistence,
+        transport: Transport,
+        frame_timeout: float,
+        current_round: Callable[[], int],
+        on_header: Callable[[Header], None],
+        on_later_round: Callable[[str, int], None],
+        on_phase_refused: Callable[[str], None] = lambda address: None,
+    ) -> None:
         self.me, self.book, self.persistence, self.transport = me, book, persistence, transport
         self.frame_timeout = frame_timeout
         self.current_round = current_round
-        self.on_header = on_header            # every header of this run a neighbour sends: schedule gossip
+        self.on_header = on_header  # every header of this run a neighbour sends: schedule gossip
         self.on_later_round = on_later_round  # a neighbour told us it is at a later round than ours
         self.on_phase_refused = on_phase_refused  # a neighbour's phase differs from ours (auto T split)
         self.unresolved: dict[tuple[int, str], Received] = {}
@@ -76,20 +83,26 @@ class LinkProtocol:
 
     def check_identity(self, h: Header) -> None:
         if h.run_id != self.me.run_id:
-            raise Rejected("run", f"run {h.run_id[:MAX_RUN_ID_LENGTH]!r}, this peer belongs to {self.me.run_id!r}",
-                           self.current_round())
+            raise Rejected(
+                "run",
+                f"run {h.run_id[:MAX_RUN_ID_LENGTH]!r}, this peer belongs to {self.me.run_id!r}",
+                self.current_round(),
+            )
         if why := peer_id_problem(h.sender_id):
             raise Rejected("identity", f"sender id {why}", self.current_round())
         if h.schema_digest != self.me.digest:
-            raise Rejected("schema", "adapter schema differs (model, rank, targets or --train-head)", self.current_round())
+            raise Rejected(
+                "schema", "adapter schema differs (model, rank, targets or --train-head)", self.current_round()
+            )
         if h.sender_id == self.me.peer_id:
             raise Rejected("self", "a message from this peer's own id", self.current_round())
 
     def decode(self, message: FactorMessage, own: Header) -> dict[str, torch.Tensor]:
         h = message.header
         if h.phase != own.phase or tuple(h.factors) != tuple(own.factors):
-            raise Rejected("phase", f"phase {h.phase} {h.factors}, this round is {own.phase} {own.factors}",
-                           self.current_round())
+            raise Rejected(
+                "phase", f"phase {h.phase} {h.factors}, this round is {own.phase} {own.factors}", self.current_round()
+            )
         wanted = set(select(self.me.schema, own.factors))
         try:
             return decode_factors(message.payload, self.me.schema, wanted, device=self.me.device)
@@ -107,8 +120,11 @@ class LinkProtocol:
         stream slot, never payload memory."""
         self.check_identity(h)
         if h.payload_size > max_payload_bytes:
-            raise Rejected("too-large", f"{h.payload_size} bytes announced; this run's factors take at most "
-                           f"{max_payload_bytes}", self.current_round())
+            raise Rejected(
+                "too-large",
+                f"{h.payload_size} bytes announced; this run's factors take at most {max_payload_bytes}",
+                self.current_round(),
+            )
         self.on_header(h)
         await self._link_of_round(h, wait_for_round)
 
@@ -116,7 +132,7 @@ class LinkProtocol:
         h = incoming.header
         self.check_identity(h)
         self.on_header(h)
-        state = await self._link_of_round(h, wait_for_round)   # again: the round may have moved on meanwhile
+        state = await self._link_of_round(h, wait_for_round)  # again: the round may have moved on meanwhile
         tensors = self.decode(incoming, state.own.header)
         state.staged[h.sender_id] = Received(tensors, h.degree, h.payload_size)
         return state.own
@@ -140,7 +156,7 @@ class LinkProtocol:
             raise Rejected("round-ahead", f"this peer is at round {self.current_round()}", self.current_round())
         try:
             await asyncio.wait_for(self.book.ready_event(round_).wait(), wait)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise Rejected("round-ahead", f"round {round_} not reached in time", self.current_round()) from None
         state = self.book.get(round_)
         if state is None:  # closed (or skipped) while we waited
@@ -158,8 +174,9 @@ class LinkProtocol:
         staged = state.staged.get(header.sender_id)
         if staged is None:
             return False
-        self.persistence.record_link(header.round, header.sender_id, staged.tensors, staged.degree,
-                                     staged.payload_bytes, final=True)
+        self.persistence.record_link(
+            header.round, header.sender_id, staged.tensors, staged.degree, staged.payload_bytes, final=True
+        )
         state.decide(header.sender_id, Decision.COUNTED, staged, self.now())
         return True
 
@@ -195,12 +212,13 @@ class LinkProtocol:
             self.check_identity(reply.header)
             if reply.header.sender_id != peer_id or reply.header.round != state.round:
                 raise Rejected("round", f"answer for round {reply.header.round} from {reply.header.sender_id}")
-            self.on_header(reply.header)   # before the phase check: a split schedule is learned from it
+            self.on_header(reply.header)  # before the phase check: a split schedule is learned from it
             tensors = self.decode(reply, state.own.header)
             received = Received(tensors, reply.header.degree, reply.header.payload_size)
             # before the commit: after it the server may count the link, and we must be able to as well
-            self.persistence.record_link(state.round, peer_id, tensors, received.degree, received.payload_bytes,
-                                         final=False)
+            self.persistence.record_link(
+                state.round, peer_id, tensors, received.degree, received.payload_bytes, final=False
+            )
             staged["received"] = received
 
         try:
@@ -221,8 +239,9 @@ class LinkProtocol:
             log.info("%s: link to %s in round %d failed: %s", self.me.peer_id, peer_id, state.round, exc)
             state.decide(peer_id, Decision.REFUSED)
 
-    async def _exchange_retrying_while_ahead(self, address: str, state: RoundState, peer_id: str, validate,
-                                             until: float) -> None:
+    async def _exchange_retrying_while_ahead(
+        self, address: str, state: RoundState, peer_id: str, validate, until: float
+    ) -> None:
         while True:
             left = until - self.now()
             if left <= 0:
@@ -239,22 +258,36 @@ class LinkProtocol:
     async def ask_outcome(self, peer_id: str, address: str | None, round_: int, until: float) -> bool | None:
         while True:
             try:
-                answer = None if not address else await self.transport.outcome(
-                    address, self.me.run_id, self.me.peer_id, round_, timeout=OUTCOME_QUERY_TIMEOUT_S,
-                    expect=peer_id)
-            except Exception as exc:  # noqa: BLE001 - whatever broke the call, the answer is unknown
+                answer = (
+                    None
+                    if not address
+                    else await self.transport.outcome(
+                        address,
+                        self.me.run_id,
+                        self.me.peer_id,
+                        round_,
+                        timeout=OUTCOME_QUERY_TIMEOUT_S,
+                        expect=peer_id,
+                    )
+                )
+            except Exception as exc:
                 log.debug("%s: outcome query to %s failed: %s", self.me.peer_id, address, exc)
                 answer = None
             if answer is not None or self.now() >= until:
                 return answer
             await asyncio.sleep(OUTCOME_RETRY_S)
 
-    async def settle_by_query(self, state: RoundState, peer_id: str, address: str | None, received: Received,
-                               until: float) -> None:
+    async def settle_by_query(
+        self, state: RoundState, peer_id: str, address: str | None, received: Received, until: float
+    ) -> None:
         answer = await self.ask_outcome(peer_id, address, state.round, until + self.frame_timeout)
         if answer is None:
-            log.warning("%s: outcome of the link to %s in round %d unknown; settled when it is learned",
-                        self.me.peer_id, peer_id, state.round)
+            log.warning(
+                "%s: outcome of the link to %s in round %d unknown; settled when it is learned",
+                self.me.peer_id,
+                peer_id,
+                state.round,
+            )
             self.unresolved[(state.round, peer_id)] = received
             state.event(peer_id).set()
             return

@@ -48,11 +48,11 @@ class RoundState:
     round: int
     candidates: frozenset[str]
     own: FactorMessage
-    staged: dict[str, Received] = field(default_factory=dict)      # server side, before the commit
-    counted: dict[str, Received] = field(default_factory=dict)     # links that counted
+    staged: dict[str, Received] = field(default_factory=dict)  # server side, before the commit
+    counted: dict[str, Received] = field(default_factory=dict)  # links that counted
     decisions: dict[str, Decision] = field(default_factory=dict)
     settled: dict[str, asyncio.Event] = field(default_factory=dict)
-    last_counted_at: float | None = None                           # loop time of the last link counted
+    last_counted_at: float | None = None  # loop time of the last link counted
     closed: bool = False
 
     @property
@@ -62,8 +62,9 @@ class RoundState:
     def event(self, peer_id: str) -> asyncio.Event:
         return self.settled.setdefault(peer_id, asyncio.Event())
 
-    def decide(self, peer_id: str, decision: Decision, received: Received | None = None,
-               at: float | None = None) -> Decision:
+    def decide(
+        self, peer_id: str, decision: Decision, received: Received | None = None, at: float | None = None
+    ) -> Decision:
         """Record a final decision for the link with ``peer_id``; the first decision wins."""
         if peer_id in self.decisions:
             return self.decisions[peer_id]
@@ -88,7 +89,7 @@ class RoundBook:
         self.open: dict[int, RoundState] = {}
         self.ready: dict[int, asyncio.Event] = {}
         self.history: dict[int, dict[str, Decision]] = {}
-        self.closed_upto = -1                                      # rounds <= this are mixed
+        self.closed_upto = -1  # rounds <= this are mixed
 
     def opened(self, state: RoundState) -> RoundState:
         self.open[state.round] = state

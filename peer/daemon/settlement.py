@@ -27,8 +27,8 @@ class PendingLink:
     peer_id: str
     address: str
     weight: float
-    sent: dict[str, torch.Tensor]       # this peer's factors as sent in that round (mixed names only)
-    received: dict[str, torch.Tensor]   # the neighbour's
+    sent: dict[str, torch.Tensor]  # this peer's factors as sent in that round (mixed names only)
+    received: dict[str, torch.Tensor]  # the neighbour's
 
     def correction(self) -> dict[str, torch.Tensor]:
         """``weight · (x_j − x_i)`` for every mixed tensor: the missing term of the round's mix."""
@@ -47,8 +47,9 @@ def block_sums(tensors: dict[str, torch.Tensor], key: str) -> dict[str, float]:
 
 
 class Settlements:
-    def __init__(self, protocol: LinkProtocol, address_of: Callable[[str], str | None], spawn,
-                 query_seconds: float) -> None:
+    def __init__(
+        self, protocol: LinkProtocol, address_of: Callable[[str], str | None], spawn, query_seconds: float
+    ) -> None:
         self.protocol, self.address_of, self.spawn, self.query_seconds = protocol, address_of, spawn, query_seconds
         self.pending: dict[tuple[int, str], PendingLink] = {}
         self.answers: dict[tuple[int, str], bool] = {}
@@ -91,8 +92,12 @@ class Settlements:
                 else:
                     entry["applied"] = False
             settled.append(entry)
-            log.info("link to %s in round %d settled late: %s", link.peer_id, link.round,
-                     "counted" if counted else "did not count")
+            log.info(
+                "link to %s in round %d settled late: %s",
+                link.peer_id,
+                link.round,
+                "counted" if counted else "did not count",
+            )
         return settled
 
     def to_state(self) -> list[dict]:

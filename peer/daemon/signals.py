@@ -29,11 +29,12 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
+from typing import NoReturn
 
 log = logging.getLogger("tadlora.daemon")
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-STOP_GRACE_S = 5.0     # from a stop signal to the end of the process, at most
+STOP_GRACE_S = 5.0  # from a stop signal to the end of the process, at most
 STOPPED_EXIT_CODE = 0  # a stop that was asked for is not a failure
 
 
@@ -72,10 +73,14 @@ def exit_if_shutdown_hangs(seconds: float, work_done: Callable[[], bool]) -> thr
     """A watchdog: after ``seconds``, leave hard, with 0 if ``work_done()``, else 1. Shutting down can
     block for good: grpc.aio joining its poller thread (grpc/grpc#40989; seen here after a run under
     80 % packet loss), the interpreter joining a training step that is still running."""
+
     def leave() -> None:
         code = 0 if work_done() else 1
-        leave_now(code, f"shutdown still not done after {seconds:.0f} s (a training step or gRPC's shutdown "
-                        f"is blocking); exiting with {code}")
+        leave_now(
+            code,
+            f"shutdown still not done after {seconds:.0f} s (a training step or gRPC's shutdown "
+            f"is blocking); exiting with {code}",
+        )
 
     timer = threading.Timer(seconds, leave)
     timer.daemon = True
@@ -83,7 +88,7 @@ def exit_if_shutdown_hangs(seconds: float, work_done: Callable[[], bool]) -> thr
     return timer
 
 
-def leave_now(code: int, why: str, level: int = logging.WARNING) -> None:
+def leave_now(code: int, why: str, level: int = logging.WARNING) -> NoReturn:
     """Exit the process at once, threads and all, after flushing the logs and the standard streams.
     Called from signal handlers too: a flush that would re-enter a stream mid-write is skipped.
     Whatever was being written is safe: checkpoints are atomic, and may be cut at any moment."""

@@ -3,4 +3,4 @@
 from peer.data.partition import partition
 from peer.data.tasks import TextTask, available_tasks, load_task
 
-__all__ = ["partition", "TextTask", "available_tasks", "load_task"]
+__all__ = ["TextTask", "available_tasks", "load_task", "partition"]

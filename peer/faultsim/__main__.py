@@ -32,15 +32,21 @@ def main(argv: list[str] | None = None) -> int:
     summary = run_many(list(range(args.first_seed, args.first_seed + args.schedules)), args.jobs, args.transport)
     for seed, violations in sorted(summary.failed.items()):
         print(f"seed {seed}: replay with python -m peer.faultsim --seed {seed}")
-        for violation in violations[:10]:
-            print(f"  {violation}")
-    print(f"{summary.schedules} schedules ({args.transport}) in {time.monotonic() - started:.1f} s: "
-          f"{len(summary.failed)} with violations {dict(summary.violations) or ''}")
+        for shown in violations[:10]:
+            print(f"  {shown}")
+    print(
+        f"{summary.schedules} schedules ({args.transport}) in {time.monotonic() - started:.1f} s: "
+        f"{len(summary.failed)} with violations {dict(summary.violations) or ''}"
+    )
     print(f"faults injected: {dict(sorted(summary.injected.items()))}")
-    print(f"crashes: {dict(summary.crashes)}; partitions: {summary.partitions}; "
-          f"schedules with switch-interval auto: {summary.auto_schedules}")
-    print(f"auto: rounds with phases apart after a decision that could not be shared: "
-          f"{summary.measured['phase-after-split']}")
+    print(
+        f"crashes: {dict(summary.crashes)}; partitions: {summary.partitions}; "
+        f"schedules with switch-interval auto: {summary.auto_schedules}"
+    )
+    print(
+        f"auto: rounds with phases apart after a decision that could not be shared: "
+        f"{summary.measured['phase-after-split']}"
+    )
     return 1 if summary.failed else 0
 
 

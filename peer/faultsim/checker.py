@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections import defaultdict
 from dataclasses import dataclass
@@ -62,7 +63,7 @@ def check_logs(logs: dict[str, tuple[list[str], list[str]]], auto: bool = False,
     usable on any run's folders, a testbed's as well as the simulator's."""
     violations: list[Violation] = []
     rounds: dict[str, dict[int, dict]] = {}
-    settled: dict[tuple[str, int, str], dict] = {}   # (peer, round, neighbour) -> first settlement
+    settled: dict[tuple[str, int, str], dict] = {}  # (peer, round, neighbour) -> first settlement
     for pid, (round_lines, event_lines) in logs.items():
         by_round: dict[int, dict] = {}
         for record in map(json.loads, round_lines):
@@ -86,11 +87,12 @@ def _check_files(pid: str, files: Persistence, total_rounds: int) -> list[Violat
     out = []
     try:
         state = files.load_checkpoint()
-    except Exception as exc:  # noqa: BLE001 - any failure to load is the violation
+    except Exception as exc:
         return [Violation("checkpoint", f"{pid}: checkpoint does not load: {exc}")]
     if state is None or int(state["round"]) != total_rounds:
-        out.append(Violation("finish", f"{pid} ended at round {None if state is None else state['round']}, "
-                                       f"not {total_rounds}"))
+        out.append(
+            Violation("finish", f"{pid} ended at round {None if state is None else state['round']}, not {total_rounds}")
+        )
     if files.store.read(WAL) is not None:
         out.append(Violation("files", f"{pid} left a write-ahead record"))
     return out
@@ -118,7 +120,7 @@ def _check_links(rounds, settled) -> list[Violation]:
 
 def _blocks(record: dict) -> list[str]:
     """The blocks whose sums a round record carries (``a``, ``b``, and ``h`` when the head trains)."""
-    return [key[len("sum_"):-len("_before")] for key in record if key.startswith("sum_") and key.endswith("_before")]
+    return [key[len("sum_") : -len("_before")] for key in record if key.startswith("sum_") and key.endswith("_before")]
 
 
 def _check_sums(rounds, settled) -> list[Violation]:
@@ -134,7 +136,7 @@ def _check_sums(rounds, settled) -> list[Violation]:
         if entry["counted"]:
             for key, delta in entry.items():
                 if key.startswith("delta_"):
-                    change[round_][key[len("delta_"):]] += delta
+                    change[round_][key[len("delta_") :]] += delta
     for round_, by_block in sorted(change.items()):
         broken = {block: d for block, d in sorted(by_block.items()) if abs(d) > SUM_TOLERANCE * scale[round_]}
         if broken:
@@ -147,8 +149,14 @@ def _first_uninformed_decision(rounds, window: int) -> int | None:
     """The first round at which some peer decided T after a window through which a proposal could
     not reach every peer (see the module docstring); None if every decision was informed."""
     peers = sorted(rounds)
-    decisions = sorted({(r, pid) for pid, by_round in rounds.items() for r, rec in by_round.items()
-                        if r > 0 and rec.get("decided_at") == r and rec.get("phase_start") == r})
+    decisions = sorted(
+        {
+            (r, pid)
+            for pid, by_round in rounds.items()
+            for r, rec in by_round.items()
+            if r > 0 and rec.get("decided_at") == r and rec.get("phase_start") == r
+        }
+    )
     for decided, pid in decisions:
         previous = rounds[pid].get(decided - 1, {}).get("decided_at", 0)
         informed = {p: {p} for p in peers}
@@ -166,16 +174,22 @@ def _check_continuity(rounds) -> list[Violation]:
     out = []
     for pid, by_round in rounds.items():
         ordered = sorted(by_round)
-        for previous, current in zip(ordered, ordered[1:]):
+        for previous, current in itertools.pairwise(ordered):
             before, after = by_round[current], by_round[previous]
             for factor in ("a", "b"):
                 if factor.upper() in before["phase"]:
                     continue  # trained in between ("A", "B", or "AB" for strategies that train both)
-                expected = after[f"sum_{factor}_after"] + sum(e.get(f"delta_{factor}", 0.0)
-                                                            for e in before.get("settled", []) if e["counted"])
+                expected = after[f"sum_{factor}_after"] + sum(
+                    e.get(f"delta_{factor}", 0.0) for e in before.get("settled", []) if e["counted"]
+                )
                 if abs(before[f"sum_{factor}_before"] - expected) > SUM_TOLERANCE * (1 + abs(expected)):
-                    out.append(Violation("continuity", f"{pid}: factor {factor.upper()} changed from round "
-                                                       f"{previous} to {current} outside the mixing"))
+                    out.append(
+                        Violation(
+                            "continuity",
+                            f"{pid}: factor {factor.upper()} changed from round "
+                            f"{previous} to {current} outside the mixing",
+                        )
+                    )
     return out
 
 

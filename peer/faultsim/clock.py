@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import selectors
 
+from peer.errors import TadloraError
 
-class Deadlock(RuntimeError):
+
+class Deadlock(TadloraError, RuntimeError):
     """Nothing is ready and nothing is scheduled: every task waits for something that cannot happen."""
 
 

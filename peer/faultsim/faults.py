@@ -17,8 +17,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from peer.transport.base import Step
-from peer.transport.base import NetworkFaults
+from peer.transport.base import NetworkFaults, Step
 
 PROTOCOL_STEPS = tuple(Step)
 T = TypeVar("T")
@@ -28,15 +27,15 @@ T = TypeVar("T")
 class Partition:
     start: float
     end: float
-    side: frozenset[int]          # peers cut from the others
-    one_way: bool = False         # only messages from ``side`` to the others are lost
+    side: frozenset[int]  # peers cut from the others
+    one_way: bool = False  # only messages from ``side`` to the others are lost
 
 
 @dataclass(frozen=True)
 class Crash:
     peer: int
-    at_time: float | None         # a crash at this virtual time ...
-    at_write: int | None          # ... or instead of the peer's n-th store write after its (re)start
+    at_time: float | None  # a crash at this virtual time ...
+    at_write: int | None  # ... or instead of the peer's n-th store write after its (re)start
     restart_after: float
 
 
@@ -54,14 +53,14 @@ class FaultSchedule(NetworkFaults):
     partitions: list[Partition]
     crashes: list[Crash]
     injected: Counter = field(default_factory=Counter)
-    indexes: dict[str, int] = field(default_factory=dict)    # address -> peer (gRPC: loopback ports)
+    indexes: dict[str, int] = field(default_factory=dict)  # address -> peer (gRPC: loopback ports)
     guard: Callable[[str, Callable[[], Awaitable]], Awaitable] | None = None  # the runner's: crashes in handlers
 
     def __post_init__(self) -> None:
         self.rng = np.random.default_rng([self.seed, 0xFA17])
 
     @classmethod
-    def draw(cls, seed: int, allow_crashes: bool = True, allow_partitions: bool = True) -> "FaultSchedule":
+    def draw(cls, seed: int, allow_crashes: bool = True, allow_partitions: bool = True) -> FaultSchedule:
         rng = np.random.default_rng([seed, 0x5C4E])
         peers = int(rng.integers(2, 6))
         rounds = int(rng.integers(6, 13))
@@ -77,29 +76,44 @@ class FaultSchedule(NetworkFaults):
         if allow_crashes and rng.random() < 0.5:
             for _ in range(int(rng.integers(1, 3))):
                 at_write = int(rng.integers(0, 40)) if rng.random() < 0.5 else None
-                crashes.append(Crash(int(rng.integers(0, peers)), None if at_write is not None else
-                                     float(rng.uniform(0.0, 6.0)), at_write, float(rng.uniform(0.0, 3.0))))
-        return cls(seed=seed, peers=peers, rounds=rounds, switch_interval=interval,
-                   edge_prob=float(rng.choice([1.0, 1.0, 0.7, 0.4])), loss=loss,
-                   latency=(0.0005, float(rng.choice([0.002, 0.02, 0.1]))),
-                   long_delay_probability=float(rng.choice([0.0, 0.02, 0.05])),
-                   duplicate_probability=float(rng.choice([0.0, 0.1, 0.5])),
-                   partitions=partitions, crashes=crashes)
+                crashes.append(
+                    Crash(
+                        int(rng.integers(0, peers)),
+                        None if at_write is not None else float(rng.uniform(0.0, 6.0)),
+                        at_write,
+                        float(rng.uniform(0.0, 3.0)),
+                    )
+                )
+        return cls(
+            seed=seed,
+            peers=peers,
+            rounds=rounds,
+            switch_interval=interval,
+            edge_prob=float(rng.choice([1.0, 1.0, 0.7, 0.4])),
+            loss=loss,
+            latency=(0.0005, float(rng.choice([0.002, 0.02, 0.1]))),
+            long_delay_probability=float(rng.choice([0.0, 0.02, 0.05])),
+            duplicate_probability=float(rng.choice([0.0, 0.1, 0.5])),
+            partitions=partitions,
+            crashes=crashes,
+        )
 
     def describe(self) -> str:
         lossy = {s.value: p for s, p in self.loss.items() if p}
-        return (f"seed {self.seed}: {self.peers} peers, {self.rounds} rounds, T={self.switch_interval}, "
-                f"edge-prob {self.edge_prob}, loss {lossy or 'none'}, latency {self.latency}, "
-                f"long delays {self.long_delay_probability}, duplicate commits {self.duplicate_probability}, "
-                f"partitions {self.partitions}, crashes {self.crashes}")
+        return (
+            f"seed {self.seed}: {self.peers} peers, {self.rounds} rounds, T={self.switch_interval}, "
+            f"edge-prob {self.edge_prob}, loss {lossy or 'none'}, latency {self.latency}, "
+            f"long delays {self.long_delay_probability}, duplicate commits {self.duplicate_probability}, "
+            f"partitions {self.partitions}, crashes {self.crashes}"
+        )
 
     # ---------------------------------------------------------------- NetworkFaults
 
     def _cut(self, source: int, destination: int, now: float) -> bool:
         for p in self.partitions:
-            if p.start <= now < p.end and (source in p.side) != (destination in p.side):
-                if not p.one_way or source in p.side:
-                    return True
+            crosses = p.start <= now < p.end and (source in p.side) != (destination in p.side)
+            if crosses and (not p.one_way or source in p.side):
+                return True
         return False
 
     async def deliver(self, step: Step, source: str, destination: str) -> bool:
@@ -127,7 +141,6 @@ class FaultSchedule(NetworkFaults):
         if repeat:
             self.injected[f"duplicate:{step.value}"] += 1
         return repeat
-
 
     def _index(self, address: str) -> int:
         if address in self.indexes:

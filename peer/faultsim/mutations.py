@@ -32,6 +32,7 @@ def _patched(target, name: str, value) -> Iterator[None]:
 def client_gives_up_on_a_lost_ack():
     """Before: the server answered an outcome query only once its round had closed, and a client that
     had not heard by its deadline counted the link as failed while the server had counted it."""
+
     async def give_up(self, state, peer_id, address, received, until):
         answer = await self.ask_outcome(peer_id, address, state.round, until) if address else None
         state.decide(peer_id, Decision.COUNTED if answer else Decision.REFUSED, received, self.now())
@@ -65,9 +66,10 @@ def catch_up_adopts_a_neighbours_factors():
             return
         donor = sorted(self.known)[0]
         try:
-            message = await self.transport.fetch(self.known[donor], self.net.run_id, self.peer_id, timeout=1.0,
-                                                   expect=donor)
-        except Exception:  # noqa: BLE001 - the donor may be down: then nothing is adopted
+            message = await self.transport.fetch(
+                self.known[donor], self.net.run_id, self.peer_id, timeout=1.0, expect=donor
+            )
+        except Exception:
             return
         self.local.adapter.load_factors(decode_factors(message.payload, self.schema))
 
@@ -80,6 +82,7 @@ def auto_schedule_without_freeze_or_adoption():
     stack = contextlib.ExitStack()
     stack.enter_context(_patched(AgreedSchedule, "proposals_close", property(lambda self: 1 << 30)))
     stack.enter_context(_patched(AgreedSchedule, "adopt", lambda self, *args, **kwargs: False))
+
     def old_proposal(self, peers):  # every link assumed up before any round; no link at all: T_max
         estimate = self.link_estimate()
         return interval_for_link_rate(peers, 1.0 if estimate is None else estimate)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 from collections import Counter
@@ -18,10 +19,9 @@ from peer.faultsim.clock import Deadlock, VirtualTimeLoop
 from peer.faultsim.faults import Crash, FaultSchedule, address_of
 from peer.faultsim.stand_in import stand_in_peer
 from peer.run_setup import peer_id
-from peer.transport.base import ExchangeServer, Rejected
+from peer.transport.base import ConnectionLost, ExchangeServer, Rejected
 from peer.transport.framing import Limits
 from peer.transport.grpc_transport import GrpcTransport
-from peer.transport.base import ConnectionLost
 from peer.transport.memory import MemoryNetwork, MemoryTransport
 
 RUN_ID = "faultsim"
@@ -34,13 +34,13 @@ class Timings:
     round_timeout_min: float = 0.5
     round_timeout_max: float = 3.0
     frame_timeout: float = 1.0
-    train_seconds: tuple[float, float] = (0.05, 0.3)   # local training of one round
+    train_seconds: tuple[float, float] = (0.05, 0.3)  # local training of one round
 
 
-SCHEDULE_WINDOW = 4          # rounds between auto-T decisions (the daemon's default is 10)
-SETTLE_SECONDS = 30.0        # how long a finished peer keeps asking for pending outcomes (30 tries)
+SCHEDULE_WINDOW = 4  # rounds between auto-T decisions (the daemon's default is 10)
+SETTLE_SECONDS = 30.0  # how long a finished peer keeps asking for pending outcomes (30 tries)
 TIME_LIMIT_PER_ROUND = 40.0  # virtual seconds; beyond it a peer is stranded
-TORCH_FORMAT_EVERY = 10      # one schedule in this many keeps its files as real torch.save bytes
+TORCH_FORMAT_EVERY = 10  # one schedule in this many keeps its files as real torch.save bytes
 
 
 @dataclass
@@ -123,11 +123,17 @@ class Simulation:
         self.guards: dict[int, _Guarded] = {}
         self.closing: list[asyncio.Future] = []
         self.crashes: Counter = Counter()
-        self.run = RunConfig(strategy="tad", peers=schedule.peers, rounds=schedule.rounds,
-                             switch_interval=schedule.switch_interval,
-                             topology="er" if schedule.edge_prob < 1 else "complete", edge_prob=schedule.edge_prob,
-                             seed=schedule.seed, device="cpu")
-        self.crash_at_write: dict[int, list[Crash]] = {}   # per peer, one per (re)start, in order
+        self.run = RunConfig(
+            strategy="tad",
+            peers=schedule.peers,
+            rounds=schedule.rounds,
+            switch_interval=schedule.switch_interval,
+            topology="er" if schedule.edge_prob < 1 else "complete",
+            edge_prob=schedule.edge_prob,
+            seed=schedule.seed,
+            device="cpu",
+        )
+        self.crash_at_write: dict[int, list[Crash]] = {}  # per peer, one per (re)start, in order
         for crash in schedule.crashes:
             if crash.at_write is not None:
                 self.crash_at_write.setdefault(crash.peer, []).append(crash)
@@ -138,9 +144,15 @@ class Simulation:
         from peer.run_setup import resolve_switch_interval, topology_for
 
         strategy = make_strategy("tad", resolve_switch_interval(self.run, topology_for(self.run)), train_head=True)
-        net = DaemonConfig(peer_index=peer.index, peer_id=peer.peer_id, run_id=RUN_ID, mdns=0,
-                           round_timeout_min=self.timings.round_timeout_min,
-                           round_timeout_max=self.timings.round_timeout_max, frame_timeout=self.timings.frame_timeout)
+        net = DaemonConfig(
+            peer_index=peer.index,
+            peer_id=peer.peer_id,
+            run_id=RUN_ID,
+            mdns=0,
+            round_timeout_min=self.timings.round_timeout_min,
+            round_timeout_max=self.timings.round_timeout_max,
+            frame_timeout=self.timings.frame_timeout,
+        )
         rng, train_seconds = self.schedule.rng, self.timings.train_seconds
 
         async def offload(fn, *args):
@@ -149,11 +161,15 @@ class Simulation:
 
         local = stand_in_peer(peer.peer_id, peer.index, self.schedule.seed, strategy)
         limits = Limits(frame_timeout=self.timings.frame_timeout)
-        transport = (MemoryTransport(self.network, limits) if self.transport == "memory" else
-                     GrpcTransport(limits, faults=self.schedule, name=peer.address))
+        transport = (
+            MemoryTransport(self.network, limits)
+            if self.transport == "memory"
+            else GrpcTransport(limits, faults=self.schedule, name=peer.address)
+        )
         form = TorchFormat if self.schedule.seed % TORCH_FORMAT_EVERY == 0 else CopyFormat
-        daemon = PeerDaemon(local, self.run, net, Persistence(peer.store, form), transport, offload,
-                            schedule_window=SCHEDULE_WINDOW)
+        daemon = PeerDaemon(
+            local, self.run, net, Persistence(peer.store, form), transport, offload, schedule_window=SCHEDULE_WINDOW
+        )
         return daemon
 
     async def _start(self, peer: _SimPeer) -> None:
@@ -186,6 +202,7 @@ class Simulation:
             self.network.unbind(peer.address)
             return
         self.guards[peer.index].dead = True
+        assert peer.daemon is not None, "only a started peer is unbound"
         close = asyncio.ensure_future(peer.daemon.transport.close())
         self.closing.append(close)
 
@@ -230,8 +247,7 @@ class Simulation:
         loop = asyncio.get_running_loop()
         for crash in self.schedule.crashes:
             if crash.at_time is not None:
-                peer = self.peers[crash.peer]
-                loop.call_at(crash.at_time, lambda peer=peer, crash=crash: self._crash(peer, crash))
+                loop.call_at(crash.at_time, self._crash, self.peers[crash.peer], crash)
         if self.transport == "grpc":
             self._pick_ports()
         for peer in self.peers:
@@ -260,8 +276,9 @@ class Simulation:
                     await peer.daemon.transport.close()
 
 
-def run_schedule(seed: int, allow_crashes: bool = True, allow_partitions: bool = True,
-                 transport: str = "memory") -> ScheduleResult:
+def run_schedule(
+    seed: int, allow_crashes: bool = True, allow_partitions: bool = True, transport: str = "memory"
+) -> ScheduleResult:
     schedule = FaultSchedule.draw(seed, allow_crashes, allow_partitions)
     sim = Simulation(schedule, transport)
     loop = VirtualTimeLoop() if transport == "memory" else asyncio.new_event_loop()
@@ -288,10 +305,8 @@ def _close(loop: asyncio.AbstractEventLoop) -> None:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    try:
+    with contextlib.suppress(Deadlock):
         loop.run_until_complete(drain())
-    except Deadlock:
-        pass
     loop.close()
 
 
@@ -306,7 +321,7 @@ class Summary:
     crashes: Counter = field(default_factory=Counter)
     partitions: int = 0
     auto_schedules: int = 0
-    measured: Counter = field(default_factory=Counter)   # not violations (phase-after-split)
+    measured: Counter = field(default_factory=Counter)  # not violations (phase-after-split)
 
     def add(self, result: ScheduleResult) -> None:
         self.schedules += 1

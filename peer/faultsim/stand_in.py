@@ -16,8 +16,11 @@ from peer.algorithm.robust import MixingRule
 from peer.algorithm.strategies import Strategy
 from peer.local_peer import LocalPeer
 
-SHAPES = {"layer.0.q.lora_A.weight": (2, 3), "layer.0.q.lora_B.weight": (3, 2),
-          f"{HEAD_PREFIX}classifier.weight": (2, 3)}
+SHAPES = {
+    "layer.0.q.lora_A.weight": (2, 3),
+    "layer.0.q.lora_B.weight": (3, 2),
+    f"{HEAD_PREFIX}classifier.weight": (2, 3),
+}
 TENSOR_NAMES = tuple(SHAPES)
 BLOCKS = blocks_of(TENSOR_NAMES)
 

@@ -45,8 +45,9 @@ def parse_references(text: str) -> tuple[Reference, ...]:
     names = [n.strip() for n in text.split(",") if n.strip() and n.strip() != "none"]
     unknown = [n for n in names if n not in Reference.__members__.values()]
     if unknown:
-        raise ValueError(f"unknown reference(s) {', '.join(unknown)}; choose from "
-                         f"{', '.join(r.value for r in Reference)} or none")
+        raise ValueError(
+            f"unknown reference(s) {', '.join(unknown)}; choose from {', '.join(r.value for r in Reference)} or none"
+        )
     return tuple(Reference(n) for n in dict.fromkeys(names))
 
 
@@ -57,9 +58,10 @@ def trained_blocks(cfg: RunConfig) -> frozenset[str]:
 
 def concatenate(parts: list[Encoded]) -> Encoded:
     """One dataset made of several (the peers' shards pooled)."""
-    types = [t for p in parts for t in p.token_type_ids] if all(p.token_type_ids for p in parts) else None
-    return Encoded([ids for p in parts for ids in p.input_ids], types,
-                   np.concatenate([p.labels for p in parts]), parts[0].pad_id)
+    types = [t for p in parts for t in (p.token_type_ids or [])] if all(p.token_type_ids for p in parts) else None
+    return Encoded(
+        [ids for p in parts for ids in p.input_ids], types, np.concatenate([p.labels for p in parts]), parts[0].pad_id
+    )
 
 
 @torch.no_grad()
@@ -75,20 +77,27 @@ def _train(trainer, blocks: frozenset[str], rounds: int, steps: int, bar) -> Non
         bar.update(steps)
 
 
-def run_references(cfg: RunConfig, data: PreparedData, kinds: tuple[Reference, ...], progress: bool = True,
-                   evaluator: Evaluator | None = None) -> dict[str, float]:
+def run_references(
+    cfg: RunConfig,
+    data: PreparedData,
+    kinds: tuple[Reference, ...],
+    progress: bool = True,
+    evaluator: Evaluator | None = None,
+) -> dict[str, float]:
     """Train and score the asked references; returns {reference name: mean accuracy}."""
     if not kinds:
         return {}
-    names = [f"alone-{i:02d}" for i in range(cfg.peers)] * (Reference.ALONE in kinds) + \
-        ["centralized"] * (Reference.CENTRALIZED in kinds)
+    names = [f"alone-{i:02d}" for i in range(cfg.peers)] * (Reference.ALONE in kinds) + ["centralized"] * (
+        Reference.CENTRALIZED in kinds
+    )
     model = build_model(cfg, data.task.num_labels, names)
     evaluator = evaluator or evaluator_for(cfg, data, model.device)
     blocks = trained_blocks(cfg)
     total = cfg.peers * cfg.rounds * cfg.local_steps * len(kinds)
     results: dict[str, float] = {}
-    with tqdm(total=total, desc="references", unit="step", disable=not progress, file=sys.stderr,
-              dynamic_ncols=True) as bar:
+    with tqdm(
+        total=total, desc="references", unit="step", disable=not progress, file=sys.stderr, dynamic_ncols=True
+    ) as bar:
         if Reference.ALONE in kinds:
             accuracies = []
             for i in range(cfg.peers):
@@ -98,8 +107,13 @@ def run_references(cfg: RunConfig, data: PreparedData, kinds: tuple[Reference, .
             results[Reference.ALONE] = float(np.mean(accuracies))
         if Reference.CENTRALIZED in kinds:
             # peer index ``peers``: a batch stream of its own, not any peer's
-            trainer = build_trainer(cfg, model["centralized"], concatenate(data.shards), cfg.peers,
-                                    total_steps=cfg.peers * cfg.rounds * cfg.local_steps)
+            trainer = build_trainer(
+                cfg,
+                model["centralized"],
+                concatenate(data.shards),
+                cfg.peers,
+                total_steps=cfg.peers * cfg.rounds * cfg.local_steps,
+            )
             _train(trainer, blocks, cfg.peers * cfg.rounds, cfg.local_steps, bar)
             results[Reference.CENTRALIZED] = evaluator.accuracy(model["centralized"])
     return results
@@ -109,13 +123,14 @@ def evaluator_for(cfg: RunConfig, data: PreparedData, device: torch.device) -> E
     return Evaluator(data.validation, device, precision_for(cfg, device))
 
 
-def score_average_of_exports(cfg: RunConfig, data: PreparedData, adapter_dirs: list[Path],
-                             evaluator: Evaluator | None = None) -> float:
+def score_average_of_exports(
+    cfg: RunConfig, data: PreparedData, adapter_dirs: list[Path], evaluator: Evaluator | None = None
+) -> float:
     """The accuracy of the average of the adapters that daemons exported (PEFT format)."""
     from safetensors.torch import load_file
 
     names = [f"export-{i}" for i in range(len(adapter_dirs))]
-    model = build_model(cfg, data.task.num_labels, names + ["network-average"])
+    model = build_model(cfg, data.task.num_labels, [*names, "network-average"])
     evaluator = evaluator or evaluator_for(cfg, data, model.device)
     for name, folder in zip(names, adapter_dirs):
         model[name].load_state(load_file(str(Path(folder) / EXPORT_FILE)))

@@ -37,8 +37,16 @@ from peer.algorithm.factors import A, B
 from peer.algorithm.mixing import consensus_distance, metropolis_hastings_matrix
 from peer.config import RunConfig
 from peer.local_peer import LocalPeer
-from peer.run_setup import (build_model, build_trainer, mixing_rule_for, peer_id, precision_for, prepare_data,
-                            strategy_for, topology_for)
+from peer.run_setup import (
+    build_model,
+    build_trainer,
+    mixing_rule_for,
+    peer_id,
+    precision_for,
+    prepare_data,
+    strategy_for,
+    topology_for,
+)
 from peer.sim.references import NETWORK_AVERAGE, load_average, parse_references, run_references
 from peer.training.trainer import Evaluator
 
@@ -48,10 +56,18 @@ AVERAGE_ADAPTER = "network-average"
 def build_peers(cfg: RunConfig, data, strategy) -> list[LocalPeer]:
     """The run's peers on one shared base model, which also carries an adapter for the network average."""
     ids = [peer_id(i) for i in range(cfg.peers)]
-    model = build_model(cfg, data.task.num_labels, ids + [AVERAGE_ADAPTER])
-    return [LocalPeer(pid, model[pid], build_trainer(cfg, model[pid], data.shards[i], i), strategy, cfg.local_steps,
-                      mixing_rule_for(cfg))
-            for i, pid in enumerate(ids)]
+    model = build_model(cfg, data.task.num_labels, [*ids, AVERAGE_ADAPTER])
+    return [
+        LocalPeer(
+            pid,
+            model[pid],
+            build_trainer(cfg, model[pid], data.shards[i], i),
+            strategy,
+            cfg.local_steps,
+            mixing_rule_for(cfg),
+        )
+        for i, pid in enumerate(ids)
+    ]
 
 
 def _mix_round(peers: list[LocalPeer], round_: int, topology, tamper: Tamper | None = None) -> int:
@@ -69,8 +85,10 @@ def _mix_round(peers: list[LocalPeer], round_: int, topology, tamper: Tamper | N
 
 
 def _consensus(peers: list[LocalPeer]) -> tuple[float, float]:
-    return (consensus_distance([p.adapter.factors([A]) for p in peers]),
-            consensus_distance([p.adapter.factors([B]) for p in peers]))
+    return (
+        consensus_distance([p.adapter.factors([A]) for p in peers]),
+        consensus_distance([p.adapter.factors([B]) for p in peers]),
+    )
 
 
 def _is_eval_round(cfg: RunConfig, round_: int) -> bool:
@@ -82,15 +100,19 @@ def _evaluate(peers: list[LocalPeer], evaluator: Evaluator) -> dict:
     accuracy = {p.peer_id: evaluator.accuracy(p.adapter) for p in peers}
     average = peers[0].adapter.owner[AVERAGE_ADAPTER]
     load_average(average, [p.adapter for p in peers])
-    return {"accuracy": accuracy, "mean_accuracy": float(np.mean(list(accuracy.values()))),
-            NETWORK_AVERAGE: evaluator.accuracy(average)}
+    return {
+        "accuracy": accuracy,
+        "mean_accuracy": float(np.mean(list(accuracy.values()))),
+        NETWORK_AVERAGE: evaluator.accuracy(average),
+    }
 
 
 Tamper = Callable[[int, int, dict], dict]
 
 
-def simulate(cfg: RunConfig, out: str | Path | None = None, progress: bool = True,
-             tamper: Tamper | None = None) -> dict:
+def simulate(
+    cfg: RunConfig, out: str | Path | None = None, progress: bool = True, tamper: Tamper | None = None
+) -> dict:
     """Run the configured simulation; returns the summary (also written to ``out/summary.json``)."""
     started = time.perf_counter()
     topology = topology_for(cfg)
@@ -104,8 +126,14 @@ def simulate(cfg: RunConfig, out: str | Path | None = None, progress: bool = Tru
         (out_dir / "metrics.jsonl").write_text("")
     scores: dict = {}
     training_s = 0.0
-    bar = tqdm(range(cfg.rounds), desc=f"{cfg.strategy} {topology.describe()}", unit="round",
-               disable=not progress, file=sys.stderr, dynamic_ncols=True)
+    bar = tqdm(
+        range(cfg.rounds),
+        desc=f"{cfg.strategy} {topology.describe()}",
+        unit="round",
+        disable=not progress,
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )
     for r in bar:
         t0 = time.perf_counter()
         plan = strategy.plan(r)
@@ -113,14 +141,23 @@ def simulate(cfg: RunConfig, out: str | Path | None = None, progress: bool = Tru
         training_s += time.perf_counter() - t0
         edges = _mix_round(peers, r, topology, tamper)
         cons_a, cons_b = _consensus(peers)
-        record = {"round": r, "phase": plan.phase, "edges": edges, "train_loss": losses,
-                  "consensus_a": cons_a, "consensus_b": cons_b}
+        record = {
+            "round": r,
+            "phase": plan.phase,
+            "edges": edges,
+            "train_loss": losses,
+            "consensus_a": cons_a,
+            "consensus_b": cons_b,
+        }
         if _is_eval_round(cfg, r):
             scores = _evaluate(peers, evaluator)
             record.update(scores)
         record["seconds"] = time.perf_counter() - t0
-        bar.set_postfix(phase=plan.phase, loss=f"{np.mean(list(losses.values())):.3f}",
-                        acc=f"{record.get('mean_accuracy', float('nan')):.3f}")
+        bar.set_postfix(
+            phase=plan.phase,
+            loss=f"{np.mean(list(losses.values())):.3f}",
+            acc=f"{record.get('mean_accuracy', float('nan')):.3f}",
+        )
         if out_dir:
             with (out_dir / "metrics.jsonl").open("a") as f:
                 f.write(json.dumps(record) + "\n")

@@ -32,6 +32,7 @@ import signal
 import sys
 import time
 from collections.abc import Iterable
+from typing import Any
 
 
 def release_times(arrivals: Iterable[float], delay: float, jitter: float, rng: random.Random) -> list[float]:
@@ -52,7 +53,7 @@ class DelayQueue:
         release_times([], delay, jitter, random.Random())  # validate early
         self.queue, self.delay, self.jitter = queue, delay, jitter
         self.rng = random.Random(seed)
-        self.held: list[tuple[float, int, object]] = []   # (due, sequence, packet)
+        self.held: list[tuple[float, int, Any]] = []  # (due, sequence, netfilterqueue.Packet)
         self.last_due = float("-inf")
         self.sequence = 0
         self.stopping = False
@@ -88,8 +89,11 @@ class DelayQueue:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m peer.testbed.netdelay", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m peer.testbed.netdelay",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--queue", type=int, default=0, help="NFQUEUE number the nftables rule uses")
     parser.add_argument("--delay-ms", type=float, required=True)
     parser.add_argument("--jitter-ms", type=float, default=0.0)

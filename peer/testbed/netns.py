@@ -70,7 +70,7 @@ class NetnsLab:
     def _port(self, i: int) -> str:
         return f"{self.tag}b{i}"
 
-    def up(self) -> "NetnsLab":
+    def up(self) -> NetnsLab:
         try:
             _ip("route", "add", "blackhole", f"{self.subnet}.0/24")
             self.route = True
@@ -113,8 +113,24 @@ class NetnsLab:
         if rate is None:
             subprocess.run([*base, "del", "dev", self._port(i), "root"], capture_output=True)
             return
-        result = subprocess.run([*base, "replace", "dev", self._port(i), "root", "tbf", "rate", rate,
-                                 "burst", "32kbit", "latency", "400ms"], capture_output=True, text=True)
+        result = subprocess.run(
+            [
+                *base,
+                "replace",
+                "dev",
+                self._port(i),
+                "root",
+                "tbf",
+                "rate",
+                rate,
+                "burst",
+                "32kbit",
+                "latency",
+                "400ms",
+            ],
+            capture_output=True,
+            text=True,
+        )
         if result.returncode != 0:
             raise RuntimeError(f"tc tbf on {self._port(i)}: {result.stderr.strip()}")
 
@@ -130,14 +146,28 @@ class NetnsLab:
             rules[sender] = percent
         else:
             rules.pop(sender, None)
-        lines = [f"ip saddr {self.address(s)} drop" if p == 100 else
-                 f"ip saddr {self.address(s)} numgen random mod 100 < {p} drop" for s, p in sorted(rules.items())]
-        script = "\n".join(["table inet tadlora {", "  chain input {",
-                             "    type filter hook input priority 0; policy accept;",
-                             *(f"    {line}" for line in lines), "  }", "}", ""])
+        lines = [
+            f"ip saddr {self.address(s)} drop"
+            if p == 100
+            else f"ip saddr {self.address(s)} numgen random mod 100 < {p} drop"
+            for s, p in sorted(rules.items())
+        ]
+        script = "\n".join(
+            [
+                "table inet tadlora {",
+                "  chain input {",
+                "    type filter hook input priority 0; policy accept;",
+                *(f"    {line}" for line in lines),
+                "  }",
+                "}",
+                "",
+            ]
+        )
         ns = self.peer_ns(receiver)
         subprocess.run(["ip", "netns", "exec", ns, "nft", "delete", "table", "inet", "tadlora"], capture_output=True)
-        result = subprocess.run(["ip", "netns", "exec", ns, "nft", "-f", "-"], input=script, capture_output=True, text=True)
+        result = subprocess.run(
+            ["ip", "netns", "exec", ns, "nft", "-f", "-"], input=script, capture_output=True, text=True
+        )
         if result.returncode != 0:
             raise RuntimeError(f"nft in {ns}: {result.stderr.strip()}")
 
@@ -150,16 +180,37 @@ class NetnsLab:
         if delay_ms == 0:
             return
         if shutil.which("iptables") is None:
-            raise RuntimeError("delay needs iptables (its NFQUEUE target; nft's queue is often not built): "
-                               "apt-get install iptables")
+            raise RuntimeError(
+                "delay needs iptables (its NFQUEUE target; nft's queue is often not built): apt-get install iptables"
+            )
         if importlib.util.find_spec("netfilterqueue") is None:
-            raise RuntimeError("delay needs the netfilterqueue package: apt-get install libnetfilter-queue-dev, "
-                               "then pip install netfilterqueue")
-        proc = subprocess.Popen(self.wrap(i, [sys.executable, "-m", "peer.testbed.netdelay", "--queue", "0",
-                                              "--delay-ms", str(delay_ms), "--jitter-ms", str(jitter_ms),
-                                              "--seed", str(i)]),
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            raise RuntimeError(
+                "delay needs the netfilterqueue package: apt-get install libnetfilter-queue-dev, "
+                "then pip install netfilterqueue"
+            )
+        proc = subprocess.Popen(
+            self.wrap(
+                i,
+                [
+                    sys.executable,
+                    "-m",
+                    "peer.testbed.netdelay",
+                    "--queue",
+                    "0",
+                    "--delay-ms",
+                    str(delay_ms),
+                    "--jitter-ms",
+                    str(jitter_ms),
+                    "--seed",
+                    str(i),
+                ],
+            ),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         self.delayers[i] = proc
+        assert proc.stdout is not None and proc.stderr is not None  # both PIPE
         if proc.stdout.readline().strip() != "ready":
             self._stop_delayer(i)
             raise RuntimeError(f"netdelay in {self.peer_ns(i)} did not start: {proc.stderr.read().strip()}")

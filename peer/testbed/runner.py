@@ -103,16 +103,28 @@ class Testbed:
         if self.certs is None:
             return {}
         name = peer_id(index)
-        return {"tls_ca": str(self.certs / "ca.pem"), "tls_cert": str(self.certs / f"{name}.pem"),
-                "tls_key": str(self.certs / f"{name}.key")}
+        return {
+            "tls_ca": str(self.certs / "ca.pem"),
+            "tls_cert": str(self.certs / f"{name}.pem"),
+            "tls_key": str(self.certs / f"{name}.key"),
+        }
 
     def peer_dir(self, index: int) -> Path:
         return self.out / f"peer-{index:02d}"
 
     def command(self, index: int, extra: dict | None = None) -> list[str]:
-        return ([sys.executable, "-m", "peer.cli", "run", "--peer-index", str(index), "--out", str(self.peer_dir(index))]
-                + _flags(self.run.as_dict())
-                + _flags({**self.daemon_settings, **self.tls_settings(index), **(extra or {})}))
+        return [
+            sys.executable,
+            "-m",
+            "peer.cli",
+            "run",
+            "--peer-index",
+            str(index),
+            "--out",
+            str(self.peer_dir(index)),
+            *_flags(self.run.as_dict()),
+            *_flags({**self.daemon_settings, **self.tls_settings(index), **(extra or {})}),
+        ]
 
     def start(self, index: int, extra: dict | None = None) -> subprocess.Popen:
         """Start peer ``index``; ``extra`` overrides daemon settings for this peer only."""
@@ -120,8 +132,9 @@ class Testbed:
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
         log = (self.peer_dir(index) / "daemon.log").open("ab")
         with INTERRUPTS.held():  # a Ctrl-C right here must not leave a daemon that stop_all does not know
-            proc = subprocess.Popen(self.command(index, extra), stdout=log, stderr=subprocess.STDOUT, env=env,
-                                    start_new_session=True)
+            proc = subprocess.Popen(
+                self.command(index, extra), stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
             self.procs[index] = proc
         return proc
 
@@ -140,8 +153,9 @@ class Testbed:
             while self._running() and time.monotonic() < deadline and not INTERRUPTS.pending:
                 time.sleep(POLL_S)
             for index in self._running():
-                print(f"peer-{index:02d} still running {grace_s:g} s after SIGTERM: killed", file=sys.stderr,
-                      flush=True)
+                print(
+                    f"peer-{index:02d} still running {grace_s:g} s after SIGTERM: killed", file=sys.stderr, flush=True
+                )
             self._signal_running(signal.SIGKILL)
             for proc in self.procs.values():
                 proc.wait()
@@ -190,7 +204,9 @@ class Testbed:
             done, elapsed = self.progress(), time.monotonic() - began
             while pending and pending[0].due(done, elapsed):
                 event = pending.pop(0)
-                print(f"round {done}, {elapsed:.0f} s: {event.action} peer-{event.peer:02d}", file=sys.stderr, flush=True)
+                print(
+                    f"round {done}, {elapsed:.0f} s: {event.action} peer-{event.peer:02d}", file=sys.stderr, flush=True
+                )
                 self.apply(event)
             time.sleep(0.1)
         self.wait(max(1.0, timeout - (time.monotonic() - began)))
@@ -200,15 +216,20 @@ class Testbed:
 
     def summary(self) -> dict:
         peers = summarize_peers([self.peer_dir(index) for index in range(self.run.peers)])
-        return {"run_id": self.run_id, "config": self.run.as_dict(), "peers": peers,
-                "mean_accuracy": float(np.mean([p["accuracy"] for p in peers.values()]))}
+        return {
+            "run_id": self.run_id,
+            "config": self.run.as_dict(),
+            "peers": peers,
+            "mean_accuracy": float(np.mean([p["accuracy"] for p in peers.values()])),
+        }
 
 
 class NetnsTestbed(Testbed):
     """The same testbed with each daemon in its own network namespace (see ``peer.testbed.netns``)."""
 
-    def __init__(self, run: RunConfig, out: Path, lab: NetnsLab, daemon_settings: dict | None = None,
-                 tls: bool = False) -> None:
+    def __init__(
+        self, run: RunConfig, out: Path, lab: NetnsLab, daemon_settings: dict | None = None, tls: bool = False
+    ) -> None:
         super().__init__(run, out, daemon_settings, tls)
         self.lab = lab
 
@@ -231,8 +252,9 @@ class NetnsTestbed(Testbed):
                 self.lab.set_drop(event.peer, other, event.percent or 0)
                 self.lab.set_drop(other, event.peer, event.percent or 0)
         elif event.action == "delay":
-            self.lab.set_delay(event.peer, event.delay_ms, event.jitter_ms or 0.0)
+            self.lab.set_delay(event.peer, event.delay_ms or 0.0, event.jitter_ms or 0.0)
         elif event.action in ("partition", "heal"):
+            assert event.other is not None  # load_scenario requires it for partition and heal
             self.lab.set_drop(event.peer, event.other, 100 if event.action == "partition" else 0)
         else:
             super().apply(event)
@@ -241,7 +263,7 @@ class NetnsTestbed(Testbed):
 def read_rounds(folder: Path) -> list[dict]:
     """A daemon's rounds.jsonl (its ``--out`` folder), empty before its first round."""
     path = folder / "rounds.jsonl"
-    return [json.loads(l) for l in path.read_text().splitlines()] if path.exists() else []
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
 def summarize_peers(peer_dirs: list[Path]) -> dict:
@@ -253,9 +275,12 @@ def summarize_peers(peer_dirs: list[Path]) -> dict:
             raise FileNotFoundError(f"{folder}: no summary.json (the daemon did not finish; see its log)")
         s = json.loads(path.read_text())
         rounds = read_rounds(folder)
-        peers[s["peer_id"]] = {"accuracy": s["mean_accuracy"], "rounds": s["rounds"],
-                               "bytes_sent": sum(r["bytes_sent"] for r in rounds),
-                               "bytes_received": sum(r["bytes_received"] for r in rounds)}
+        peers[s["peer_id"]] = {
+            "accuracy": s["mean_accuracy"],
+            "rounds": s["rounds"],
+            "bytes_sent": sum(r["bytes_sent"] for r in rounds),
+            "bytes_received": sum(r["bytes_received"] for r in rounds),
+        }
     return peers
 
 
@@ -289,8 +314,10 @@ def format_table(summary: dict) -> str:
 
     lines = [f"{'peer':<10} {'accuracy':>9} {'rounds':>7} {'sent MB':>9} {'received MB':>12}"]
     for pid, p in summary["peers"].items():
-        lines.append(f"{pid:<10} {p['accuracy']:>9.4f} {p['rounds']:>7} {p['bytes_sent'] / 1e6:>9.2f} "
-                     f"{p['bytes_received'] / 1e6:>12.2f}")
+        lines.append(
+            f"{pid:<10} {p['accuracy']:>9.4f} {p['rounds']:>7} {p['bytes_sent'] / 1e6:>9.2f} "
+            f"{p['bytes_received'] / 1e6:>12.2f}"
+        )
     lines.append(f"{'mean':<10} {summary['mean_accuracy']:>9.4f}")
     lines.append(headline(summary))
     return "\n".join(lines)
@@ -328,8 +355,15 @@ def plot(testbed: Testbed, path: Path, summary: dict | None = None) -> None:
     fig.savefig(path, dpi=110)
 
 
-def run_testbed(run: RunConfig, out: Path, daemon_settings: dict | None = None, timeout: float = 3600,
-                netns: bool = False, events: list[Event] | None = None, tls: bool = False) -> dict:
+def run_testbed(
+    run: RunConfig,
+    out: Path,
+    daemon_settings: dict | None = None,
+    timeout: float = 3600,
+    netns: bool = False,
+    events: list[Event] | None = None,
+    tls: bool = False,
+) -> dict:
     previous = INTERRUPTS.install()
     lab = NetnsLab(run.peers) if netns else None
     try:
@@ -338,8 +372,12 @@ def run_testbed(run: RunConfig, out: Path, daemon_settings: dict | None = None, 
             testbed: Testbed = NetnsTestbed(run, out, lab, daemon_settings, tls)
         else:
             testbed = Testbed(run, out, daemon_settings, tls)
-        print(f"testbed {testbed.run_id}: {run.peers} daemons{' in namespaces ' + lab.tag if lab else ''}, "
-              f"logs in {out}/peer-*/daemon.log", file=sys.stderr, flush=True)
+        print(
+            f"testbed {testbed.run_id}: {run.peers} daemons{' in namespaces ' + lab.tag if lab else ''}, "
+            f"logs in {out}/peer-*/daemon.log",
+            file=sys.stderr,
+            flush=True,
+        )
         try:
             testbed.drive(events or [], timeout)
         finally:
@@ -360,12 +398,22 @@ def assess(run: RunConfig, adapter_dirs: list[Path], progress: bool = True) -> d
     """What makes the daemons' accuracy readable: their exported factors averaged and scored, and the
     references (``run.references``) trained here at the same budget and seed (``peer.sim.references``)."""
     from peer.run_setup import pick_device, prepare_data
-    from peer.sim.references import (NETWORK_AVERAGE, evaluator_for, parse_references, run_references,
-                                     score_average_of_exports)
+    from peer.sim.references import (
+        NETWORK_AVERAGE,
+        evaluator_for,
+        parse_references,
+        run_references,
+        score_average_of_exports,
+    )
 
     data = prepare_data(run)
     evaluator = evaluator_for(run, data, pick_device(run.device))  # the validation batches, collated once
-    print("scoring the network average and training the references "
-          f"({run.references or 'none'}) at the same budget", file=sys.stderr, flush=True)
-    return {NETWORK_AVERAGE: score_average_of_exports(run, data, adapter_dirs, evaluator),
-            "references": run_references(run, data, parse_references(run.references), progress, evaluator)}
+    print(
+        f"scoring the network average and training the references ({run.references or 'none'}) at the same budget",
+        file=sys.stderr,
+        flush=True,
+    )
+    return {
+        NETWORK_AVERAGE: score_average_of_exports(run, data, adapter_dirs, evaluator),
+        "references": run_references(run, data, parse_references(run.references), progress, evaluator),
+    }

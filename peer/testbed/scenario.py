@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from peer.config import read_toml
+from peer.errors import ConfigError
 
 ACTIONS = ("link-down", "link-up", "bandwidth", "loss", "delay", "partition", "heal", "kill", "restart", "start")
 NETWORK_ACTIONS = ("link-down", "link-up", "bandwidth", "loss", "delay", "partition", "heal")
@@ -77,37 +78,51 @@ def load_scenario(path: str | Path, peers: int) -> list[Event]:
     events = []
     listed = raw.get("event", [])
     if not isinstance(listed, list):
-        raise ValueError(f"{path}: events are [[event]] tables, got event = {listed!r}")
+        raise ConfigError(f"{path}: events are [[event]] tables, got event = {listed!r}")
     for n, item in enumerate(listed, 1):
         where = f"{path}: event {n}"
         if not isinstance(item, dict):
-            raise ValueError(f"{where}: an event is a [[event]] table, got {item!r}")
+            raise ConfigError(f"{where}: an event is a [[event]] table, got {item!r}")
         action, peer = item.get("action"), item.get("peer")
         if action not in ACTIONS:
-            raise ValueError(f"{where}: action {action!r} is not one of {', '.join(ACTIONS)}")
+            raise ConfigError(f"{where}: action {action!r} is not one of {', '.join(ACTIONS)}")
         if not isinstance(peer, int) or not 0 <= peer < peers:
-            raise ValueError(f"{where}: peer must be an index in [0, {peers}), got {peer!r}")
+            raise ConfigError(f"{where}: peer must be an index in [0, {peers}), got {peer!r}")
         if ("at_round" in item) == ("at_seconds" in item):
-            raise ValueError(f"{where}: give exactly one of at_round and at_seconds")
+            raise ConfigError(f"{where}: give exactly one of at_round and at_seconds")
         at_round, at_seconds = item.get("at_round"), item.get("at_seconds")
-        if at_round is not None and not (isinstance(at_round, int) and not isinstance(at_round, bool) and at_round >= 0):
-            raise ValueError(f"{where}: at_round must be a round number >= 0, got {at_round!r}")
+        if at_round is not None and not (
+            isinstance(at_round, int) and not isinstance(at_round, bool) and at_round >= 0
+        ):
+            raise ConfigError(f"{where}: at_round must be a round number >= 0, got {at_round!r}")
         if at_seconds is not None and not (_number(at_seconds) and at_seconds >= 0):
-            raise ValueError(f"{where}: at_seconds must be a number of seconds >= 0, got {at_seconds!r}")
+            raise ConfigError(f"{where}: at_seconds must be a number of seconds >= 0, got {at_seconds!r}")
         if action == "bandwidth" and not isinstance(item.get("rate"), str):
-            raise ValueError(f"{where}: bandwidth needs rate = \"1mbit\" (or \"off\")")
+            raise ConfigError(f'{where}: bandwidth needs rate = "1mbit" (or "off")')
         other = item.get("other")
         if other is not None and (not isinstance(other, int) or not 0 <= other < peers or other == peer):
-            raise ValueError(f"{where}: other must be another peer's index in [0, {peers}), got {other!r}")
+            raise ConfigError(f"{where}: other must be another peer's index in [0, {peers}), got {other!r}")
         if action in ("partition", "heal") and other is None:
-            raise ValueError(f"{where}: {action} needs other = <peer index>")
+            raise ConfigError(f"{where}: {action} needs other = <peer index>")
         percent = item.get("percent")
         if action == "loss" and (not isinstance(percent, int) or not 0 <= percent <= 100):
-            raise ValueError(f"{where}: loss needs percent = 0..100")
+            raise ConfigError(f"{where}: loss needs percent = 0..100")
         delay, jitter = item.get("delay_ms"), item.get("jitter_ms", 0)
         if action == "delay" and not (_number(delay) and _number(jitter) and 0 <= jitter <= delay):
-            raise ValueError(f"{where}: delay needs delay_ms >= 0 and 0 <= jitter_ms <= delay_ms, "
-                             f"got {delay!r} and {jitter!r}")
-        events.append(Event(action, peer, item.get("at_round"), item.get("at_seconds"), item.get("rate"),
-                            other, percent, delay, jitter if action == "delay" else None))
+            raise ConfigError(
+                f"{where}: delay needs delay_ms >= 0 and 0 <= jitter_ms <= delay_ms, got {delay!r} and {jitter!r}"
+            )
+        events.append(
+            Event(
+                action,
+                peer,
+                item.get("at_round"),
+                item.get("at_seconds"),
+                item.get("rate"),
+                other,
+                percent,
+                delay,
+                jitter if action == "delay" else None,
+            )
+        )
     return sorted(events, key=lambda e: (e.at_round is None, e.at_round or 0, e.at_seconds or 0.0))

@@ -7,4 +7,4 @@ rounds' graphs or networks.
 from peer.training.adapters import Adapter, AdapterModel, LoraSettings
 from peer.training.trainer import LocalTrainer
 
-__all__ = ["Adapter", "AdapterModel", "LoraSettings", "LocalTrainer"]
+__all__ = ["Adapter", "AdapterModel", "LocalTrainer", "LoraSettings"]

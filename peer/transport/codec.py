@@ -17,10 +17,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from peer.errors import TadloraError
+
 Schema = dict[str, tuple[str, tuple[int, ...]]]
 
 
-class DecodeError(ValueError):
+class DecodeError(TadloraError, ValueError):
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(f"{reason}: {detail}")
         self.reason, self.detail = reason, detail
@@ -55,8 +57,9 @@ def new_payload_digest():
     return xxhash.xxh3_128()
 
 
-def decode_factors(payload: bytes, schema: Schema, expected_names: set[str] | None = None,
-                   device: str | torch.device | None = None) -> dict[str, torch.Tensor]:
+def decode_factors(
+    payload: bytes, schema: Schema, expected_names: set[str] | None = None, device: str | torch.device | None = None
+) -> dict[str, torch.Tensor]:
     """Parse and validate a payload against the local ``schema``.
 
     ``expected_names``: exactly these tensors must be present (the factors the header announced).

@@ -48,21 +48,43 @@ class Limits:
 
 
 def header_to_pb(h: Header) -> pb.Header:
-    return pb.Header(protocol_version=h.protocol_version, run_id=h.run_id, sender_id=h.sender_id, round=h.round,
-                     phase=h.phase, factors=list(h.factors), schema_digest=h.schema_digest,
-                     payload_digest=h.payload_digest, payload_size=h.payload_size, degree=h.degree,
-                     link_estimate=h.link_estimate, switch_interval=h.switch_interval,
-                     schedule_round=h.schedule_round, proposed_interval=h.proposed_interval,
-                     phase_start=h.phase_start)
+    return pb.Header(
+        protocol_version=h.protocol_version,
+        run_id=h.run_id,
+        sender_id=h.sender_id,
+        round=h.round,
+        phase=h.phase,
+        factors=list(h.factors),
+        schema_digest=h.schema_digest,
+        payload_digest=h.payload_digest,
+        payload_size=h.payload_size,
+        degree=h.degree,
+        link_estimate=h.link_estimate,
+        switch_interval=h.switch_interval,
+        schedule_round=h.schedule_round,
+        proposed_interval=h.proposed_interval,
+        phase_start=h.phase_start,
+    )
 
 
 def header_from_pb(h: pb.Header) -> Header:
-    return Header(run_id=h.run_id, sender_id=h.sender_id, round=h.round, phase=h.phase, factors=tuple(h.factors),
-                  schema_digest=bytes(h.schema_digest), payload_digest=bytes(h.payload_digest),
-                  payload_size=h.payload_size, degree=h.degree, link_estimate=h.link_estimate,
-                  switch_interval=h.switch_interval, schedule_round=h.schedule_round,
-                  proposed_interval=h.proposed_interval, phase_start=h.phase_start,
-                  protocol_version=h.protocol_version)
+    return Header(
+        run_id=h.run_id,
+        sender_id=h.sender_id,
+        round=h.round,
+        phase=h.phase,
+        factors=tuple(h.factors),
+        schema_digest=bytes(h.schema_digest),
+        payload_digest=bytes(h.payload_digest),
+        payload_size=h.payload_size,
+        degree=h.degree,
+        link_estimate=h.link_estimate,
+        switch_interval=h.switch_interval,
+        schedule_round=h.schedule_round,
+        proposed_interval=h.proposed_interval,
+        phase_start=h.phase_start,
+        protocol_version=h.protocol_version,
+    )
 
 
 def seal(header: Header, payload: bytes) -> FactorMessage:
@@ -75,7 +97,7 @@ def to_frames(message: FactorMessage, chunk_size: int) -> Iterator[pb.Frame]:
     yield pb.Frame(header=header_to_pb(message.header))
     view = memoryview(message.payload)
     for start in range(0, len(view), chunk_size):
-        yield pb.Frame(chunk=pb.Chunk(data=bytes(view[start:start + chunk_size])))
+        yield pb.Frame(chunk=pb.Chunk(data=bytes(view[start : start + chunk_size])))
 
 
 def reject_frame(r: Rejected) -> pb.Frame:
@@ -97,18 +119,21 @@ def check_payload(message: FactorMessage, digest: bytes | None = None) -> None:
         raise Rejected("payload-hash", "payload does not match the hash in its header")
 
 
-async def read_message(next_frame: Callable[[], Awaitable[pb.Frame | None]], limits: Limits,
-                       screen: Callable[[Header], Awaitable[None]] | None = None) -> FactorMessage:
+async def read_message(
+    next_frame: Callable[[], Awaitable[pb.Frame | None]],
+    limits: Limits,
+    screen: Callable[[Header], Awaitable[None]] | None = None,
+) -> FactorMessage:
     """Read Header, Chunk* from a stream; raise Rejected for anything malformed, oversized or stalled.
     ``screen`` sees the header before any payload is read (``ExchangeServer.screen``)."""
     loop = asyncio.get_running_loop()
-    deadline: list[float] = []   # the whole message's, once the header says how large it is
+    deadline: list[float] = []  # the whole message's, once the header says how large it is
 
     async def frame() -> pb.Frame:
         left = deadline[0] - loop.time() if deadline else limits.frame_timeout
         try:
             f = await asyncio.wait_for(next_frame(), max(0.0, min(limits.frame_timeout, left)))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             if left < limits.frame_timeout:
                 raise Rejected("stalled", f"slower than {limits.min_bytes_per_s:g} bytes/s") from None
             raise Rejected("stalled", f"no frame for {limits.frame_timeout:g} s") from None
@@ -129,7 +154,8 @@ async def read_message(next_frame: Callable[[], Awaitable[pb.Frame | None]], lim
     deadline.append(loop.time() + limits.frame_timeout + header.payload_size / limits.min_bytes_per_s)
     # chunks are kept as they come and joined once; the hash is updated chunk by chunk, while the
     # next chunks are still on the wire, rather than over the whole payload at the end
-    parts, received, digest = [], 0, new_payload_digest()
+    parts: list[bytes] = []
+    received, digest = 0, new_payload_digest()
     while received < header.payload_size:
         f = await frame()
         if not f.HasField("chunk"):

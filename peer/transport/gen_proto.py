@@ -26,8 +26,16 @@ def generate(out: Path) -> None:
 
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        code = protoc.main(["grpc_tools.protoc", f"-I{PROTO_DIR}", f"--python_out={tmp}", f"--pyi_out={tmp}",
-                            f"--grpc_python_out={tmp}", str(PROTO_DIR / PROTO)])
+        code = protoc.main(
+            [
+                "grpc_tools.protoc",
+                f"-I{PROTO_DIR}",
+                f"--python_out={tmp}",
+                f"--pyi_out={tmp}",
+                f"--grpc_python_out={tmp}",
+                str(PROTO_DIR / PROTO),
+            ]
+        )
         if code != 0:
             raise SystemExit(f"protoc failed with exit code {code}")
         for name in GENERATED:

@@ -9,13 +9,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 
 import grpc
 
-from peer.transport.base import (ExchangeFailed, ExchangeOutcomeUnknown, ExchangeServer, FactorMessage,
-                                 HandshakeRefused, NeighbourInfo, NetworkFaults, Reason, Rejected, StatusInfo, Step,
-                                 Transport, Validator, shown)
+from peer.transport.base import (
+    ExchangeFailed,
+    ExchangeOutcomeUnknown,
+    ExchangeServer,
+    FactorMessage,
+    HandshakeRefused,
+    NeighbourInfo,
+    NetworkFaults,
+    Reason,
+    Rejected,
+    StatusInfo,
+    Step,
+    Transport,
+    Validator,
+    shown,
+)
 from peer.transport.framing import Limits, read_message, reject_frame, to_frames
 from peer.transport.pb import peer_pb2 as pb
 from peer.transport.pb import peer_pb2_grpc as pb_grpc
@@ -35,27 +47,48 @@ def _channel_options(limits: Limits) -> list[tuple[str, int]]:
 
 def status_to_pb(s: StatusInfo) -> pb.StatusReply:
     return pb.StatusReply(
-        protocol_version=s.protocol_version, peer_id=s.peer_id, run_id=s.run_id, round=s.round, phase=s.phase,
-        schema_digest=s.schema_digest, switch_interval=s.switch_interval, rejected=s.rejected,
-        phase_start=s.phase_start, schedule_round=s.schedule_round,
-        neighbours=[pb.Neighbour(peer_id=n.peer_id, address=n.address, last_round=n.last_round,
-                                 last_exchange_unix=n.last_exchange_unix) for n in s.neighbours])
+        protocol_version=s.protocol_version,
+        peer_id=s.peer_id,
+        run_id=s.run_id,
+        round=s.round,
+        phase=s.phase,
+        schema_digest=s.schema_digest,
+        switch_interval=s.switch_interval,
+        rejected=s.rejected,
+        phase_start=s.phase_start,
+        schedule_round=s.schedule_round,
+        neighbours=[
+            pb.Neighbour(
+                peer_id=n.peer_id, address=n.address, last_round=n.last_round, last_exchange_unix=n.last_exchange_unix
+            )
+            for n in s.neighbours
+        ],
+    )
 
 
 def status_from_pb(s: pb.StatusReply) -> StatusInfo:
-    return StatusInfo(peer_id=s.peer_id, run_id=s.run_id, round=s.round, phase=s.phase,
-                      schema_digest=bytes(s.schema_digest), switch_interval=s.switch_interval,
-                      rejected=dict(s.rejected), protocol_version=s.protocol_version,
-                      phase_start=s.phase_start, schedule_round=s.schedule_round,
-                      neighbours=[NeighbourInfo(n.peer_id, n.address, n.last_round, n.last_exchange_unix)
-                                  for n in s.neighbours])
+    return StatusInfo(
+        peer_id=s.peer_id,
+        run_id=s.run_id,
+        round=s.round,
+        phase=s.phase,
+        schema_digest=bytes(s.schema_digest),
+        switch_interval=s.switch_interval,
+        rejected=dict(s.rejected),
+        protocol_version=s.protocol_version,
+        phase_start=s.phase_start,
+        schedule_round=s.schedule_round,
+        neighbours=[NeighbourInfo(n.peer_id, n.address, n.last_round, n.last_exchange_unix) for n in s.neighbours],
+    )
 
 
 def _reader(call):
     """``next_frame`` for ``read_message`` over a client call: None at the end of the stream."""
+
     async def next_frame():
         frame = await call.read()
         return None if frame is grpc.aio.EOF else frame
+
     return next_frame
 
 
@@ -131,8 +164,8 @@ def _sending_time(limits: Limits, payload_bytes: int) -> float:
 class _Servicer(pb_grpc.PeerServicer):
     def __init__(self, server: ExchangeServer, limits: Limits, tls: TlsMaterial | None) -> None:
         self.server, self.limits, self.tls = server, limits, tls
-        self.streams: dict[str, int] = {}     # swaps being received, per remote address
-        self.buffered = 0                     # payload bytes those swaps announced (screened headers)
+        self.streams: dict[str, int] = {}  # swaps being received, per remote address
+        self.buffered = 0  # payload bytes those swaps announced (screened headers)
 
     def _busy(self, host: str) -> Rejected | None:
         if sum(self.streams.values()) >= self.limits.max_streams:
@@ -201,7 +234,7 @@ class _Servicer(pb_grpc.PeerServicer):
                 yield frame
             try:
                 answer = await asyncio.wait_for(next_frame(), self.limits.frame_timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 answer = None
             watchdog.cancel()
             if answer is not None and answer.HasField("commit") and answer.commit.round == incoming.header.round:
@@ -224,7 +257,7 @@ class _Servicer(pb_grpc.PeerServicer):
         return status_to_pb(self.server.status())
 
     async def Fetch(self, request, context):
-        slot = self._hold(context)   # the same stream caps as swaps: a reader that never reads holds a slot
+        slot = self._hold(context)  # the same stream caps as swaps: a reader that never reads holds a slot
         if slot is None:
             yield self._refuse_busy(context)
             return
@@ -264,12 +297,18 @@ class GrpcTransport(Transport):
     reply or commit cancels the stream (the server sees it end without a commit), a lost ack is read
     and dropped (the server counted the link; the client does not know)."""
 
-    def __init__(self, limits: Limits = Limits(), tls: TlsMaterial | None = None,
-                 faults: NetworkFaults | None = None, name: str = "") -> None:
-        self.limits, self.tls = limits, tls
+    def __init__(
+        self,
+        limits: Limits | None = None,
+        tls: TlsMaterial | None = None,
+        faults: NetworkFaults | None = None,
+        name: str = "",
+    ) -> None:
+        self.limits, self.tls = limits or Limits(), tls
         self.faults, self.name = faults or NetworkFaults(), name
         self._server: grpc.aio.Server | None = None
-        self._channels: dict[tuple[str, str], grpc.aio.Channel] = {}   # (address, certificate name)
+        self._channels: dict[tuple[str, str], grpc.aio.Channel] = {}  # (address, certificate name)
+        self._closing: set[asyncio.Future] = set()
 
     async def _lost(self, step: Step, address: str, to_server: bool = True) -> bool:
         source, destination = (self.name, address) if to_server else (address, self.name)
@@ -282,8 +321,9 @@ class GrpcTransport(Transport):
         if self.tls is None:
             port = self._server.add_insecure_port(address)
         else:
-            credentials = grpc.ssl_server_credentials([(self.tls.key, self.tls.cert)], root_certificates=self.tls.ca,
-                                                      require_client_auth=True)
+            credentials = grpc.ssl_server_credentials(
+                [(self.tls.key, self.tls.cert)], root_certificates=self.tls.ca, require_client_auth=True
+            )
             port = self._server.add_secure_port(address, credentials)
         if port == 0:
             raise OSError(f"cannot listen on {address}")
@@ -300,20 +340,24 @@ class GrpcTransport(Transport):
             if self.tls is None:
                 channel = grpc.aio.insecure_channel(address, options=options)
             else:
-                credentials = grpc.ssl_channel_credentials(root_certificates=self.tls.ca, private_key=self.tls.key,
-                                                           certificate_chain=self.tls.cert)
+                credentials = grpc.ssl_channel_credentials(
+                    root_certificates=self.tls.ca, private_key=self.tls.key, certificate_chain=self.tls.cert
+                )
                 # peers are dialled by address: the name checked in the handshake is the expected peer's
-                channel = grpc.aio.secure_channel(address, credentials,
-                                                  options=options + [("grpc.ssl_target_name_override", name)])
+                channel = grpc.aio.secure_channel(
+                    address, credentials, options=[*options, ("grpc.ssl_target_name_override", name)]
+                )
             self._channels[(address, name)] = channel
-            if len(self._channels) > MAX_CHANNELS:   # announcements of many fake addresses: drop the oldest
+            if len(self._channels) > MAX_CHANNELS:  # announcements of many fake addresses: drop the oldest
                 oldest = next(iter(self._channels))
                 stale = self._channels.pop(oldest)
-                asyncio.ensure_future(stale.close())
+                self._closing.add(task := asyncio.ensure_future(stale.close()))  # kept until done
+                task.add_done_callback(self._closing.discard)
         return pb_grpc.PeerStub(channel)
 
-    async def exchange(self, address: str, outgoing: FactorMessage, validate: Validator,
-                       timeout: float, *, expect: str | None = None) -> FactorMessage:
+    async def exchange(
+        self, address: str, outgoing: FactorMessage, validate: Validator, timeout: float, *, expect: str | None = None
+    ) -> FactorMessage:
         if await self._lost(Step.SWAP, address):
             await asyncio.sleep(timeout)
             raise ExchangeFailed(f"{address}: no answer within {timeout:g} s")
@@ -357,7 +401,7 @@ class GrpcTransport(Transport):
             await call.done_writing()
             return reply
         except grpc.aio.AioRpcError as exc:
-            if committed:
+            if committed and reply is not None:  # the reply came before the commit was sent
                 raise ExchangeOutcomeUnknown(reply) from None
             raise _failure(address, exc) from None
         finally:
@@ -372,8 +416,9 @@ class GrpcTransport(Transport):
         except grpc.aio.AioRpcError as exc:
             raise _failure(address, exc) from None
 
-    async def fetch(self, address: str, run_id: str, peer_id: str, timeout: float, *,
-                    expect: str | None = None) -> FactorMessage:
+    async def fetch(
+        self, address: str, run_id: str, peer_id: str, timeout: float, *, expect: str | None = None
+    ) -> FactorMessage:
         if await self._lost(Step.FETCH, address):
             await asyncio.sleep(timeout)
             raise ExchangeFailed(f"{address}: no answer within {timeout:g} s")
@@ -385,14 +430,16 @@ class GrpcTransport(Transport):
         finally:
             call.cancel()
 
-    async def outcome(self, address: str, run_id: str, peer_id: str, round_: int, timeout: float, *,
-                      expect: str | None = None) -> bool | None:
+    async def outcome(
+        self, address: str, run_id: str, peer_id: str, round_: int, timeout: float, *, expect: str | None = None
+    ) -> bool | None:
         if await self._lost(Step.OUTCOME, address):
             await asyncio.sleep(timeout)
             return None
         try:
             reply = await self._stub(address, expect).Outcome(
-                pb.OutcomeRequest(run_id=run_id, peer_id=peer_id, round=round_), timeout=timeout)
+                pb.OutcomeRequest(run_id=run_id, peer_id=peer_id, round=round_), timeout=timeout
+            )
         except grpc.aio.AioRpcError:
             return None
         return reply.counted if reply.known else None

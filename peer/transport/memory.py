@@ -15,9 +15,21 @@ import asyncio
 import copy
 from collections.abc import Awaitable, Callable
 
-from peer.transport.base import (ConnectionLost, ExchangeFailed, ExchangeOutcomeUnknown, ExchangeServer,
-                                 FactorMessage, NetworkFaults, Rejected, StatusInfo, Step, Transport, Validator)
+from peer.transport.base import (
+    ConnectionLost,
+    ExchangeFailed,
+    ExchangeOutcomeUnknown,
+    ExchangeServer,
+    FactorMessage,
+    NetworkFaults,
+    Rejected,
+    StatusInfo,
+    Step,
+    Transport,
+    Validator,
+)
 from peer.transport.framing import Limits, check_header, check_payload
+
 
 class MemoryNetwork:
     """A namespace of addresses; each test makes its own."""
@@ -42,17 +54,19 @@ class MemoryNetwork:
 
     def later(self, delay: float, call: Callable[[], Awaitable]) -> None:
         """Run ``call`` after ``delay`` seconds (a server noticing that a stream died)."""
+
         async def run():
             await asyncio.sleep(delay)
             await call()
+
         task = asyncio.ensure_future(run())
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
 
 class MemoryTransport(Transport):
-    def __init__(self, network: MemoryNetwork, limits: Limits = Limits()) -> None:
-        self.network, self.limits = network, limits
+    def __init__(self, network: MemoryNetwork, limits: Limits | None = None) -> None:
+        self.network, self.limits = network, limits or Limits()
         self.bound: list[str] = []
 
     @property
@@ -94,8 +108,9 @@ class MemoryTransport(Transport):
         self.bound.append(bound)
         return bound
 
-    async def exchange(self, address: str, outgoing: FactorMessage, validate: Validator,
-                       timeout: float, *, expect: str | None = None) -> FactorMessage:
+    async def exchange(
+        self, address: str, outgoing: FactorMessage, validate: Validator, timeout: float, *, expect: str | None = None
+    ) -> FactorMessage:
         until = asyncio.get_running_loop().time() + timeout
         server = self._server(address)
         incoming = self._receive(server, outgoing)
@@ -123,22 +138,24 @@ class MemoryTransport(Transport):
             raise Rejected("round-closed", "the server mixed this round already")
         return copy.deepcopy(reply)
 
-    async def _respond(self, address: str, server: ExchangeServer, incoming: FactorMessage,
-                       until: float) -> FactorMessage:
+    async def _respond(
+        self, address: str, server: ExchangeServer, incoming: FactorMessage, until: float
+    ) -> FactorMessage:
         left = max(0.0, until - asyncio.get_running_loop().time())
         try:
-            return await asyncio.wait_for(self.faults.at_server(address, lambda: self._screened(server, incoming)),
-                                          left)
+            return await asyncio.wait_for(
+                self.faults.at_server(address, lambda: self._screened(server, incoming)), left
+            )
         except Rejected as r:  # counted where it was refused, as over gRPC
             server.count_rejection(r.reason, r.detail, "memory")
             raise
-        except asyncio.TimeoutError:
+        except TimeoutError:
             await server.abort(incoming.header)
             raise ExchangeFailed(f"{address} did not answer within {left:g} s") from None
 
     @staticmethod
     async def _screened(server: ExchangeServer, incoming: FactorMessage) -> FactorMessage:
-        await server.screen(incoming.header)   # as over gRPC: the header first, then the whole message
+        await server.screen(incoming.header)  # as over gRPC: the header first, then the whole message
         return await server.respond(incoming)
 
     async def _commit(self, address: str, server: ExchangeServer, header, reply: FactorMessage) -> bool:
@@ -175,20 +192,24 @@ class MemoryTransport(Transport):
         await self._answered(Step.STATUS, address, server, until)
         return answer
 
-    async def fetch(self, address: str, run_id: str, peer_id: str, timeout: float, *,
-                    expect: str | None = None) -> FactorMessage:
+    async def fetch(
+        self, address: str, run_id: str, peer_id: str, timeout: float, *, expect: str | None = None
+    ) -> FactorMessage:
         until = asyncio.get_running_loop().time() + timeout
         server = await self._call(Step.FETCH, address, timeout)
         try:
-            answer = copy.deepcopy(await self.faults.at_server(address, lambda: server.current_factors(run_id, peer_id)))
+            answer = copy.deepcopy(
+                await self.faults.at_server(address, lambda: server.current_factors(run_id, peer_id))
+            )
         except Rejected as r:
             server.count_rejection(r.reason, r.detail, "memory")
             raise
         await self._answered(Step.FETCH, address, server, until)
         return answer
 
-    async def outcome(self, address: str, run_id: str, peer_id: str, round_: int, timeout: float, *,
-                      expect: str | None = None) -> bool | None:
+    async def outcome(
+        self, address: str, run_id: str, peer_id: str, round_: int, timeout: float, *, expect: str | None = None
+    ) -> bool | None:
         until = asyncio.get_running_loop().time() + timeout
         try:
             server = await self._call(Step.OUTCOME, address, timeout)

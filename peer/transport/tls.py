@@ -26,12 +26,14 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-TLS_NAME = "tadlora-peer"      # the server name clients verify; every peer certificate carries it
-RUN_PREFIX = "tadlora run "    # the authority's organisation field: "tadlora run <run-id>"
+from peer.errors import UsageError
+
+TLS_NAME = "tadlora-peer"  # the server name clients verify; every peer certificate carries it
+RUN_PREFIX = "tadlora run "  # the authority's organisation field: "tadlora run <run-id>"
 PEER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 
 
-class TlsError(ValueError):
+class TlsError(UsageError, ValueError):
     """Certificates that cannot work: missing, unreadable, not signed by the CA, of another run."""
 
 
@@ -57,8 +59,12 @@ def _x509():
 
 def _name(common_name: str, run_id: str):
     x509, _, _, _, NameOID = _x509()
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name),
-                      x509.NameAttribute(NameOID.ORGANIZATION_NAME, RUN_PREFIX + run_id)])
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, RUN_PREFIX + run_id),
+        ]
+    )
 
 
 def _write_private(path: Path, data: bytes) -> None:
@@ -69,8 +75,9 @@ def _write_private(path: Path, data: bytes) -> None:
 
 def _key_pem(key) -> bytes:
     _, _, serialization, _, _ = _x509()
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 def create_authority(folder: Path, run_id: str, days: int = 3650) -> None:
@@ -80,16 +87,33 @@ def create_authority(folder: Path, run_id: str, days: int = 3650) -> None:
     if (folder / "ca.pem").exists() or (folder / "ca.key").exists():
         raise TlsError(f"{folder} already holds an authority (ca.pem/ca.key); issue peers from it instead")
     key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     name = _name(f"tadlora CA {run_id}", run_id)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=days))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                         content_commitment=False, key_encipherment=False, data_encipherment=False,
-                                         key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
-            .sign(key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .sign(key, hashes.SHA256())
+    )
     _write_private(folder / "ca.key", _key_pem(key))
     (folder / "ca.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
@@ -102,16 +126,23 @@ def issue_peer(folder: Path, peer_id: str, days: int = 3650) -> tuple[Path, Path
     ca_cert, ca_key = _read_authority(folder)
     run_id = run_of(ca_cert)
     key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(_name(peer_id, run_id)).issuer_name(ca_cert.subject)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=days))
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(TLS_NAME), x509.DNSName(peer_id)]),
-                           critical=False)
-            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH,
-                                                  x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-            .sign(ca_key, hashes.SHA256()))
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name(peer_id, run_id))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(TLS_NAME), x509.DNSName(peer_id)]), critical=False)
+        .add_extension(
+            x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH, x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
     cert_path, key_path = folder / f"{peer_id}.pem", folder / f"{peer_id}.key"
     _write_private(key_path, _key_pem(key))
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
@@ -135,7 +166,7 @@ def run_of(cert) -> str:
     _, _, _, _, NameOID = _x509()
     orgs = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
     value = orgs[0].value if orgs else ""
-    return value[len(RUN_PREFIX):] if value.startswith(RUN_PREFIX) else ""
+    return value[len(RUN_PREFIX) :] if value.startswith(RUN_PREFIX) else ""
 
 
 def load(ca: str | Path, cert: str | Path, key: str | Path, peer_id: str, run_id: str) -> TlsMaterial:
@@ -155,7 +186,7 @@ def load(ca: str | Path, cert: str | Path, key: str | Path, peer_id: str, run_id
         raise TlsError(f"TLS files are not valid PEM: {exc}") from None
     try:
         own.verify_directly_issued_by(ca_cert)
-    except Exception:  # noqa: BLE001 - cryptography raises several types for "not signed by it"
+    except Exception:
         raise TlsError(f"{cert} is not signed by the authority {ca}") from None
     if own_key.public_key().public_numbers() != own.public_key().public_numbers():
         raise TlsError(f"{key} is not the key of {cert}")

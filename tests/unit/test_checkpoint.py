@@ -35,10 +35,18 @@ def leftovers(directory):  # temporary files, or anything else beside the checkp
 
 
 def test_what_is_saved_loads_back_equal_on_cpu(tmp_path):
-    state = {"peer_id": "p0", "round": 7, "flags": [True, None], "pair": (1, 2.5), "ids": {"a", "b"},
-             "f32": torch.randn(2, 3), "bf16": torch.randn(3).bfloat16(), "i64": torch.arange(4),
-             "nested": {"x": {"y": torch.tensor([1.5])}}}
-    save_checkpoint(tmp_path / "new" / "folder", state)            # the folder is made
+    state = {
+        "peer_id": "p0",
+        "round": 7,
+        "flags": [True, None],
+        "pair": (1, 2.5),
+        "ids": {"a", "b"},
+        "f32": torch.randn(2, 3),
+        "bf16": torch.randn(3).bfloat16(),
+        "i64": torch.arange(4),
+        "nested": {"x": {"y": torch.tensor([1.5])}},
+    }
+    save_checkpoint(tmp_path / "new" / "folder", state)  # the folder is made
     back = load_checkpoint(tmp_path / "new" / "folder")
     assert back.keys() == state.keys()
     for key in ("peer_id", "round", "flags", "pair", "ids"):
@@ -109,12 +117,12 @@ def test_a_kill_mid_write_leaves_a_temp_file_that_the_next_load_ignores_and_remo
     assert load_checkpoint(tmp_path)["round"] == 3 and leftovers(tmp_path) == []
 
 
-@pytest.mark.parametrize("cut", [0, 1, 30, "half", -22, -1])   # bytes kept, or dropped from the end
+@pytest.mark.parametrize("cut", [0, 1, 30, "half", -22, -1])  # bytes kept, or dropped from the end
 def test_a_truncated_checkpoint_is_a_checkpoint_error_naming_the_file(tmp_path, cut):
     save_checkpoint(tmp_path, OLD)
     whole = (tmp_path / CHECKPOINT).read_bytes()
-    (tmp_path / CHECKPOINT).write_bytes(whole[:len(whole) // 2 if cut == "half" else cut])
-    with pytest.raises(CheckpointError, match="(?s)cannot be read.*move it away") as caught:
+    (tmp_path / CHECKPOINT).write_bytes(whole[: len(whole) // 2 if cut == "half" else cut])
+    with pytest.raises(CheckpointError, match=r"(?s)cannot be read.*move it away") as caught:
         load_checkpoint(tmp_path)
     assert str(tmp_path / CHECKPOINT) in str(caught.value) and isinstance(caught.value, RuntimeError)
 
@@ -142,8 +150,11 @@ def test_a_state_that_could_not_be_loaded_is_refused_at_save_and_the_previous_on
     assert load_checkpoint(tmp_path)["round"] == 3
 
 
-@pytest.mark.xfail(strict=True, reason="torch's zip reader checks no CRC: a flipped byte in a tensor's "
-                   "data loads silently as a different value instead of a CheckpointError")
+@pytest.mark.xfail(
+    strict=True,
+    reason="torch's zip reader checks no CRC: a flipped byte in a tensor's "
+    "data loads silently as a different value instead of a CheckpointError",
+)
 def test_a_flipped_byte_in_tensor_data_is_a_checkpoint_error(tmp_path):
     save_checkpoint(tmp_path, {"a": torch.arange(6.0)})
     data = bytearray((tmp_path / CHECKPOINT).read_bytes())

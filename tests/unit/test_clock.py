@@ -48,8 +48,8 @@ def test_a_custom_factor_scales_the_learned_deadline():
 
 def test_the_learned_deadline_is_clamped_to_the_minimum_and_the_maximum():
     fast, slow = AdaptiveDeadline(2.0, 60.0), AdaptiveDeadline(2.0, 60.0)
-    fast.observe(0.1)    # 2 × 0.1 = 0.2 s, below the minimum
-    slow.observe(45.0)   # 2 × 45 = 90 s, above the maximum
+    fast.observe(0.1)  # 2 × 0.1 = 0.2 s, below the minimum
+    slow.observe(45.0)  # 2 × 45 = 90 s, above the maximum
     assert fast.current() == 2.0 and slow.current() == 60.0
 
 
@@ -58,7 +58,7 @@ def test_faster_exchanges_shrink_the_deadline_and_slower_ones_grow_it_within_the
     for _ in range(5):
         deadline.observe(10.0)
     assert deadline.current() == pytest.approx(20.0)
-    for _ in range(5):   # the window now holds only the fast rounds
+    for _ in range(5):  # the window now holds only the fast rounds
         deadline.observe(2.0)
     assert deadline.current() == pytest.approx(4.0)
     for _ in range(5):
@@ -67,7 +67,7 @@ def test_faster_exchanges_shrink_the_deadline_and_slower_ones_grow_it_within_the
 
 
 def test_one_slow_round_in_twenty_does_not_move_the_deadline():
-    deadline = AdaptiveDeadline(1.0, 100.0)   # window 20: the p90 lies between the 18th and 19th
+    deadline = AdaptiveDeadline(1.0, 100.0)  # window 20: the p90 lies between the 18th and 19th
     for _ in range(19):
         deadline.observe(3.0)
     deadline.observe(40.0)
@@ -83,7 +83,7 @@ def test_reading_the_deadline_changes_nothing():
 
 def test_each_round_without_links_doubles_the_allowance_up_to_the_maximum():
     deadline = AdaptiveDeadline(2.0, 60.0)
-    deadline.observe(0.5)                       # learned: 2 × 0.5 = 1 s, clamped to 2 s
+    deadline.observe(0.5)  # learned: 2 × 0.5 = 1 s, clamped to 2 s
     seen = []
     for _ in range(7):
         deadline.nothing_counted()
@@ -104,6 +104,6 @@ def test_the_first_round_in_which_a_link_counts_drops_the_stretch():
 
 def test_a_stretch_starts_from_the_learned_deadline_when_that_is_larger():
     deadline = AdaptiveDeadline(2.0, 60.0)
-    deadline.observe(10.0)                      # learned 20 s
+    deadline.observe(10.0)  # learned 20 s
     deadline.nothing_counted()
     assert deadline.current() == 40.0

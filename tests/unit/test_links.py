@@ -10,8 +10,13 @@ first 16 rounds of absence, with back-off), then it is dormant".
 
 import pytest
 
-from peer.daemon.links import (DORMANT_AFTER_FAILURES, MAX_BACKOFF_ROUNDS, SUSPECT_AFTER_FAILURES,
-                               LinkBackoff, synthetic_link_up)
+from peer.daemon.links import (
+    DORMANT_AFTER_FAILURES,
+    MAX_BACKOFF_ROUNDS,
+    SUSPECT_AFTER_FAILURES,
+    LinkBackoff,
+    synthetic_link_up,
+)
 
 
 def failed(times: int, peer: str = "x") -> LinkBackoff:
@@ -65,8 +70,8 @@ def test_a_neighbour_that_fails_five_times_becomes_dormant_and_a_probe_answer_wa
     assert not backoff.dormant("x") and backoff.attempt("x", 8)
     backoff.outcome("x", counted=False)
     assert backoff.dormant("x")
-    assert not any(backoff.attempt("x", r) for r in range(200))   # not even round 0, divisible by all
-    backoff.outcome("x", counted=True)                            # the Status probe answered
+    assert not any(backoff.attempt("x", r) for r in range(200))  # not even round 0, divisible by all
+    backoff.outcome("x", counted=True)  # the Status probe answered
     assert not backoff.dormant("x") and all(backoff.attempt("x", r) for r in range(1, 10))
 
 
@@ -95,7 +100,7 @@ def test_a_vanished_peer_is_attempted_in_at_most_five_of_its_first_sixteen_round
     backoff, attempts = LinkBackoff(), []
     for r in range(vanished_at, vanished_at + 300):
         if backoff.attempt("ghost", r):
-            attempts.append(r - vanished_at)       # rounds of absence, 0 = the first
+            attempts.append(r - vanished_at)  # rounds of absence, 0 = the first
             backoff.outcome("ghost", counted=False)
     assert len(attempts) == DORMANT_AFTER_FAILURES == 5
     assert attempts[:2] == [0, 1] and attempts[-1] < 16 and backoff.dormant("ghost")

@@ -37,4 +37,4 @@ def make_strategy(name: str, switch_interval: int | None = None, train_head: boo
     return STRATEGIES[name](switch_interval, train_head)
 
 
-__all__ = ["RoundPlan", "Strategy", "STRATEGIES", "available_strategies", "make_strategy"]
+__all__ = ["STRATEGIES", "RoundPlan", "Strategy", "available_strategies", "make_strategy"]

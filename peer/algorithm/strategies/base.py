@@ -2,25 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import ClassVar
 
-from peer.algorithm.factors import A, B, HEAD
-from peer.algorithm.mixing import mix
-from peer.algorithm.schedule import PhaseSchedule
+from peer.algorithm.factors import HEAD, A, B, Block, Phase
+from peer.algorithm.mixing import Node, mix
+from peer.algorithm.schedule import PhaseSchedule, Schedule
 
 BOTH = frozenset({A, B})
 
 
 @dataclass(frozen=True)
 class RoundPlan:
-    """What one round does. ``phase`` is ``"A"``, ``"B"`` or ``"AB"`` (for logs and metrics)."""
+    """What one round does: the phase it is in, the blocks that train, the blocks that are mixed."""
 
     round: int
-    phase: str
-    train: frozenset[str]
-    mix: frozenset[str]
+    phase: Phase
+    train: frozenset[Block]
+    mix: frozenset[Block]
 
 
 class Strategy:
@@ -40,7 +40,7 @@ class Strategy:
     default_switch_interval: ClassVar[int] = 1
 
     def __init__(self, switch_interval: int | None = None, train_head: bool = False) -> None:
-        self.schedule = PhaseSchedule(switch_interval or self.default_switch_interval)
+        self.schedule: Schedule = PhaseSchedule(switch_interval or self.default_switch_interval)
         self.train_head = train_head
 
     @property
@@ -57,8 +57,13 @@ class Strategy:
     def plan_factors(self, round_: int) -> RoundPlan:
         raise NotImplementedError
 
-    def combine(self, own: Mapping[str, object], received: Mapping[Hashable, Mapping[str, object]],
-                weights: Mapping[Hashable, float], self_weight: float) -> dict[str, object]:
+    def combine(
+        self,
+        own: Mapping[str, object],
+        received: Mapping[Node, Mapping[str, object]],
+        weights: Mapping[Node, float],
+        self_weight: float,
+    ) -> dict[str, object]:
         return mix(own, received, weights, self_weight)
 
     def __repr__(self) -> str:

@@ -1,6 +1,6 @@
 """FFA-LoRA: A stays frozen at the shared initialisation; only B is trained and mixed."""
 
-from peer.algorithm.factors import B
+from peer.algorithm.factors import B, Phase
 from peer.algorithm.strategies.base import RoundPlan, Strategy
 
 
@@ -9,4 +9,4 @@ class FFALoRA(Strategy):
     summary = "A frozen at the shared init; train and mix B"
 
     def plan_factors(self, round_: int) -> RoundPlan:
-        return RoundPlan(round_, B, frozenset({B}), frozenset({B}))
+        return RoundPlan(round_, Phase.B, frozenset({B}), frozenset({B}))

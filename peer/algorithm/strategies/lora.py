@@ -1,5 +1,6 @@
 """Vanilla decentralized LoRA: both factors trained and both mixed every round."""
 
+from peer.algorithm.factors import Phase
 from peer.algorithm.strategies.base import BOTH, RoundPlan, Strategy
 
 
@@ -8,4 +9,4 @@ class LoRA(Strategy):
     summary = "train A and B, mix A and B"
 
     def plan_factors(self, round_: int) -> RoundPlan:
-        return RoundPlan(round_, "AB", BOTH, BOTH)
+        return RoundPlan(round_, Phase.AB, BOTH, BOTH)

@@ -1,6 +1,7 @@
 """RoLoRA ported to the decentralized setting: alternate factors (T = 1 by default) and mix only the
 factor being trained, so the frozen factor of each peer drifts apart from its neighbours'."""
 
+from peer.algorithm.factors import Phase
 from peer.algorithm.strategies.base import RoundPlan, Strategy
 
 
@@ -10,5 +11,5 @@ class RoLoRA(Strategy):
     default_switch_interval = 1
 
     def plan_factors(self, round_: int) -> RoundPlan:
-        phase = self.schedule.phase(round_)
-        return RoundPlan(round_, phase, frozenset({phase}), frozenset({phase}))
+        factor = self.schedule.phase(round_)
+        return RoundPlan(round_, Phase(factor), frozenset({factor}), frozenset({factor}))

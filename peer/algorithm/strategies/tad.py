@@ -4,6 +4,7 @@ Mixing the frozen factor too drives it to consensus during the phase; once all A
 mixed product is exact (Σ_j W_ij B_j · A), which is what removes the cross terms of plain mixing.
 """
 
+from peer.algorithm.factors import Phase
 from peer.algorithm.strategies.base import BOTH, RoundPlan, Strategy
 
 
@@ -13,5 +14,5 @@ class TADLoRA(Strategy):
     default_switch_interval = 5
 
     def plan_factors(self, round_: int) -> RoundPlan:
-        phase = self.schedule.phase(round_)
-        return RoundPlan(round_, phase, frozenset({phase}), BOTH)
+        factor = self.schedule.phase(round_)
+        return RoundPlan(round_, Phase(factor), frozenset({factor}), BOTH)
