@@ -6,7 +6,7 @@ Layers, each using only the ones listed before it:
                       No I/O, no model; works on any array type (numpy or torch).
 - ``peer.data``       datasets (offline default, GLUE, CSV/JSONL), tokenization, partitions.
 - ``peer.training``   the model with its LoRA adapter(s), factor access, local training, evaluation.
-- ``peer.local_peer`` one peer's round (train, send, mix), shared by every driver below.
+- ``peer.core.local_peer`` one peer's round (train, send, mix), shared by every driver below.
 - ``peer.sim``        the in-process simulator: N virtual peers driven by the algorithm layer.
 - ``peer.transport``  how two peers swap factors: interface, gRPC and in-memory implementations.
 - ``peer.discovery``  mDNS announcements and browsing.

@@ -15,96 +15,16 @@ import os
 import sys
 
 from peer.config import (
-    DAEMON_TOPOLOGY,
     ConfigError,
     DaemonConfig,
-    RunConfig,
     config_fields,
+    daemon_paths,
     load_config,
     load_daemon_config,
     writable_folder,
 )
 from peer.errors import USAGE_EXIT_CODE, UsageError
 from peer.transport.ids import peer_id_problem, run_id_problem
-
-HELP = {
-    "strategy": "lora | ffa | rolora | fedsa | tad",
-    "switch_interval": "rounds per A/B phase: an integer, 'default' (tad 5, rolora 1) or 'auto' (T from the "
-    "spectral gap of the configured topology)",
-    "peers": "number of peers",
-    "topology": "complete | ring | er (time-varying Erdős–Rényi) | pairwise (random encounters)",
-    "edge_prob": "edge probability per round for er and pairwise",
-    "rounds": "communication rounds",
-    "local_steps": "optimizer steps per round (K)",
-    "batch_size": "examples per step",
-    "learning_rate": "AdamW learning rate",
-    "max_length": "tokens per example (longer ones are truncated)",
-    "seed": "one seed for data split, model init, topology and batches",
-    "model": "minilm (offline default) | tiny-bert (tests) | Hugging Face id or local path",
-    "task": "movie-reviews (offline default) | trec | glue/sst2 | glue/qnli | glue/qqp | glue/mnli | csv:PATH "
-    "| jsonl:PATH",
-    "partition": "label-skew (the paper's) | dirichlet | iid",
-    "dirichlet_alpha": "concentration for --partition dirichlet (smaller: more skew)",
-    "samples_per_peer": "cap on training examples per peer (0: split everything)",
-    "lora_r": "LoRA rank",
-    "lora_alpha": "LoRA alpha",
-    "lora_dropout": "LoRA dropout",
-    "lora_targets": "comma-separated module names that get LoRA",
-    "eval_every": "evaluate every N rounds (and after the last)",
-    "eval_samples": "validation examples per evaluation (0: all)",
-    "mixing_rule": "average (plain gossip) | clipped | trimmed-mean: bound a faulty neighbour's influence",
-    "clip_multiplier": "clipped: radius = this x median of recent deviation norms",
-    "tls_ca": "mutual TLS: the run's CA certificate (from tadlora certs); with --tls-cert and --tls-key",
-    "tls_cert": "mutual TLS: this peer's certificate (its common name must be the peer id)",
-    "tls_key": "mutual TLS: this peer's private key",
-    "metrics": "serve Prometheus metrics at host:port/metrics (e.g. 0.0.0.0:9100)",
-    "tensorboard": "write TensorBoard event files under this folder (needs tensorboardX)",
-    "log_format": "text | json (one JSON object per log line)",
-    "trim": "trimmed-mean: values dropped at each end per coordinate (tolerates this many bad neighbours)",
-    "device": "auto | cpu | cuda | cuda:N",
-    "precision": "auto | fp32 | bf16 | fp16: dtype of the forward pass (factors, optimizer and wire stay fp32); "
-    "auto: bf16 on a GPU or a CPU that computes it natively (AVX512-BF16, AMX), else fp32",
-    "batching": "by-length: batches of similar length cut from the random order (same examples, less padding) | random",
-    "lr_schedule": "constant | linear (decays to 0 at the run's last step; the references decay over theirs)",
-    "train_head": "1: also train the classification head and mix it every round (a linear block: no cross term)",
-    "references": "simulate and testbed: also train, at the same budget and seed, each peer alone and one model "
-    "on all the data (alone,centralized | alone | centralized | none)",
-}
-
-HELP.update(
-    {
-        "peer_index": "this peer's shard of the data, 0 .. peers-1",
-        "peer_id": "this peer's id",
-        "run_id": "the run this peer belongs to; peers of other runs are ignored",
-        "listen": "host:port of this peer's gRPC endpoint; 0.0.0.0: every interface, peers are told this machine's "
-        "address (see --mdns-interface); port 0: any free port",
-        "peer": "static peers, comma-separated host:port (usable with mDNS)",
-        "mdns": "1: discover peers by mDNS; 0: static peers only",
-        "mdns_interface": "address to run mDNS on and to tell peers",
-        "round_timeout_min": "lower bound of the adaptive exchange deadline, seconds",
-        "round_timeout_max": "upper bound of the adaptive exchange deadline, seconds",
-        "discovery_wait": "seconds to look for peers before the first round",
-        "chunk_size": "bytes per gRPC chunk",
-        "frame_timeout": "seconds without a frame before a stream counts as stalled",
-    }
-)
-
-# What the daemons (tadlora run, and the testbed's) do differently from the simulator.
-DAEMON_HELP = {
-    "switch_interval": "rounds per A/B phase: an integer, 'default' (tad 5, rolora 1) or 'auto' (T agreed by "
-    "the peers from measured link rates: each turns the fraction of its links that counted in "
-    "the last 20 rounds into a proposal, all take the largest at a phase boundary)",
-    "topology": "complete (every link that works) | er (each working link also used only with probability "
-    "--edge-prob, seeded synthetic drops both ends agree on); ring and pairwise are simulator-only",
-    "edge_prob": "with --topology er: the probability that a working link is used in a round",
-}
-RUN_DEFAULTS = {
-    "topology": f"{DAEMON_TOPOLOGY['topology']}; er when only --edge-prob is given",
-    "edge_prob": f"{RunConfig.edge_prob} with --topology er",
-    "peer_id": "peer-<index>",
-    "mdns_interface": "the host of --listen; for 0.0.0.0 this machine's address on its outgoing "
-    "interface, loopback only when it has no other",
-}
 
 OUT_HELP = {
     "simulate": "directory for metrics.jsonl (one line per round), summary.json and peers/<peer-id>/adapter/",
@@ -118,18 +38,18 @@ OUT_HELP = {
 _TYPES = {"int": int, "float": float, "str": str}
 
 
-def _add_flags(
-    parser: argparse.ArgumentParser, cls=None, helps: dict | None = None, defaults: dict | None = None
-) -> None:
-    """One flag per field of ``cls``; ``helps`` and ``defaults``: this command's own texts, where they differ."""
-    helps, defaults = {**HELP, **(helps or {})}, defaults or {}
-    for name, field in config_fields(cls).items():
+def _add_flags(parser: argparse.ArgumentParser, cls=None, daemon: bool = False, run_defaults: bool = False) -> None:
+    """One flag per field of ``cls``, its help and default read from the field (``peer.config.setting``);
+    ``daemon``: the daemons' own help where it differs; ``run_defaults``: ``tadlora run``'s defaults."""
+    for name, f in config_fields(cls).items():
+        help_text = (daemon and f.metadata.get("daemon_help")) or f.metadata.get("help", "")
+        shown = (run_defaults and f.metadata.get("daemon_default")) or f.default
         parser.add_argument(
             "--" + name.replace("_", "-"),
             dest=name,
-            type=_TYPES[field.type],
+            type=_TYPES[str(f.type)],
             default=None,
-            help=f"{helps.get(name, '')} (default: {defaults.get(name, field.default)})",
+            help=f"{help_text} (default: {shown})",
         )
 
 
@@ -138,8 +58,7 @@ def _add_run_flags(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--out", help=OUT_HELP[command])
     if command == "simulate":  # the only command with a progress bar
         parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    daemons = command in ("run", "testbed")
-    _add_flags(parser, helps=DAEMON_HELP if daemons else None, defaults=RUN_DEFAULTS if command == "run" else None)
+    _add_flags(parser, daemon=command in ("run", "testbed"), run_defaults=command == "run")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -161,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     bed.set_defaults(peers=None)
     daemon = sub.add_parser("run", help="run one peer daemon (gRPC + mDNS); SIGINT or SIGTERM stops it")
     _add_run_flags(daemon, "run")
-    _add_flags(daemon, DaemonConfig, defaults=RUN_DEFAULTS)
+    _add_flags(daemon, DaemonConfig, run_defaults=True)
     certs = sub.add_parser(
         "certs", help="create a run's certificate authority and one certificate per peer (mutual TLS)"
     )
@@ -176,7 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     stat.add_argument("--json", action="store_true", help="print JSON instead of a table")
     stat.add_argument("--timeout", type=float, default=3.0, help="seconds per Status call")
     for name in ("tls_ca", "tls_cert", "tls_key"):
-        stat.add_argument("--" + name.replace("_", "-"), default="", help=HELP[name])
+        stat.add_argument(
+            "--" + name.replace("_", "-"), default="", help=config_fields(DaemonConfig)[name].metadata["help"]
+        )
     plot = sub.add_parser("plot", help="PNGs of accuracy, loss, consensus and links against rounds")
     plot.add_argument("runs", nargs="+", help="run folders: a simulate --out, a testbed or daemon --out")
     plot.add_argument("--out", help="folder for the PNGs (default: the first run folder)")
@@ -192,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _run_certs(args: argparse.Namespace) -> int:
 
-    from peer.run_setup import peer_id
+    from peer.core.run_setup import peer_id
     from peer.transport.tls import make_run
 
     ids = [peer_id(i) for i in range(args.peers)] + list(args.peer_id)
@@ -214,7 +135,7 @@ def _run_certs(args: argparse.Namespace) -> int:
 def _run_status(args: argparse.Namespace) -> int:
     import asyncio
 
-    from peer.daemon.status import format_status, gather_status
+    from peer.tools.status import format_status, gather_status
 
     report = asyncio.run(gather_status(args.address, args.timeout, args.tls_ca, args.tls_cert, args.tls_key))
     print(json.dumps(report, indent=2) if args.json else format_status(report))
@@ -224,7 +145,7 @@ def _run_status(args: argparse.Namespace) -> int:
 def _run_plot(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from peer.plots import load_run, plot_runs
+    from peer.tools.plots import load_run, plot_runs
 
     runs = [load_run(Path(folder)) for folder in args.runs]
     for path in plot_runs(runs, Path(args.out or args.runs[0])):
@@ -248,11 +169,8 @@ def _run_daemon(args: argparse.Namespace) -> int:
     signals = StopSignals()
     signals.install()  # first: loading torch, the data and the model takes seconds, and a stop must not wait
     names = list(config_fields()) + list(config_fields(DaemonConfig))
-    run, net = load_daemon_config(
-        args.config or os.environ.get("TADLORA_CONFIG") or None,
-        {name: getattr(args, name) for name in names},
-        os.environ,
-    )
+    config_file, out_folder = daemon_paths(args.config, args.out, os.environ)
+    run, net = load_daemon_config(config_file, {name: getattr(args, name) for name in names}, os.environ)
 
     from peer.daemon.main import main as daemon_main
     from peer.daemon.observe import use_json_logs
@@ -260,7 +178,7 @@ def _run_daemon(args: argparse.Namespace) -> int:
     if net.log_format == "json":
         use_json_logs()
 
-    out = writable_folder(args.out or os.environ.get("TADLORA_OUT") or f"runs/{net.run_id}/{net.peer_id}")
+    out = writable_folder(out_folder or f"runs/{net.run_id}/{net.peer_id}")
     summary = daemon_main(run, net, out, signals)
     print(json.dumps({k: summary.get(k) for k in ("peer_id", "rounds", "mean_accuracy")}), flush=True)
     if signals.received is not None:

@@ -23,9 +23,10 @@ from __future__ import annotations
 import dataclasses
 import os
 import tomllib
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from peer.errors import ConfigError
 from peer.transport.ids import peer_id_problem, run_id_problem
@@ -86,98 +87,217 @@ def model_problem(model: str) -> str:
     return ""
 
 
+Check = Callable[[Any], str]  # a value's problem, "" when it is fine
+
+
+def setting(
+    default: Any, help: str, *, check: Check | None = None, daemon_help: str = "", daemon_default: str = ""
+) -> Any:
+    """A field that carries everything about one setting: its default, its help (the CLI's, and the
+    README table's, generated from it), and its check (``validate`` runs it and names the setting).
+    ``daemon_help`` / ``daemon_default``: what ``tadlora run`` and the testbed do differently."""
+    return field(
+        default=default,
+        metadata={"help": help, "check": check, "daemon_help": daemon_help, "daemon_default": daemon_default},
+    )
+
+
+def at_least(minimum: float) -> Check:
+    return lambda value: "" if value >= minimum else f"must be >= {minimum:g}, got {value}"
+
+
+def positive(value: float) -> str:
+    return "" if value > 0 else f"must be > 0, got {value}"
+
+
+def within(low: float, high: float, high_open: bool = False) -> Check:
+    def check(value) -> str:
+        inside = low <= value < high if high_open else low <= value <= high
+        return "" if inside else f"must lie in [{low:g}, {high:g}{')' if high_open else ']'}, got {value}"
+
+    return check
+
+
+def one_of(names: Callable[[], Iterable[str]]) -> Check:
+    """``names`` is called when the check runs: the vocabularies live in modules that import torch."""
+
+    def check(value) -> str:
+        known = [str(n) for n in names()]
+        return "" if value in known else f"{value!r} is not one of {', '.join(known)}"
+
+    return check
+
+
+def _strategies() -> Iterable[str]:
+    from peer.algorithm.strategies import available_strategies
+
+    return available_strategies()
+
+
+def _topologies() -> Iterable[str]:
+    from peer.algorithm.topology import TOPOLOGIES
+
+    return TOPOLOGIES
+
+
+def _partitions() -> Iterable[str]:
+    from peer.data.partition import SCHEMES
+
+    return SCHEMES
+
+
+def _mixing_rules() -> Iterable[str]:
+    from peer.algorithm.robust import RULES
+
+    return RULES
+
+
+def _precisions() -> Iterable[str]:
+    from peer.training.precision import Precision
+
+    return [p.value for p in Precision]
+
+
+def _batchings() -> Iterable[str]:
+    from peer.training.trainer import Batching
+
+    return [b.value for b in Batching]
+
+
+def _lr_schedules() -> Iterable[str]:
+    from peer.training.trainer import LrSchedule
+
+    return [s.value for s in LrSchedule]
+
+
+def _switch_interval(value: str) -> str:
+    if value in ("auto", "default") or (value.isdigit() and int(value) >= 1):
+        return ""
+    return f"{value!r} must be a positive integer, 'auto' or 'default'"
+
+
+def _device(value: str) -> str:
+    return "" if value in ("auto", "cpu") or value.startswith("cuda") else f"{value!r} must be auto, cpu or cuda[:N]"
+
+
+def _references(value: str) -> str:
+    from peer.sim.references import parse_references
+
+    try:
+        parse_references(value)
+    except ValueError as exc:
+        return str(exc)
+    return ""
+
+
 @dataclass
 class RunConfig:
-    strategy: str = "tad"
-    switch_interval: str = "default"  # an integer, "auto", or "default" (the strategy's own: tad 5, rolora 1)
-    peers: int = 4
-    topology: str = "er"
-    edge_prob: float = 0.5
-    # the learning defaults come from benchmarks/defaults_study.py (benchmarks/README.md section 8): at the
-    # same samples per peer, mixing every 2 steps of 8 learns more than every 5 steps of 16
-    rounds: int = 60
-    local_steps: int = 2
-    batch_size: int = 8
-    learning_rate: float = 2e-3
-    lr_schedule: str = "constant"  # constant | linear (down to 0 at the last step)
-    max_length: int = 64
-    seed: int = 0
-    model: str = "minilm"
-    task: str = "movie-reviews"
-    partition: str = "label-skew"
-    dirichlet_alpha: float = 0.5
-    samples_per_peer: int = 0  # 0: split all training data
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.1
-    lora_targets: str = "query,value"
-    eval_every: int = 20  # evaluate every N rounds and after the last one
-    eval_samples: int = 500  # validation examples used per evaluation; 0: all
-    device: str = "auto"  # auto: cuda when present, else cpu
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16: the forward pass's dtype (peer/training/precision.py)
-    batching: str = "by-length"  # by-length: batches of similar length from a random order | random
-    train_head: int = 1  # 1: train and mix the classification head every round, beside the factors
-    # (0: frozen, the paper's setting)
-    references: str = "alone,centralized"  # simulate/testbed: also train these at the same budget (none: skip)
-    mixing_rule: str = "average"  # average | clipped | trimmed-mean (see peer/algorithm/robust.py)
-    clip_multiplier: float = 2.0  # clipped: radius = this × median of recent deviation norms
-    trim: int = 1  # trimmed-mean: values dropped at each end, per coordinate
+    """What a run trains and how: the same for the simulator, the testbed and every daemon of a run.
+    The learning defaults come from ``benchmarks/defaults_study.py`` (benchmarks/README.md section 8):
+    at the same samples per peer, mixing every 2 steps of 8 learns more than every 5 steps of 16."""
+
+    strategy: str = setting("tad", "lora | ffa | rolora | fedsa | tad", check=one_of(_strategies))
+    switch_interval: str = setting(
+        "default",
+        "rounds per A/B phase: an integer, 'default' (tad 5, rolora 1) or 'auto' (T from the spectral gap of "
+        "the configured topology)",
+        check=_switch_interval,
+        daemon_help="rounds per A/B phase: an integer, 'default' (tad 5, rolora 1) or 'auto' (T agreed by the "
+        "peers from measured link rates: each turns the fraction of its links that counted in the last 20 rounds "
+        "into a proposal, all take the largest at a phase boundary)",
+    )
+    peers: int = setting(4, "number of peers", check=at_least(1))
+    topology: str = setting(
+        "er",
+        "complete | ring | er (time-varying Erdős–Rényi) | pairwise (random encounters)",
+        check=one_of(_topologies),
+        daemon_help="complete (every link that works) | er (each working link also used only with probability "
+        "--edge-prob, seeded synthetic drops both ends agree on); ring and pairwise are simulator-only",
+        daemon_default="complete; er when only --edge-prob is given",
+    )
+    edge_prob: float = setting(
+        0.5,
+        "edge probability per round for er and pairwise",
+        check=within(0.0, 1.0),
+        daemon_help="with --topology er: the probability that a working link is used in a round",
+        daemon_default="0.5 with --topology er",
+    )
+    rounds: int = setting(60, "communication rounds", check=at_least(1))
+    local_steps: int = setting(2, "optimizer steps per round (K)", check=at_least(1))
+    batch_size: int = setting(8, "examples per step", check=at_least(1))
+    learning_rate: float = setting(2e-3, "AdamW learning rate", check=positive)
+    lr_schedule: str = setting(
+        "constant",
+        "constant | linear (decays to 0 at the run's last step; the references decay over theirs)",
+        check=one_of(_lr_schedules),
+    )
+    max_length: int = setting(64, "tokens per example (longer ones are truncated)", check=at_least(8))
+    seed: int = setting(0, "one seed for data split, model init, topology and batches")
+    model: str = setting(
+        "minilm",
+        "minilm (offline default) | tiny-bert (tests) | Hugging Face id or local path",
+        check=lambda v: model_problem(v),
+    )
+    task: str = setting(
+        "movie-reviews",
+        "movie-reviews (offline default) | trec | glue/sst2 | glue/qnli | glue/qqp | glue/mnli | csv:PATH | jsonl:PATH",
+    )
+    partition: str = setting("label-skew", "label-skew (the paper's) | dirichlet | iid", check=one_of(_partitions))
+    dirichlet_alpha: float = setting(
+        0.5,
+        "concentration for --partition dirichlet (smaller: more skew)",
+        check=positive,
+    )
+    samples_per_peer: int = setting(0, "cap on training examples per peer (0: split everything)", check=at_least(0))
+    lora_r: int = setting(8, "LoRA rank", check=at_least(1))
+    lora_alpha: int = setting(16, "LoRA alpha", check=at_least(0))
+    lora_dropout: float = setting(0.1, "LoRA dropout", check=within(0.0, 1.0, high_open=True))
+    lora_targets: str = setting("query,value", "comma-separated module names that get LoRA")
+    eval_every: int = setting(20, "evaluate every N rounds (and after the last)", check=at_least(1))
+    eval_samples: int = setting(500, "validation examples per evaluation (0: all)", check=at_least(0))
+    device: str = setting("auto", "auto (cuda when present, else cpu) | cpu | cuda | cuda:N", check=_device)
+    precision: str = setting(
+        "auto",
+        "auto | fp32 | bf16 | fp16: dtype of the forward pass (factors, optimizer and wire stay fp32); auto: bf16 "
+        "on a GPU or a CPU that computes it natively (AVX512-BF16, AMX), else fp32",
+        check=one_of(_precisions),
+    )
+    batching: str = setting(
+        "by-length",
+        "by-length: batches of similar length cut from the random order (same examples, less padding) | random",
+        check=one_of(_batchings),
+    )
+    train_head: int = setting(
+        1,
+        "1: also train the classification head and mix it every round (a linear block: no cross term); 0: "
+        "frozen, the paper's setting",
+        check=lambda v: "" if v in (0, 1) else f"must be 0 or 1, got {v}",
+    )
+    references: str = setting(
+        "alone,centralized",
+        "simulate and testbed: also train, at the same budget and seed, each peer alone and one model on all the "
+        "data (alone,centralized | alone | centralized | none)",
+        check=_references,
+    )
+    mixing_rule: str = setting(
+        "average",
+        "average (plain gossip) | clipped | trimmed-mean: bound a faulty neighbour's influence "
+        "(peer/algorithm/robust.py)",
+        check=one_of(_mixing_rules),
+    )
+    clip_multiplier: float = setting(
+        2.0,
+        "clipped: radius = this x median of recent deviation norms",
+        check=positive,
+    )
+    trim: int = setting(
+        1,
+        "trimmed-mean: values dropped at each end per coordinate (tolerates this many bad neighbours)",
+        check=at_least(0),
+    )
 
     def validate(self) -> RunConfig:
-        # imported here, not at the top: they pull in torch (seconds), and `tadlora run` installs its stop
-        # signal handlers before anything slow (peer.daemon.signals)
-        from peer.algorithm.robust import RULES as MIXING_RULES
-        from peer.algorithm.strategies import available_strategies
-        from peer.algorithm.topology import TOPOLOGIES
-        from peer.data.partition import SCHEMES
-        from peer.training.precision import Precision
-        from peer.training.trainer import Batching, LrSchedule
-
-        _check(
-            self.strategy in available_strategies(),
-            "strategy",
-            f"{self.strategy!r} is not one of {', '.join(available_strategies())}",
-        )
-        _check(self.topology in TOPOLOGIES, "topology", f"{self.topology!r} is not one of {', '.join(TOPOLOGIES)}")
-        _check(self.partition in SCHEMES, "partition", f"{self.partition!r} is not one of {', '.join(SCHEMES)}")
-        _check(
-            self.switch_interval in ("auto", "default")
-            or (str(self.switch_interval).isdigit() and int(self.switch_interval) >= 1),
-            "switch-interval",
-            f"{self.switch_interval!r} must be a positive integer, 'auto' or 'default'",
-        )
-        for name in ("peers", "rounds", "local_steps", "batch_size", "max_length", "lora_r", "eval_every"):
-            _check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
-        for name in ("samples_per_peer", "eval_samples", "lora_alpha"):
-            _check(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
-        _check(0.0 <= self.edge_prob <= 1.0, "edge-prob", f"must lie in [0, 1], got {self.edge_prob}")
-        _check(self.learning_rate > 0, "learning-rate", f"must be > 0, got {self.learning_rate}")
-        _check(0.0 <= self.lora_dropout < 1.0, "lora-dropout", f"must lie in [0, 1), got {self.lora_dropout}")
-        _check(self.dirichlet_alpha > 0, "dirichlet-alpha", f"must be > 0, got {self.dirichlet_alpha}")
-        _check(self.max_length >= 8, "max-length", f"must be >= 8 tokens, got {self.max_length}")
-        _check(
-            self.mixing_rule in MIXING_RULES,
-            "mixing-rule",
-            f"{self.mixing_rule!r} is not one of {', '.join(MIXING_RULES)}",
-        )
-        _check(self.clip_multiplier > 0, "clip-multiplier", f"must be > 0, got {self.clip_multiplier}")
-        _check(self.trim >= 0, "trim", f"must be >= 0, got {self.trim}")
-        _check(
-            self.device in ("auto", "cpu") or self.device.startswith("cuda"),
-            "device",
-            f"{self.device!r} must be auto, cpu or cuda[:N]",
-        )
-        for key, vocabulary in (("precision", Precision), ("batching", Batching), ("lr_schedule", LrSchedule)):
-            names = [v.value for v in vocabulary]
-            _check(getattr(self, key) in names, key, f"{getattr(self, key)!r} is not one of {', '.join(names)}")
-        _check(self.train_head in (0, 1), "train-head", f"must be 0 or 1, got {self.train_head}")
-        _check(not model_problem(self.model), "model", model_problem(self.model))
-        try:
-            from peer.sim.references import parse_references
-
-            parse_references(self.references)
-        except ValueError as exc:
-            raise ConfigError(f"references: {exc}") from None
+        run_checks(self)
         return self
 
     def as_dict(self) -> dict:
@@ -187,6 +307,19 @@ class RunConfig:
 def _check(ok: bool, key: str, message: str) -> None:
     if not ok:
         raise ConfigError(f"{key.replace('_', '-')}: {message}")
+
+
+def run_checks(config: object) -> None:
+    """Every field's own check (``setting(check=...)``); the first problem is a ConfigError naming it."""
+    for f in dataclasses.fields(config):  # type: ignore[arg-type]
+        check = f.metadata.get("check")
+        if check is not None and (problem := check(getattr(config, f.name))):
+            raise ConfigError(f"{f.name.replace('_', '-')}: {problem}")
+
+
+def default_peer_id(index: int) -> str:
+    """``peer-00``, ``peer-01`` ...: the ids the testbeds, the simulator and ``tadlora certs`` use."""
+    return f"peer-{index:02d}"
 
 
 def config_fields(cls=None) -> dict[str, dataclasses.Field]:
@@ -217,53 +350,75 @@ def daemon_topology_defaults(given: Mapping[str, object]) -> dict:
 class DaemonConfig:
     """The network settings of ``tadlora run`` (on top of a RunConfig)."""
 
-    peer_index: int = 0  # which shard of the data this peer trains on (0 .. peers-1)
-    peer_id: str = ""  # default: peer-<index>
-    run_id: str = "tadlora"  # peers of other runs are ignored
-    listen: str = f"0.0.0.0:{DEFAULT_PORT}"  # host:port of the gRPC endpoint (0.0.0.0: every interface; port 0: any)
-    peer: str = ""  # static peers, comma-separated host:port (with or without mDNS)
-    mdns: int = 1  # 1: announce and browse by mDNS; 0: static peers only
-    mdns_interface: str = ""  # address to run mDNS on and to announce; default: the host of --listen,
-    # or for 0.0.0.0 this machine's address (peer.discovery.mdns.own_address)
-    round_timeout_min: float = 2.0  # seconds; see peer/daemon/clock.py for how to choose
-    round_timeout_max: float = 60.0
-    discovery_wait: float = 3.0  # seconds to look for peers before the first round
-    chunk_size: int = 1 << 20  # bytes per gRPC chunk
-    frame_timeout: float = 10.0  # seconds without a frame before a stream counts as stalled
-    tls_ca: str = ""  # mutual TLS: the run's CA certificate (tadlora certs) ...
-    tls_cert: str = ""  # ... this peer's certificate (common name = peer id) ...
-    tls_key: str = ""  # ... and its key; all three or none
-    metrics: str = ""  # host:port of a Prometheus endpoint ("" : none; port 0: any free)
-    tensorboard: str = ""  # folder for TensorBoard event files ("" : none)
-    log_format: str = "text"  # text | json
+    peer_index: int = setting(0, "this peer's shard of the data, 0 .. peers-1")
+    peer_id: str = setting("", "this peer's id", daemon_default="peer-<index>")
+    run_id: str = setting(
+        "tadlora", "the run this peer belongs to; peers of other runs are ignored", check=lambda v: run_id_problem(v)
+    )
+    listen: str = setting(
+        f"0.0.0.0:{DEFAULT_PORT}",
+        "host:port of this peer's gRPC endpoint; 0.0.0.0: every interface, peers are told this machine's address "
+        "(see --mdns-interface); port 0: any free port",
+        check=lambda v: host_port_problem(v),
+    )
+    peer: str = setting("", "static peers, comma-separated host:port (usable with mDNS)")
+    mdns: int = setting(
+        1,
+        "1: discover peers by mDNS; 0: static peers only",
+        check=lambda v: "" if v in (0, 1) else f"must be 0 or 1, got {v}",
+    )
+    mdns_interface: str = setting(
+        "",
+        "address to run mDNS on and to tell peers",
+        daemon_default="the host of --listen; for 0.0.0.0 this machine's address on its outgoing interface, "
+        "loopback only when it has no other",
+    )
+    round_timeout_min: float = setting(
+        2.0,
+        "lower bound of the adaptive exchange deadline, seconds (peer/daemon/clock.py says how to choose)",
+        check=positive,
+    )
+    round_timeout_max: float = setting(60.0, "upper bound of the adaptive exchange deadline, seconds")
+    discovery_wait: float = setting(3.0, "seconds to look for peers before the first round", check=at_least(0))
+    chunk_size: int = setting(1 << 20, "bytes per gRPC chunk", check=within(1024, MAX_CHUNK_SIZE))
+    frame_timeout: float = setting(
+        10.0,
+        "seconds without a frame before a stream counts as stalled",
+        check=positive,
+    )
+    tls_ca: str = setting(
+        "", "mutual TLS: the run's CA certificate (from tadlora certs); with --tls-cert and --tls-key"
+    )
+    tls_cert: str = setting("", "mutual TLS: this peer's certificate (its common name must be the peer id)")
+    tls_key: str = setting("", "mutual TLS: this peer's private key")
+    metrics: str = setting(
+        "",
+        "serve Prometheus metrics at host:port/metrics (e.g. 0.0.0.0:9100; port 0: any free)",
+        check=lambda v: host_port_problem(v) if v else "",
+    )
+    tensorboard: str = setting("", "write TensorBoard event files under this folder (needs tensorboardX)")
+    log_format: str = setting(
+        "text", "text | json (one JSON object per log line)", check=one_of(lambda: ["text", "json"])
+    )
 
     def validate(self, run: RunConfig) -> DaemonConfig:
+        run_checks(self)
         _check(0 <= self.peer_index < run.peers, "peer-index", f"must lie in [0, {run.peers}), got {self.peer_index}")
-        _check(not host_port_problem(self.listen), "listen", host_port_problem(self.listen))
         _check(
-            0 < self.round_timeout_min <= self.round_timeout_max,
+            self.round_timeout_min <= self.round_timeout_max,
             "round-timeout-min",
             "need 0 < round-timeout-min <= round-timeout-max",
         )
-        _check(
-            1024 <= self.chunk_size <= MAX_CHUNK_SIZE,
-            "chunk-size",
-            f"must lie in [1024, {MAX_CHUNK_SIZE}] bytes, got {self.chunk_size}",
-        )
-        _check(self.frame_timeout > 0, "frame-timeout", "must be > 0")
         _check(
             run.topology in ("er", "complete"),
             "topology",
             "the daemon runs 'complete' or 'er' (--edge-prob); ring and pairwise are simulator-only",
         )
-        _check(self.log_format in ("text", "json"), "log-format", f"must be text or json, got {self.log_format!r}")
-        _check(not self.metrics or not host_port_problem(self.metrics), "metrics", host_port_problem(self.metrics))
         given = [bool(x) for x in (self.tls_ca, self.tls_cert, self.tls_key)]
         _check(all(given) or not any(given), "tls-ca", "give --tls-ca, --tls-cert and --tls-key together, or none")
         if not self.peer_id:
-            self.peer_id = f"peer-{self.peer_index:02d}"
+            self.peer_id = default_peer_id(self.peer_index)
         _check(not peer_id_problem(self.peer_id), "peer-id", peer_id_problem(self.peer_id))
-        _check(not run_id_problem(self.run_id), "run-id", run_id_problem(self.run_id))
         return self
 
     @property
@@ -306,6 +461,14 @@ def load_daemon_config(
 
 
 ENV_PREFIX = "TADLORA_"
+# beside one variable per setting, ``tadlora run`` reads these two (the container images use them)
+ENV_CONFIG = ENV_PREFIX + "CONFIG"  # the TOML file, when no --config is given
+ENV_OUT = ENV_PREFIX + "OUT"  # the output folder, when no --out is given
+
+
+def daemon_paths(config: str | None, out: str | None, environ: Mapping[str, str]) -> tuple[str | None, str | None]:
+    """``--config`` and ``--out`` of ``tadlora run``, else ``TADLORA_CONFIG`` and ``TADLORA_OUT``."""
+    return config or environ.get(ENV_CONFIG) or None, out or environ.get(ENV_OUT) or None
 
 
 def env_settings(environ: Mapping[str, str], classes) -> dict:
@@ -317,7 +480,7 @@ def env_settings(environ: Mapping[str, str], classes) -> dict:
         if raw is None:
             continue
         try:
-            settings[name] = {"int": int, "float": float}.get(f.type, str)(raw.strip())
+            settings[name] = {"int": int, "float": float}.get(str(f.type), str)(raw.strip())
         except ValueError:
             raise ConfigError(f"{ENV_PREFIX}{name.upper()}: expected {f.type}, got {raw!r}") from None
     return settings
@@ -357,7 +520,7 @@ def _typed(values: dict, classes, where: str = "") -> dict:
             f"{where}unknown setting(s) {', '.join(k.replace('_', '-') for k in unknown)}; "
             f"known: {', '.join(k.replace('_', '-') for k in all_fields)}"
         )
-    return {k: _coerce(f"{where}{k.replace('_', '-')}", v, all_fields[k].type) for k, v in values.items()}
+    return {k: _coerce(f"{where}{k.replace('_', '-')}", v, str(all_fields[k].type)) for k, v in values.items()}
 
 
 def _load(values: dict, classes) -> list:

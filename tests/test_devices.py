@@ -14,7 +14,7 @@ from peer.algorithm import robust
 from peer.algorithm.mixing import mix, to_like
 from peer.algorithm.robust import MixingRule, clipped_mix, trimmed_mean
 from peer.algorithm.strategies import available_strategies, make_strategy
-from peer.local_peer import LocalPeer
+from peer.core.local_peer import LocalPeer
 from peer.training.adapters import AdapterModel, LoraSettings
 from peer.transport.codec import DecodeError, decode_factors, encode_factors, schema_of
 

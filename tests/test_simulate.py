@@ -6,7 +6,7 @@ import torch
 from peft import PeftModel
 
 from peer.algorithm import factor_of
-from peer.run_setup import prepare_data, strategy_for, topology_for
+from peer.core.run_setup import prepare_data, strategy_for, topology_for
 from peer.sim.simulator import _mix_round, build_peers, simulate
 from peer.training.adapters import _build_base
 

@@ -10,7 +10,7 @@ import torch
 from peer.algorithm.factors import HEAD, HEAD_PREFIX, A, B, factor_of
 from peer.algorithm.strategies import available_strategies, make_strategy
 from peer.config import ConfigError, load_config
-from peer.run_setup import build_model, build_trainer, prepare_data
+from peer.core.run_setup import build_model, build_trainer, prepare_data
 from peer.sim import simulate
 from peer.sim.references import Reference, headline, load_average, parse_references, score_average_of_exports
 from peer.training import precision as precision_module
@@ -124,7 +124,7 @@ def test_the_head_is_a_block_of_the_adapter_only_when_it_trains(tiny_cfg):
 
 def test_a_trained_head_reaches_consensus_on_the_complete_graph(tiny_cfg):
     tiny_cfg.train_head, tiny_cfg.strategy, tiny_cfg.topology, tiny_cfg.references = 1, "lora", "complete", "none"
-    from peer.run_setup import strategy_for, topology_for
+    from peer.core.run_setup import strategy_for, topology_for
     from peer.sim.simulator import _mix_round, build_peers
 
     topology = topology_for(tiny_cfg)

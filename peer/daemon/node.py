@@ -40,6 +40,7 @@ from typing import Any
 from peer.algorithm.factors import blocks_of
 from peer.algorithm.mixing import metropolis_hastings_weights
 from peer.config import DaemonConfig, RunConfig
+from peer.core.local_peer import LocalPeer
 from peer.daemon.checkpoint import CheckpointError
 from peer.daemon.clock import AdaptiveDeadline
 from peer.daemon.links import LinkBackoff, synthetic_link_up
@@ -51,7 +52,6 @@ from peer.daemon.protocol import Identity, LinkProtocol
 from peer.daemon.rounds import Decision, Received, RoundBook, RoundState
 from peer.daemon.settlement import PendingLink, Settlements, block_sums
 from peer.discovery.mdns import Refusal as MdnsRefusal
-from peer.local_peer import LocalPeer
 from peer.transport.base import (
     ExchangeFailed,
     ExchangeServer,
@@ -163,7 +163,14 @@ class PeerDaemon(ExchangeServer):
     @classmethod
     def from_config(cls, run: RunConfig, net: DaemonConfig, out_dir: Path, transport: Transport) -> PeerDaemon:
         """The daemon of ``tadlora run``: the model, the data shard and the optimizer built from the config."""
-        from peer.run_setup import build_model, build_trainer, mixing_rule_for, prepare_data, strategy_for, topology_for
+        from peer.core.run_setup import (
+            build_model,
+            build_trainer,
+            mixing_rule_for,
+            prepare_data,
+            strategy_for,
+            topology_for,
+        )
         from peer.training.trainer import Evaluator
 
         data = prepare_data(run)

@@ -36,7 +36,7 @@ from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZerocon
 from peer.errors import UsageError
 from peer.transport.ids import peer_id_problem
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("tadlora.discovery")
 
 SERVICE_TYPE = "_tadlora._tcp.local."
 RESOLVE_TIMEOUT_MS = 3000

@@ -24,8 +24,8 @@ import json
 from collections import defaultdict
 from dataclasses import dataclass
 
+from peer.core.run_setup import peer_id
 from peer.daemon.persistence import EVENTS_LOG, ROUNDS_LOG, WAL, MemoryStore, Persistence, TorchFormat
-from peer.run_setup import peer_id
 
 SUM_TOLERANCE = 1e-9
 

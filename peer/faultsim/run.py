@@ -12,13 +12,13 @@ from dataclasses import dataclass, field
 
 from peer.algorithm.strategies import make_strategy
 from peer.config import DaemonConfig, RunConfig
+from peer.core.run_setup import peer_id
 from peer.daemon.node import PeerDaemon
 from peer.daemon.persistence import CopyFormat, MemoryStore, Persistence, SimulatedCrash, TorchFormat
 from peer.faultsim.checker import Violation, check
 from peer.faultsim.clock import Deadlock, VirtualTimeLoop
 from peer.faultsim.faults import Crash, FaultSchedule, address_of
 from peer.faultsim.stand_in import stand_in_peer
-from peer.run_setup import peer_id
 from peer.transport.base import ConnectionLost, ExchangeServer, Rejected
 from peer.transport.framing import Limits
 from peer.transport.grpc_transport import GrpcTransport
@@ -141,7 +141,7 @@ class Simulation:
     # ---------------------------------------------------------------- peers
 
     def _daemon(self, peer: _SimPeer) -> PeerDaemon:
-        from peer.run_setup import resolve_switch_interval, topology_for
+        from peer.core.run_setup import resolve_switch_interval, topology_for
 
         strategy = make_strategy("tad", resolve_switch_interval(self.run, topology_for(self.run)), train_head=True)
         net = DaemonConfig(

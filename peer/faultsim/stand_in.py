@@ -14,7 +14,7 @@ import torch
 from peer.algorithm.factors import HEAD_PREFIX, blocks_of, factor_of, select
 from peer.algorithm.robust import MixingRule
 from peer.algorithm.strategies import Strategy
-from peer.local_peer import LocalPeer
+from peer.core.local_peer import LocalPeer
 
 SHAPES = {
     "layer.0.q.lora_A.weight": (2, 3),

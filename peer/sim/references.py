@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from peer.algorithm.strategies import make_strategy
 from peer.config import RunConfig
-from peer.run_setup import PreparedData, build_model, build_trainer, precision_for
+from peer.core.run_setup import PreparedData, build_model, build_trainer, precision_for
 from peer.training.adapters import Adapter
 from peer.training.tokenizer import Encoded
 from peer.training.trainer import Evaluator

@@ -3,7 +3,7 @@
 Each round, every peer trains (sequentially, on this process's device), the round's graph comes from
 the seeded topology, every peer's outgoing factors are snapshotted, and then every peer mixes with
 its neighbours' snapshots using Metropolis–Hastings weights. The per-peer arithmetic is
-``peer.local_peer.LocalPeer``, the same the daemon runs.
+``peer.core.local_peer.LocalPeer``, the same the daemon runs.
 
 What N peers on one base share, so that they cost little more than one: the base model's weights
 (one copy, one adapter per peer), the tokenized data, and the validation batches (collated once,
@@ -36,8 +36,8 @@ from tqdm import tqdm
 from peer.algorithm.factors import A, B
 from peer.algorithm.mixing import consensus_distance, metropolis_hastings_matrix
 from peer.config import RunConfig
-from peer.local_peer import LocalPeer
-from peer.run_setup import (
+from peer.core.local_peer import LocalPeer
+from peer.core.run_setup import (
     build_model,
     build_trainer,
     mixing_rule_for,

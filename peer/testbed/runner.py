@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from peer.config import DEFAULT_PORT, RunConfig, load_config
-from peer.run_setup import peer_id
+from peer.core.run_setup import peer_id
 from peer.testbed.netns import NetnsLab
 from peer.testbed.scenario import NETWORK_ACTIONS, Event
 from peer.transport.tls import make_run
@@ -110,7 +110,7 @@ class Testbed:
         }
 
     def peer_dir(self, index: int) -> Path:
-        return self.out / f"peer-{index:02d}"
+        return self.out / peer_id(index)
 
     def command(self, index: int, extra: dict | None = None) -> list[str]:
         return [
@@ -154,7 +154,7 @@ class Testbed:
                 time.sleep(POLL_S)
             for index in self._running():
                 print(
-                    f"peer-{index:02d} still running {grace_s:g} s after SIGTERM: killed", file=sys.stderr, flush=True
+                    f"{peer_id(index)} still running {grace_s:g} s after SIGTERM: killed", file=sys.stderr, flush=True
                 )
             self._signal_running(signal.SIGKILL)
             for proc in self.procs.values():
@@ -177,7 +177,7 @@ class Testbed:
             code = proc.wait(timeout=max(0.1, deadline - time.monotonic()))
             if code != 0:
                 tail = (self.peer_dir(index) / "daemon.log").read_text(errors="replace")[-2000:]
-                raise RuntimeError(f"peer-{index:02d} exited with code {code}:\n{tail}")
+                raise RuntimeError(f"{peer_id(index)} exited with code {code}:\n{tail}")
 
     def progress(self) -> int:
         """Rounds finished by the most advanced peer."""
@@ -205,7 +205,7 @@ class Testbed:
             while pending and pending[0].due(done, elapsed):
                 event = pending.pop(0)
                 print(
-                    f"round {done}, {elapsed:.0f} s: {event.action} peer-{event.peer:02d}", file=sys.stderr, flush=True
+                    f"round {done}, {elapsed:.0f} s: {event.action} {peer_id(event.peer)}", file=sys.stderr, flush=True
                 )
                 self.apply(event)
             time.sleep(0.1)
@@ -331,7 +331,7 @@ def plot(testbed: Testbed, path: Path, summary: dict | None = None) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from peer.plots import draw_references
+    from peer.tools.plots import draw_references
 
     fig, (acc_ax, loss_ax, link_ax) = plt.subplots(1, 3, figsize=(16, 4))
     for index in range(testbed.run.peers):
@@ -342,9 +342,9 @@ def plot(testbed: Testbed, path: Path, summary: dict | None = None) -> None:
         if final is not None and (not scored or scored[-1][0] < final["rounds"] - 1):
             scored.append((final["rounds"] - 1, final["accuracy"]))  # the evaluation after the last round
         if scored:
-            acc_ax.plot(*zip(*scored), marker="o", label=f"peer-{index:02d}")
-        loss_ax.plot(xs, [r["train_loss"] for r in rounds], label=f"peer-{index:02d}")
-        link_ax.plot(xs, [len(r["neighbours"]) for r in rounds], marker=".", label=f"peer-{index:02d}")
+            acc_ax.plot(*zip(*scored), marker="o", label=peer_id(index))
+        loss_ax.plot(xs, [r["train_loss"] for r in rounds], label=peer_id(index))
+        link_ax.plot(xs, [len(r["neighbours"]) for r in rounds], marker=".", label=peer_id(index))
     draw_references(acc_ax, summary or {})
     acc_ax.set(xlabel="round", ylabel="validation accuracy", title="accuracy (after the round)")
     acc_ax.legend(fontsize=8)
@@ -397,7 +397,7 @@ def run_testbed(
 def assess(run: RunConfig, adapter_dirs: list[Path], progress: bool = True) -> dict:
     """What makes the daemons' accuracy readable: their exported factors averaged and scored, and the
     references (``run.references``) trained here at the same budget and seed (``peer.sim.references``)."""
-    from peer.run_setup import pick_device, prepare_data
+    from peer.core.run_setup import pick_device, prepare_data
     from peer.sim.references import (
         NETWORK_AVERAGE,
         evaluator_for,

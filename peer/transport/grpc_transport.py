@@ -33,7 +33,7 @@ from peer.transport.pb import peer_pb2 as pb
 from peer.transport.pb import peer_pb2_grpc as pb_grpc
 from peer.transport.tls import TLS_NAME, TlsMaterial
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("tadlora.transport")
 
 # Client channels kept open, one per remote address, oldest closed first beyond this (a real run has
 # one per neighbour; announcements of fake addresses must not grow the cache without bound).

@@ -1,0 +1,57 @@
+"""One source per setting (issue 13): the dataclass field carries default, help and check; the CLI's
+flags, the TOML reader, the TADLORA_* environment and the README's table all come from it."""
+
+import dataclasses
+
+import pytest
+
+from peer.cli import build_parser
+from peer.config import ConfigError, DaemonConfig, RunConfig, config_fields, env_settings, load_config
+from peer.tools import readme
+
+
+def _all_fields():
+    return [f for cls in (RunConfig, DaemonConfig) for f in dataclasses.fields(cls)]
+
+
+def test_the_readme_settings_table_is_generated_from_the_fields_and_fresh():
+    current = readme.README.read_text(encoding="utf-8")
+    assert readme.with_table(current) == current, "stale: run python -m peer.tools.readme"
+    for f in _all_fields():
+        assert f"`--{f.name.replace('_', '-')}`" in current
+
+
+def test_every_setting_has_a_help_and_the_cli_shows_it():
+    parser = build_parser()
+    run = parser._subparsers._group_actions[0].choices["run"]
+    helps = {a.dest: a.help for a in run._actions}
+    for f in _all_fields():
+        assert f.metadata.get("help"), f"{f.name} has no help"
+        shown = f.metadata.get("daemon_help") or f.metadata["help"]
+        assert helps[f.name].startswith(shown), f.name
+
+
+@pytest.mark.parametrize(
+    "name, bad",
+    [
+        ("peers", 0),
+        ("edge_prob", 1.5),
+        ("strategy", "sgd"),
+        ("lora_dropout", 1.0),
+        ("precision", "fp8"),
+        ("switch_interval", "soon"),
+        ("train_head", 2),
+        ("batching", "sorted"),
+    ],
+)
+def test_a_fields_own_check_names_the_setting(name, bad):
+    with pytest.raises(ConfigError, match=f"^{name.replace('_', '-')}: "):
+        load_config(overrides={name: bad})
+
+
+def test_the_environment_reads_every_setting_by_its_field_type():
+    settings = env_settings(
+        {"TADLORA_PEERS": "7", "TADLORA_EDGE_PROB": "0.25", "TADLORA_RUN_ID": "lab"}, [RunConfig, DaemonConfig]
+    )
+    assert settings == {"peers": 7, "edge_prob": 0.25, "run_id": "lab"}
+    assert set(config_fields()) | set(config_fields(DaemonConfig)) == {f.name for f in _all_fields()}
