@@ -43,8 +43,8 @@ def main() -> None:
 
     from peer.algorithm.mixing import metropolis_hastings_matrix
     from peer.config import load_config
-    from peer.local_peer import LocalPeer
-    from peer.run_setup import lora_settings, pick_device, strategy_for, topology_for
+    from peer.core.local_peer import LocalPeer
+    from peer.core.run_setup import lora_settings, pick_device, strategy_for, topology_for
     from peer.training.adapters import AdapterModel
     from peer.training.precision import resolve_precision
     from peer.training.tokenizer import Encoded

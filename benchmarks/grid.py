@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from peer.config import load_config
-from peer.run_setup import prepare_data
+from peer.core.run_setup import prepare_data
 from peer.sim import simulate
 from peer.sim.references import parse_references, run_references
 

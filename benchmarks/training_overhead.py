@@ -41,7 +41,7 @@ def bare_loop(cfg, steps: int) -> float:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForSequenceClassification
 
-    from peer.run_setup import prepare_data
+    from peer.core.run_setup import prepare_data
     from peer.training.adapters import resolve_model_path
     from peer.training.trainer import BatchPlan, collate
 

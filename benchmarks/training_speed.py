@@ -24,7 +24,7 @@ import torch
 
 from peer.algorithm.factors import A, B
 from peer.config import load_config
-from peer.run_setup import build_model, pick_device, prepare_data
+from peer.core.run_setup import build_model, pick_device, prepare_data
 from peer.training.precision import Precision, resolve_precision
 from peer.training.trainer import Batching, Evaluator, LocalTrainer
 

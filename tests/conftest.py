@@ -1,4 +1,13 @@
+"""Tests by what they need, one folder per layer (each test gets its folder's marker):
+
+- ``unit``: pure logic, milliseconds, no model, no network, no process (``pytest tests/unit``);
+- ``inprocess``: models, the memory transport and the fault simulator, gRPC and mDNS on loopback,
+  all inside the pytest process (``pytest tests/inprocess``);
+- ``e2e``: daemons as OS processes, network namespaces, compose (``pytest tests/e2e``).
+"""
+
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -27,3 +36,13 @@ def tiny_cfg():
             device="cpu",
         )
     )
+
+
+LAYERS = ("unit", "inprocess", "e2e")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        layer = Path(str(item.fspath)).parent.name
+        if layer in LAYERS:
+            item.add_marker(layer)

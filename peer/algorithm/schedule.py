@@ -46,6 +46,21 @@ class Schedule(Protocol):
     def phase(self, round_: int) -> Block: ...
 
 
+@dataclass(frozen=True)
+class ScheduleGossip:
+    """What every header tells a neighbour about the sender's phase schedule (``AgreedSchedule``, the
+    daemons' ``switch-interval auto``): the phase of the round (its ``phase_start`` and length
+    ``switch_interval``, decided in ``schedule_round``), the sender's largest proposal for the next
+    decision, and its measured link rate. The transport carries it without reading it; a fixed schedule
+    sends its interval only."""
+
+    switch_interval: int = 0
+    schedule_round: int = 0
+    proposed_interval: int = 0
+    phase_start: int = 0
+    link_estimate: float = 0.0
+
+
 class Segment(NamedTuple):
     """One phase of an ``AgreedSchedule``: ``length`` rounds from ``start`` training ``factor``, its
     length decided in round ``decided_at``."""

@@ -25,6 +25,7 @@ from peer.config import ConfigError, DaemonConfig, RunConfig
 from peer.daemon.node import PeerDaemon
 from peer.daemon.observe import observers_for
 from peer.daemon.signals import StopSignals, exit_if_shutdown_hangs
+from peer.daemon.timing import PEER_WAIT_POLL_S, SHUTDOWN_GRACE_S, STATIC_PEER_RETRY_S
 from peer.discovery.mdns import DUPLICATE_WINDOW_S, DuplicatePeerId, MdnsDiscovery, PeerRecord, announced_address
 from peer.transport.base import PROTOCOL_VERSION
 from peer.transport.framing import Limits
@@ -41,13 +42,13 @@ async def _static_peers(daemon: PeerDaemon, addresses: list[str]) -> None:
         for address in list(pending):
             if await daemon.membership.add_static_peer(address):
                 pending.discard(address)
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(STATIC_PEER_RETRY_S)
 
 
 async def _wait_for_peers(daemon: PeerDaemon, expected: int, seconds: float) -> None:
     until = time.monotonic() + seconds
     while len(daemon.known) < expected and time.monotonic() < until:
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(PEER_WAIT_POLL_S)
 
 
 def lock_folder(out: Path) -> object:
@@ -197,7 +198,6 @@ def _withdraw(out: Path, created: bool) -> None:
             out.rmdir()
 
 
-SHUTDOWN_GRACE_S = 20.0
 LOCK_FILE = ".lock"
 
 

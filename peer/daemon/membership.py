@@ -30,23 +30,24 @@ import logging
 from collections import OrderedDict
 from collections.abc import Callable
 
+from peer.daemon.timing import (
+    ADMISSION_RETRY_EVERY_S,
+    ADMISSION_RETRY_S,
+    ADMISSION_STATUS_TIMEOUT_S,
+    ADMISSION_TRIES,
+    GOODBYE_CHECK_TIMEOUT_S,
+    STATIC_STATUS_TIMEOUT_S,
+)
 from peer.transport.base import ExchangeFailed, HandshakeRefused, Reason, Transport
 from peer.transport.ids import peer_id_problem
 
 log = logging.getLogger("tadlora.daemon")
 
-ADMISSION_TRIES = 5
-ADMISSION_STATUS_TIMEOUT_S = 3.0
-ADMISSION_RETRY_S = 1.0
-STATIC_STATUS_TIMEOUT_S = 2.0
 # Admissions in flight at once: each is a few Status calls; beyond this, announcements wait for their
 # retry instead of piling up tasks for a crowd of fakes.
 MAX_PENDING_ADMISSIONS = 64
-# How often an announced peer that is not (or not at that address) admitted is tried again, and how
-# many announcements are remembered for it (oldest forgotten first).
-ADMISSION_RETRY_EVERY_S = 10.0
+# Announcements remembered for the retries (oldest forgotten first): a crowd of fakes cannot grow memory.
 MAX_REMEMBERED_ANNOUNCEMENTS = 1024
-GOODBYE_CHECK_TIMEOUT_S = 2.0
 
 
 class Membership:

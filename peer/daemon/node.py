@@ -39,6 +39,7 @@ from typing import Any
 
 from peer.algorithm.factors import blocks_of
 from peer.algorithm.mixing import metropolis_hastings_weights
+from peer.algorithm.schedule import ScheduleGossip
 from peer.config import DaemonConfig, RunConfig
 from peer.core.local_peer import LocalPeer
 from peer.daemon.checkpoint import CheckpointError
@@ -51,6 +52,15 @@ from peer.daemon.phases import SCHEDULE_WINDOW_ROUNDS, PhaseAgreement
 from peer.daemon.protocol import Identity, LinkProtocol
 from peer.daemon.rounds import Decision, Received, RoundBook, RoundState
 from peer.daemon.settlement import PendingLink, Settlements, block_sums
+from peer.daemon.timing import (
+    FETCH_TIMEOUT_S,
+    LAGGING_NEIGHBOUR_ALLOWANCE,
+    LINGER_POLL_S,
+    STATUS_TIMEOUT_S,
+    WATCH_INTERVAL_S,
+    WATCH_STATUS_TIMEOUT_S,
+    WATCH_UNREACHABLE_TRIES,
+)
 from peer.discovery.mdns import Refusal as MdnsRefusal
 from peer.transport.base import (
     ExchangeFailed,
@@ -69,7 +79,6 @@ from peer.transport.framing import seal
 
 log = logging.getLogger("tadlora.daemon")
 
-STATUS_TIMEOUT_S = 2.0
 # Every key of the refusal counters, metric labels and Status answer: the transport's reasons and
 # discovery's (counted as ``mdns-<reason>``).
 REFUSAL_REASONS = frozenset([r.value for r in Reason] + [f"mdns-{r.value}" for r in MdnsRefusal])
@@ -77,12 +86,6 @@ PAYLOAD_HEADER_ROOM = 4096
 # The name of the daemon's one adapter inside its PEFT model. Not the peer id: PEFT adapter names are
 # module names (no '.'), and nothing outside the process sees this name.
 LOCAL_ADAPTER = "local"
-LAGGING_NEIGHBOUR_ALLOWANCE = 3.0  # × --round-timeout-min: how long a swap we open may wait
-LINGER_POLL_S = 0.25  # how often a finished peer checks whether its neighbours are done
-WATCH_INTERVAL_S = 0.5  # how often a server-side link asks whether its opener is still coming
-WATCH_STATUS_TIMEOUT_S = 1.0
-WATCH_UNREACHABLE_TRIES = 2  # unanswered status calls in a row before the opener counts as gone
-FETCH_TIMEOUT_S = 10.0
 # A neighbour one round ahead is normal (it was not linked with us last round); two or more means we
 # missed rounds and jump forward.
 JUMP_WHEN_BEHIND_BY = 2
@@ -247,11 +250,11 @@ class PeerDaemon(ExchangeServer):
 
     async def current_factors(self, run_id: str, peer_id: str) -> FactorMessage:
         if run_id != self.net.run_id:
-            raise Rejected("run", f"this peer belongs to run {self.net.run_id!r}")
+            raise Rejected(Reason.RUN, f"this peer belongs to run {self.net.run_id!r}")
         if peer_id not in self.known:
-            raise Rejected("membership", f"{peer_id[:60]!r} is not a known peer of this run")
+            raise Rejected(Reason.MEMBERSHIP, f"{peer_id[:60]!r} is not a known peer of this run")
         if self.latest is None:
-            raise Rejected("no-factors", "nothing mixed yet")
+            raise Rejected(Reason.NO_FACTORS, "nothing mixed yet")
         return self.latest
 
     def count_rejection(self, reason: str, detail: str = "", source: str = "") -> None:
@@ -296,9 +299,7 @@ class PeerDaemon(ExchangeServer):
 
     def _header(self, round_: int, degree: int, factors: tuple[str, ...] | None = None) -> Header:
         plan = self.strategy.plan(round_)
-        schedule = (
-            self.phases.header_fields(round_) if self.phases else {"switch_interval": self.strategy.switch_interval}
-        )
+        schedule = self.phases.gossip(round_) if self.phases else ScheduleGossip(self.strategy.switch_interval)
         return Header(
             run_id=self.net.run_id,
             sender_id=self.peer_id,
@@ -307,7 +308,7 @@ class PeerDaemon(ExchangeServer):
             factors=factors or tuple(sorted(plan.mix)),
             schema_digest=self.digest,
             degree=degree,
-            **schedule,
+            schedule=schedule,
         )
 
     def _choose_links(self, round_: int) -> list[str]:

@@ -11,7 +11,7 @@ import logging
 from collections import deque
 
 from peer.algorithm.factors import A, B
-from peer.algorithm.schedule import AgreedSchedule, interval_for_link_rate
+from peer.algorithm.schedule import AgreedSchedule, ScheduleGossip, interval_for_link_rate
 from peer.algorithm.strategies import Strategy
 from peer.transport.base import Header
 
@@ -55,8 +55,9 @@ class PhaseAgreement:
     # ---------------------------------------------------------------- what neighbours show
 
     def heard(self, h: Header) -> None:
-        self.schedule.merge(h.schedule_round, h.proposed_interval)
-        self.consider(h.phase_start, h.switch_interval, h.phase, h.schedule_round)
+        gossip = h.schedule
+        self.schedule.merge(gossip.schedule_round, gossip.proposed_interval)
+        self.consider(gossip.phase_start, gossip.switch_interval, h.phase, gossip.schedule_round)
 
     def consider(self, start: int, length: int, factor: str, decided_at: int) -> None:
         """Remember the latest phase seen (by decision, then start, then length)."""
@@ -88,29 +89,31 @@ class PhaseAgreement:
 
     def continue_from(self, h: Header, round_: int) -> None:
         """Take a neighbour's phases, continued to ``round_`` (a peer that jumps forward)."""
+        gossip = h.schedule
         self.use(
             AgreedSchedule.continuing(
-                h.phase_start,
-                h.switch_interval,
+                gossip.phase_start,
+                gossip.switch_interval,
                 h.phase if h.phase in (A, B) else B,
-                h.schedule_round,
+                gossip.schedule_round,
                 round_,
                 self.schedule.gossip_rounds,
             )
         )
-        self.schedule.merge(h.schedule_round, h.proposed_interval)
+        self.schedule.merge(gossip.schedule_round, gossip.proposed_interval)
 
     # ---------------------------------------------------------------- headers, status, files
 
-    def header_fields(self, round_: int) -> dict:
+    def gossip(self, round_: int) -> ScheduleGossip:
+        """What this round's headers tell the neighbours about the schedule."""
         start, length, _, decided = self.schedule.segment(round_)
-        return {
-            "switch_interval": length,
-            "schedule_round": decided,
-            "phase_start": start,
-            "proposed_interval": self.schedule.proposal(),
-            "link_estimate": self.link_estimate() or 0.0,
-        }
+        return ScheduleGossip(
+            switch_interval=length,
+            schedule_round=decided,
+            phase_start=start,
+            proposed_interval=self.schedule.proposal(),
+            link_estimate=self.link_estimate() or 0.0,
+        )
 
     def to_state(self) -> dict:
         return {"schedule": self.schedule.to_state(), "link_window": [list(x) for x in self.link_window]}

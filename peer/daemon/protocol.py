@@ -29,20 +29,20 @@ import torch
 from peer.algorithm.factors import select
 from peer.daemon.persistence import Persistence
 from peer.daemon.rounds import Decision, Received, RoundBook, RoundState
-from peer.transport.base import ExchangeFailed, ExchangeOutcomeUnknown, FactorMessage, Header, Rejected, Transport
+from peer.daemon.timing import AHEAD_RETRY_S, OUTCOME_QUERY_TIMEOUT_S, OUTCOME_RETRY_S
+from peer.transport.base import (
+    ExchangeFailed,
+    ExchangeOutcomeUnknown,
+    FactorMessage,
+    Header,
+    Reason,
+    Rejected,
+    Transport,
+)
 from peer.transport.codec import DecodeError, Schema, decode_factors
 from peer.transport.ids import MAX_RUN_ID_LENGTH, peer_id_problem
 
 log = logging.getLogger("tadlora.daemon")
-
-# Between two outcome queries to a server that did not answer.
-OUTCOME_RETRY_S = 0.2
-# How long an outcome query waits for an answer; a server that is up answers in milliseconds.
-OUTCOME_QUERY_TIMEOUT_S = 1.0
-# Pause before retrying a swap that a server behind us refused. Retrying until the deadline is what
-# keeps peers in step: one round behind, the server opens our round soon; further behind, it has
-# learned from our swap that it is behind and jumps forward. Not retrying let a peer race ahead alone.
-AHEAD_RETRY_S = 0.2
 
 
 @dataclass
@@ -84,24 +84,26 @@ class LinkProtocol:
     def check_identity(self, h: Header) -> None:
         if h.run_id != self.me.run_id:
             raise Rejected(
-                "run",
+                Reason.RUN,
                 f"run {h.run_id[:MAX_RUN_ID_LENGTH]!r}, this peer belongs to {self.me.run_id!r}",
                 self.current_round(),
             )
         if why := peer_id_problem(h.sender_id):
-            raise Rejected("identity", f"sender id {why}", self.current_round())
+            raise Rejected(Reason.IDENTITY, f"sender id {why}", self.current_round())
         if h.schema_digest != self.me.digest:
             raise Rejected(
-                "schema", "adapter schema differs (model, rank, targets or --train-head)", self.current_round()
+                Reason.SCHEMA, "adapter schema differs (model, rank, targets or --train-head)", self.current_round()
             )
         if h.sender_id == self.me.peer_id:
-            raise Rejected("self", "a message from this peer's own id", self.current_round())
+            raise Rejected(Reason.SELF, "a message from this peer's own id", self.current_round())
 
     def decode(self, message: FactorMessage, own: Header) -> dict[str, torch.Tensor]:
         h = message.header
         if h.phase != own.phase or tuple(h.factors) != tuple(own.factors):
             raise Rejected(
-                "phase", f"phase {h.phase} {h.factors}, this round is {own.phase} {own.factors}", self.current_round()
+                Reason.PHASE,
+                f"phase {h.phase} {h.factors}, this round is {own.phase} {own.factors}",
+                self.current_round(),
             )
         wanted = set(select(self.me.schema, own.factors))
         try:
@@ -121,7 +123,7 @@ class LinkProtocol:
         self.check_identity(h)
         if h.payload_size > max_payload_bytes:
             raise Rejected(
-                "too-large",
+                Reason.TOO_LARGE,
                 f"{h.payload_size} bytes announced; this run's factors take at most {max_payload_bytes}",
                 self.current_round(),
             )
@@ -141,26 +143,32 @@ class LinkProtocol:
         """The open round of ``h``, where its sender is a link not yet decided; else Rejected."""
         state = await self._round_for(h.round, h.sender_id, wait)
         if h.sender_id not in state.candidates:
-            raise Rejected("not-a-link", f"{h.sender_id} is not a link of round {h.round} here", self.current_round())
+            raise Rejected(
+                Reason.NOT_A_LINK, f"{h.sender_id} is not a link of round {h.round} here", self.current_round()
+            )
         if h.sender_id in state.decisions:
-            raise Rejected("replay", f"the link with {h.sender_id} in round {h.round} is decided", self.current_round())
+            raise Rejected(
+                Reason.REPLAY, f"the link with {h.sender_id} in round {h.round} is decided", self.current_round()
+            )
         if h.degree < 1:
-            raise Rejected("degree", f"degree {h.degree}: a sender attempts at least this link", self.current_round())
+            raise Rejected(
+                Reason.DEGREE, f"degree {h.degree}: a sender attempts at least this link", self.current_round()
+            )
         return state
 
     async def _round_for(self, round_: int, sender: str, wait: float) -> RoundState:
         if round_ <= self.book.closed_upto:
-            raise Rejected("round-behind", f"round {round_} is over here", self.current_round())
+            raise Rejected(Reason.ROUND_BEHIND, f"round {round_} is over here", self.current_round())
         if round_ > self.current_round() + 1:
             self.on_later_round(sender, round_)
-            raise Rejected("round-ahead", f"this peer is at round {self.current_round()}", self.current_round())
+            raise Rejected(Reason.ROUND_AHEAD, f"this peer is at round {self.current_round()}", self.current_round())
         try:
             await asyncio.wait_for(self.book.ready_event(round_).wait(), wait)
         except TimeoutError:
-            raise Rejected("round-ahead", f"round {round_} not reached in time", self.current_round()) from None
+            raise Rejected(Reason.ROUND_AHEAD, f"round {round_} not reached in time", self.current_round()) from None
         state = self.book.get(round_)
         if state is None:  # closed (or skipped) while we waited
-            raise Rejected("round-behind", f"round {round_} is over here", self.current_round())
+            raise Rejected(Reason.ROUND_BEHIND, f"round {round_} is over here", self.current_round())
         return state
 
     def commit(self, header: Header) -> bool:
@@ -211,7 +219,7 @@ class LinkProtocol:
         async def validate(reply: FactorMessage) -> None:
             self.check_identity(reply.header)
             if reply.header.sender_id != peer_id or reply.header.round != state.round:
-                raise Rejected("round", f"answer for round {reply.header.round} from {reply.header.sender_id}")
+                raise Rejected(Reason.ROUND, f"answer for round {reply.header.round} from {reply.header.sender_id}")
             self.on_header(reply.header)  # before the phase check: a split schedule is learned from it
             tensors = self.decode(reply, state.own.header)
             received = Received(tensors, reply.header.degree, reply.header.payload_size)
@@ -229,9 +237,9 @@ class LinkProtocol:
         except ExchangeOutcomeUnknown:
             await self.settle_by_query(state, peer_id, address, staged["received"], until)
         except Rejected as r:
-            if r.reason in ("round-behind", "round-closed") and r.current_round > state.round:
+            if r.reason in (Reason.ROUND_BEHIND, Reason.ROUND_CLOSED) and r.current_round > state.round:
                 self.on_later_round(peer_id, r.current_round)
-            if r.reason == "phase" and address is not None:
+            if r.reason == Reason.PHASE and address is not None:
                 self.on_phase_refused(address)
             log.info("%s: link to %s in round %d refused: %s", self.me.peer_id, peer_id, state.round, r)
             state.decide(peer_id, Decision.REFUSED)
@@ -251,7 +259,7 @@ class LinkProtocol:
                 return
             except Rejected as r:
                 # the server has not reached this round yet: it will soon, ask again
-                if r.reason != "round-ahead" or r.current_round >= state.round or state.closed:
+                if r.reason != Reason.ROUND_AHEAD or r.current_round >= state.round or state.closed:
                     raise
                 await asyncio.sleep(min(AHEAD_RETRY_S, max(0.0, until - self.now())))
 

@@ -31,10 +31,11 @@ import threading
 from collections.abc import Callable
 from typing import NoReturn
 
+from peer.daemon.timing import STOP_GRACE_S
+
 log = logging.getLogger("tadlora.daemon")
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-STOP_GRACE_S = 5.0  # from a stop signal to the end of the process, at most
 STOPPED_EXIT_CODE = 0  # a stop that was asked for is not a failure
 
 

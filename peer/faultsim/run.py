@@ -19,7 +19,7 @@ from peer.faultsim.checker import Violation, check
 from peer.faultsim.clock import Deadlock, VirtualTimeLoop
 from peer.faultsim.faults import Crash, FaultSchedule, address_of
 from peer.faultsim.stand_in import stand_in_peer
-from peer.transport.base import ConnectionLost, ExchangeServer, Rejected
+from peer.transport.base import ConnectionLost, ExchangeServer, Reason, Rejected
 from peer.transport.framing import Limits
 from peer.transport.grpc_transport import GrpcTransport
 from peer.transport.memory import MemoryNetwork, MemoryTransport
@@ -75,7 +75,7 @@ class _Guarded(ExchangeServer):
 
     def _check(self) -> None:
         if self.dead:
-            raise Rejected("down", "this peer crashed")
+            raise Rejected(Reason.DOWN, "this peer crashed")
 
     async def screen(self, header):
         self._check()

@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from peer.algorithm.schedule import ScheduleGossip
 from peer.errors import TadloraError
 
 T = TypeVar("T")
@@ -49,11 +50,7 @@ class Header:
     payload_digest: bytes = b""
     payload_size: int = 0
     degree: int = 0
-    link_estimate: float = 0.0
-    switch_interval: int = 0
-    schedule_round: int = 0
-    proposed_interval: int = 0
-    phase_start: int = 0
+    schedule: ScheduleGossip = field(default_factory=ScheduleGossip)  # the daemons' phase gossip
     protocol_version: int = PROTOCOL_VERSION
 
 
@@ -147,7 +144,7 @@ class Rejected(TadloraError):
     """A peer refused a message; ``reason`` is a stable code (a ``Reason`` value), ``current_round`` the
     refuser's round."""
 
-    def __init__(self, reason: str, detail: str = "", current_round: int = 0) -> None:
+    def __init__(self, reason: Reason, detail: str = "", current_round: int = 0) -> None:
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason, self.detail, self.current_round = reason, detail, current_round
 

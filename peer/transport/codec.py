@@ -18,12 +18,13 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from peer.errors import TadloraError
+from peer.transport.base import Reason
 
 Schema = dict[str, tuple[str, tuple[int, ...]]]
 
 
 class DecodeError(TadloraError, ValueError):
-    def __init__(self, reason: str, detail: str) -> None:
+    def __init__(self, reason: Reason, detail: str) -> None:
         super().__init__(f"{reason}: {detail}")
         self.reason, self.detail = reason, detail
 
@@ -70,22 +71,22 @@ def decode_factors(
     try:
         tensors = st_load(bytes(payload))
     except (SafetensorError, ValueError, RuntimeError, OverflowError) as exc:
-        raise DecodeError("malformed-payload", f"not a valid safetensors payload ({exc})") from None
+        raise DecodeError(Reason.MALFORMED_PAYLOAD, f"not a valid safetensors payload ({exc})") from None
     unknown = set(tensors) - set(schema)
     if unknown:
-        raise DecodeError("tensor-names", f"tensors not in the local adapter: {sorted(unknown)[:3]}")
+        raise DecodeError(Reason.TENSOR_NAMES, f"tensors not in the local adapter: {sorted(unknown)[:3]}")
     if expected_names is not None and set(tensors) != expected_names:
         missing = sorted(expected_names - set(tensors))
-        raise DecodeError("tensor-names", f"missing announced tensors: {missing[:3]}")
+        raise DecodeError(Reason.TENSOR_NAMES, f"missing announced tensors: {missing[:3]}")
     for name, tensor in tensors.items():
         dtype, shape = schema[name]
         if str(tensor.dtype).removeprefix("torch.") != dtype:
-            raise DecodeError("tensor-dtype", f"{name}: dtype {tensor.dtype} != local {dtype}")
+            raise DecodeError(Reason.TENSOR_DTYPE, f"{name}: dtype {tensor.dtype} != local {dtype}")
         if tuple(tensor.shape) != shape:
-            raise DecodeError("tensor-shape", f"{name}: shape {tuple(tensor.shape)} != local {shape}")
+            raise DecodeError(Reason.TENSOR_SHAPE, f"{name}: shape {tuple(tensor.shape)} != local {shape}")
         # one reduction instead of a full boolean mask: amax propagates NaN, and is inf if any value is
         if tensor.is_floating_point() and tensor.numel() and not torch.isfinite(tensor.abs().amax()):
-            raise DecodeError("non-finite", f"{name} holds NaN or Inf")
+            raise DecodeError(Reason.NON_FINITE, f"{name} holds NaN or Inf")
     if device is None:
         return tensors
     return {name: tensor.to(device) for name, tensor in tensors.items()}

@@ -9,6 +9,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
+from peer.algorithm.schedule import ScheduleGossip
 from peer.transport.base import PROTOCOL_VERSION, FactorMessage, Header, Reason, Rejected, shown
 from peer.transport.codec import new_payload_digest, payload_digest
 from peer.transport.pb import peer_pb2 as pb
@@ -59,11 +60,11 @@ def header_to_pb(h: Header) -> pb.Header:
         payload_digest=h.payload_digest,
         payload_size=h.payload_size,
         degree=h.degree,
-        link_estimate=h.link_estimate,
-        switch_interval=h.switch_interval,
-        schedule_round=h.schedule_round,
-        proposed_interval=h.proposed_interval,
-        phase_start=h.phase_start,
+        link_estimate=h.schedule.link_estimate,
+        switch_interval=h.schedule.switch_interval,
+        schedule_round=h.schedule.schedule_round,
+        proposed_interval=h.schedule.proposed_interval,
+        phase_start=h.schedule.phase_start,
     )
 
 
@@ -78,11 +79,13 @@ def header_from_pb(h: pb.Header) -> Header:
         payload_digest=bytes(h.payload_digest),
         payload_size=h.payload_size,
         degree=h.degree,
-        link_estimate=h.link_estimate,
-        switch_interval=h.switch_interval,
-        schedule_round=h.schedule_round,
-        proposed_interval=h.proposed_interval,
-        phase_start=h.phase_start,
+        schedule=ScheduleGossip(
+            switch_interval=h.switch_interval,
+            schedule_round=h.schedule_round,
+            proposed_interval=h.proposed_interval,
+            phase_start=h.phase_start,
+            link_estimate=h.link_estimate,
+        ),
         protocol_version=h.protocol_version,
     )
 
@@ -106,17 +109,19 @@ def reject_frame(r: Rejected) -> pb.Frame:
 
 def check_header(header: Header, limits: Limits) -> None:
     if header.protocol_version != PROTOCOL_VERSION:
-        raise Rejected("protocol-version", f"version {header.protocol_version}, this peer speaks {PROTOCOL_VERSION}")
+        raise Rejected(
+            Reason.PROTOCOL_VERSION, f"version {header.protocol_version}, this peer speaks {PROTOCOL_VERSION}"
+        )
     if header.payload_size > limits.max_payload_bytes:
-        raise Rejected("too-large", f"{header.payload_size} bytes announced, limit {limits.max_payload_bytes}")
+        raise Rejected(Reason.TOO_LARGE, f"{header.payload_size} bytes announced, limit {limits.max_payload_bytes}")
 
 
 def check_payload(message: FactorMessage, digest: bytes | None = None) -> None:
     """Size and checksum against the header; ``digest``: the checksum when already computed on arrival."""
     if len(message.payload) != message.header.payload_size:
-        raise Rejected("truncated", f"{len(message.payload)} of {message.header.payload_size} bytes arrived")
+        raise Rejected(Reason.TRUNCATED, f"{len(message.payload)} of {message.header.payload_size} bytes arrived")
     if (digest if digest is not None else payload_digest(message.payload)) != message.header.payload_digest:
-        raise Rejected("payload-hash", "payload does not match the hash in its header")
+        raise Rejected(Reason.PAYLOAD_HASH, "payload does not match the hash in its header")
 
 
 async def read_message(
@@ -135,18 +140,18 @@ async def read_message(
             f = await asyncio.wait_for(next_frame(), max(0.0, min(limits.frame_timeout, left)))
         except TimeoutError:
             if left < limits.frame_timeout:
-                raise Rejected("stalled", f"slower than {limits.min_bytes_per_s:g} bytes/s") from None
-            raise Rejected("stalled", f"no frame for {limits.frame_timeout:g} s") from None
+                raise Rejected(Reason.STALLED, f"slower than {limits.min_bytes_per_s:g} bytes/s") from None
+            raise Rejected(Reason.STALLED, f"no frame for {limits.frame_timeout:g} s") from None
         if f is None:
             # gRPC also ends the stream this way when a frame is over its message cap (chunk size + 64 KiB)
-            raise Rejected("truncated", "stream ended mid-message (or a frame was over the message cap)")
+            raise Rejected(Reason.TRUNCATED, "stream ended mid-message (or a frame was over the message cap)")
         if f.HasField("reject"):
             raise Rejected(Reason.of(f.reject.reason), shown(f.reject.detail), f.reject.current_round)
         return f
 
     first = await frame()
     if not first.HasField("header"):
-        raise Rejected("framing", "a message must start with a header")
+        raise Rejected(Reason.FRAMING, "a message must start with a header")
     header = header_from_pb(first.header)
     check_header(header, limits)
     if screen is not None:
@@ -159,13 +164,13 @@ async def read_message(
     while received < header.payload_size:
         f = await frame()
         if not f.HasField("chunk"):
-            raise Rejected("framing", "expected a chunk")
+            raise Rejected(Reason.FRAMING, "expected a chunk")
         if len(parts) >= limits.max_chunks:
-            raise Rejected("too-many-chunks", f"more than {limits.max_chunks} chunks")
+            raise Rejected(Reason.TOO_MANY_CHUNKS, f"more than {limits.max_chunks} chunks")
         data = f.chunk.data
         received += len(data)
         if received > header.payload_size:
-            raise Rejected("too-large", f"more bytes than the {header.payload_size} announced")
+            raise Rejected(Reason.TOO_LARGE, f"more bytes than the {header.payload_size} announced")
         digest.update(data)
         parts.append(data)
     message = FactorMessage(header, parts[0] if len(parts) == 1 else b"".join(parts))

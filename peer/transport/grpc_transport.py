@@ -104,7 +104,7 @@ def _check_caller(context, peer_id: str, tls: TlsMaterial | None) -> None:
     names = context.auth_context().get("x509_common_name", [])
     if [peer_id.encode()] != list(names):
         named = b",".join(names).decode(errors="replace") or "none"
-        raise Rejected("identity", f"sender {peer_id[:60]!r} but certificate of {named[:60]!r}")
+        raise Rejected(Reason.IDENTITY, f"sender {peer_id[:60]!r} but certificate of {named[:60]!r}")
 
 
 # gRPC reports a failed TLS handshake only in the text of an UNAVAILABLE error: a certificate of
@@ -242,10 +242,10 @@ class _Servicer(pb_grpc.PeerServicer):
                 if committed:
                     yield pb.Frame(ack=pb.CommitAck(round=incoming.header.round))
                 else:
-                    yield reject_frame(Rejected("round-closed", "the server mixed this round already"))
+                    yield reject_frame(Rejected(Reason.ROUND_CLOSED, "the server mixed this round already"))
             elif answer is not None and not answer.HasField("reject"):
                 # anything but a commit (or the client's own refusal) where the commit belongs
-                refusal = Rejected("framing", f"expected a commit for round {incoming.header.round}")
+                refusal = Rejected(Reason.FRAMING, f"expected a commit for round {incoming.header.round}")
                 self.server.count_rejection(refusal.reason, refusal.detail, context.peer())
                 yield reject_frame(refusal)
         finally:

@@ -22,6 +22,7 @@ from peer.transport.base import (
     ExchangeServer,
     FactorMessage,
     NetworkFaults,
+    Reason,
     Rejected,
     StatusInfo,
     Step,
@@ -135,7 +136,7 @@ class MemoryTransport(Transport):
             await asyncio.sleep(self.limits.frame_timeout)
             raise ExchangeOutcomeUnknown(reply)
         if not committed:
-            raise Rejected("round-closed", "the server mixed this round already")
+            raise Rejected(Reason.ROUND_CLOSED, "the server mixed this round already")
         return copy.deepcopy(reply)
 
     async def _respond(

@@ -1,7 +1,7 @@
 """The daemon's protocol under seeded faults (``peer.faultsim``): lost, delayed and repeated messages at
 every step, partitions, crashes at await points and mid-write with restarts; every invariant checked.
 
-``TADLORA_FAULTSIM_SCHEDULES`` sets how many random schedules run (default 1,500, to keep the suite
+``TADLORA_FAULTSIM_SCHEDULES`` sets how many random schedules run (default 1,000, to keep the suite
 within 10 minutes on 2 cores; a nightly run sets more). A failure prints the seeds to replay with
 ``python -m peer.faultsim --seed S``.
 """
@@ -17,7 +17,7 @@ from peer.faultsim.clock import VirtualTimeLoop
 from peer.faultsim.faults import FaultSchedule
 from peer.faultsim.run import Simulation, run_many, run_schedule
 
-SCHEDULES = int(os.environ.get("TADLORA_FAULTSIM_SCHEDULES", "1500"))
+SCHEDULES = int(os.environ.get("TADLORA_FAULTSIM_SCHEDULES", "1000"))
 FIRST_SEED = int(os.environ.get("TADLORA_FAULTSIM_FIRST_SEED", "0"))
 JOBS = min(2, os.cpu_count() or 1)
 
