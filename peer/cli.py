@@ -19,6 +19,7 @@ from peer.config import (
     DaemonConfig,
     config_fields,
     daemon_paths,
+    default_peer_id,
     load_config,
     load_daemon_config,
     writable_folder,
@@ -112,11 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run_certs(args: argparse.Namespace) -> int:
-
-    from peer.core.run_setup import peer_id
     from peer.transport.tls import make_run
 
-    ids = [peer_id(i) for i in range(args.peers)] + list(args.peer_id)
+    ids = [default_peer_id(i) for i in range(args.peers)] + list(args.peer_id)
     if not ids:
         raise ConfigError("certs: say which peers: --peers N and/or --peer-id ID")
     if why := run_id_problem(args.run_id):
@@ -222,10 +221,12 @@ def _run_testbed(args: argparse.Namespace) -> int:
 
     from peer.testbed import format_table, run_testbed
     from peer.testbed.netns import netns_available
-    from peer.testbed.scenario import load_scenario
+    from peer.testbed.scenario import NETWORK_ACTIONS, load_scenario
 
     cfg = load_config(args.config, {name: getattr(args, name) for name in config_fields()})
     events = load_scenario(args.scenario, cfg.peers) if args.scenario else []
+    if not args.netns and (needs := sorted({e.action for e in events} & set(NETWORK_ACTIONS))):
+        raise ConfigError(f"scenario: {', '.join(needs)} need the network-namespace testbed (--netns)")
     from peer.data.tasks import load_task
 
     load_task(cfg.task)  # a bad data file is one error here, not one per daemon after they started

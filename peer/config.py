@@ -29,14 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from peer.errors import ConfigError
+from peer.transport.defaults import DEFAULT_CHUNK_SIZE, DEFAULT_FRAME_TIMEOUT_S, MAX_CHUNK_SIZE
 from peer.transport.ids import peer_id_problem, run_id_problem
 
 __all__ = ["ConfigError", "DaemonConfig", "RunConfig", "load_config", "load_daemon_config"]
-
-
-# One gRPC message carries one chunk; gRPC's message caps are 32-bit, and chunks this large already
-# cost more memory than they save in per-frame overhead.
-MAX_CHUNK_SIZE = 64 << 20
 
 
 def host_port_problem(value: str) -> str:
@@ -252,7 +248,11 @@ class RunConfig:
     lora_r: int = setting(8, "LoRA rank", check=at_least(1))
     lora_alpha: int = setting(16, "LoRA alpha", check=at_least(0))
     lora_dropout: float = setting(0.1, "LoRA dropout", check=within(0.0, 1.0, high_open=True))
-    lora_targets: str = setting("query,value", "comma-separated module names that get LoRA")
+    lora_targets: str = setting(
+        "query,value",
+        "comma-separated module names that get LoRA",
+        check=lambda v: "" if any(name.strip() for name in v.split(",")) else "needs at least one module name",
+    )
     eval_every: int = setting(20, "evaluate every N rounds (and after the last)", check=at_least(1))
     eval_samples: int = setting(500, "validation examples per evaluation (0: all)", check=at_least(0))
     device: str = setting("auto", "auto (cuda when present, else cpu) | cpu | cuda | cuda:N", check=_device)
@@ -380,9 +380,9 @@ class DaemonConfig:
     )
     round_timeout_max: float = setting(60.0, "upper bound of the adaptive exchange deadline, seconds")
     discovery_wait: float = setting(3.0, "seconds to look for peers before the first round", check=at_least(0))
-    chunk_size: int = setting(1 << 20, "bytes per gRPC chunk", check=within(1024, MAX_CHUNK_SIZE))
+    chunk_size: int = setting(DEFAULT_CHUNK_SIZE, "bytes per gRPC chunk", check=within(1024, MAX_CHUNK_SIZE))
     frame_timeout: float = setting(
-        10.0,
+        DEFAULT_FRAME_TIMEOUT_S,
         "seconds without a frame before a stream counts as stalled",
         check=positive,
     )

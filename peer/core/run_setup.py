@@ -15,7 +15,7 @@ from peer.algorithm.robust import MixingRule
 from peer.algorithm.schedule import auto_switch_interval, interval_for_link_rate
 from peer.algorithm.strategies import Strategy, make_strategy
 from peer.algorithm.topology import Topology, make_topology
-from peer.config import RunConfig, default_peer_id
+from peer.config import ConfigError, RunConfig, default_peer_id
 from peer.data.partition import partition
 from peer.data.tasks import TextTask, load_task
 from peer.training.adapters import Adapter, AdapterModel, LoraSettings, load_tokenizer
@@ -30,7 +30,7 @@ def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} asked for, but torch sees no CUDA device")
+        raise ConfigError(f"device: {name!r} asked for, but torch sees no CUDA device (use --device cpu or auto)")
     return torch.device(name)
 
 

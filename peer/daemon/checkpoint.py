@@ -25,7 +25,7 @@ from typing import Any, BinaryIO
 import torch
 
 from peer.durable import fsync_directory
-from peer.errors import UsageError
+from peer.errors import TadloraError, UsageError
 
 CHECKPOINT = "checkpoint.pt"
 TEMP_PREFIX = ".partial."
@@ -37,6 +37,11 @@ LEGACY_TEMP_PREFIXES = (".checkpoint.",)
 class CheckpointError(UsageError, RuntimeError):
     """A checkpoint that cannot be read (torn, foreign, of another peer) or could not be read again;
     the message names the file and says what to do."""
+
+
+class UnloadableState(TadloraError, TypeError):
+    """A state that a ``weights_only`` load would refuse: a bug in whatever built it (a numpy scalar
+    where a float belongs, say), so it keeps its traceback; the previous checkpoint stays."""
 
 
 def write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> Path:
@@ -95,7 +100,7 @@ def loadable(value: object, where: str = "state") -> Any:
         return {loadable(key, f"{where}: a key"): loadable(item, f"{where}[{key!r}]") for key, item in value.items()}
     if isinstance(value, list | tuple | set) and type(value) in _CONTAINERS:
         return type(value)(loadable(item, f"{where}[{i}]") for i, item in enumerate(value))
-    raise CheckpointError(
+    raise UnloadableState(
         f"not saved, it could not be loaded again: {where} is a {type(value).__module__}.{type(value).__name__}"
     )
 

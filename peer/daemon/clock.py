@@ -30,11 +30,23 @@ from collections import deque
 
 import numpy as np
 
-STRETCH_FACTOR = 2.0  # a round in which nothing counted allows this much more time to the next
+STRETCH_FACTOR = 2.0
+"""A round in which nothing counted allows this much more time to the next (up to the maximum): a
+network that got slower is followed within a few rounds instead of a whole window."""
+SAFETY_FACTOR = 2.0
+"""The deadline is this × the settle-time quantile below. Too small: links of a round that is only a
+little slower than usual miss the deadline (``DEADLINE_EXCEEDED`` in the log, fewer links counted)."""
+SETTLE_QUANTILE = 0.9
+"""Which quantile of recent settle times the deadline follows: one slow round in ten does not move it."""
+SETTLE_WINDOW_ROUNDS = 20
+"""How many recent rounds' settle times are kept. Too small: a single slow round sets the deadline;
+too large: the deadline follows a change of the network late."""
 
 
 class AdaptiveDeadline:
-    def __init__(self, minimum: float, maximum: float, factor: float = 2.0, window: int = 20) -> None:
+    def __init__(
+        self, minimum: float, maximum: float, factor: float = SAFETY_FACTOR, window: int = SETTLE_WINDOW_ROUNDS
+    ) -> None:
         if not 0 < minimum <= maximum:
             raise ValueError(f"round timeouts need 0 < minimum <= maximum, got {minimum} and {maximum}")
         self.minimum, self.maximum, self.factor = minimum, maximum, factor
@@ -53,5 +65,5 @@ class AdaptiveDeadline:
     def current(self) -> float:
         if not self.samples:
             return self.maximum
-        learned = self.factor * float(np.quantile(list(self.samples), 0.9))
+        learned = self.factor * float(np.quantile(list(self.samples), SETTLE_QUANTILE))
         return float(np.clip(max(learned, self.stretch), self.minimum, self.maximum))

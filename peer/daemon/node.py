@@ -48,7 +48,7 @@ from peer.daemon.links import LinkBackoff, synthetic_link_up
 from peer.daemon.membership import Membership
 from peer.daemon.observe import Observer, Observers
 from peer.daemon.persistence import FolderStore, Persistence, WriteAhead
-from peer.daemon.phases import SCHEDULE_WINDOW_ROUNDS, PhaseAgreement
+from peer.daemon.phases import PhaseAgreement
 from peer.daemon.protocol import Identity, LinkProtocol
 from peer.daemon.rounds import Decision, Received, RoundBook, RoundState
 from peer.daemon.settlement import PendingLink, Settlements, block_sums
@@ -56,6 +56,8 @@ from peer.daemon.timing import (
     FETCH_TIMEOUT_S,
     LAGGING_NEIGHBOUR_ALLOWANCE,
     LINGER_POLL_S,
+    SCHEDULE_WINDOW_ROUNDS,
+    SETTLE_POLL_FRACTION,
     STATUS_TIMEOUT_S,
     WATCH_INTERVAL_S,
     WATCH_STATUS_TIMEOUT_S,
@@ -597,7 +599,7 @@ class PeerDaemon(ExchangeServer):
         until = self.now() + seconds
         while self.settlements.pending and self.now() < until:
             self.settlements.ask()
-            await asyncio.sleep(self.net.round_timeout_min / 4)
+            await asyncio.sleep(self.net.round_timeout_min * SETTLE_POLL_FRACTION)
             settled = self.settlements.apply(self._add_settled_term)
             if settled:
                 for entry in settled:

@@ -21,9 +21,10 @@ import logging
 import time
 from pathlib import Path
 
+from peer.algorithm.factors import Phase
 from peer.errors import UsageError
 
-PHASE_CODE = {"B": 0, "A": 1, "AB": 2}
+PHASE_CODE = {Phase.B: 0, Phase.A: 1, Phase.AB: 2}  # the phase gauge's values
 
 
 class Observer:

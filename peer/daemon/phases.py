@@ -10,17 +10,13 @@ from __future__ import annotations
 import logging
 from collections import deque
 
-from peer.algorithm.factors import A, B
-from peer.algorithm.schedule import AgreedSchedule, ScheduleGossip, interval_for_link_rate
+from peer.algorithm.factors import A, B, Block
+from peer.algorithm.schedule import AgreedSchedule, ScheduleGossip, Segment, interval_for_link_rate
 from peer.algorithm.strategies import Strategy
+from peer.daemon.timing import LINK_WINDOW_ROUNDS, SCHEDULE_WINDOW_ROUNDS
 from peer.transport.base import Header
 
 log = logging.getLogger("tadlora.daemon")
-
-LINK_WINDOW_ROUNDS = 20  # rounds over which a peer measures its link rate
-SCHEDULE_WINDOW_ROUNDS = 10  # rounds between two decisions (AgreedSchedule's gossip_rounds)
-
-Phase = tuple[int, int, str, int]  # start, length, factor, decided_at
 
 
 class PhaseAgreement:
@@ -28,7 +24,7 @@ class PhaseAgreement:
         self.strategy = strategy
         self.schedule = AgreedSchedule(strategy.switch_interval, gossip_rounds=window)
         strategy.schedule = self.schedule
-        self.adoption: Phase | None = None
+        self.adoption: Segment | None = None
         self.link_window: deque[tuple[int, int]] = deque(maxlen=LINK_WINDOW_ROUNDS)  # (counted, possible)
 
     def use(self, schedule: AgreedSchedule) -> None:
@@ -63,7 +59,7 @@ class PhaseAgreement:
         """Remember the latest phase seen (by decision, then start, then length)."""
         if length < 1 or factor not in (A, B):
             return
-        seen = (int(start), int(length), factor, int(decided_at))
+        seen = Segment(int(start), int(length), Block(factor), int(decided_at))
         if self.adoption is None or _order(seen) > _order(self.adoption):
             self.adoption = seen
 
@@ -125,6 +121,5 @@ class PhaseAgreement:
         self.link_window.extend(tuple(x) for x in state.get("link_window", []))
 
 
-def _order(phase: Phase) -> tuple[int, int, int]:
-    start, length, _, decided = phase
-    return decided, start, length
+def _order(phase: Segment) -> tuple[int, int, int]:
+    return phase.decided_at, phase.start, phase.length

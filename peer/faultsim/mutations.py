@@ -2,7 +2,7 @@
 
 Each is a context manager that patches one piece of the daemon back to how it behaved before (issue
 10 of the tracker). Tests use them to show that the checker catches each defect
-(``tests/test_fault_simulator.py``); ``benchmarks/faultsim_before_after.py`` counts what it finds with
+(``tests/inprocess/test_fault_simulator.py``); ``benchmarks/faultsim_before_after.py`` counts what it finds with
 and without them, and ``benchmarks/hung_peer.py`` times the old deadline. Never used by the daemon.
 """
 

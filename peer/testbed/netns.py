@@ -23,6 +23,8 @@ import sys
 import uuid
 from dataclasses import dataclass, field
 
+from peer.errors import UsageError
+
 DEFAULT_SUBNET = "10.213.7"
 
 
@@ -140,7 +142,7 @@ class NetnsLab:
         if not 0 <= percent <= 100:
             raise ValueError(f"drop percentage must lie in [0, 100], got {percent}")
         if shutil.which("nft") is None:
-            raise RuntimeError("packet loss and partitions need nftables ('nft'): apt-get install nftables")
+            raise UsageError("packet loss and partitions need nftables ('nft'): apt-get install nftables")
         rules = self.drops.setdefault(receiver, {})
         if percent:
             rules[sender] = percent

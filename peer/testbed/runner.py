@@ -25,6 +25,7 @@ import numpy as np
 
 from peer.config import DEFAULT_PORT, RunConfig, load_config
 from peer.core.run_setup import peer_id
+from peer.errors import ConfigError, UsageError
 from peer.testbed.netns import NetnsLab
 from peer.testbed.scenario import NETWORK_ACTIONS, Event
 from peer.transport.tls import make_run
@@ -35,6 +36,11 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 # so this only catches one that is wedged (or a machine so loaded that its exit is slow).
 STOP_GRACE_S = 10.0
 POLL_S = 0.1
+
+
+class DaemonExited(UsageError, RuntimeError):
+    """A daemon of the testbed ended with an error; the message carries the tail of its log (the CLI
+    shows it and exits 2: the cause is in that log, not in the testbed)."""
 
 
 class Interrupts:
@@ -177,7 +183,7 @@ class Testbed:
             code = proc.wait(timeout=max(0.1, deadline - time.monotonic()))
             if code != 0:
                 tail = (self.peer_dir(index) / "daemon.log").read_text(errors="replace")[-2000:]
-                raise RuntimeError(f"{peer_id(index)} exited with code {code}:\n{tail}")
+                raise DaemonExited(f"{peer_id(index)} exited with code {code}:\n{tail}")
 
     def progress(self) -> int:
         """Rounds finished by the most advanced peer."""
@@ -185,7 +191,7 @@ class Testbed:
 
     def apply(self, event: Event) -> None:
         if event.action in NETWORK_ACTIONS:
-            raise ValueError(f"'{event.action}' needs the network-namespace testbed (--netns)")
+            raise ConfigError(f"scenario: '{event.action}' needs the network-namespace testbed (--netns)")
         if event.action == "kill":
             self.kill(event.peer)
         elif event.action in ("restart", "start"):
@@ -272,7 +278,7 @@ def summarize_peers(peer_dirs: list[Path]) -> dict:
     for folder in peer_dirs:
         path = folder / "summary.json"
         if not path.exists():
-            raise FileNotFoundError(f"{folder}: no summary.json (the daemon did not finish; see its log)")
+            raise UsageError(f"{folder}: no summary.json (the daemon did not finish; see its log)")
         s = json.loads(path.read_text())
         rounds = read_rounds(folder)
         peers[s["peer_id"]] = {
@@ -292,7 +298,7 @@ def collect(results: Path, references: str | None = None) -> dict:
     ``"none"`` skips them)."""
     folders = sorted({p.parent for pattern in ("*/summary.json", "*/rounds.jsonl") for p in results.glob(pattern)})
     if not folders:
-        raise FileNotFoundError(f"{results}: no daemon results (peer folders with rounds.jsonl) found")
+        raise UsageError(f"{results}: no daemon results (peer folders with rounds.jsonl) found")
     peers = summarize_peers(folders)
     summary = {"peers": peers, "mean_accuracy": float(np.mean([p["accuracy"] for p in peers.values()]))}
     run = _run_of(folders[0], references)

@@ -147,7 +147,10 @@ class AdapterModel:
         base = _build_base(model, num_labels, seed)
         torch.manual_seed(seed)
         first = adapter_names[0]
-        self.peft_model = get_peft_model(base, self.peft_config, adapter_name=first)
+        try:
+            self.peft_model = get_peft_model(base, self.peft_config, adapter_name=first)
+        except ValueError as exc:  # PEFT: target modules the model does not have
+            raise ConfigError(f"lora-targets: {str(exc).splitlines()[0][:300]}") from None
         self.peft_model.base_model_name_or_path = resolve_model_path(model)
         for name in adapter_names[1:]:
             self.peft_model.add_adapter(name, self.peft_config)

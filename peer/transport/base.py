@@ -1,6 +1,6 @@
 """The transport interface: how two peers swap one round's factors, whatever carries the bytes.
 
-Two implementations stand behind it and pass the same contract tests (``tests/test_transport_contract.py``):
+Two implementations stand behind it and pass the same contract tests (``tests/inprocess/test_transport_contract.py``):
 ``GrpcTransport`` (real sockets, ``peer.transport.grpc_transport``) and ``MemoryTransport`` (one
 process, for fast tests and the simulator-like drivers).
 

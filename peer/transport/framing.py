@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from peer.algorithm.schedule import ScheduleGossip
 from peer.transport.base import PROTOCOL_VERSION, FactorMessage, Header, Reason, Rejected, shown
 from peer.transport.codec import new_payload_digest, payload_digest
+from peer.transport.defaults import DEFAULT_CHUNK_SIZE, DEFAULT_FRAME_TIMEOUT_S
 from peer.transport.pb import peer_pb2 as pb
 
 
@@ -19,14 +20,11 @@ from peer.transport.pb import peer_pb2 as pb
 class Limits:
     """Caps on what a peer accepts, and how long it waits for the next frame.
 
-    - ``chunk_size``: bytes per chunk sent. 1 MiB moves well over loopback and LANs; much smaller
-      chunks cost per-frame overhead, much larger ones raise memory peaks.
+    - ``chunk_size``: bytes per chunk sent (``peer.transport.defaults`` says how to choose it).
     - ``max_payload_bytes``: largest payload accepted (a r=8 adapter of RoBERTa-large is ~3 MB; the
       default 256 MiB leaves room for big models and high ranks).
     - ``max_chunks``: most chunks in one stream, so a sender cannot trickle tiny chunks forever.
-    - ``frame_timeout``: seconds to wait for the next frame of a stream before giving up. Too small
-      shows as ``stalled`` rejections between healthy peers on a slow link; too large keeps a stalled
-      stream (a crashed or hostile peer) holding resources that long.
+    - ``frame_timeout``: seconds to wait for the next frame of a stream before giving up (the same).
 
     - ``min_bytes_per_s``: the slowest a stream may deliver its payload: a whole message must arrive
       within ``frame_timeout + payload_size / min_bytes_per_s``, so that a sender cannot hold a stream
@@ -38,10 +36,10 @@ class Limits:
       that would go over is refused (``busy``) before its payload is read.
     """
 
-    chunk_size: int = 1 << 20
+    chunk_size: int = DEFAULT_CHUNK_SIZE
     max_payload_bytes: int = 256 << 20
     max_chunks: int = 1 << 16
-    frame_timeout: float = 10.0
+    frame_timeout: float = DEFAULT_FRAME_TIMEOUT_S
     min_bytes_per_s: float = 64 << 10
     max_streams: int = 256
     max_streams_per_address: int = 64

@@ -40,6 +40,8 @@ def _files(tmp_path):
     (tmp_path / "bad-peers.toml").write_text('peers = "x"\n')
     (tmp_path / "soon.toml").write_text('[[event]]\nat_round = "soon"\naction = "kill"\npeer = 0\n')
     (tmp_path / "a-file").write_text("")
+    (tmp_path / "no-results").mkdir()
+    (tmp_path / "cut.toml").write_text('[[event]]\nat_round = 1\naction = "partition"\npeer = 0\nother = 1\n')
 
 
 CASES = {
@@ -78,6 +80,13 @@ CASES = {
         "at_round must be a round number",
     ),
     "a testbed on a bad data file": (["testbed", *TINY, "--task", "jsonl:{tmp}/numbers.jsonl"], "not a JSON object"),
+    "--lora-targets with no name": (["simulate", *TINY, "--lora-targets", ","], "lora-targets: needs at least one"),
+    "--lora-targets the model lacks": (["simulate", *TINY, "--lora-targets", "nonexistent"], "lora-targets: "),
+    "tadlora collect on a folder without results": (["collect", "{tmp}/no-results"], "no daemon results"),
+    "a network fault in a scenario without --netns": (
+        ["testbed", *TINY, "--scenario", "{tmp}/cut.toml"],
+        "scenario: partition need the network-namespace testbed",
+    ),
 }
 
 
@@ -176,3 +185,12 @@ def test_a_second_daemon_on_a_folder_in_use_exits_2_with_one_line(tmp_path, caps
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith("tadlora: error:")]
     assert len(lines) == 1 and "is in use by another daemon" in lines[0] and "Traceback" not in err, err[-2000:]
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a CUDA device")
+def test_cuda_asked_for_without_a_gpu_is_one_line_exit_2(tmp_path, capsys):
+    assert main(["simulate", *TINY, "--device", "cuda", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("tadlora: error:")]
+    assert len(lines) == 1 and "device: 'cuda' asked for" in lines[0] and "Traceback" not in err
+    assert not (tmp_path / "out").exists()

@@ -14,7 +14,14 @@ import pytest
 import torch
 
 import peer.daemon.checkpoint as ckpt
-from peer.daemon.checkpoint import CHECKPOINT, TEMP_PREFIX, CheckpointError, load_checkpoint, save_checkpoint
+from peer.daemon.checkpoint import (
+    CHECKPOINT,
+    TEMP_PREFIX,
+    CheckpointError,
+    UnloadableState,
+    load_checkpoint,
+    save_checkpoint,
+)
 
 OLD = {"round": 3, "adapter": {"a": torch.ones(2, 2)}}
 NEW = {"round": 4, "adapter": {"a": torch.zeros(2, 2)}}
@@ -145,7 +152,7 @@ def test_a_state_that_could_not_be_loaded_is_refused_at_save_and_the_previous_on
     import numpy as np
 
     save_checkpoint(tmp_path, OLD)
-    with pytest.raises(CheckpointError, match=r"state\['loss'\] is a numpy.float64"):
+    with pytest.raises(UnloadableState, match=r"state\['loss'\] is a numpy.float64"):
         save_checkpoint(tmp_path, {**NEW, "loss": np.float64(0.25)})
     assert load_checkpoint(tmp_path)["round"] == 3
 

@@ -55,3 +55,31 @@ def test_the_environment_reads_every_setting_by_its_field_type():
     )
     assert settings == {"peers": 7, "edge_prob": 0.25, "run_id": "lab"}
     assert set(config_fields()) | set(config_fields(DaemonConfig)) == {f.name for f in _all_fields()}
+
+
+def _listed(help_text: str) -> set[str]:
+    """The choices a help text lists: the first word of each ' | '-separated part."""
+    return {part.split()[0].rstrip(":,") for part in help_text.split(" | ")}
+
+
+def test_the_choices_a_help_lists_are_the_registries_own():
+    # the help is text written once on the field; this keeps it from drifting from the code's vocabularies
+    from peer.algorithm.robust import RULES
+    from peer.algorithm.strategies import available_strategies
+    from peer.algorithm.topology import TOPOLOGIES
+    from peer.data.partition import SCHEMES
+    from peer.training.precision import Precision
+    from peer.training.trainer import Batching, LrSchedule
+
+    fields = {f.name: f for f in _all_fields()}
+    registries = {
+        "strategy": set(available_strategies()),
+        "topology": set(TOPOLOGIES),
+        "partition": set(SCHEMES),
+        "mixing_rule": set(RULES),
+        "precision": {p.value for p in Precision},
+        "batching": {b.value for b in Batching},
+        "lr_schedule": {s.value for s in LrSchedule},
+    }
+    for name, registry in registries.items():
+        assert _listed(fields[name].metadata["help"]) == registry, name

@@ -1,0 +1,12 @@
+"""The transport's default sizes and times, in a module with no imports: the transport's ``Limits``
+and the daemon's settings (``peer.config``, read before anything slow is imported) share them."""
+
+# Bytes per chunk sent. 1 MiB moves well over loopback and LANs; much smaller chunks cost per-frame
+# overhead, much larger ones raise memory peaks.
+DEFAULT_CHUNK_SIZE = 1 << 20
+# One gRPC message carries one chunk; gRPC's message caps are 32-bit, and chunks this large already
+# cost more memory than they save in per-frame overhead.
+MAX_CHUNK_SIZE = 64 << 20
+# Seconds to wait for the next frame of a stream. Too small shows as ``stalled`` refusals between
+# healthy peers on a slow link; too large keeps a stalled stream (a crashed or hostile peer) that long.
+DEFAULT_FRAME_TIMEOUT_S = 10.0
