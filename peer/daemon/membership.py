@@ -46,6 +46,10 @@ log = logging.getLogger("tadlora.daemon")
 # Admissions in flight at once: each is a few Status calls; beyond this, announcements wait for their
 # retry instead of piling up tasks for a crowd of fakes.
 MAX_PENDING_ADMISSIONS = 64
+# Peers known at once. Without TLS every machine that answers the protocol for the run is a member,
+# so a crowd of them can join (and weigh in the mixing); this bounds what they cost in memory, in
+# the Status answer and in rounds. Far above any lab's run.
+MAX_KNOWN_PEERS = 1024
 # Announcements remembered for the retries (oldest forgotten first): a crowd of fakes cannot grow memory.
 MAX_REMEMBERED_ANNOUNCEMENTS = 1024
 
@@ -101,6 +105,9 @@ class Membership:
         return status.peer_id == peer_id and status.run_id == self.run_id
 
     def know(self, peer_id: str, address: str) -> None:
+        if peer_id not in self.known and len(self.known) >= MAX_KNOWN_PEERS:
+            self.count_rejection(Reason.MEMBERSHIP, f"{peer_id} not taken: {MAX_KNOWN_PEERS} peers known", address)
+            return
         moved = self.known.get(peer_id)
         self.known[peer_id] = address
         log.info("%s: found %s at %s%s", self.peer_id, peer_id, address, f" (was {moved})" if moved else "")
@@ -188,8 +195,17 @@ class Membership:
             self.count_rejection(Reason.IDENTITY, f"static peer answers with an invalid id: {why}", address)
             return True
         if status.run_id == self.run_id and status.schema_digest == self.digest:
-            if status.peer_id != self.peer_id and self.known.get(status.peer_id) != address:
-                self.know(status.peer_id, address)  # its answer came over this run's TLS, if any
+            if status.peer_id == self.peer_id or self.known.get(status.peer_id) == address:
+                return True
+            if status.peer_id in self.known:
+                self.add_peer(status.peer_id, address)  # a known id at another address proves it first
+            elif self.tls and not await self.answers_as(address, status.peer_id):
+                # any member's certificate answered: only one that names the id it claims is taken
+                self.count_rejection(
+                    Reason.IDENTITY, f"static peer answers as {status.peer_id!r} without its certificate", address
+                )
+            else:
+                self.know(status.peer_id, address)
         else:
             log.info(
                 "%s: ignoring %s at %s: run %r or another schema",

@@ -91,6 +91,10 @@ LOCAL_ADAPTER = "local"
 # A neighbour one round ahead is normal (it was not linked with us last round); two or more means we
 # missed rounds and jump forward.
 JUMP_WHEN_BEHIND_BY = 2
+# After a neighbour's claim to be far ahead was not confirmed by its own address (a forged header, or a
+# neighbour that does not answer Status), its claims are ignored for this many rounds: each check costs
+# up to STATUS_TIMEOUT_S on the round's path.
+UNCONFIRMED_CLAIM_PAUSE_ROUNDS = 8
 
 Offload = Callable[..., Awaitable[Any]]
 
@@ -140,6 +144,7 @@ class PeerDaemon(ExchangeServer):
             self._on_header,
             self._on_later_round,
             self._on_phase_refused,
+            self.count_rejection,
         )
         self.membership = Membership(self.peer_id, net.run_id, self.digest, transport, net.tls, self.count_rejection)
         self.backoff = LinkBackoff()
@@ -154,6 +159,7 @@ class PeerDaemon(ExchangeServer):
         # shapes and dtypes encode to the same size), with room for the container's header
         self.max_payload_bytes = len(encode_factors(self.local.factors())) + PAYLOAD_HEADER_ROOM
         self.behind: tuple[int, str] | None = None
+        self.unconfirmed: dict[str, int] = {}  # known peer -> round until which its round claims are ignored
         self.settlements = Settlements(self.protocol, self.known.get, self._spawn, net.round_timeout_min)
         self.probing: dict[str, asyncio.Task] = {}  # status calls to neighbours in backoff
         self.recovered: tuple[RoundState, dict, dict[str, Received]] | None = None
@@ -294,6 +300,8 @@ class PeerDaemon(ExchangeServer):
     def _on_later_round(self, peer_id: str, round_: int) -> None:
         if peer_id not in self.known:
             return  # only a known peer of this run can tell us that we are behind
+        if self.round < self.unconfirmed.get(peer_id, -1):
+            return  # its last claim was not confirmed by its own address: not asked again for a while
         if self.behind is None or round_ > self.behind[0]:
             self.behind = (round_, peer_id)
 
@@ -657,6 +665,7 @@ class PeerDaemon(ExchangeServer):
         if target is None or target < self.round + JUMP_WHEN_BEHIND_BY:
             # a round told in a swap's header is the sender's word: without TLS anyone can claim a
             # member's id, and a forged far-ahead round must not move this peer
+            self.unconfirmed[pid] = self.round + UNCONFIRMED_CLAIM_PAUSE_ROUNDS
             log.info(
                 "%s: %s's round %d not confirmed by its own address (it says %s); not jumping",
                 self.peer_id,

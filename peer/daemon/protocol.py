@@ -38,6 +38,7 @@ from peer.transport.base import (
     Reason,
     Rejected,
     Transport,
+    shown,
 )
 from peer.transport.codec import DecodeError, Schema, decode_factors
 from peer.transport.ids import MAX_RUN_ID_LENGTH, peer_id_problem
@@ -66,12 +67,14 @@ class LinkProtocol:
         on_header: Callable[[Header], None],
         on_later_round: Callable[[str, int], None],
         on_phase_refused: Callable[[str], None] = lambda address: None,
+        on_refused: Callable[[Reason, str, str], None] = lambda reason, detail, source: None,
     ) -> None:
         self.me, self.book, self.persistence, self.transport = me, book, persistence, transport
         self.frame_timeout = frame_timeout
         self.current_round = current_round
         self.on_header = on_header  # every header of this run a neighbour sends: schedule gossip
         self.on_later_round = on_later_round  # a neighbour told us it is at a later round than ours
+        self.on_refused = on_refused  # this peer refused a neighbour's answer: counted like any refusal
         self.on_phase_refused = on_phase_refused  # a neighbour's phase differs from ours (auto T split)
         self.unresolved: dict[tuple[int, str], Received] = {}
 
@@ -127,14 +130,16 @@ class LinkProtocol:
                 f"{h.payload_size} bytes announced; this run's factors take at most {max_payload_bytes}",
                 self.current_round(),
             )
-        self.on_header(h)
         await self._link_of_round(h, wait_for_round)
+        # only now: a header of a sender that is no link of the round (any machine can forge one
+        # without TLS) must not reset a dormant peer's back-off or steer the phase schedule
+        self.on_header(h)
 
     async def respond(self, incoming: FactorMessage, wait_for_round: float) -> FactorMessage:
         h = incoming.header
         self.check_identity(h)
-        self.on_header(h)
         state = await self._link_of_round(h, wait_for_round)  # again: the round may have moved on meanwhile
+        self.on_header(h)
         tensors = self.decode(incoming, state.own.header)
         state.staged[h.sender_id] = Received(tensors, h.degree, h.payload_size)
         return state.own
@@ -217,6 +222,13 @@ class LinkProtocol:
         staged: dict[str, Received] = {}
 
         async def validate(reply: FactorMessage) -> None:
+            try:
+                await check(reply)
+            except Rejected as r:  # our refusal of its answer: counted and logged like an incoming one
+                self.on_refused(r.reason, r.detail, address or peer_id)
+                raise
+
+        async def check(reply: FactorMessage) -> None:
             self.check_identity(reply.header)
             if reply.header.sender_id != peer_id or reply.header.round != state.round:
                 raise Rejected(Reason.ROUND, f"answer for round {reply.header.round} from {reply.header.sender_id}")
@@ -241,10 +253,10 @@ class LinkProtocol:
                 self.on_later_round(peer_id, r.current_round)
             if r.reason == Reason.PHASE and address is not None:
                 self.on_phase_refused(address)
-            log.info("%s: link to %s in round %d refused: %s", self.me.peer_id, peer_id, state.round, r)
+            log.info("%s: link to %s in round %d refused: %s", self.me.peer_id, peer_id, state.round, shown(str(r)))
             state.decide(peer_id, Decision.REFUSED)
         except ExchangeFailed as exc:
-            log.info("%s: link to %s in round %d failed: %s", self.me.peer_id, peer_id, state.round, exc)
+            log.info("%s: link to %s in round %d failed: %s", self.me.peer_id, peer_id, state.round, shown(str(exc)))
             state.decide(peer_id, Decision.REFUSED)
 
     async def _exchange_retrying_while_ahead(

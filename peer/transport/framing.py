@@ -15,6 +15,10 @@ from peer.transport.codec import new_payload_digest, payload_digest
 from peer.transport.defaults import DEFAULT_CHUNK_SIZE, DEFAULT_FRAME_TIMEOUT_S
 from peer.transport.pb import peer_pb2 as pb
 
+# A header is ids, digests, a few numbers and the factor names: well under 1 KiB. One that is larger
+# is refused before the server waits for its round with it in memory.
+MAX_HEADER_FRAME_BYTES = 16 << 10
+
 
 @dataclass(frozen=True)
 class Limits:
@@ -150,6 +154,8 @@ async def read_message(
     first = await frame()
     if not first.HasField("header"):
         raise Rejected(Reason.FRAMING, "a message must start with a header")
+    if first.ByteSize() > MAX_HEADER_FRAME_BYTES:  # it is held while the round is awaited: keep it small
+        raise Rejected(Reason.FRAMING, f"a header of {first.ByteSize()} bytes (at most {MAX_HEADER_FRAME_BYTES})")
     header = header_from_pb(first.header)
     check_header(header, limits)
     if screen is not None:

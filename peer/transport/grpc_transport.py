@@ -334,8 +334,10 @@ class GrpcTransport(Transport):
         """A stub on the channel to ``address`` whose server must hold a certificate naming ``expect``
         (every peer certificate names its peer id and TLS_NAME, which any member of the run passes)."""
         name = expect or TLS_NAME
-        channel = self._channels.get((address, name))
-        if channel is None:
+        channel = self._channels.pop((address, name), None)
+        if channel is not None:
+            self._channels[(address, name)] = channel  # most recently used last: a crowd evicts itself
+        else:
             options = _channel_options(self.limits)
             if self.tls is None:
                 channel = grpc.aio.insecure_channel(address, options=options)
@@ -348,10 +350,11 @@ class GrpcTransport(Transport):
                     address, credentials, options=[*options, ("grpc.ssl_target_name_override", name)]
                 )
             self._channels[(address, name)] = channel
-            if len(self._channels) > MAX_CHANNELS:  # announcements of many fake addresses: drop the oldest
-                oldest = next(iter(self._channels))
+            if len(self._channels) > MAX_CHANNELS:  # announcements of many fake addresses: drop the least
+                oldest = next(iter(self._channels))  # recently used; its calls in flight get a frame timeout
                 stale = self._channels.pop(oldest)
-                self._closing.add(task := asyncio.ensure_future(stale.close()))  # kept until done
+                closing = stale.close(grace=self.limits.frame_timeout)
+                self._closing.add(task := asyncio.ensure_future(closing))  # kept until done
                 task.add_done_callback(self._closing.discard)
         return pb_grpc.PeerStub(channel)
 

@@ -462,3 +462,42 @@ def test_a_caller_that_stops_reading_the_reply_loses_its_slot():
         channel.close()
         asyncio.run_coroutine_threadsafe(transport.close(), loop).result(10)
         loop.call_soon_threadsafe(loop.stop)
+
+
+def test_a_header_too_large_to_hold_while_the_round_is_awaited_is_refused(live):
+    h = sealed(live.good_header(), bytes(live.own.payload))
+    h.factors = tuple(f"f{i:05d}" for i in range(4000))  # ~32 KB of factor names
+    replies = live.send([pb.Frame(header=header_to_pb(h))])
+    assert [f.reject.reason for f in replies if f.HasField("reject")] == ["framing"]
+
+
+def test_a_forged_header_of_a_dormant_peer_does_not_wake_it(live):
+    # without TLS anyone can send a header under a known id; one from a peer that is no link of the
+    # round (here: dormant, so not attempted) must not reset its back-off
+    d = live.daemon
+    d.membership.known["peer-y"] = "127.0.0.1:9"
+    for _ in range(5):
+        d.backoff.outcome("peer-y", counted=False)
+    assert not any(d.backoff.attempt("peer-y", r) for r in range(32))
+    h = sealed(live.good_header(sender_id="peer-y"), bytes(live.own.payload))
+    replies = live.send(frames_for(h, bytes(live.own.payload)))
+    assert [f.reject.reason for f in replies if f.HasField("reject")] == ["not-a-link"]
+    assert not any(d.backoff.attempt("peer-y", r) for r in range(32))
+    del d.membership.known["peer-y"]
+
+
+def test_the_channel_cache_evicts_the_least_recently_used(monkeypatch):
+    # a crowd of announced addresses must not push out the channel of a neighbour swapped with every round
+    import peer.transport.grpc_transport as gt
+
+    monkeypatch.setattr(gt, "MAX_CHANNELS", 2)
+
+    async def scenario():
+        t = GrpcTransport(Limits())
+        for address in ("127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:1", "127.0.0.1:3"):
+            t._stub(address, None)
+        assert [address for address, _ in t._channels] == ["127.0.0.1:1", "127.0.0.1:3"]
+        await t.close()
+        await asyncio.gather(*t._closing, return_exceptions=True)
+
+    asyncio.run(scenario())

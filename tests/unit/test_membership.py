@@ -14,13 +14,18 @@ RUN = "lab-run"
 
 
 class ScriptedTransport:
-    """``answers[address]``: the StatusInfo that address gives, or an exception it raises."""
+    """``answers[address]``: the StatusInfo that address gives, or an exception it raises;
+    ``certificates[address]``: the peer id its TLS certificate names (a call that expects another
+    fails its handshake)."""
 
-    def __init__(self, answers):
-        self.answers, self.asked = answers, []
+    def __init__(self, answers, certificates=None):
+        self.answers, self.asked, self.certificates = answers, [], certificates or {}
 
     async def status(self, address, timeout, expect=None):
         self.asked.append(address)
+        named = self.certificates.get(address)
+        if expect is not None and named is not None and named != expect:
+            raise HandshakeRefused(f"{address}: certificate of {named}, not {expect}")
         answer = self.answers.get(address, ExchangeFailed("connection refused"))
         if isinstance(answer, Exception):
             raise answer
@@ -142,3 +147,37 @@ def test_a_crowd_of_announcements_holds_a_bounded_number_of_admissions():
         await asyncio.gather(*m.admissions.values(), return_exceptions=True)
 
     asyncio.run(scenario())
+
+
+def test_over_tls_a_static_address_is_known_only_under_the_id_its_certificate_names(monkeypatch):
+    # a member of the run (certificate of peer-07) answering Status as peer-05 is not taken as peer-05
+    async def scenario():
+        answers = {"10.0.0.5:7070": _status("peer-05"), "10.0.0.6:7070": _status("peer-06")}
+        m, refused = _member(answers, tls=True)
+        m.transport.certificates = {"10.0.0.5:7070": "peer-07", "10.0.0.6:7070": "peer-06"}
+        assert await m.add_static_peer("10.0.0.5:7070") and await m.add_static_peer("10.0.0.6:7070")
+        assert m.known == {"peer-06": "10.0.0.6:7070"} and refused == ["identity"]
+
+    asyncio.run(scenario())
+
+
+def test_a_static_address_cannot_move_a_known_peer_without_proof():
+    async def scenario():
+        m, _ = _member({"10.0.0.2:7070": _status("peer-02"), "10.0.0.9:7070": _status("peer-02")})
+        m.know("peer-02", "10.0.0.2:7070")
+        m.transport.answers["10.0.0.2:7070"] = _status("peer-02")
+        await m.add_static_peer("10.0.0.9:7070")  # answers as peer-02 too: goes through admission
+        await _settle(m)
+        assert m.known["peer-02"] in ("10.0.0.2:7070", "10.0.0.9:7070") and len(m.known) == 1
+
+    asyncio.run(scenario())
+
+
+def test_the_known_peers_are_bounded(monkeypatch):
+    monkeypatch.setattr(membership_module, "MAX_KNOWN_PEERS", 2)
+    m, refused = _member({})
+    for i in range(4):
+        m.know(f"peer-1{i}", f"10.0.1.{i}:7070")
+    assert len(m.known) == 2 and refused == ["membership", "membership"]
+    m.know("peer-10", "10.0.1.9:7070")  # a known one may still move (after its proof, by the caller)
+    assert m.known["peer-10"] == "10.0.1.9:7070"
