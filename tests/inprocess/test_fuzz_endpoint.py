@@ -501,3 +501,17 @@ def test_the_channel_cache_evicts_the_least_recently_used(monkeypatch):
         await asyncio.gather(*t._closing, return_exceptions=True)
 
     asyncio.run(scenario())
+
+
+def test_a_live_daemon_hands_its_factors_and_outcomes_only_to_its_run(live):
+    # issue 12, part 5, on the daemon itself (the contract test uses a stand-in server)
+    before = dict(live.daemon.rejected)
+    frames = list(live.stub.Fetch(pb.FetchRequest(run_id="fuzz", peer_id="peer-77"), timeout=5))
+    assert [f.reject.reason for f in frames if f.HasField("reject")] == ["membership"]
+    assert not any(f.HasField("chunk") for f in frames)
+    frames = list(live.stub.Fetch(pb.FetchRequest(run_id="another-run", peer_id=SENDER), timeout=5))
+    assert [f.reject.reason for f in frames if f.HasField("reject")] == ["run"]
+    answer = live.stub.Outcome(pb.OutcomeRequest(run_id="another-run", peer_id=SENDER, round=0), timeout=5)
+    assert not answer.known
+    assert live.daemon.rejected["membership"] == before.get("membership", 0) + 1
+    assert live.daemon.rejected["run"] == before.get("run", 0) + 2
