@@ -15,15 +15,13 @@ from peer.algorithm.robust import MixingRule
 from peer.algorithm.schedule import auto_switch_interval, interval_for_link_rate
 from peer.algorithm.strategies import Strategy, make_strategy
 from peer.algorithm.topology import Topology, make_topology
-from peer.config import ConfigError, RunConfig, default_peer_id
+from peer.config import ConfigError, RunConfig
 from peer.data.partition import partition
 from peer.data.tasks import TextTask, load_task
 from peer.training.adapters import Adapter, AdapterModel, LoraSettings, load_tokenizer
 from peer.training.precision import Precision, resolve_precision
 from peer.training.tokenizer import Encoded, encode
 from peer.training.trainer import Batching, LocalTrainer, LrSchedule
-
-peer_id = default_peer_id  # the name the simulator, testbeds and certificates give peer ``index``
 
 
 def pick_device(name: str) -> torch.device:

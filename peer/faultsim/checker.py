@@ -24,7 +24,7 @@ import json
 from collections import defaultdict
 from dataclasses import dataclass
 
-from peer.core.run_setup import peer_id
+from peer.config import default_peer_id
 from peer.daemon.persistence import EVENTS_LOG, ROUNDS_LOG, WAL, MemoryStore, Persistence, TorchFormat
 
 SUM_TOLERANCE = 1e-9
@@ -51,10 +51,10 @@ class Violation:
 def check(schedule, stores: list[MemoryStore], window: int = 0, form=TorchFormat) -> list[Violation]:
     """The fault simulator's peers: their logs, and their files. ``window``: the rounds between auto-T
     decisions (to replay how proposals spread)."""
-    logs = {peer_id(i): (store.lines(ROUNDS_LOG), store.lines(EVENTS_LOG)) for i, store in enumerate(stores)}
+    logs = {default_peer_id(i): (store.lines(ROUNDS_LOG), store.lines(EVENTS_LOG)) for i, store in enumerate(stores)}
     violations = check_logs(logs, schedule.switch_interval == "auto", window)
     for i, store in enumerate(stores):
-        violations += _check_files(peer_id(i), Persistence(store, form), schedule.rounds)
+        violations += _check_files(default_peer_id(i), Persistence(store, form), schedule.rounds)
     return violations
 
 

@@ -11,8 +11,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from peer.algorithm.strategies import make_strategy
-from peer.config import DaemonConfig, RunConfig
-from peer.core.run_setup import peer_id
+from peer.config import DaemonConfig, RunConfig, default_peer_id
 from peer.daemon.node import PeerDaemon
 from peer.daemon.persistence import CopyFormat, MemoryStore, Persistence, SimulatedCrash, TorchFormat
 from peer.faultsim.checker import Violation, check
@@ -58,7 +57,7 @@ class ScheduleResult:
 
 class _SimPeer:
     def __init__(self, index: int) -> None:
-        self.index, self.peer_id, self.address = index, peer_id(index), address_of(index)
+        self.index, self.peer_id, self.address = index, default_peer_id(index), address_of(index)
         self.store = MemoryStore()
         self.daemon: PeerDaemon | None = None
         self.task: asyncio.Task | None = None

@@ -35,13 +35,12 @@ from tqdm import tqdm
 
 from peer.algorithm.factors import A, B
 from peer.algorithm.mixing import consensus_distance, metropolis_hastings_matrix
-from peer.config import RunConfig
+from peer.config import RunConfig, default_peer_id
 from peer.core.local_peer import LocalPeer
 from peer.core.run_setup import (
     build_model,
     build_trainer,
     mixing_rule_for,
-    peer_id,
     precision_for,
     prepare_data,
     strategy_for,
@@ -55,7 +54,7 @@ AVERAGE_ADAPTER = "network-average"
 
 def build_peers(cfg: RunConfig, data, strategy) -> list[LocalPeer]:
     """The run's peers on one shared base model, which also carries an adapter for the network average."""
-    ids = [peer_id(i) for i in range(cfg.peers)]
+    ids = [default_peer_id(i) for i in range(cfg.peers)]
     model = build_model(cfg, data.task.num_labels, [*ids, AVERAGE_ADAPTER])
     return [
         LocalPeer(

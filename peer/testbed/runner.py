@@ -23,8 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from peer.config import DEFAULT_PORT, RunConfig, load_config
-from peer.core.run_setup import peer_id
+from peer.config import DEFAULT_PORT, RunConfig, default_peer_id, load_config
 from peer.errors import ConfigError, UsageError
 from peer.testbed.netns import NetnsLab
 from peer.testbed.scenario import NETWORK_ACTIONS, Event
@@ -103,12 +102,12 @@ class Testbed:
         self.procs: dict[int, subprocess.Popen] = {}
         self.certs = self.out / "certs" if tls else None
         if self.certs is not None:
-            make_run(self.certs, self.run_id, [peer_id(i) for i in range(run.peers)])
+            make_run(self.certs, self.run_id, [default_peer_id(i) for i in range(run.peers)])
 
     def tls_settings(self, index: int) -> dict:
         if self.certs is None:
             return {}
-        name = peer_id(index)
+        name = default_peer_id(index)
         return {
             "tls_ca": str(self.certs / "ca.pem"),
             "tls_cert": str(self.certs / f"{name}.pem"),
@@ -116,7 +115,7 @@ class Testbed:
         }
 
     def peer_dir(self, index: int) -> Path:
-        return self.out / peer_id(index)
+        return self.out / default_peer_id(index)
 
     def command(self, index: int, extra: dict | None = None) -> list[str]:
         return [
@@ -160,7 +159,9 @@ class Testbed:
                 time.sleep(POLL_S)
             for index in self._running():
                 print(
-                    f"{peer_id(index)} still running {grace_s:g} s after SIGTERM: killed", file=sys.stderr, flush=True
+                    f"{default_peer_id(index)} still running {grace_s:g} s after SIGTERM: killed",
+                    file=sys.stderr,
+                    flush=True,
                 )
             self._signal_running(signal.SIGKILL)
             for proc in self.procs.values():
@@ -183,7 +184,7 @@ class Testbed:
             code = proc.wait(timeout=max(0.1, deadline - time.monotonic()))
             if code != 0:
                 tail = (self.peer_dir(index) / "daemon.log").read_text(errors="replace")[-2000:]
-                raise DaemonExited(f"{peer_id(index)} exited with code {code}:\n{tail}")
+                raise DaemonExited(f"{default_peer_id(index)} exited with code {code}:\n{tail}")
 
     def progress(self) -> int:
         """Rounds finished by the most advanced peer."""
@@ -211,7 +212,9 @@ class Testbed:
             while pending and pending[0].due(done, elapsed):
                 event = pending.pop(0)
                 print(
-                    f"round {done}, {elapsed:.0f} s: {event.action} {peer_id(event.peer)}", file=sys.stderr, flush=True
+                    f"round {done}, {elapsed:.0f} s: {event.action} {default_peer_id(event.peer)}",
+                    file=sys.stderr,
+                    flush=True,
                 )
                 self.apply(event)
             time.sleep(0.1)
@@ -344,13 +347,13 @@ def plot(testbed: Testbed, path: Path, summary: dict | None = None) -> None:
         rounds = testbed.rounds(index)
         xs = [r["round"] for r in rounds]
         scored = [(r["round"], r["accuracy"]) for r in rounds if "accuracy" in r]
-        final = (summary or {}).get("peers", {}).get(peer_id(index))
+        final = (summary or {}).get("peers", {}).get(default_peer_id(index))
         if final is not None and (not scored or scored[-1][0] < final["rounds"] - 1):
             scored.append((final["rounds"] - 1, final["accuracy"]))  # the evaluation after the last round
         if scored:
-            acc_ax.plot(*zip(*scored), marker="o", label=peer_id(index))
-        loss_ax.plot(xs, [r["train_loss"] for r in rounds], label=peer_id(index))
-        link_ax.plot(xs, [len(r["neighbours"]) for r in rounds], marker=".", label=peer_id(index))
+            acc_ax.plot(*zip(*scored), marker="o", label=default_peer_id(index))
+        loss_ax.plot(xs, [r["train_loss"] for r in rounds], label=default_peer_id(index))
+        link_ax.plot(xs, [len(r["neighbours"]) for r in rounds], marker=".", label=default_peer_id(index))
     draw_references(acc_ax, summary or {})
     acc_ax.set(xlabel="round", ylabel="validation accuracy", title="accuracy (after the round)")
     acc_ax.legend(fontsize=8)
@@ -394,7 +397,9 @@ def run_testbed(
                 lab.down()
         INTERRUPTS.restore(previous)
     summary = testbed.summary()
-    summary.update(assess(run, [testbed.peer_dir(i) / "peers" / peer_id(i) / "adapter" for i in range(run.peers)]))
+    summary.update(
+        assess(run, [testbed.peer_dir(i) / "peers" / default_peer_id(i) / "adapter" for i in range(run.peers)])
+    )
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     plot(testbed, out / "testbed.png", summary)
     return summary
