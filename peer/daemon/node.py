@@ -654,14 +654,17 @@ class PeerDaemon(ExchangeServer):
     async def catch_up(self) -> None:
         """Jump forward to a neighbour's round when this peer is two or more rounds behind, keeping
         its own factors (they keep the network sum, and the next rounds mix them with everyone's)."""
-        if self.behind is None:
+        asked = self.behind is None
+        if asked:
             await self._ask_neighbours_their_round()
         if self.behind is None or self.behind[0] < self.round + JUMP_WHEN_BEHIND_BY:
             self.behind = None
             return
         claimed, pid = self.behind
         self.behind = None
-        target = await self._confirmed_round_of(pid)
+        # a round asked just now came from the peer's own address already; a claim from a header is
+        # the sender's word until that address confirms it
+        target = claimed if asked else await self._confirmed_round_of(pid)
         if target is None or target < self.round + JUMP_WHEN_BEHIND_BY:
             # a round told in a swap's header is the sender's word: without TLS anyone can claim a
             # member's id, and a forged far-ahead round must not move this peer
