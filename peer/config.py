@@ -148,6 +148,12 @@ def _mixing_rules() -> Iterable[str]:
     return RULES
 
 
+def _wire_dtypes() -> Iterable[str]:
+    from peer.algorithm.compression import WIRE_DTYPES
+
+    return WIRE_DTYPES
+
+
 def _precisions() -> Iterable[str]:
     from peer.training.precision import Precision
 
@@ -294,6 +300,12 @@ class RunConfig:
         1,
         "trimmed-mean: values dropped at each end per coordinate (tolerates this many bad neighbours)",
         check=at_least(0),
+    )
+    wire_dtype: str = setting(
+        "fp32",
+        "fp32 | bf16 | fp16 | int8: the form factors travel in (1/2, 1/2, ~1/4 of the bytes of fp32); mixed in "
+        "the difference form, which keeps the network-wide sums exact (peer/algorithm/compression.py)",
+        check=one_of(_wire_dtypes),
     )
 
     def validate(self) -> RunConfig:

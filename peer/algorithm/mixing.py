@@ -87,8 +87,13 @@ def mix(
     neighbours: Mapping[Node, Mapping[str, TensorLike]],
     weights: Mapping[Node, float],
     self_weight: float,
+    sent: Mapping[str, TensorLike] | None = None,
 ) -> dict[str, TensorLike]:
     """``self_weight·own + Σ_j weights[j]·neighbours[j]``, tensor by tensor.
+
+    ``sent``: the own factors as the neighbours received them, when that is not ``own`` exactly
+    (compressed on the wire): then the difference form ``own + Σ_j weights[j]·(neighbours[j] − sent)``,
+    which keeps the network-wide sums exact whatever the compression (``peer.algorithm.compression``).
 
     Every neighbour must carry exactly the tensor names of ``own``; a mismatch is a ValueError
     rather than a silently half-mixed model. The result lives where ``own`` does, whatever device
@@ -101,11 +106,26 @@ def mix(
                 f"factors from {peer!r} do not match the local adapter: "
                 f"missing {sorted(missing)[:3]}, unexpected {sorted(extra)[:3]}"
             )
+    if sent is not None:
+        return _mix_differences(own, neighbours, weights, sent)
     mixed: dict[str, TensorLike] = {}
     for name, value in own.items():
         acc = value * self_weight
         for peer, tensors in neighbours.items():
             acc = acc + to_like(tensors[name], value) * weights[peer]
+        mixed[name] = acc
+    return mixed
+
+
+def _mix_differences(own, neighbours, weights, sent) -> dict[str, TensorLike]:
+    """``own + Σ_j w_j (x_j − sent)``: the two ends of a link add exact opposites, ``w (x_j − x_i)`` and
+    ``w (x_i − x_j)`` of the same two sent values."""
+    mixed: dict[str, TensorLike] = {}
+    for name, value in own.items():
+        mine = to_like(sent[name], value)
+        acc = value
+        for peer, tensors in neighbours.items():
+            acc = acc + (to_like(tensors[name], value) - mine) * weights[peer]
         mixed[name] = acc
     return mixed
 

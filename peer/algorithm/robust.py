@@ -116,15 +116,18 @@ class MixingRule:
         seen = list(self.history.get(names, ())) + fresh_norms
         return self.clip_multiplier * statistics.median(seen) if seen else math.inf
 
-    def __call__(self, combine, own, received, weights, self_weight) -> dict:
+    def __call__(self, combine, own, received, weights, self_weight, sent=None) -> dict:
+        """``sent``: the own factors as neighbours received them (compressed); deviations are measured
+        from it, as the difference form mixes (``mixing.mix``)."""
         if self.rule == "average" or not received:
             self.last = {}
-            return combine(own, received, weights, self_weight)
+            return combine(own, received, weights, self_weight, sent)
         if self.rule == "trimmed-mean":
             self.last = {"rule": "trimmed-mean", "trim": self.trim}
             return trimmed_mean(own, received, self.trim)
         names = frozenset(own)
-        deviations = _deviations(own, received)  # once: the norms set the radius and the clipping uses them
+        # once: the norms set the radius and the clipping uses them
+        deviations = _deviations(own if sent is None else sent, received)
         norms = {peer: _norm(d) for peer, d in deviations.items()}
         fresh = list(norms.values())
         radius = self.radius(names, fresh)

@@ -49,15 +49,17 @@ class LocalPeer:
         received: Mapping[Node, Mapping[str, torch.Tensor]],
         weights: Mapping[Node, float],
         self_weight: float,
+        sent: Mapping[str, torch.Tensor] | None = None,
     ) -> None:
         """Replace the plan's mixed factors by the strategy's combination of own and received ones
         (or by the robust rule's, when the run asks for one). ``received`` may be on any device
         (decoded to CPU, say, beside a CUDA adapter): every rule returns tensors where the own
-        factors are, and ``load_factors`` copies across devices."""
+        factors are, and ``load_factors`` copies across devices. ``sent``: the own factors as the
+        neighbours received them, when the wire compressed them (the difference form, ``mixing.mix``)."""
         own = self.outgoing(round_)
         if not received:
             return  # isolated this round: self_weight is 1, nothing changes
-        self.adapter.load_factors(self.rule(self.strategy.combine, own, received, weights, self_weight))
+        self.adapter.load_factors(self.rule(self.strategy.combine, own, received, weights, self_weight, sent))
 
     def factors(self) -> dict[str, torch.Tensor]:
         return self.adapter.factors()

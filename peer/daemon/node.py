@@ -37,6 +37,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from peer.algorithm.compression import WireDtype
 from peer.algorithm.factors import blocks_of
 from peer.algorithm.mixing import metropolis_hastings_weights
 from peer.algorithm.schedule import ScheduleGossip
@@ -125,6 +128,7 @@ class PeerDaemon(ExchangeServer):
         schedule_window: int = SCHEDULE_WINDOW_ROUNDS,
     ) -> None:
         self.local, self.run, self.net, self.persistence, self.transport = local, run, net, persistence, transport
+        self.wire = WireDtype(run.wire_dtype)  # how this peer's factors travel (it decodes any form)
         self.offload, self.evaluate = offload, evaluate
         self.peer_id = net.peer_id
         self.strategy = local.strategy
@@ -352,7 +356,8 @@ class PeerDaemon(ExchangeServer):
             self._on_later_round(peer_id, status.round)
 
     def _open_round(self, round_: int, candidates: list[str]) -> RoundState:
-        own = seal(self._header(round_, len(candidates)), encode_factors(self.local.outgoing(round_)))
+        payload = encode_factors(self.local.outgoing(round_), self.wire)
+        own = seal(self._header(round_, len(candidates)), payload)
         return self.book.opened(RoundState(round_, frozenset(candidates), own))
 
     def _spawn(self, coroutine) -> asyncio.Task:
@@ -463,7 +468,9 @@ class PeerDaemon(ExchangeServer):
     def _mix(self, state: RoundState) -> dict:
         self_weight, weights = self._weights(state)
         before = self.local.factors()
-        self.local.mix(state.round, {pid: r.tensors for pid, r in state.counted.items()}, weights, self_weight)
+        # compressed: the own factors as the neighbours decoded them, for the difference form
+        sent = None if self.wire == WireDtype.FP32 or not state.counted else self._sent(state)
+        self.local.mix(state.round, {pid: r.tensors for pid, r in state.counted.items()}, weights, self_weight, sent)
         after = self.local.factors()
         self._remember_unresolved(state)
         if self.phases is not None:
@@ -494,9 +501,13 @@ class PeerDaemon(ExchangeServer):
             if round_ != state.round:
                 continue
             del self.protocol.unresolved[(round_, pid)]
-            sent = decode_factors(state.own.payload, self.schema, device=self.me.device)
+            sent = self._sent(state)
             weight = 1.0 / (1 + max(state.degree, received.degree))
             self.settlements.add(PendingLink(round_, pid, self.known.get(pid, ""), weight, sent, received.tensors))
+
+    def _sent(self, state: RoundState) -> dict[str, torch.Tensor]:
+        """This peer's factors of the round as every neighbour decodes them: from the very bytes sent."""
+        return decode_factors(state.own.payload, self.schema, device=self.me.device)
 
     def _publish_latest(self, next_round: int) -> None:
         header = self._header(next_round, 0, factors=blocks_of(self.schema))

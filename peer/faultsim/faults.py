@@ -39,6 +39,10 @@ class Crash:
     restart_after: float
 
 
+# half of the schedules send compressed factors (bf16 and fp16 alike lose bits; int8 most)
+WIRE_DTYPE_DRAW = ("fp32", "fp32", "bf16", "int8")
+
+
 @dataclass
 class FaultSchedule(NetworkFaults):
     seed: int
@@ -52,6 +56,7 @@ class FaultSchedule(NetworkFaults):
     duplicate_probability: float
     partitions: list[Partition]
     crashes: list[Crash]
+    wire_dtype: str = "fp32"  # how the factors travel: a lossy form must keep the sums exact too
     injected: Counter = field(default_factory=Counter)
     indexes: dict[str, int] = field(default_factory=dict)  # address -> peer (gRPC: loopback ports)
     guard: Callable[[str, Callable[[], Awaitable]], Awaitable] | None = None  # the runner's: crashes in handlers
@@ -96,6 +101,8 @@ class FaultSchedule(NetworkFaults):
             duplicate_probability=float(rng.choice([0.0, 0.1, 0.5])),
             partitions=partitions,
             crashes=crashes,
+            # its own stream, so that a seed's other draws stay what they were before this one existed
+            wire_dtype=str(np.random.default_rng([seed, 0x317E]).choice(WIRE_DTYPE_DRAW)),
         )
 
     def describe(self) -> str:
@@ -104,7 +111,7 @@ class FaultSchedule(NetworkFaults):
             f"seed {self.seed}: {self.peers} peers, {self.rounds} rounds, T={self.switch_interval}, "
             f"edge-prob {self.edge_prob}, loss {lossy or 'none'}, latency {self.latency}, "
             f"long delays {self.long_delay_probability}, duplicate commits {self.duplicate_probability}, "
-            f"partitions {self.partitions}, crashes {self.crashes}"
+            f"partitions {self.partitions}, crashes {self.crashes}, wire {self.wire_dtype}"
         )
 
     # ---------------------------------------------------------------- NetworkFaults

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from peer.algorithm.factors import HEAD_PREFIX
 from peer.algorithm.schedule import AgreedSchedule, interval_for_link_rate
 from peer.algorithm.strategies import Strategy
+from peer.core.local_peer import LocalPeer
 from peer.daemon import node, phases, protocol
 from peer.daemon.rounds import Decision
 from peer.transport.codec import decode_factors
@@ -97,8 +98,8 @@ def head_mixed_by_a_plain_mean():
     head drifts while A's and B's stay exact; it shows that the checker watches the head too."""
     original = Strategy.combine
 
-    def combine(self, own, received, weights, self_weight):
-        mixed = original(self, own, received, weights, self_weight)
+    def combine(self, own, received, weights, self_weight, sent=None):
+        mixed = original(self, own, received, weights, self_weight, sent)
         for name in own:
             if name.startswith(HEAD_PREFIX):
                 values = [own[name], *(tensors[name] for tensors in received.values())]
@@ -106,6 +107,18 @@ def head_mixed_by_a_plain_mean():
         return mixed
 
     return _patched(Strategy, "combine", combine)
+
+
+def compressed_gossip_mixed_plainly():
+    """Not a past defect but a planted one: compressed factors mixed as ``w_ii x_i + Σ_j w_ij Q(x_j)``,
+    without the difference form. Each peer keeps its exact own factors while its neighbours saw
+    ``Q(x_i)``, so every lossy link moves the network-wide sums; fp32 runs stay exact."""
+    original = LocalPeer.mix
+
+    def mix(self, round_, received, weights, self_weight, sent=None):
+        return original(self, round_, received, weights, self_weight, None)
+
+    return _patched(LocalPeer, "mix", mix)
 
 
 def deadline_learns_from_failed_waits():

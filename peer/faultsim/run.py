@@ -131,6 +131,7 @@ class Simulation:
             edge_prob=schedule.edge_prob,
             seed=schedule.seed,
             device="cpu",
+            wire_dtype=schedule.wire_dtype,
         )
         self.crash_at_write: dict[int, list[Crash]] = {}  # per peer, one per (re)start, in order
         for crash in schedule.crashes:

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from peer.algorithm.compression import WireDtype, round_trip
 from peer.algorithm.factors import A, B
 from peer.algorithm.mixing import consensus_distance, metropolis_hastings_matrix
 from peer.config import RunConfig, default_peer_id
@@ -69,17 +70,26 @@ def build_peers(cfg: RunConfig, data, strategy) -> list[LocalPeer]:
     ]
 
 
-def _mix_round(peers: list[LocalPeer], round_: int, topology, tamper: Tamper | None = None) -> int:
+def _mix_round(
+    peers: list[LocalPeer],
+    round_: int,
+    topology,
+    tamper: Tamper | None = None,
+    wire: WireDtype = WireDtype.FP32,
+) -> int:
     """Every peer mixes with the snapshots of its neighbours' outgoing factors; returns the edge count.
-    ``tamper(index, round, factors)`` may replace what a peer sends (faulty-peer experiments)."""
+    ``tamper(index, round, factors)`` may replace what a peer sends (faulty-peer experiments).
+    ``wire``: the form factors travel in; a lossy one is mixed in the difference form, as the daemon
+    does (each peer's own ``sent`` is what its neighbours decode)."""
     edges = topology.edges(round_)  # drawn once: the matrix and the count come from the same set
     w = metropolis_hastings_matrix(len(peers), edges)
-    outgoing = [p.outgoing(round_) for p in peers]
+    sent = [round_trip(p.outgoing(round_), wire) if wire != WireDtype.FP32 else None for p in peers]
+    outgoing = [s if s is not None else p.outgoing(round_) for s, p in zip(sent, peers, strict=True)]
     if tamper is not None:
         outgoing = [tamper(i, round_, factors) for i, factors in enumerate(outgoing)]
     for i, p in enumerate(peers):
         neighbours = [j for j in range(len(peers)) if j != i and w[i, j] > 0]
-        p.mix(round_, {j: outgoing[j] for j in neighbours}, {j: w[i, j] for j in neighbours}, w[i, i])
+        p.mix(round_, {j: outgoing[j] for j in neighbours}, {j: w[i, j] for j in neighbours}, w[i, i], sent[i])
     return len(edges)
 
 
@@ -138,7 +148,7 @@ def simulate(
         plan = strategy.plan(r)
         losses = {p.peer_id: p.train(r) for p in peers}
         training_s += time.perf_counter() - t0
-        edges = _mix_round(peers, r, topology, tamper)
+        edges = _mix_round(peers, r, topology, tamper, WireDtype(cfg.wire_dtype))
         cons_a, cons_b = _consensus(peers)
         record = {
             "round": r,

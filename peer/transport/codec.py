@@ -1,26 +1,54 @@
 """Factor tensors on the wire: safetensors bytes, a schema digest, and validation on arrival.
 
 The payload of a message is one safetensors file holding the factors being sent, with PEFT's
-adapter-free tensor names. The receiver checks it against its own adapter's schema before anything
-touches the model: names, dtypes, shapes, finite values. Any failure is a ``DecodeError`` whose
+adapter-free tensor names, each in the wire form the sender chose (``--wire-dtype``: fp32, bf16,
+fp16, or int8 with a ``name::scale`` tensor beside it; ``peer.algorithm.compression``). The
+receiver checks it against its own adapter's schema before anything touches the model: names, wire
+dtypes, shapes, finite values; then decodes it to the local dtype. Any failure is a ``DecodeError`` whose
 ``reason`` is a short stable code (for counters) and whose message says what was wrong.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import math
 from collections.abc import Mapping
 
 import torch
 import xxhash
-from safetensors import SafetensorError
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
 
+from peer.algorithm.compression import SCALE_SUFFIX, WireDtype, compress, decompress, int8_blocks, scale_name
 from peer.errors import TadloraError
-from peer.transport.base import Reason
+from peer.transport.base import Reason, shown
+
+# bytes, bytearray, memoryview: what a payload may be (typing.Buffer once 3.12 is the floor)
+Buffer = bytes | bytearray | memoryview
 
 Schema = dict[str, tuple[str, tuple[int, ...]]]
+
+# The safetensors format: an 8-byte little-endian header length, a JSON header naming each tensor's
+# dtype, shape and byte range, the data. Only the dtypes a factor may travel in are read.
+_SAFETENSORS_CODE = {
+    torch.float64: "F64",  # the fault simulator's stand-in peers: float64 keeps their sums tight
+    torch.float32: "F32",
+    torch.bfloat16: "BF16",
+    torch.float16: "F16",
+    torch.int8: "I8",
+}
+# read: every dtype of the format, so that a tensor of another dtype is refused as such (tensor-dtype)
+_TORCH_OF_CODE = {
+    **{code: dtype for dtype, code in _SAFETENSORS_CODE.items()},
+    **{"I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "U8": torch.uint8},
+    "BOOL": torch.bool,
+}
+_METADATA_KEY = "__metadata__"
+_HEADER_ALIGNMENT = 8
+# a header names each tensor in ~100 bytes: 16 MiB is far beyond any adapter's, and bounds the parse
+MAX_SAFETENSORS_HEADER_BYTES = 16 << 20
+# a float factor travels as its own dtype or in a compressed form (``peer.algorithm.compression``)
+_FLOATS = ("float64", "float32", "bfloat16", "float16")
+_COMPRESSED_FORMS = ("bfloat16", "float16", "int8")
 
 
 class DecodeError(TadloraError, ValueError):
@@ -42,8 +70,26 @@ def schema_digest(schema: Schema) -> bytes:
     return h.digest()
 
 
-def encode_factors(tensors: Mapping[str, torch.Tensor]) -> bytes:
-    return st_save({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()})
+def encode_factors(tensors: Mapping[str, torch.Tensor], wire: WireDtype = WireDtype.FP32) -> bytes:
+    """One safetensors file of ``tensors`` as they travel in ``wire`` form (``compress``), written
+    with one copy of the data: the header, then each tensor's bytes joined after it (widest types
+    first, so every tensor sits at an offset aligned to its type; any safetensors reader loads it)."""
+    sent = {name: t.detach().to("cpu").contiguous() for name, t in compress(tensors, wire).items()}
+    order = sorted(sent, key=lambda name: (-sent[name].element_size(), name))
+    entries, offset = {}, 0
+    for name in order:
+        size = sent[name].numel() * sent[name].element_size()
+        entries[name] = {
+            "dtype": _SAFETENSORS_CODE[sent[name].dtype],
+            "shape": list(sent[name].shape),
+            "data_offsets": [offset, offset + size],
+        }
+        offset += size
+    header = json.dumps(entries, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % _HEADER_ALIGNMENT)  # the data starts aligned, as safetensors pads it
+    parts: list[bytes | memoryview] = [len(header).to_bytes(8, "little"), header]
+    parts += [sent[name].reshape(-1).view(torch.uint8).numpy().data for name in order]
+    return b"".join(parts)
 
 
 def payload_digest(payload: bytes) -> bytes:
@@ -59,34 +105,107 @@ def new_payload_digest():
 
 
 def decode_factors(
-    payload: bytes, schema: Schema, expected_names: set[str] | None = None, device: str | torch.device | None = None
+    payload: Buffer, schema: Schema, expected_names: set[str] | None = None, device: str | torch.device | None = None
 ) -> dict[str, torch.Tensor]:
-    """Parse and validate a payload against the local ``schema``.
+    """Parse and validate a payload against the local ``schema``; the factors in the local dtype.
 
-    ``expected_names``: exactly these tensors must be present (the factors the header announced).
-    ``device``: where the returned tensors go (the adapter's device), so that they meet the own
-    factors without a device mismatch; None leaves them on CPU. Validation runs on CPU before the
-    move: a refused payload never costs a transfer to the accelerator.
+    ``payload``: any bytes-like object; a writable one (``bytearray``) is read in place, without a copy.
+    Each tensor may arrive in any ``WireDtype`` form (an int8 tensor with its ``::scale`` companion);
+    it comes back as the local dtype. ``expected_names``: exactly these tensors must be present (the
+    factors the header announced). ``device``: where the returned tensors go (the adapter's device),
+    so that they meet the own factors without a device mismatch; None leaves them on CPU. Validation
+    runs on CPU before the move: a refused payload never costs a transfer to the accelerator.
     """
+    tensors = _parse_safetensors(payload)
+    _check_names(tensors, schema, expected_names)
+    for name, tensor in tensors.items():
+        _check_tensor(name, tensor, tensors, schema)
+    decoded = {name: t.to(_torch_dtype(schema[name][0])) for name, t in decompress(tensors).items()}
+    if device is None:
+        return decoded
+    return {name: tensor.to(device) for name, tensor in decoded.items()}
+
+
+def _parse_safetensors(payload: Buffer) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file, read in place where the buffer allows it; DecodeError for
+    anything that is not a well-formed file of the dtypes a factor may travel in."""
+    view = memoryview(payload).cast("B")
+    if view.readonly:  # torch reads only writable buffers in place (one copy, as any decoder makes)
+        view = memoryview(bytearray(view))
+    if len(view) < 8:
+        raise DecodeError(Reason.MALFORMED_PAYLOAD, f"{len(view)} bytes: shorter than a safetensors header")
+    size = int.from_bytes(view[:8], "little")
+    if size > min(len(view) - 8, MAX_SAFETENSORS_HEADER_BYTES):
+        raise DecodeError(Reason.MALFORMED_PAYLOAD, f"a header of {size} bytes in a payload of {len(view)}")
     try:
-        tensors = st_load(bytes(payload))
-    except (SafetensorError, ValueError, RuntimeError, OverflowError) as exc:
-        raise DecodeError(Reason.MALFORMED_PAYLOAD, f"not a valid safetensors payload ({exc})") from None
-    unknown = set(tensors) - set(schema)
+        header = json.loads(bytes(view[8 : 8 + size]))
+    except (ValueError, RecursionError):
+        raise DecodeError(Reason.MALFORMED_PAYLOAD, "the safetensors header is not JSON") from None
+    if not isinstance(header, dict):
+        raise DecodeError(Reason.MALFORMED_PAYLOAD, "the safetensors header is not a JSON object")
+    start = 8 + size
+    return {name: _tensor_at(view, start, name, entry) for name, entry in header.items() if name != _METADATA_KEY}
+
+
+def _tensor_at(view: memoryview, start: int, name: str, entry: object) -> torch.Tensor:
+    """One header entry's tensor, a view of ``view`` (no copy)."""
+    try:
+        assert isinstance(entry, dict)
+        dtype = _TORCH_OF_CODE[entry["dtype"]]
+        shape = [int(d) for d in entry["shape"]]
+        first, last = (int(o) for o in entry["data_offsets"])
+        assert all(d >= 0 for d in shape) and 0 <= first <= last <= len(view) - start
+    except (AssertionError, KeyError, TypeError, ValueError):
+        raise DecodeError(Reason.MALFORMED_PAYLOAD, f"bad safetensors entry for {shown(str(name), 80)}") from None
+    numel = math.prod(shape)
+    if (last - first) != numel * dtype.itemsize:
+        raise DecodeError(Reason.MALFORMED_PAYLOAD, f"{shown(name, 80)}: {last - first} bytes for shape {shape}")
+    if numel == 0:
+        return torch.empty(shape, dtype=dtype)
+    return torch.frombuffer(view, dtype=dtype, count=numel, offset=start + first).reshape(shape)
+
+
+def _check_names(tensors: Mapping[str, torch.Tensor], schema: Schema, expected: set[str] | None) -> None:
+    factors = {name for name in tensors if not name.endswith(SCALE_SUFFIX)}
+    unknown = factors - set(schema)
     if unknown:
         raise DecodeError(Reason.TENSOR_NAMES, f"tensors not in the local adapter: {sorted(unknown)[:3]}")
-    if expected_names is not None and set(tensors) != expected_names:
-        missing = sorted(expected_names - set(tensors))
+    stray = [name for name in set(tensors) - factors if tensors.get(name.removesuffix(SCALE_SUFFIX)) is None]
+    if stray:
+        raise DecodeError(Reason.TENSOR_NAMES, f"scales of no int8 tensor: {sorted(stray)[:3]}")
+    if expected is not None and factors != expected:
+        missing = sorted(expected - factors)
         raise DecodeError(Reason.TENSOR_NAMES, f"missing announced tensors: {missing[:3]}")
-    for name, tensor in tensors.items():
-        dtype, shape = schema[name]
-        if str(tensor.dtype).removeprefix("torch.") != dtype:
-            raise DecodeError(Reason.TENSOR_DTYPE, f"{name}: dtype {tensor.dtype} != local {dtype}")
-        if tuple(tensor.shape) != shape:
-            raise DecodeError(Reason.TENSOR_SHAPE, f"{name}: shape {tuple(tensor.shape)} != local {shape}")
-        # one reduction instead of a full boolean mask: amax propagates NaN, and is inf if any value is
-        if tensor.is_floating_point() and tensor.numel() and not torch.isfinite(tensor.abs().amax()):
-            raise DecodeError(Reason.NON_FINITE, f"{name} holds NaN or Inf")
-    if device is None:
-        return tensors
-    return {name: tensor.to(device) for name, tensor in tensors.items()}
+
+
+def _check_tensor(name: str, tensor: torch.Tensor, tensors: Mapping[str, torch.Tensor], schema: Schema) -> None:
+    if name.endswith(SCALE_SUFFIX):
+        _check_finite(name, tensor)
+        return
+    dtype, shape = schema[name]
+    wire = str(tensor.dtype).removeprefix("torch.")
+    if wire != dtype and not (dtype in _FLOATS and wire in _COMPRESSED_FORMS):
+        raise DecodeError(Reason.TENSOR_DTYPE, f"{name}: dtype {wire} != local {dtype}")
+    if tuple(tensor.shape) != shape:
+        raise DecodeError(Reason.TENSOR_SHAPE, f"{name}: shape {tuple(tensor.shape)} != local {shape}")
+    if tensor.dtype == torch.int8:
+        scales = tensors.get(scale_name(name))
+        if scales is None:
+            raise DecodeError(Reason.TENSOR_NAMES, f"{name}: int8 without its {SCALE_SUFFIX} tensor")
+        if scales.dtype != torch.float32 or tuple(scales.shape) != (int8_blocks(tensor.numel()),):
+            raise DecodeError(
+                Reason.TENSOR_SHAPE, f"{name}: scales {scales.dtype} {tuple(scales.shape)} for {tensor.numel()} values"
+            )
+    _check_finite(name, tensor)
+
+
+def _check_finite(name: str, tensor: torch.Tensor) -> None:
+    # one reduction instead of a full boolean mask: amax propagates NaN, and is inf if any value is
+    if tensor.is_floating_point() and tensor.numel() and not torch.isfinite(tensor.abs().amax()):
+        raise DecodeError(Reason.NON_FINITE, f"{name} holds NaN or Inf")
+
+
+def _torch_dtype(name: str) -> torch.dtype:
+    dtype = getattr(torch, name)
+    assert isinstance(dtype, torch.dtype), name
+    return dtype

@@ -90,6 +90,16 @@ def test_the_checker_watches_the_sum_of_the_head_too():
     assert all("of H by" in v and "of A by" not in v and "of B by" not in v for v in sums), sums[:3]
 
 
+def test_compressed_gossip_keeps_the_sums_only_in_the_difference_form():
+    """The same lossy schedules pass as the daemon is and break the sums when mixed plainly: the
+    checker sees what compression would do to them, and the difference form prevents it."""
+    seeds = _seeds(lambda s: s.wire_dtype in ("bf16", "int8") and not s.crashes and s.edge_prob == 1.0, 12)
+    assert not _violations(seeds)
+    with mutations.compressed_gossip_mixed_plainly():
+        found = _violations(seeds)
+    assert found.get("sum", 0) > 0, found
+
+
 def test_without_freeze_and_adoption_auto_schedules_split_more_and_stay_split():
     """Agreement is checked on decisions every peer could be informed of; after the others (a partition,
     a peer down through the window) the rounds with phases apart are measured. The old schedule is worse

@@ -63,8 +63,10 @@ class Strategy:
         received: Mapping[Node, Mapping[str, object]],
         weights: Mapping[Node, float],
         self_weight: float,
+        sent: Mapping[str, object] | None = None,
     ) -> dict[str, object]:
-        return mix(own, received, weights, self_weight)
+        """``sent``: the own factors as neighbours received them, when compressed (``mixing.mix``)."""
+        return mix(own, received, weights, self_weight, sent)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(switch_interval={self.switch_interval})"
