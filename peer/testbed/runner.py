@@ -224,12 +224,14 @@ class Testbed:
         return read_rounds(self.peer_dir(index))
 
     def summary(self) -> dict:
-        peers = summarize_peers([self.peer_dir(index) for index in range(self.run.peers)])
+        folders = [self.peer_dir(index) for index in range(self.run.peers)]
+        peers = summarize_peers(folders)
         return {
             "run_id": self.run_id,
             "config": self.run.as_dict(),
             "peers": peers,
             "mean_accuracy": float(np.mean([p["accuracy"] for p in peers.values()])),
+            "mixing_sum_drift": mixing_sum_drift(folders),
         }
 
 
@@ -293,6 +295,27 @@ def summarize_peers(peer_dirs: list[Path]) -> dict:
     return peers
 
 
+def mixing_sum_drift(peer_dirs: list[Path]) -> float | None:
+    """The largest change that one round's mixing made to the network-wide sum of a block (A, B, H),
+    relative to the size of that sum: ``|Σ_i (after_i − before_i)| / Σ_i |before_i|`` over the rounds
+    every peer logged. Mixing keeps the sums (compressed or not), so this is float rounding (~1e-7 in
+    fp32) unless a link counted at one end only; a round with a link settled late or a restart is
+    left out (its term is added between rounds). None when no round qualifies."""
+    by_round: dict[int, list[dict]] = {}
+    for folder in peer_dirs:
+        for record in read_rounds(folder):
+            by_round.setdefault(record["round"], []).append(record)
+    drifts = []
+    for records in by_round.values():
+        if len(records) != len(peer_dirs) or any(r.get("unresolved") or r.get("recovered") for r in records):
+            continue
+        for key in (k for k in records[0] if k.startswith("sum_") and k.endswith("_before")):
+            after = key.removesuffix("_before") + "_after"
+            change = sum(r[after] - r[key] for r in records)
+            drifts.append(abs(change) / max(sum(abs(r[key]) for r in records), 1e-30))
+    return max(drifts) if drifts else None
+
+
 def collect(results: Path, references: str | None = None) -> dict:
     """Summarise every daemon folder (one with a summary.json or rounds.jsonl) under ``results``:
     the compose testbed's collection step. Like the testbed, it then scores the network average of
@@ -303,7 +326,11 @@ def collect(results: Path, references: str | None = None) -> dict:
     if not folders:
         raise UsageError(f"{results}: no daemon results (peer folders with rounds.jsonl) found")
     peers = summarize_peers(folders)
-    summary = {"peers": peers, "mean_accuracy": float(np.mean([p["accuracy"] for p in peers.values()]))}
+    summary = {
+        "peers": peers,
+        "mean_accuracy": float(np.mean([p["accuracy"] for p in peers.values()])),
+        "mixing_sum_drift": mixing_sum_drift(folders),
+    }
     run = _run_of(folders[0], references)
     adapters = [folder / "peers" / pid / "adapter" for folder, pid in zip(folders, peers)]
     if all(path.is_dir() for path in adapters):
@@ -328,6 +355,8 @@ def format_table(summary: dict) -> str:
             f"{p['bytes_received'] / 1e6:>12.2f}"
         )
     lines.append(f"{'mean':<10} {summary['mean_accuracy']:>9.4f}")
+    if (drift := summary.get("mixing_sum_drift")) is not None:
+        lines.append(f"network sums: largest change by one round's mixing {drift:.1e} of their size")
     lines.append(headline(summary))
     return "\n".join(lines)
 

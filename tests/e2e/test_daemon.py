@@ -16,7 +16,7 @@ from peer.config import load_config
 from peer.daemon.signals import STOP_GRACE_S
 from peer.sim import simulate
 from peer.testbed import Testbed
-from peer.testbed.runner import collect
+from peer.testbed.runner import collect, mixing_sum_drift
 from peer.transport.base import Header, Rejected
 from peer.transport.codec import encode_factors
 from peer.transport.framing import seal
@@ -91,12 +91,14 @@ def test_daemons_equal_the_simulator_on_a_complete_graph(tmp_path):
 
 
 def test_lossy_links_keep_sums_and_both_ends_agree(tmp_path):
+    # each peer sends its factors in another form: compressed gossip keeps the sums too, in any mixture
     cfg = load_config(
         overrides=dict(
             TINY, peers=4, rounds=8, local_steps=2, topology="er", edge_prob=0.5, switch_interval="2", strategy="tad"
         )
     )
-    bed = run_bed(cfg, tmp_path / "bed", NET, timeout=120)
+    wires = {1: {"wire_dtype": "bf16"}, 2: {"wire_dtype": "int8"}, 3: {"wire_dtype": "fp16"}}
+    bed = run_bed(cfg, tmp_path / "bed", NET, extra=wires, timeout=120)
     rounds = _all_rounds(bed)
     assert any(len(r["neighbours"]) < 3 for records in rounds.values() for r in records)  # some links dropped
     for round_, records in rounds.items():
@@ -110,6 +112,11 @@ def test_lossy_links_keep_sums_and_both_ends_agree(tmp_path):
                 assert after == pytest.approx(before, abs=1e-4)
         for r in records:
             assert r["self_weight"] + sum(r["weights"].values()) == pytest.approx(1.0)
+    assert mixing_sum_drift([bed.peer_dir(i) for i in range(4)]) < 1e-5  # fp32 rounding, nothing more
+    message = [
+        next(r["bytes_sent"] // len(r["neighbours"]) for r in bed.rounds(i) if r["neighbours"]) for i in range(3)
+    ]
+    assert message[2] < message[1] < message[0]  # int8 < bf16 < fp32 (the tiny model's names weigh in too)
 
 
 def _status_and_bad_message(address: str) -> tuple:
