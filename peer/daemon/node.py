@@ -50,7 +50,7 @@ from peer.daemon.clock import AdaptiveDeadline
 from peer.daemon.links import LinkBackoff, synthetic_link_up
 from peer.daemon.membership import Membership
 from peer.daemon.observe import Observer, Observers
-from peer.daemon.persistence import FolderStore, Persistence, WriteAhead
+from peer.daemon.persistence import FolderStore, Persistence, WriteAhead, snapshot
 from peer.daemon.phases import PhaseAgreement
 from peer.daemon.protocol import Identity, LinkProtocol
 from peer.daemon.rounds import Decision, Received, RoundBook, RoundState
@@ -102,6 +102,11 @@ UNCONFIRMED_CLAIM_PAUSE_ROUNDS = 8
 Offload = Callable[..., Awaitable[Any]]
 
 
+async def run_inline(fn, *args):
+    """An ``Offload`` that runs ``fn`` on the loop's own thread (tests, the fault simulator)."""
+    return fn(*args)
+
+
 def thread_offload(worker: ThreadPoolExecutor) -> Offload:
     """Run blocking work (training, evaluation) in ``worker`` so the loop keeps answering neighbours."""
 
@@ -126,10 +131,14 @@ class PeerDaemon(ExchangeServer):
         offload: Offload,
         evaluate: Callable[[], float] | None = None,
         schedule_window: int = SCHEDULE_WINDOW_ROUNDS,
+        write_behind: Offload = run_inline,
     ) -> None:
         self.local, self.run, self.net, self.persistence, self.transport = local, run, net, persistence, transport
         self.wire = WireDtype(run.wire_dtype)  # how this peer's factors travel (it decodes any form)
         self.offload, self.evaluate = offload, evaluate
+        # the round's files are written by write_behind while the next round trains (_write_round)
+        self.write_behind = write_behind
+        self.writing: asyncio.Task | None = None
         self.peer_id = net.peer_id
         self.strategy = local.strategy
         factors = local.factors()
@@ -196,6 +205,8 @@ class PeerDaemon(ExchangeServer):
             net.peer_id, adapter, trainer, strategy_for(run, topology_for(run)), run.local_steps, mixing_rule_for(run)
         )
         worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"train-{net.peer_id}")
+        # a thread of its own: a checkpoint queued behind the next round's training would not overlap it
+        writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"write-{net.peer_id}")
         daemon = cls(
             local,
             run,
@@ -204,6 +215,7 @@ class PeerDaemon(ExchangeServer):
             transport,
             thread_offload(worker),
             lambda: evaluator.accuracy(adapter),
+            write_behind=thread_offload(writer),
         )
         daemon.out, daemon.worker = Path(out_dir), worker
         return daemon
@@ -543,9 +555,7 @@ class PeerDaemon(ExchangeServer):
         self.book.close(round_)
         self._publish_latest(round_ + 1)
         record["seconds"] = self.now() - t0  # the round's time, up to its files
-        saved = self.now()
-        self.persistence.finish_round(record, self._checkpoint_state(round_ + 1))
-        self.observer.checkpoint(self.now() - saved)
+        self.writing = self._spawn(self._write_round(record, snapshot(self._checkpoint_state(round_ + 1))))
         self.round = round_ + 1
         self.observer.round_done(record)
         log.info(
@@ -556,6 +566,22 @@ class PeerDaemon(ExchangeServer):
             record["train_loss"],
             ",".join(record["neighbours"]) or "-",
         )
+
+    async def _write_round(self, record: dict, next_state: dict) -> None:
+        """The round's files (the next round's checkpoint, the round's line, the WAL's removal), written
+        beside the next round's training from a private copy of the state. The next round opens its
+        WAL only after they are durable (``files_written``): a crash before that finishes this round
+        again from its WAL, exactly as a crash between the mix and the checkpoint always did, and
+        nothing of the next round has been sent by then."""
+        started = self.now()
+        await self.write_behind(self.persistence.finish_round, record, next_state)
+        self.observer.checkpoint(self.now() - started)
+
+    async def files_written(self) -> None:
+        """Wait until the last round's files are durable (raises what writing them raised)."""
+        writing, self.writing = self.writing, None
+        if writing is not None:
+            await writing
 
     async def _train_and_open(self, round_: int) -> tuple[RoundState, dict]:
         settled = self.settlements.apply(self._add_settled_term)
@@ -572,6 +598,7 @@ class PeerDaemon(ExchangeServer):
             **({"settled": settled} if settled else {}),
         }
         candidates = self._choose_links(round_)
+        await self.files_written()  # the previous round's, written while this one trained
         self.persistence.open_round(round_, self.local.state(), candidates, {**self._round_extras(), "record": record})
         return self._open_round(round_, candidates), record
 
@@ -615,6 +642,7 @@ class PeerDaemon(ExchangeServer):
 
     async def settle_remaining(self, seconds: float) -> None:
         """At the end of the run: wait up to ``seconds`` for pending outcomes, apply them, write them."""
+        await self.files_written()
         until = self.now() + seconds
         while self.settlements.pending and self.now() < until:
             self.settlements.ask()
@@ -665,6 +693,7 @@ class PeerDaemon(ExchangeServer):
     async def catch_up(self) -> None:
         """Jump forward to a neighbour's round when this peer is two or more rounds behind, keeping
         its own factors (they keep the network sum, and the next rounds mix them with everyone's)."""
+        await self.files_written()  # it may write a checkpoint of its own
         asked = self.behind is None
         if asked:
             await self._ask_neighbours_their_round()
@@ -748,6 +777,7 @@ class PeerDaemon(ExchangeServer):
             await self._run_round(self.round)
             if self.behind is not None:
                 await self.catch_up()
+        await self.files_written()
 
     async def linger(self, at_most: float, grace: float) -> None:
         """After the last round: keep serving until every neighbour has finished its rounds too (or does

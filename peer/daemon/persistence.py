@@ -182,17 +182,17 @@ class CopyFormat:
 
     @staticmethod
     def dumps(state):
-        return _snapshot(state)
+        return snapshot(state)
 
     loads = dumps
 
 
-def _snapshot(value):
+def snapshot(value):
     """A copy that shares nothing mutable with ``value`` (states hold dicts, lists, tensors, scalars)."""
     if isinstance(value, dict):
-        return {k: _snapshot(v) for k, v in value.items()}
+        return {k: snapshot(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return type(value)(_snapshot(v) for v in value)
+        return type(value)(snapshot(v) for v in value)
     if isinstance(value, torch.Tensor):
         return value.detach().clone()
     return copy.copy(value) if not isinstance(value, (str, int, float, bool, bytes, type(None))) else value
