@@ -109,8 +109,10 @@ class NetnsLab:
         """Unplug (or plug back) peer i's cable at the bridge."""
         _ip("-n", self.bridge_ns, "link", "set", self._port(i), "up" if up else "down")
 
-    def limit_bandwidth(self, i: int, rate: str | None) -> None:
-        """Token-bucket limit on traffic towards peer i (``rate`` like "1mbit"); None removes it."""
+    def limit_bandwidth(self, i: int, rate: str | None, burst: str = "32kbit") -> None:
+        """Token-bucket limit on traffic towards peer i (``rate`` like "1mbit"); None removes it.
+        ``burst``: the bucket; it must hold at least one timer tick of traffic (rate / HZ: about
+        125 KB at 1 Gbit/s and HZ 1000), or the link runs well below ``rate``."""
         base = ["tc", "-n", self.bridge_ns, "qdisc"]
         if rate is None:
             subprocess.run([*base, "del", "dev", self._port(i), "root"], capture_output=True)
@@ -126,7 +128,7 @@ class NetnsLab:
                 "rate",
                 rate,
                 "burst",
-                "32kbit",
+                burst,
                 "latency",
                 "400ms",
             ],

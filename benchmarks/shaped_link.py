@@ -1,0 +1,168 @@
+"""The gossip swap on a real, shaped link: two network namespaces joined by a bridge, each port limited
+to 1 Gbit/s with ``tc tbf``; one swap between a client in one namespace and a server in the other,
+against the same bytes over a plain TCP connection on the same link. Needs root (it creates the
+namespaces, and removes them, their processes and its blackhole route on any exit).
+
+    sudo .venv/bin/python benchmarks/shaped_link.py [--rate-mbit 1000] [--sizes-mb 3,30,200] [--repeats 3]
+
+Prints, per payload size, the median time of a swap (each side sends ``size`` bytes, the server its
+reply) and what each direction achieved as a fraction of the link rate: the raw socket sends, then
+answers (its directions one after the other); gossip sends both directions at once when the server
+streams its reply while it receives. Target: gossip at least 0.9 of the link rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from gossip_throughput import EchoPeer, factors
+
+from peer.testbed.netns import NetnsLab, netns_available
+from peer.transport.base import Header
+from peer.transport.codec import decode_factors, encode_factors, schema_digest, schema_of
+from peer.transport.framing import Limits, seal
+from peer.transport.grpc_transport import GrpcTransport
+
+LIMITS = Limits(max_payload_bytes=1 << 30, max_chunks=1 << 20)
+PORT = 50_601
+# the bucket holds a few timer ticks of traffic at 1 Gbit/s (rate / HZ is 125 KB at HZ 1000)
+BURST = "512kb"
+
+
+def serve(kind: str, host: str, size: int) -> None:
+    """Answer swaps (or raw exchanges) at host:PORT until stdin closes; prints the address when ready."""
+    if kind == "raw":
+        server = socket.create_server((host, PORT))
+        print(f"{host}:{PORT}", flush=True)
+        conn, _ = server.accept()
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        buffer, reply = bytearray(size), bytes(size)
+        while (header := conn.recv(8, socket.MSG_WAITALL)) and len(header) == 8:
+            _recv_exact(conn, buffer, struct.unpack("<Q", header)[0])
+            conn.sendall(struct.pack("<Q", size))
+            conn.sendall(reply)
+        return
+
+    async def main():
+        transport = GrpcTransport(LIMITS)
+        address = await transport.serve(EchoPeer(factors(size, seed=1)), f"{host}:{PORT}")
+        print(address, flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+        await transport.close()
+
+    asyncio.run(main())
+
+
+def _recv_exact(conn, buffer: bytearray, n: int) -> None:
+    view, got = memoryview(buffer)[:n], 0
+    while got < n:
+        got += conn.recv_into(view[got:], n - got)
+
+
+def client(kind: str, address: str, size: int, repeats: int) -> list[float]:
+    """Swap times (the first, which opens the connection, not counted)."""
+    if kind == "raw":
+        host, port = address.rsplit(":", 1)
+        payload, buffer, times = bytes(size), bytearray(size), []
+        with socket.create_connection((host, int(port))) as conn:
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            for _ in range(repeats + 1):
+                start = time.perf_counter()
+                conn.sendall(struct.pack("<Q", size))
+                conn.sendall(payload)
+                _recv_exact(conn, buffer, struct.unpack("<Q", conn.recv(8, socket.MSG_WAITALL))[0])
+                times.append(time.perf_counter() - start)
+        return times[1:]
+    tensors, schema = factors(size), schema_of(factors(size, seed=1))
+
+    async def main():
+        transport = GrpcTransport(LIMITS)
+
+        async def validate(reply):
+            decode_factors(reply.payload, schema, set(schema))
+
+        times = []
+        for _ in range(repeats + 1):
+            start = time.perf_counter()
+            header = Header("bench", "client", 0, "A", ("A",), schema_digest(schema_of(tensors)))
+            await transport.exchange(address, seal(header, encode_factors(tensors)), validate, timeout=600)
+            times.append(time.perf_counter() - start)
+        await transport.close()
+        return times[1:]
+
+    return asyncio.run(main())
+
+
+def measure(lab: NetnsLab, kind: str, size: int, repeats: int) -> float:
+    me = [sys.executable, str(Path(__file__).resolve())]
+    server = subprocess.Popen(
+        lab.wrap(1, [*me, "--serve", kind, "--host", lab.address(1), "--size", str(size)]),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        address = server.stdout.readline().strip()  # type: ignore[union-attr]
+        out = subprocess.run(
+            lab.wrap(0, [*me, "--client", kind, "--address", address, "--size", str(size), "--repeats", str(repeats)]),
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return statistics.median(json.loads(out.stdout.strip().splitlines()[-1]))
+    finally:
+        server.kill()
+        server.wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rate-mbit", type=int, default=1000)
+    parser.add_argument("--sizes-mb", default="3,30,200")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--serve", choices=["raw", "gossip"])
+    parser.add_argument("--client", choices=["raw", "gossip"])
+    parser.add_argument("--host")
+    parser.add_argument("--address")
+    parser.add_argument("--size", type=int)
+    args = parser.parse_args()
+    if args.serve:
+        serve(args.serve, args.host, args.size)
+        return
+    if args.client:
+        print(json.dumps(client(args.client, args.address, args.size, args.repeats)))
+        return
+    if why := netns_available():
+        sys.exit(f"shaped_link: {why}")
+    rate = args.rate_mbit * 1e6 / 8  # bytes per second, each way
+    lab = NetnsLab(2).up()
+    try:
+        for i in range(2):
+            lab.limit_bandwidth(i, f"{args.rate_mbit}mbit", burst=BURST)
+        print(f"link: {args.rate_mbit} Mbit/s each way (tc tbf, burst {BURST}), between two namespaces")
+        print("| payload | raw swap (median s) | raw, each way / link | gossip swap (median s) | gossip / link |")
+        print("|---|---|---|---|---|")
+        for mb in [float(x) for x in args.sizes_mb.split(",")]:
+            size = int(mb * 1e6) // 4 * 4
+            raw, gossip = (measure(lab, kind, size, args.repeats) for kind in ("raw", "gossip"))
+            # raw: two transfers one after the other; gossip: each direction carries size bytes
+            # (and the safetensors header) during the swap, at once where the protocol allows
+            print(
+                f"| {mb:g} MB | {raw:.3f} | {2 * size / raw / rate:.2f} | {gossip:.3f} | {size / gossip / rate:.2f} |",
+                flush=True,
+            )
+    finally:
+        lab.down()
+
+
+if __name__ == "__main__":
+    main()
