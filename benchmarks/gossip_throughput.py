@@ -46,13 +46,18 @@ def factors(total_bytes: int, seed: int = 0) -> dict[str, torch.Tensor]:
 
 
 class EchoPeer(ExchangeServer):
-    """Decodes and validates what arrives, answers with its own factors of the same size."""
+    """Decodes and validates what arrives, answers with its own factors of the same size. ``early``: the
+    answer is given at the screen and streamed while the incoming factors arrive, as the daemon does;
+    False: only after they were validated (the order before both directions overlapped)."""
 
-    def __init__(self, reply_tensors: dict) -> None:
-        self.schema = schema_of(reply_tensors)
+    def __init__(self, reply_tensors: dict, early: bool = True) -> None:
+        self.schema, self.early = schema_of(reply_tensors), early
         self.reply = seal(
             Header("bench", "server", 0, "A", ("A",), schema_digest(self.schema)), encode_factors(reply_tensors)
         )
+
+    async def screen(self, header):
+        return self.reply if self.early else None
 
     async def respond(self, incoming):
         decode_factors(incoming.payload, self.schema, set(self.schema))
@@ -74,10 +79,18 @@ class EchoPeer(ExchangeServer):
         return None
 
 
-def grpc_server(size: int, chunk: int, ready, stop) -> None:
+# Each process stands for one peer on its own machine, as the testbed runs daemons: one torch thread each.
+# Two pools of two threads on a two-core machine oversubscribe it whenever both peers decode at once
+# (which the overlapped directions make them do), and a parallel reduction then waits for tens of ms.
+TORCH_THREADS = 1
+
+
+def grpc_server(size: int, chunk: int, early: bool, ready, stop) -> None:
+    torch.set_num_threads(TORCH_THREADS)
+
     async def main():
         transport = GrpcTransport(Limits(chunk_size=chunk, max_payload_bytes=1 << 30, max_chunks=1 << 20))
-        address = await transport.serve(EchoPeer(factors(size, seed=1)), "127.0.0.1:0")
+        address = await transport.serve(EchoPeer(factors(size, seed=1), early), "127.0.0.1:0")
         ready.send(address)
         while not stop.is_set():
             await asyncio.sleep(0.05)
@@ -115,6 +128,7 @@ def _recv_exact(conn, buffer: bytearray, n: int) -> None:
 
 
 def time_grpc(address: str, size: int, chunk: int, repeats: int) -> list[float]:
+    torch.set_num_threads(TORCH_THREADS)
     tensors = factors(size)
     schema = schema_of(factors(size, seed=1))
 
@@ -154,12 +168,14 @@ def time_raw(address: str, size: int, repeats: int) -> list[float]:
     return times[1:]
 
 
-def measure(kind: str, size: int, chunk: int, repeats: int) -> list[float]:
+def measure(kind: str, size: int, chunk: int, repeats: int, early: bool = True) -> list[float]:
     ctx = mp.get_context("spawn")
     ready_recv, ready_send = ctx.Pipe(duplex=False)
     stop = ctx.Event()
     target, args = (
-        (grpc_server, (size, chunk, ready_send, stop)) if kind == "gossip" else (raw_server, (size, ready_send, stop))
+        (grpc_server, (size, chunk, early, ready_send, stop))
+        if kind == "gossip"
+        else (raw_server, (size, ready_send, stop))
     )
     proc = ctx.Process(target=target, args=args, daemon=True)
     proc.start()
@@ -176,13 +192,20 @@ def main() -> None:
     parser.add_argument("--sizes-mb", default="0.3,3,30,200")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--chunk-kb", type=int, default=1024, help="gRPC chunk size (the daemon's --chunk-size)")
+    parser.add_argument(
+        "--reply-after-validation",
+        action="store_true",
+        help="the server answers only once it validated the incoming factors (no overlap of the directions)",
+    )
     args = parser.parse_args()
     print("| payload | raw socket (median s) | gossip (median s) | gossip MB/s | ratio (raw/gossip) |")
     print("|---|---|---|---|---|")
     for mb in [float(x) for x in args.sizes_mb.split(",")]:
         size = int(mb * 1e6) // 4 * 4
         raw = statistics.median(measure("raw", size, 0, args.repeats))
-        gossip = statistics.median(measure("gossip", size, args.chunk_kb << 10, args.repeats))
+        gossip = statistics.median(
+            measure("gossip", size, args.chunk_kb << 10, args.repeats, not args.reply_after_validation)
+        )
         print(
             f"| {mb:g} MB | {raw:.4f} | {gossip:.4f} | {2 * size / gossip / 1e6:.0f} | {raw / gossip:.2f} |", flush=True
         )

@@ -230,8 +230,8 @@ class PeerDaemon(ExchangeServer):
 
     # ------------------------------------------------------------------ server side (ExchangeServer)
 
-    async def screen(self, header: Header) -> None:
-        await self.protocol.screen(header, self.max_payload_bytes, self.net.round_timeout_max)
+    async def screen(self, header: Header) -> FactorMessage | None:
+        return await self.protocol.screen(header, self.max_payload_bytes, self.net.round_timeout_max)
 
     async def respond(self, incoming: FactorMessage) -> FactorMessage:
         return await self.protocol.respond(incoming, self.net.round_timeout_max)

@@ -116,13 +116,17 @@ class LinkProtocol:
 
     # ------------------------------------------------------------------ server side
 
-    async def screen(self, h: Header, max_payload_bytes: int, wait_for_round: float) -> None:
+    async def screen(self, h: Header, max_payload_bytes: int, wait_for_round: float) -> FactorMessage:
         """Everything ``respond`` checks but the payload, from the header alone and before any payload
         is read: run, schema and sender id, the declared size against this run's factors, the round,
         and, once that round is open here, that the sender is a link of it not yet decided, with a
         degree of at least one. While it waits for the round, the payload stays with the sender (the
         transport reads no further, so flow control holds it back): a stranger or a replay costs a
-        stream slot, never payload memory."""
+        stream slot, never payload memory.
+
+        Returns this round's own factors: the reply does not depend on the sender's (only the commit
+        does), so the transport streams it while the sender's are still arriving; ``respond`` still
+        validates and stages them, and the link counts only at the commit."""
         self.check_identity(h)
         if h.payload_size > max_payload_bytes:
             raise Rejected(
@@ -130,10 +134,11 @@ class LinkProtocol:
                 f"{h.payload_size} bytes announced; this run's factors take at most {max_payload_bytes}",
                 self.current_round(),
             )
-        await self._link_of_round(h, wait_for_round)
+        state = await self._link_of_round(h, wait_for_round)
         # only now: a header of a sender that is no link of the round (any machine can forge one
         # without TLS) must not reset a dormant peer's back-off or steer the phase schedule
         self.on_header(h)
+        return state.own
 
     async def respond(self, incoming: FactorMessage, wait_for_round: float) -> FactorMessage:
         h = incoming.header

@@ -57,7 +57,7 @@ class Header:
 @dataclass
 class FactorMessage:
     header: Header
-    payload: bytes
+    payload: bytes | bytearray  # received over gRPC: a bytearray (the decoder reads it in place)
 
 
 @dataclass
@@ -212,12 +212,17 @@ class ExchangeServer(abc.ABC):
     @abc.abstractmethod
     def status(self) -> StatusInfo: ...
 
-    async def screen(self, header: Header) -> None:
+    async def screen(self, header: Header) -> FactorMessage | None:
         """Called with a swap's header before any of its payload is read: raise Rejected for a message
         that ``respond`` would refuse anyway (another run, a sender that is no link of the round, a
         round far off, a payload larger than any of this run's), so that it costs no memory. It may
-        wait (for the round to open); the transport reads no payload meanwhile. The default screens
-        nothing."""
+        wait (for the round to open); the transport reads no payload meanwhile.
+
+        Returns this peer's reply when it does not depend on the incoming payload (the daemon's own
+        factors of the round): the transport then streams it while the payload is still arriving, and
+        ``respond`` (which must still validate and stage the payload) has its refusal sent where the
+        ack would be; the link counts at neither end. None keeps the order: the whole message, then
+        ``respond``'s answer. The default screens nothing and returns None."""
         return None
 
     @abc.abstractmethod

@@ -98,11 +98,86 @@ def seal(header: Header, payload: bytes) -> FactorMessage:
     return FactorMessage(header, payload)
 
 
-def to_frames(message: FactorMessage, chunk_size: int) -> Iterator[pb.Frame]:
+class ChunkFrame:
+    """A ``Frame`` holding a ``Chunk``, written and read without protobuf: ``data`` is a view of the
+    sender's payload (no copy until the wire bytes are built) or of the received message's bytes (no
+    copy until it is placed in the payload buffer). Every other frame is a ``pb.Frame``."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes | memoryview) -> None:
+        self.data = data
+
+
+Frame = pb.Frame | ChunkFrame
+
+# Protobuf wire tags (field number << 3 | wire type 2, length-delimited) of peer.proto's
+# Frame.chunk (field 2) and Chunk.data (field 1): a chunk frame is 0x12 len 0x0a len data.
+_FRAME_CHUNK_TAG = 0x12
+_CHUNK_DATA_TAG = 0x0A
+_VARINT_MORE = 0x80
+_VARINT_BITS = 7
+_MAX_VARINT_BYTES = 10
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n >= _VARINT_MORE:
+        out.append(n & (_VARINT_MORE - 1) | _VARINT_MORE)
+        n >>= _VARINT_BITS
+    out.append(n)
+    return bytes(out)
+
+
+def _read_varint(raw: bytes, pos: int) -> tuple[int, int] | None:
+    """The varint at ``pos`` and the position after it; None if ``raw`` ends inside it or it is too long."""
+    value, shift = 0, 0
+    for i in range(pos, min(len(raw), pos + _MAX_VARINT_BYTES)):
+        value |= (raw[i] & (_VARINT_MORE - 1)) << shift
+        if raw[i] < _VARINT_MORE:
+            return value, i + 1
+        shift += _VARINT_BITS
+    return None
+
+
+def encode_frame(frame: Frame) -> bytes:
+    """A frame's wire bytes (the gRPC serializer). A chunk's are built by hand, in one copy of its data
+    (protobuf would copy it into a message, then serialize it); they parse as peer.proto's ``Frame``."""
+    if not isinstance(frame, ChunkFrame):
+        return frame.SerializeToString()
+    size = len(frame.data)
+    inner = bytes((_CHUNK_DATA_TAG,)) + _varint(size) if size else b""  # proto3 leaves out an empty field
+    return b"".join((bytes((_FRAME_CHUNK_TAG,)), _varint(len(inner) + size), inner, frame.data))
+
+
+def decode_frame(raw: bytes) -> Frame:
+    """A frame from its wire bytes (the gRPC deserializer): a chunk in exactly the form ``encode_frame``
+    writes becomes a ``ChunkFrame`` viewing ``raw``; anything else is parsed by protobuf, which decides
+    what it means (or fails) exactly as it did before this fast path."""
+    if raw[:1] == bytes((_FRAME_CHUNK_TAG,)):
+        outer = _read_varint(raw, 1)
+        if outer is not None and outer[1] + outer[0] == len(raw):
+            start = outer[1]
+            if start == len(raw):
+                return ChunkFrame(b"")
+            if raw[start] == _CHUNK_DATA_TAG:
+                inner = _read_varint(raw, start + 1)
+                if inner is not None and inner[1] + inner[0] == len(raw):
+                    return ChunkFrame(memoryview(raw)[inner[1] :])
+    return pb.Frame.FromString(raw)
+
+
+def kind_of(frame: Frame) -> str | None:
+    """Which of ``Frame``'s fields a frame holds: "header", "chunk", "commit", "ack", "reject" (None: empty)."""
+    return "chunk" if isinstance(frame, ChunkFrame) else frame.WhichOneof("kind")
+
+
+def to_frames(message: FactorMessage, chunk_size: int) -> Iterator[Frame]:
+    """The header, then the payload in chunks that view it (``encode_frame`` makes their bytes)."""
     yield pb.Frame(header=header_to_pb(message.header))
     view = memoryview(message.payload)
     for start in range(0, len(view), chunk_size):
-        yield pb.Frame(chunk=pb.Chunk(data=bytes(view[start : start + chunk_size])))
+        yield ChunkFrame(view[start : start + chunk_size])
 
 
 def reject_frame(r: Rejected) -> pb.Frame:
@@ -122,24 +197,33 @@ def check_payload(message: FactorMessage, digest: bytes | None = None) -> None:
     """Size and checksum against the header; ``digest``: the checksum when already computed on arrival."""
     if len(message.payload) != message.header.payload_size:
         raise Rejected(Reason.TRUNCATED, f"{len(message.payload)} of {message.header.payload_size} bytes arrived")
-    if (digest if digest is not None else payload_digest(message.payload)) != message.header.payload_digest:
+    if digest is None:
+        whole = new_payload_digest()
+        whole.update(message.payload)
+        digest = whole.digest()
+    if digest != message.header.payload_digest:
         raise Rejected(Reason.PAYLOAD_HASH, "payload does not match the hash in its header")
 
 
-async def read_message(
-    next_frame: Callable[[], Awaitable[pb.Frame | None]],
-    limits: Limits,
-    screen: Callable[[Header], Awaitable[None]] | None = None,
-) -> FactorMessage:
-    """Read Header, Chunk* from a stream; raise Rejected for anything malformed, oversized or stalled.
-    ``screen`` sees the header before any payload is read (``ExchangeServer.screen``)."""
-    loop = asyncio.get_running_loop()
-    deadline: list[float] = []  # the whole message's, once the header says how large it is
+NextFrame = Callable[[], Awaitable[Frame | None]]
 
-    async def frame() -> pb.Frame:
-        left = deadline[0] - loop.time() if deadline else limits.frame_timeout
+
+class FrameReader:
+    """Reads one message (Header, Chunk*) from a stream, in two steps so that a server can answer
+    between them: ``header`` (checked, before any payload is read), then ``payload``. Raises Rejected
+    for anything malformed, oversized or stalled; ``frame`` reads what follows (a commit, an ack)."""
+
+    def __init__(self, next_frame: NextFrame, limits: Limits) -> None:
+        self.next_frame, self.limits = next_frame, limits
+        self.loop = asyncio.get_running_loop()
+        self.deadline: float | None = None  # the whole message's, once the header says how large it is
+
+    async def frame(self) -> Frame:
+        """The next frame within the frame timeout (and the message's deadline); a Reject raised."""
+        limits = self.limits
+        left = limits.frame_timeout if self.deadline is None else self.deadline - self.loop.time()
         try:
-            f = await asyncio.wait_for(next_frame(), max(0.0, min(limits.frame_timeout, left)))
+            f = await asyncio.wait_for(self.next_frame(), max(0.0, min(limits.frame_timeout, left)))
         except TimeoutError:
             if left < limits.frame_timeout:
                 raise Rejected(Reason.STALLED, f"slower than {limits.min_bytes_per_s:g} bytes/s") from None
@@ -147,36 +231,63 @@ async def read_message(
         if f is None:
             # gRPC also ends the stream this way when a frame is over its message cap (chunk size + 64 KiB)
             raise Rejected(Reason.TRUNCATED, "stream ended mid-message (or a frame was over the message cap)")
-        if f.HasField("reject"):
+        if isinstance(f, pb.Frame) and f.HasField("reject"):
             raise Rejected(Reason.of(f.reject.reason), shown(f.reject.detail), f.reject.current_round)
         return f
 
-    first = await frame()
-    if not first.HasField("header"):
-        raise Rejected(Reason.FRAMING, "a message must start with a header")
-    if first.ByteSize() > MAX_HEADER_FRAME_BYTES:  # it is held while the round is awaited: keep it small
-        raise Rejected(Reason.FRAMING, f"a header of {first.ByteSize()} bytes (at most {MAX_HEADER_FRAME_BYTES})")
-    header = header_from_pb(first.header)
-    check_header(header, limits)
+    async def header(self) -> Header:
+        first = await self.frame()
+        if not isinstance(first, pb.Frame) or not first.HasField("header"):
+            raise Rejected(Reason.FRAMING, "a message must start with a header")
+        if first.ByteSize() > MAX_HEADER_FRAME_BYTES:  # it is held while the round is awaited: keep it small
+            raise Rejected(Reason.FRAMING, f"a header of {first.ByteSize()} bytes (at most {MAX_HEADER_FRAME_BYTES})")
+        header = header_from_pb(first.header)
+        check_header(header, self.limits)
+        return header
+
+    async def payload(self, header: Header) -> FactorMessage:
+        """The payload ``header`` announced, in one buffer of that size (a ``bytearray``: the decoder
+        reads it in place). Each chunk is copied in and hashed as it arrives, while the next ones are
+        still on the wire; the deadline starts now, after any wait for the round (the screen)."""
+        limits = self.limits
+        self.deadline = self.loop.time() + limits.frame_timeout + header.payload_size / limits.min_bytes_per_s
+        payload = bytearray()  # sized at the first chunk: a sender that stalls after its header costs nothing
+        received, chunks, digest = 0, 0, new_payload_digest()
+        while received < header.payload_size:
+            data = _chunk_data(await self.frame())
+            if chunks >= limits.max_chunks:
+                raise Rejected(Reason.TOO_MANY_CHUNKS, f"more than {limits.max_chunks} chunks")
+            chunks += 1
+            end = received + len(data)
+            if end > header.payload_size:
+                raise Rejected(Reason.TOO_LARGE, f"more bytes than the {header.payload_size} announced")
+            if not payload:
+                payload = bytearray(header.payload_size)
+            payload[received:end] = data
+            digest.update(data)
+            received = end
+        message = FactorMessage(header, payload)
+        check_payload(message, digest.digest())
+        return message
+
+
+def _chunk_data(frame: Frame) -> bytes | memoryview:
+    if isinstance(frame, ChunkFrame):
+        return frame.data
+    if not frame.HasField("chunk"):
+        raise Rejected(Reason.FRAMING, "expected a chunk")
+    return frame.chunk.data
+
+
+async def read_message(
+    next_frame: NextFrame,
+    limits: Limits,
+    screen: Callable[[Header], Awaitable[object]] | None = None,
+) -> FactorMessage:
+    """Read Header, Chunk* from a stream; raise Rejected for anything malformed, oversized or stalled.
+    ``screen`` sees the header before any payload is read (``ExchangeServer.screen``)."""
+    reader = FrameReader(next_frame, limits)
+    header = await reader.header()
     if screen is not None:
         await screen(header)
-    deadline.append(loop.time() + limits.frame_timeout + header.payload_size / limits.min_bytes_per_s)
-    # chunks are kept as they come and joined once; the hash is updated chunk by chunk, while the
-    # next chunks are still on the wire, rather than over the whole payload at the end
-    parts: list[bytes] = []
-    received, digest = 0, new_payload_digest()
-    while received < header.payload_size:
-        f = await frame()
-        if not f.HasField("chunk"):
-            raise Rejected(Reason.FRAMING, "expected a chunk")
-        if len(parts) >= limits.max_chunks:
-            raise Rejected(Reason.TOO_MANY_CHUNKS, f"more than {limits.max_chunks} chunks")
-        data = f.chunk.data
-        received += len(data)
-        if received > header.payload_size:
-            raise Rejected(Reason.TOO_LARGE, f"more bytes than the {header.payload_size} announced")
-        digest.update(data)
-        parts.append(data)
-    message = FactorMessage(header, parts[0] if len(parts) == 1 else b"".join(parts))
-    check_payload(message, digest.digest())
-    return message
+    return await reader.payload(header)

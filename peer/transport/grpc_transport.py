@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import grpc
 
@@ -18,6 +20,7 @@ from peer.transport.base import (
     ExchangeServer,
     FactorMessage,
     HandshakeRefused,
+    Header,
     NeighbourInfo,
     NetworkFaults,
     Reason,
@@ -28,12 +31,23 @@ from peer.transport.base import (
     Validator,
     shown,
 )
-from peer.transport.framing import Limits, read_message, reject_frame, to_frames
+from peer.transport.framing import (
+    Frame,
+    FrameReader,
+    Limits,
+    decode_frame,
+    encode_frame,
+    kind_of,
+    read_message,
+    reject_frame,
+    to_frames,
+)
 from peer.transport.pb import peer_pb2 as pb
-from peer.transport.pb import peer_pb2_grpc as pb_grpc
 from peer.transport.tls import TLS_NAME, TlsMaterial
 
 log = logging.getLogger("tadlora.transport")
+
+SERVICE = "tadlora.v1.Peer"  # peer.proto's service, as gRPC names it on the wire
 
 # Client channels kept open, one per remote address, oldest closed first beyond this (a real run has
 # one per neighbour; announcements of fake addresses must not grow the cache without bound).
@@ -161,7 +175,7 @@ def _sending_time(limits: Limits, payload_bytes: int) -> float:
     return limits.frame_timeout + payload_bytes / limits.min_bytes_per_s
 
 
-class _Servicer(pb_grpc.PeerServicer):
+class _Servicer:
     def __init__(self, server: ExchangeServer, limits: Limits, tls: TlsMaterial | None) -> None:
         self.server, self.limits, self.tls = server, limits, tls
         self.streams: dict[str, int] = {}  # swaps being received, per remote address
@@ -194,64 +208,21 @@ class _Servicer(pb_grpc.PeerServicer):
             yield self._refuse_busy(context)
             return
 
-        async def screen(header) -> None:
+        async def screen(header: Header) -> FactorMessage | None:
             """Before the payload: the sender's certificate (TLS), the server's own checks, then the byte
-            budget of all swaps."""
+            budget of all swaps. Returns the reply to stream at once, if the server gave one."""
             _check_identity(context, header, self.tls)
-            await self.server.screen(header)
+            reply = await self.server.screen(header)
             if self.buffered + header.payload_size > self.limits.max_buffered_bytes:
                 raise Rejected(Reason.BUSY, f"{self.limits.max_buffered_bytes} payload bytes in flight")
             slot.reserve(header.payload_size)
+            return reply
 
         try:
-            async for frame in self._exchange(request_iterator, context, screen):
+            async for frame in _Swap(self, context, request_iterator).run(screen):
                 yield frame
         finally:
             slot.release()
-
-    async def _exchange(self, request_iterator, context, screen):
-        frames = request_iterator.__aiter__()
-
-        async def next_frame():
-            try:
-                return await frames.__anext__()
-            except StopAsyncIteration:
-                return None
-
-        try:
-            incoming = await read_message(next_frame, self.limits, screen)
-            reply = await self.server.respond(incoming)
-        except Rejected as r:
-            self.server.count_rejection(r.reason, r.detail, context.peer())
-            yield reject_frame(r)
-            return
-        committed = False
-        # the reply and the commit after it are due within the rate floor too (the commit is written
-        # only after the watchdog is off: it is never cut in the middle)
-        watchdog = _cancel_after(_sending_time(self.limits, reply.header.payload_size) + self.limits.frame_timeout)
-        try:
-            for frame in to_frames(reply, self.limits.chunk_size):
-                yield frame
-            try:
-                answer = await asyncio.wait_for(next_frame(), self.limits.frame_timeout)
-            except TimeoutError:
-                answer = None
-            watchdog.cancel()
-            if answer is not None and answer.HasField("commit") and answer.commit.round == incoming.header.round:
-                committed = await self.server.commit(incoming.header)
-                if committed:
-                    yield pb.Frame(ack=pb.CommitAck(round=incoming.header.round))
-                else:
-                    yield reject_frame(Rejected(Reason.ROUND_CLOSED, "the server mixed this round already"))
-            elif answer is not None and not answer.HasField("reject"):
-                # anything but a commit (or the client's own refusal) where the commit belongs
-                refusal = Rejected(Reason.FRAMING, f"expected a commit for round {incoming.header.round}")
-                self.server.count_rejection(refusal.reason, refusal.detail, context.peer())
-                yield reject_frame(refusal)
-        finally:
-            watchdog.cancel()
-            if not committed:
-                await self.server.abort(incoming.header)
 
     async def Status(self, request, context):
         return status_to_pb(self.server.status())
@@ -288,6 +259,173 @@ class _Servicer(pb_grpc.PeerServicer):
         return pb.OutcomeReply(counted=bool(counted), known=counted is not None)
 
 
+class _Swap:
+    """The server's side of one Exchange stream.
+
+    The incoming message's header is screened first. If the server gave its reply there
+    (``ExchangeServer.screen``), the reply is streamed at once while the incoming payload is still being
+    received (both directions at once: the reply does not depend on it, only the commit does);
+    ``respond`` then validates and stages the incoming factors, and a refusal of them is sent where
+    the ack would be. Otherwise the whole message is read and passed to ``respond`` first, and its
+    answer is streamed after. Either way the link counts only at the commit, and ``abort`` forgets
+    what ``respond`` staged when the stream ends without one."""
+
+    def __init__(self, servicer: _Servicer, context, request_iterator) -> None:
+        self.server, self.limits = servicer.server, servicer.limits
+        # read now: the receiving task may count a refusal after the call ended, when asking gRPC for
+        # the peer of a finished call crashes the process (grpcio 1.85)
+        self.peer = context.peer()
+        frames = request_iterator.__aiter__()
+
+        async def next_frame() -> Frame | None:
+            try:
+                return await frames.__anext__()
+            except StopAsyncIteration:
+                return None
+
+        self.reader = FrameReader(next_frame, self.limits)
+        self.receiving: asyncio.Future[tuple[FactorMessage, FactorMessage]] | None = None
+        self.counted: Rejected | None = None  # the refusal counted already (by the receiving task)
+
+    def _count(self, r: Rejected) -> None:
+        if r is not self.counted:
+            self.counted = r
+            self.server.count_rejection(r.reason, r.detail, self.peer)
+
+    def _refused(self, r: Rejected) -> Frame:
+        self._count(r)
+        return reject_frame(r)
+
+    async def _receive(self, header: Header) -> tuple[FactorMessage, FactorMessage]:
+        """The incoming payload, validated and staged by ``respond``; with ``respond``'s answer. A
+        refusal is counted here, at once: the stream may be cancelled before the handler sees it
+        (gRPC ends a stream whose frame is over the message cap)."""
+        try:
+            incoming = await self.reader.payload(header)
+            return incoming, await self.server.respond(incoming)
+        except Rejected as r:
+            self._count(r)
+            raise
+
+    async def run(self, screen) -> AsyncIterator[Frame]:
+        committed, early = False, None
+        try:
+            try:
+                header = await self.reader.header()
+                early = await screen(header)
+                self.receiving = asyncio.ensure_future(self._receive(header))
+                if early is not None:
+                    async for frame in self._send(early):
+                        yield frame
+                incoming, reply = await self.receiving
+            except Rejected as r:
+                yield self._refused(r)
+                if early is not None:
+                    await self._answer()  # the reply went out: let the client's commit land before the end
+                return
+            if early is None:
+                async for frame in self._send(reply):
+                    yield frame
+            answer = await self._answer()
+            kind = None if answer is None else kind_of(answer)
+            if kind == "commit" and answer.commit.round == incoming.header.round:  # type: ignore[union-attr]
+                committed = await self.server.commit(incoming.header)
+                if committed:
+                    yield pb.Frame(ack=pb.CommitAck(round=incoming.header.round))
+                else:
+                    yield reject_frame(Rejected(Reason.ROUND_CLOSED, "the server mixed this round already"))
+            elif answer is not None and kind != "reject":
+                # anything but a commit (or the client's own refusal) where the commit belongs
+                yield self._refused(Rejected(Reason.FRAMING, f"expected a commit for round {incoming.header.round}"))
+        finally:
+            await self._end(committed)
+
+    async def _send(self, reply: FactorMessage) -> AsyncIterator[Frame]:
+        """The reply's frames, cut by the rate floor: a caller that stops reading blocks the writes
+        (HTTP/2 flow control). Stops early when the incoming message is refused meanwhile."""
+        watchdog = _cancel_after(_sending_time(self.limits, reply.header.payload_size))
+        try:
+            for frame in to_frames(reply, self.limits.chunk_size):
+                if self._refused_meanwhile():
+                    return
+                yield frame
+        finally:
+            watchdog.cancel()
+
+    def _refused_meanwhile(self) -> bool:
+        receiving = self.receiving
+        return receiving is not None and receiving.done() and receiving.exception() is not None
+
+    async def _answer(self) -> Frame | None:
+        """The frame where the commit belongs, or None after a frame timeout (or the stream's end)."""
+        try:
+            return await asyncio.wait_for(self.reader.next_frame(), self.limits.frame_timeout)
+        except TimeoutError:
+            return None
+
+    async def _end(self, committed: bool) -> None:
+        receiving = self.receiving
+        if receiving is None:
+            return
+        if not receiving.done():
+            receiving.cancel()
+            await asyncio.gather(receiving, return_exceptions=True)
+        elif not committed and not receiving.cancelled() and receiving.exception() is None:
+            await self.server.abort(receiving.result()[0].header)
+
+
+def _handlers(servicer: _Servicer) -> grpc.GenericRpcHandler:
+    """peer.proto's service, with the frames of Exchange and Fetch (de)serialized by ``encode_frame``
+    and ``decode_frame`` (chunks without protobuf; the wire is the same)."""
+    methods = {
+        "Exchange": grpc.stream_stream_rpc_method_handler(
+            servicer.Exchange, request_deserializer=decode_frame, response_serializer=encode_frame
+        ),
+        "Fetch": grpc.unary_stream_rpc_method_handler(
+            servicer.Fetch, request_deserializer=pb.FetchRequest.FromString, response_serializer=encode_frame
+        ),
+        "Status": grpc.unary_unary_rpc_method_handler(
+            servicer.Status,
+            request_deserializer=pb.StatusRequest.FromString,
+            response_serializer=pb.StatusReply.SerializeToString,
+        ),
+        "Outcome": grpc.unary_unary_rpc_method_handler(
+            servicer.Outcome,
+            request_deserializer=pb.OutcomeRequest.FromString,
+            response_serializer=pb.OutcomeReply.SerializeToString,
+        ),
+    }
+    return grpc.method_handlers_generic_handler(SERVICE, methods)
+
+
+@dataclass
+class _Peer:
+    """A kept channel to one address and its methods (made once: a stub per call costs)."""
+
+    channel: grpc.aio.Channel
+
+    def __post_init__(self) -> None:
+        c = self.channel
+        self.exchange = c.stream_stream(
+            f"/{SERVICE}/Exchange", request_serializer=encode_frame, response_deserializer=decode_frame
+        )
+        self.fetch = c.unary_stream(
+            f"/{SERVICE}/Fetch",
+            request_serializer=pb.FetchRequest.SerializeToString,
+            response_deserializer=decode_frame,
+        )
+        self.status = c.unary_unary(
+            f"/{SERVICE}/Status",
+            request_serializer=pb.StatusRequest.SerializeToString,
+            response_deserializer=pb.StatusReply.FromString,
+        )
+        self.outcome = c.unary_unary(
+            f"/{SERVICE}/Outcome",
+            request_serializer=pb.OutcomeRequest.SerializeToString,
+            response_deserializer=pb.OutcomeReply.FromString,
+        )
+
+
 class GrpcTransport(Transport):
     """``tls``: this peer's certificates (``peer.transport.tls.load``); None serves and dials in the
     clear and accepts anyone who speaks the protocol.
@@ -307,7 +445,7 @@ class GrpcTransport(Transport):
         self.limits, self.tls = limits or Limits(), tls
         self.faults, self.name = faults or NetworkFaults(), name
         self._server: grpc.aio.Server | None = None
-        self._channels: dict[tuple[str, str], grpc.aio.Channel] = {}  # (address, certificate name)
+        self._channels: dict[tuple[str, str], _Peer] = {}  # (address, certificate name)
         self._closing: set[asyncio.Future] = set()
 
     async def _lost(self, step: Step, address: str, to_server: bool = True) -> bool:
@@ -317,7 +455,7 @@ class GrpcTransport(Transport):
     async def serve(self, server: ExchangeServer, address: str) -> str:
         self._server = grpc.aio.server(options=_channel_options(self.limits))
         self.servicer = _Servicer(server, self.limits, self.tls)
-        pb_grpc.add_PeerServicer_to_server(self.servicer, self._server)
+        self._server.add_generic_rpc_handlers((_handlers(self.servicer),))
         if self.tls is None:
             port = self._server.add_insecure_port(address)
         else:
@@ -330,33 +468,32 @@ class GrpcTransport(Transport):
         await self._server.start()
         return f"{address.rsplit(':', 1)[0]}:{port}"
 
-    def _stub(self, address: str, expect: str | None) -> pb_grpc.PeerStub:
-        """A stub on the channel to ``address`` whose server must hold a certificate naming ``expect``
+    def _stub(self, address: str, expect: str | None) -> _Peer:
+        """The kept channel to ``address`` whose server must hold a certificate naming ``expect``
         (every peer certificate names its peer id and TLS_NAME, which any member of the run passes)."""
         name = expect or TLS_NAME
-        channel = self._channels.pop((address, name), None)
-        if channel is not None:
-            self._channels[(address, name)] = channel  # most recently used last: a crowd evicts itself
-        else:
-            options = _channel_options(self.limits)
-            if self.tls is None:
-                channel = grpc.aio.insecure_channel(address, options=options)
-            else:
-                credentials = grpc.ssl_channel_credentials(
-                    root_certificates=self.tls.ca, private_key=self.tls.key, certificate_chain=self.tls.cert
-                )
-                # peers are dialled by address: the name checked in the handshake is the expected peer's
-                channel = grpc.aio.secure_channel(
-                    address, credentials, options=[*options, ("grpc.ssl_target_name_override", name)]
-                )
-            self._channels[(address, name)] = channel
-            if len(self._channels) > MAX_CHANNELS:  # announcements of many fake addresses: drop the least
+        peer = self._channels.pop((address, name), None)
+        if peer is None:
+            peer = _Peer(self._dial(address, name))
+            if len(self._channels) >= MAX_CHANNELS:  # announcements of many fake addresses: drop the least
                 oldest = next(iter(self._channels))  # recently used; its calls in flight get a frame timeout
                 stale = self._channels.pop(oldest)
-                closing = stale.close(grace=self.limits.frame_timeout)
+                closing = stale.channel.close(grace=self.limits.frame_timeout)
                 self._closing.add(task := asyncio.ensure_future(closing))  # kept until done
                 task.add_done_callback(self._closing.discard)
-        return pb_grpc.PeerStub(channel)
+        self._channels[(address, name)] = peer  # most recently used last: a crowd evicts itself
+        return peer
+
+    def _dial(self, address: str, name: str) -> grpc.aio.Channel:
+        options = _channel_options(self.limits)
+        if self.tls is None:
+            return grpc.aio.insecure_channel(address, options=options)
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=self.tls.ca, private_key=self.tls.key, certificate_chain=self.tls.cert
+        )
+        # peers are dialled by address: the name checked in the handshake is the expected peer's
+        override = ("grpc.ssl_target_name_override", name)
+        return grpc.aio.secure_channel(address, credentials, options=[*options, override])
 
     async def exchange(
         self, address: str, outgoing: FactorMessage, validate: Validator, timeout: float, *, expect: str | None = None
@@ -364,25 +501,11 @@ class GrpcTransport(Transport):
         if await self._lost(Step.SWAP, address):
             await asyncio.sleep(timeout)
             raise ExchangeFailed(f"{address}: no answer within {timeout:g} s")
-        call = self._stub(address, expect).Exchange(timeout=timeout)
+        call = self._stub(address, expect).exchange(timeout=timeout)
         committed, reply = False, None
-
-        async def write_message():
-            for frame in to_frames(outgoing, self.limits.chunk_size):
-                await call.write(frame)
-
         next_frame = _reader(call)
-
-        # Write in the background and read at once: a server that refuses after the header
-        # (wrong run, too large) answers before the client has pushed every chunk.
-        writer = asyncio.create_task(write_message())
         try:
-            try:
-                reply = await read_message(next_frame, self.limits)
-            finally:
-                if not writer.done():
-                    writer.cancel()
-                await asyncio.gather(writer, return_exceptions=True)
+            reply = await self._swap(call, outgoing)
             if await self._lost(Step.REPLY, address, to_server=False):
                 raise ExchangeFailed(f"{address}: reply lost")
             try:
@@ -397,9 +520,10 @@ class GrpcTransport(Transport):
             ack = await next_frame()
             if await self._lost(Step.ACK, address, to_server=False):
                 raise ExchangeOutcomeUnknown(reply)
-            if ack is not None and ack.HasField("reject"):
+            if isinstance(ack, pb.Frame) and ack.HasField("reject"):
+                # the server refused our factors (after streaming its own) or mixed the round already
                 raise Rejected(Reason.of(ack.reject.reason), shown(ack.reject.detail), ack.reject.current_round)
-            if ack is None or not ack.HasField("ack"):
+            if ack is None or kind_of(ack) != "ack":
                 raise ExchangeOutcomeUnknown(reply)
             await call.done_writing()
             return reply
@@ -410,12 +534,30 @@ class GrpcTransport(Transport):
         finally:
             call.cancel()
 
+    async def _swap(self, call, outgoing: FactorMessage) -> FactorMessage:
+        """Send ``outgoing`` and read the server's reply at the same time: a server may stream its reply
+        (or refuse, after the header) before it has the whole of ours."""
+
+        async def write_message() -> None:
+            for frame in to_frames(outgoing, self.limits.chunk_size):
+                await call.write(frame)
+
+        writer = asyncio.ensure_future(write_message())
+        try:
+            reply = await read_message(_reader(call), self.limits)
+        except BaseException:
+            writer.cancel()
+            await asyncio.gather(writer, return_exceptions=True)
+            raise
+        await writer  # the reply may be complete before our message is: it still goes out whole
+        return reply
+
     async def status(self, address: str, timeout: float, *, expect: str | None = None) -> StatusInfo:
         if await self._lost(Step.STATUS, address):
             await asyncio.sleep(timeout)
             raise ExchangeFailed(f"{address}: no answer within {timeout:g} s")
         try:
-            return status_from_pb(await self._stub(address, expect).Status(pb.StatusRequest(), timeout=timeout))
+            return status_from_pb(await self._stub(address, expect).status(pb.StatusRequest(), timeout=timeout))
         except grpc.aio.AioRpcError as exc:
             raise _failure(address, exc) from None
 
@@ -425,7 +567,7 @@ class GrpcTransport(Transport):
         if await self._lost(Step.FETCH, address):
             await asyncio.sleep(timeout)
             raise ExchangeFailed(f"{address}: no answer within {timeout:g} s")
-        call = self._stub(address, expect).Fetch(pb.FetchRequest(run_id=run_id, peer_id=peer_id), timeout=timeout)
+        call = self._stub(address, expect).fetch(pb.FetchRequest(run_id=run_id, peer_id=peer_id), timeout=timeout)
         try:
             return await read_message(_reader(call), self.limits)
         except grpc.aio.AioRpcError as exc:
@@ -440,7 +582,7 @@ class GrpcTransport(Transport):
             await asyncio.sleep(timeout)
             return None
         try:
-            reply = await self._stub(address, expect).Outcome(
+            reply = await self._stub(address, expect).outcome(
                 pb.OutcomeRequest(run_id=run_id, peer_id=peer_id, round=round_), timeout=timeout
             )
         except grpc.aio.AioRpcError:
@@ -448,8 +590,8 @@ class GrpcTransport(Transport):
         return reply.counted if reply.known else None
 
     async def close(self) -> None:
-        for channel in self._channels.values():
-            await channel.close()
+        for peer in self._channels.values():
+            await peer.channel.close()
         self._channels.clear()
         if self._server is not None:
             await self._server.stop(grace=0.5)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import copy
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from peer.transport.base import (
     ConnectionLost,
@@ -30,6 +31,8 @@ from peer.transport.base import (
     Validator,
 )
 from peer.transport.framing import Limits, check_header, check_payload
+
+T = TypeVar("T")
 
 
 class MemoryNetwork:
@@ -119,18 +122,20 @@ class MemoryTransport(Transport):
         if not await self._arrives(Step.SWAP, address, server):
             await self._silence_until(until)
             raise ExchangeFailed(f"{address} did not answer within {timeout:g} s")
-        reply = await self._respond(address, server, incoming, until)
+        reply, responding = await self._respond(address, server, incoming, until)
         if not await self._arrives(Step.REPLY, address, server, to_server=False):
-            self.network.later(self.limits.frame_timeout, lambda: server.abort(header))
+            self.network.later(self.limits.frame_timeout, lambda: self._abort(server, header, responding))
             await self._silence_until(until)
             raise ExchangeFailed(f"{address} did not answer within {timeout:g} s")
-        check_header(reply.header, self.limits)
-        check_payload(reply)
         try:
+            check_header(reply.header, self.limits)
+            check_payload(reply)
             await validate(reply)
         except Rejected:
-            await server.abort(header)
+            await self._abort(server, header, responding)
             raise
+        if responding is not None:
+            await responding  # the server's refusal of our factors, which came after its reply: nothing counts
         committed = await self._commit(address, server, header, reply)
         if not await self._arrives(Step.ACK, address, server, to_server=False):
             await asyncio.sleep(self.limits.frame_timeout)
@@ -141,23 +146,41 @@ class MemoryTransport(Transport):
 
     async def _respond(
         self, address: str, server: ExchangeServer, incoming: FactorMessage, until: float
-    ) -> FactorMessage:
+    ) -> tuple[FactorMessage, asyncio.Future[FactorMessage] | None]:
+        """As over gRPC: the header first (``screen``), then the whole message (``respond``). The server's
+        reply; and, when it gave the reply at the screen already, its ``respond`` still running: the
+        reply reaches the client while the server validates the client's factors."""
+        header = incoming.header
+        early = await self._at_server(address, server, header, lambda: server.screen(header), until)
+        if early is None:
+            return await self._at_server(address, server, header, lambda: server.respond(incoming), until), None
+        responding = asyncio.ensure_future(
+            self._at_server(address, server, header, lambda: server.respond(incoming), until)
+        )
+        # a client that gives up (its round's deadline) leaves it running: its refusal is not an error then
+        responding.add_done_callback(lambda done: done.cancelled() or done.exception())
+        return early, responding
+
+    async def _at_server(
+        self, address: str, server: ExchangeServer, header, call: Callable[[], Awaitable[T]], until: float
+    ) -> T:
         left = max(0.0, until - asyncio.get_running_loop().time())
         try:
-            return await asyncio.wait_for(
-                self.faults.at_server(address, lambda: self._screened(server, incoming)), left
-            )
+            return await asyncio.wait_for(self.faults.at_server(address, call), left)
         except Rejected as r:  # counted where it was refused, as over gRPC
             server.count_rejection(r.reason, r.detail, "memory")
             raise
         except TimeoutError:
-            await server.abort(incoming.header)
+            await server.abort(header)
             raise ExchangeFailed(f"{address} did not answer within {left:g} s") from None
 
     @staticmethod
-    async def _screened(server: ExchangeServer, incoming: FactorMessage) -> FactorMessage:
-        await server.screen(incoming.header)  # as over gRPC: the header first, then the whole message
-        return await server.respond(incoming)
+    async def _abort(server: ExchangeServer, header, responding: asyncio.Future | None) -> None:
+        """The stream ends without a commit: once the server is done with our factors (over gRPC it
+        reads them to the end), it forgets what it staged."""
+        if responding is not None:
+            await asyncio.gather(responding, return_exceptions=True)
+        await server.abort(header)
 
     async def _commit(self, address: str, server: ExchangeServer, header, reply: FactorMessage) -> bool:
         if not await self._arrives(Step.COMMIT, address, server):

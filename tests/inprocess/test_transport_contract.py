@@ -1,4 +1,6 @@
-"""One contract, two transports: every test here runs over gRPC on loopback and in memory."""
+"""One contract, two transports: every test here runs over gRPC on loopback and in memory, and with a
+server that answers at the screen (streams its reply while the client's factors still arrive, as the
+daemon does) as well as one that answers only after validating them."""
 
 import asyncio
 import contextlib
@@ -7,7 +9,7 @@ import pytest
 import torch
 
 from peer.transport.base import ExchangeFailed, ExchangeServer, FactorMessage, Header, Rejected, StatusInfo
-from peer.transport.codec import decode_factors, encode_factors, schema_digest, schema_of
+from peer.transport.codec import DecodeError, decode_factors, encode_factors, schema_digest, schema_of
 from peer.transport.framing import Limits, seal
 from peer.transport.grpc_transport import GrpcTransport
 from peer.transport.memory import MemoryNetwork, MemoryTransport
@@ -33,18 +35,29 @@ def message(sender: str, round_: int, value: float, run: str = "run-1") -> Facto
 
 
 class FakePeer(ExchangeServer):
-    def __init__(self, peer_id: str, round_: int, value: float) -> None:
-        self.peer_id, self.round, self.value = peer_id, round_, value
+    """``early``: the reply is given at the screen (the daemon's way); else only by ``respond``."""
+
+    def __init__(self, peer_id: str, round_: int, value: float, early: bool = False) -> None:
+        self.peer_id, self.round, self.value, self.early = peer_id, round_, value, early
         self.commits, self.aborts, self.received, self.rejections = [], [], [], {}
         self.closed = False
 
-    async def respond(self, incoming):
-        h = incoming.header
+    def check(self, h):
         if h.run_id != "run-1":
             raise Rejected("run", f"run {h.run_id!r}", self.round)
         if h.round != self.round:
             raise Rejected("round-behind" if h.round < self.round else "round-ahead", "", self.round)
-        self.received.append(decode_factors(incoming.payload, SCHEMA))
+
+    async def screen(self, header):
+        self.check(header)
+        return message(self.peer_id, self.round, self.value) if self.early else None
+
+    async def respond(self, incoming):
+        self.check(incoming.header)
+        try:
+            self.received.append(decode_factors(incoming.payload, SCHEMA))
+        except DecodeError as exc:  # as the daemon does
+            raise Rejected(exc.reason, exc.detail, self.round) from None
         return message(self.peer_id, self.round, self.value)
 
     async def commit(self, header):
@@ -88,22 +101,25 @@ def run_certs(tmp_path_factory):
     return folder
 
 
-@pytest.fixture(params=["grpc", "grpc-tls", "memory"])
+@pytest.fixture(params=["grpc", "grpc-tls", "memory", "grpc+early", "memory+early"])
 def transports(request, run_certs):
-    """Makes the transport of one peer (``peer-a`` dials, ``peer-b`` serves)."""
+    """Makes the transport of one peer (``peer-a`` dials, ``peer-b`` serves); ``make.early``: whether the
+    server of ``pair`` answers at the screen."""
     from peer.transport.tls import load
 
     network = MemoryNetwork()
+    kind, _, early = request.param.partition("+")
 
     def make(peer_id="peer-a"):
-        if request.param == "memory":
+        if kind == "memory":
             return MemoryTransport(network, LIMITS)
         tls = None
-        if request.param == "grpc-tls":
+        if kind == "grpc-tls":
             f = run_certs
             tls = load(f / "ca.pem", f / f"{peer_id}.pem", f / f"{peer_id}.key", peer_id, "run-1")
         return GrpcTransport(LIMITS, tls)
 
+    make.early = bool(early)
     return make
 
 
@@ -115,7 +131,7 @@ def run(coro):
 async def pair(make, server_round=5, value=7.0):
     """A server peer and a client transport; both transports closed on the way out."""
     server_t, client_t = make("peer-b"), make("peer-a")
-    peer = FakePeer("peer-b", server_round, value)
+    peer = FakePeer("peer-b", server_round, value, make.early)
     address = await server_t.serve(peer, "127.0.0.1:0")
     try:
         yield client_t, peer, address
@@ -143,7 +159,7 @@ def test_payload_larger_than_many_chunks(transports):
 
     async def scenario():
         async with pair(transports) as (client_t, peer, address):
-            peer.respond = _echo
+            peer.respond, peer.early = _echo, False  # the echo depends on the incoming factors
             out = seal(Header("run-1", "peer-a", 5, "B", ("B",), schema_digest(schema)), encode_factors(big))
             reply = await client_t.exchange(address, out, accept, timeout=10)
             back = decode_factors(reply.payload, schema)
@@ -237,5 +253,66 @@ def test_commit_after_the_server_closed_the_round_counts_nowhere(transports):
             with pytest.raises(Rejected) as info:
                 await client_t.exchange(address, message("peer-a", 5, 1.0), accept, timeout=5)
             assert info.value.reason == "round-closed" and peer.commits == []
+
+    run(scenario())
+
+
+BIG = {f"t{i}.lora_A.weight": torch.randn(64, 64) for i in range(8)}  # 128 KiB: 128 chunks of 1 KiB
+
+
+def big_message(sender: str, value: float) -> FactorMessage:
+    tensors = {name: torch.full_like(t, value) for name, t in BIG.items()}
+    return seal(Header("run-1", sender, 5, "A", ("A",), schema_digest(schema_of(BIG))), encode_factors(tensors))
+
+
+def test_the_reply_streams_while_the_client_still_sends_and_before_the_server_validated(transports):
+    # the server's respond waits until the client has validated the reply: in the old order (the whole
+    # message, validation, then the reply) the swap could never finish
+    async def scenario():
+        async with pair(transports) as (client_t, peer, address):
+            validated = asyncio.Event()
+
+            async def screen(header):
+                return big_message("peer-b", 2.0)
+
+            async def respond(incoming):
+                await asyncio.wait_for(validated.wait(), 5)
+                peer.received.append(decode_factors(incoming.payload, schema_of(BIG)))
+                return big_message("peer-b", 2.0)
+
+            peer.screen, peer.respond = screen, respond
+
+            async def validate(reply):
+                assert not peer.received, "the server validated ours before its reply arrived"
+                decode_factors(reply.payload, schema_of(BIG))
+                validated.set()
+
+            reply = await client_t.exchange(address, big_message("peer-a", 1.0), validate, timeout=10)
+            assert decode_factors(reply.payload, schema_of(BIG))["t0.lora_A.weight"][0, 0] == 2.0
+            assert peer.received[0]["t7.lora_A.weight"][63, 63] == 1.0  # all of ours arrived, intact
+            assert peer.commits == [("peer-a", 5)] and peer.aborts == []
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("fault", ["tensors", "hash"])
+def test_a_payload_refused_after_the_reply_went_out_counts_at_neither_end(transports, fault):
+    async def scenario():
+        async with pair(transports) as (client_t, peer, address):
+            peer.early, seen = True, []
+            out = message("peer-a", 5, 1.0)
+            if fault == "hash":
+                out.payload = out.payload[:-1] + bytes([out.payload[-1] ^ 1])
+            else:
+                out = seal(out.header, encode_factors(tensors(float("nan"))))
+
+            async def validate(reply):
+                seen.append(reply)
+
+            with pytest.raises(Rejected) as info:
+                await client_t.exchange(address, out, validate, timeout=5)
+            assert info.value.reason == ("payload-hash" if fault == "hash" else "non-finite")
+            assert peer.commits == [] and peer.received == [] and sum(peer.rejections.values()) == 1
+            assert await client_t.outcome(address, "run-1", "peer-a", 5, timeout=2) is False
 
     run(scenario())
