@@ -223,7 +223,8 @@ class FrameReader:
         limits = self.limits
         left = limits.frame_timeout if self.deadline is None else self.deadline - self.loop.time()
         try:
-            f = await asyncio.wait_for(self.next_frame(), max(0.0, min(limits.frame_timeout, left)))
+            async with asyncio.timeout(max(0.0, min(limits.frame_timeout, left))):  # no task per frame
+                f = await self.next_frame()
         except TimeoutError:
             if left < limits.frame_timeout:
                 raise Rejected(Reason.STALLED, f"slower than {limits.min_bytes_per_s:g} bytes/s") from None

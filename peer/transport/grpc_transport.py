@@ -47,6 +47,9 @@ from peer.transport.tls import TLS_NAME, TlsMaterial
 
 log = logging.getLogger("tadlora.transport")
 
+# What a frame may carry beyond its chunk's data (the tags and lengths, or a header): the message cap
+# is one chunk plus this.
+FRAME_SLACK_BYTES = 64 << 10
 SERVICE = "tadlora.v1.Peer"  # peer.proto's service, as gRPC names it on the wire
 
 # Client channels kept open, one per remote address, oldest closed first beyond this (a real run has
@@ -55,8 +58,16 @@ MAX_CHANNELS = 256
 
 
 def _channel_options(limits: Limits) -> list[tuple[str, int]]:
-    cap = limits.chunk_size + (64 << 10)
-    return [("grpc.max_receive_message_length", cap), ("grpc.max_send_message_length", cap)]
+    """gRPC's message caps just above one chunk; and a stream's flow-control window of one such frame:
+    gRPC opens each stream with a window of 64 KiB, so a chunk of a fresh stream (every swap opens one)
+    went out in pieces, each waiting for a window update from the receiver (a 0.3 MB swap took twice
+    as long). The window is what a stream may have in flight unread: a frame, which the cap allows."""
+    cap = limits.chunk_size + FRAME_SLACK_BYTES
+    return [
+        ("grpc.max_receive_message_length", cap),
+        ("grpc.max_send_message_length", cap),
+        ("grpc.http2.lookahead_bytes", cap),
+    ]
 
 
 def status_to_pb(s: StatusInfo) -> pb.StatusReply:
@@ -359,7 +370,8 @@ class _Swap:
     async def _answer(self) -> Frame | None:
         """The frame where the commit belongs, or None after a frame timeout (or the stream's end)."""
         try:
-            return await asyncio.wait_for(self.reader.next_frame(), self.limits.frame_timeout)
+            async with asyncio.timeout(self.limits.frame_timeout):
+                return await self.reader.next_frame()
         except TimeoutError:
             return None
 
@@ -525,8 +537,7 @@ class GrpcTransport(Transport):
                 raise Rejected(Reason.of(ack.reject.reason), shown(ack.reject.detail), ack.reject.current_round)
             if ack is None or kind_of(ack) != "ack":
                 raise ExchangeOutcomeUnknown(reply)
-            await call.done_writing()
-            return reply
+            return reply  # the ack is the protocol's last word: no half-close, the call is ended below
         except grpc.aio.AioRpcError as exc:
             if committed and reply is not None:  # the reply came before the commit was sent
                 raise ExchangeOutcomeUnknown(reply) from None
