@@ -542,6 +542,10 @@ class GrpcTransport(Transport):
             if committed and reply is not None:  # the reply came before the commit was sent
                 raise ExchangeOutcomeUnknown(reply) from None
             raise _failure(address, exc) from None
+        except asyncio.InvalidStateError:
+            # a write after the server ended the stream (it refused ours midway, or its watchdog cut
+            # it): gRPC sent nothing, so no commit reached it and the link counts at neither end
+            raise ExchangeFailed(f"{address}: the server ended the stream before taking all of ours") from None
         finally:
             call.cancel()
 

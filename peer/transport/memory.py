@@ -151,15 +151,19 @@ class MemoryTransport(Transport):
         reply; and, when it gave the reply at the screen already, its ``respond`` still running: the
         reply reaches the client while the server validates the client's factors."""
         header = incoming.header
-        early = await self._at_server(address, server, header, lambda: server.screen(header), until)
-        if early is None:
-            return await self._at_server(address, server, header, lambda: server.respond(incoming), until), None
-        responding = asyncio.ensure_future(
-            self._at_server(address, server, header, lambda: server.respond(incoming), until)
-        )
-        # a client that gives up (its round's deadline) leaves it running: its refusal is not an error then
-        responding.add_done_callback(lambda done: done.cancelled() or done.exception())
-        return early, responding
+
+        async def screened() -> tuple[FactorMessage, asyncio.Future[FactorMessage] | None]:
+            early = await server.screen(header)
+            if early is None:
+                return await server.respond(incoming), None
+            responding = asyncio.ensure_future(
+                self._at_server(address, server, header, lambda: server.respond(incoming), until)
+            )
+            # a client that gives up (its round's deadline) leaves it running: its refusal is no error then
+            responding.add_done_callback(lambda done: done.cancelled() or done.exception())
+            return early, responding
+
+        return await self._at_server(address, server, header, screened, until)
 
     async def _at_server(
         self, address: str, server: ExchangeServer, header, call: Callable[[], Awaitable[T]], until: float

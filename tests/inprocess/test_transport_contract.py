@@ -316,3 +316,23 @@ def test_a_payload_refused_after_the_reply_went_out_counts_at_neither_end(transp
             assert await client_t.outcome(address, "run-1", "peer-a", 5, timeout=2) is False
 
     run(scenario())
+
+
+def test_grpc_a_payload_refused_midway_after_the_reply_ends_the_swap_at_neither_end():
+    # gRPC only (the memory transport has no chunks): the server streams its reply at the screen, then
+    # refuses the incoming payload at its fifth chunk and ends the stream while the client still writes
+    async def scenario():
+        server_t = GrpcTransport(Limits(chunk_size=1024, max_payload_bytes=1 << 20, max_chunks=4, frame_timeout=2.0))
+        client_t = GrpcTransport(LIMITS)
+        peer = FakePeer("peer-b", 5, 7.0, early=True)
+        address = await server_t.serve(peer, "127.0.0.1:0")
+        try:
+            with pytest.raises((Rejected, ExchangeFailed)) as info:
+                await client_t.exchange(address, big_message("peer-a", 1.0), accept, timeout=5)
+            assert not isinstance(info.value, Rejected) or info.value.reason == "too-many-chunks"
+            assert peer.commits == [] and peer.rejections == {"too-many-chunks": 1}
+        finally:
+            await client_t.close()
+            await server_t.close()
+
+    run(scenario())
