@@ -264,8 +264,8 @@ class RunConfig:
     device: str = setting("auto", "auto (cuda when present, else cpu) | cpu | cuda | cuda:N", check=_device)
     precision: str = setting(
         "auto",
-        "auto | fp32 | bf16 | fp16: dtype of the forward pass (factors and optimizer stay fp32; the wire: --wire-dtype); auto: bf16 "
-        "on a GPU or a CPU that computes it natively (AVX512-BF16, AMX), else fp32",
+        "auto | fp32 | bf16 | fp16: dtype of the forward pass (factors and optimizer stay fp32; the wire: "
+        "--wire-dtype); auto: bf16 on a GPU or a CPU that computes it natively (AVX512-BF16, AMX), else fp32",
         check=one_of(_precisions),
     )
     batching: str = setting(

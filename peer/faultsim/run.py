@@ -78,7 +78,7 @@ class _Guarded(ExchangeServer):
 
     async def screen(self, header):
         self._check()
-        await self.daemon.screen(header)
+        return await self.daemon.screen(header)  # the reply, streamed while the payload arrives
 
     async def respond(self, incoming):
         self._check()

@@ -200,8 +200,9 @@ def _check_tensor(name: str, tensor: torch.Tensor, tensors: Mapping[str, torch.T
 
 
 def _check_finite(name: str, tensor: torch.Tensor) -> None:
-    # one reduction instead of a full boolean mask: amax propagates NaN, and is inf if any value is
-    if tensor.is_floating_point() and tensor.numel() and not torch.isfinite(tensor.abs().amax()):
+    # one pass, nothing allocated (a mask or abs() would be a copy): min and max propagate NaN, and
+    # one of them is ±inf if any value is
+    if tensor.is_floating_point() and tensor.numel() and not torch.isfinite(torch.stack(torch.aminmax(tensor))).all():
         raise DecodeError(Reason.NON_FINITE, f"{name} holds NaN or Inf")
 
 
