@@ -90,35 +90,6 @@ def test_daemons_equal_the_simulator_on_a_complete_graph(tmp_path):
         assert all(len(r["neighbours"]) == 2 for r in records)
 
 
-def test_lossy_links_keep_sums_and_both_ends_agree(tmp_path):
-    # each peer sends its factors in another form: compressed gossip keeps the sums too, in any mixture
-    cfg = load_config(
-        overrides=dict(
-            TINY, peers=4, rounds=8, local_steps=2, topology="er", edge_prob=0.5, switch_interval="2", strategy="tad"
-        )
-    )
-    wires = {1: {"wire_dtype": "bf16"}, 2: {"wire_dtype": "int8"}, 3: {"wire_dtype": "fp16"}}
-    bed = run_bed(cfg, tmp_path / "bed", NET, extra=wires, timeout=120)
-    rounds = _all_rounds(bed)
-    assert any(len(r["neighbours"]) < 3 for records in rounds.values() for r in records)  # some links dropped
-    for round_, records in rounds.items():
-        assert len({r["phase"] for r in records}) == 1, f"phases differ in round {round_}"
-        links = {(r["peer"], n) for r in records for n in r["neighbours"]}
-        assert all((b, a) in links for a, b in links), f"one-sided link in round {round_}"
-        if len(records) == 4:
-            for factor in ("a", "b"):
-                before = sum(r[f"sum_{factor}_before"] for r in records)
-                after = sum(r[f"sum_{factor}_after"] for r in records)
-                assert after == pytest.approx(before, abs=1e-4)
-        for r in records:
-            assert r["self_weight"] + sum(r["weights"].values()) == pytest.approx(1.0)
-    assert mixing_sum_drift([bed.peer_dir(i) for i in range(4)]) < 1e-5  # fp32 rounding, nothing more
-    message = [
-        next(r["bytes_sent"] // len(r["neighbours"]) for r in bed.rounds(i) if r["neighbours"]) for i in range(3)
-    ]
-    assert message[2] < message[1] < message[0]  # int8 < bf16 < fp32 (the tiny model's names weigh in too)
-
-
 def _status_and_bad_message(address: str) -> tuple:
     async def go():
         transport = GrpcTransport()
@@ -200,7 +171,10 @@ def test_late_joiner_jumps_to_the_current_round_keeping_its_factors(tmp_path):
     assert any(r["neighbours"] for r in late)
 
 
-def test_switch_interval_auto_agrees_across_peers_with_different_observations(tmp_path):
+def test_lossy_links_keep_sums_both_ends_agree_and_auto_agrees_across_peers(tmp_path):
+    # an Erdős–Rényi graph drops links every round; each peer sends its factors in another form
+    # (compressed gossip keeps the sums too, in any mixture); the peers' link estimates differ, and
+    # the auto switching interval still agrees
     cfg = load_config(
         overrides=dict(
             TINY,
@@ -213,15 +187,31 @@ def test_switch_interval_auto_agrees_across_peers_with_different_observations(tm
             strategy="tad",
         )
     )
-    bed = run_bed(cfg, tmp_path / "bed", NET, timeout=150)
+    wires = {1: {"wire_dtype": "bf16"}, 2: {"wire_dtype": "int8"}, 3: {"wire_dtype": "fp16"}}
+    bed = run_bed(cfg, tmp_path / "bed", NET, extra=wires, timeout=150)
     rounds = _all_rounds(bed)
-    full = {r: recs for r, recs in rounds.items() if len(recs) == 4}
+    assert any(len(r["neighbours"]) < 3 for records in rounds.values() for r in records)  # some links dropped
+    for round_, records in rounds.items():
+        links = {(r["peer"], n) for r in records for n in r["neighbours"]}
+        assert all((b, a) in links for a, b in links), f"one-sided link in round {round_}"
+        for r in records:
+            assert r["self_weight"] + sum(r["weights"].values()) == pytest.approx(1.0)
     # a peer that starts late adopts the current round and skips the ones before: check every round
     # that all four ran, and that these include rounds after the first decision (round >= 10)
+    full = {r: recs for r, recs in rounds.items() if len(recs) == 4}
     assert len(full) >= 10 and max(full) >= 12
     for round_, records in full.items():
         assert len({r["phase"] for r in records}) == 1, f"phases differ in round {round_}"
         assert len({r["switch_interval"] for r in records}) == 1, f"intervals differ in round {round_}"
+        for factor in ("a", "b"):
+            before = sum(r[f"sum_{factor}_before"] for r in records)
+            after = sum(r[f"sum_{factor}_after"] for r in records)
+            assert after == pytest.approx(before, abs=1e-4)
+    assert mixing_sum_drift([bed.peer_dir(i) for i in range(4)]) < 1e-5  # fp32 rounding, nothing more
+    message = [
+        next(r["bytes_sent"] // len(r["neighbours"]) for r in bed.rounds(i) if r["neighbours"]) for i in range(3)
+    ]
+    assert message[2] < message[1] < message[0]  # int8 < bf16 < fp32 (the tiny model's names weigh in too)
     estimates = {round(r["link_estimate"], 3) for recs in full.values() for r in recs if r["link_estimate"] is not None}
     assert len(estimates) > 1, "the peers' local link estimates never differed"
     assert {r["phase"] for recs in full.values() for r in recs} == {"A", "B"}  # it did switch
@@ -384,10 +374,9 @@ def _training(proc, folder: Path) -> None:
     [
         (_starting, signal.SIGINT, 2),
         (_discovering, signal.SIGTERM, 2),
-        (_training, signal.SIGINT, 1),
-        (_training, signal.SIGTERM, 1),
+        (_training, signal.SIGTERM, 1),  # one handler serves both signals: SIGINT is the starting case
     ],
-    ids=["starting-sigint", "discovering-sigterm", "training-sigint", "training-sigterm"],
+    ids=["starting-sigint", "discovering-sigterm", "training-sigterm"],
 )
 def test_a_stop_signal_at_any_moment_ends_the_daemon_within_seconds(tmp_path, moment, sig, peers):
     import subprocess
