@@ -112,7 +112,7 @@ class NamespacedTestbed(Testbed):
         return self.ns.wrap(super().command(index, extra))
 
 
-def run_tadlora(peers: int, rounds: int, folder: Path) -> dict:
+def run_tadlora(peers: int, rounds: int, folder: Path, wire_dtype: str = "fp32") -> dict:
     cfg = load_config(
         overrides=dict(
             references="none",
@@ -126,6 +126,7 @@ def run_tadlora(peers: int, rounds: int, folder: Path) -> dict:
             eval_every=10**6,
             eval_samples=10,
             device="cpu",
+            wire_dtype=wire_dtype,
         )
     )
     with Loopback() as ns:
@@ -142,6 +143,8 @@ def run_tadlora(peers: int, rounds: int, folder: Path) -> dict:
     payload = sum(r["bytes_sent"] for i in range(peers) for r in bed.rounds(i)) / rounds
     return {
         "overhead": statistics.median(r["seconds"] - r["train_seconds"] for r in records),
+        # of which the exchange phase: swaps, and waiting for neighbours that still train
+        "exchange": statistics.median(r["exchange_seconds"] for r in records),
         "bytes_per_round": (after - before) / rounds if before is not None else payload,
         "payload_per_round": payload,
     }
@@ -152,10 +155,11 @@ def main() -> None:
     parser.add_argument("--peers", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--flower-python", default=sys.executable, help="a Python with flwr and numpy installed")
+    parser.add_argument("--wire-dtype", default="fp32", help="how the daemons send their factors (fp32 | bf16 | int8)")
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="tadlora-flower-"))
     flower = run_flower(args.flower_python, args.peers, args.rounds, folder)
-    ours = run_tadlora(args.peers, args.rounds, folder / "tadlora")
+    ours = run_tadlora(args.peers, args.rounds, folder / "tadlora", args.wire_dtype)
     mb = 1e6
     print(f"adapter payload: {flower['payload'] / 1e3:.0f} KB; {args.peers} processes; {args.rounds} rounds\n")
     print("| | round time beyond training (median s) | bytes on the wire per round (MB) |\n|---|---|---|")
@@ -164,7 +168,8 @@ def main() -> None:
         f"{flower['bytes_per_round'] / mb if flower['bytes_per_round'] else float('nan'):.2f} |"
     )
     print(
-        f"| tadlora ({args.peers} daemons, complete graph) | {ours['overhead']:.3f} "
+        f"| tadlora ({args.peers} daemons, complete graph, {args.wire_dtype}; exchange phase "
+        f"{ours['exchange']:.3f}) | {ours['overhead']:.3f} "
         f"| {ours['bytes_per_round'] / mb:.2f} |"
     )
     byte_ratio = ours["bytes_per_round"] / flower["bytes_per_round"] if flower["bytes_per_round"] else float("nan")
