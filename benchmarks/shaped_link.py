@@ -21,15 +21,12 @@ import statistics
 import struct
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-from gossip_throughput import EchoPeer, factors
+from gossip_throughput import EchoPeer, _recv_exact, factors, time_grpc, time_raw
 
 from peer.testbed.netns import NetnsLab, netns_available
-from peer.transport.base import Header
-from peer.transport.codec import decode_factors, encode_factors, schema_digest, schema_of
-from peer.transport.framing import Limits, seal
+from peer.transport.framing import Limits
 from peer.transport.grpc_transport import GrpcTransport
 
 LIMITS = Limits(max_payload_bytes=1 << 30, max_chunks=1 << 20)
@@ -62,44 +59,11 @@ def serve(kind: str, host: str, size: int) -> None:
     asyncio.run(main())
 
 
-def _recv_exact(conn, buffer: bytearray, n: int) -> None:
-    view, got = memoryview(buffer)[:n], 0
-    while got < n:
-        got += conn.recv_into(view[got:], n - got)
-
-
 def client(kind: str, address: str, size: int, repeats: int) -> list[float]:
-    """Swap times (the first, which opens the connection, not counted)."""
+    """Swap times (the first, which opens the connection, not counted): gossip_throughput's clients."""
     if kind == "raw":
-        host, port = address.rsplit(":", 1)
-        payload, buffer, times = bytes(size), bytearray(size), []
-        with socket.create_connection((host, int(port))) as conn:
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            for _ in range(repeats + 1):
-                start = time.perf_counter()
-                conn.sendall(struct.pack("<Q", size))
-                conn.sendall(payload)
-                _recv_exact(conn, buffer, struct.unpack("<Q", conn.recv(8, socket.MSG_WAITALL))[0])
-                times.append(time.perf_counter() - start)
-        return times[1:]
-    tensors, schema = factors(size), schema_of(factors(size, seed=1))
-
-    async def main():
-        transport = GrpcTransport(LIMITS)
-
-        async def validate(reply):
-            decode_factors(reply.payload, schema, set(schema))
-
-        times = []
-        for _ in range(repeats + 1):
-            start = time.perf_counter()
-            header = Header("bench", "client", 0, "A", ("A",), schema_digest(schema_of(tensors)))
-            await transport.exchange(address, seal(header, encode_factors(tensors)), validate, timeout=600)
-            times.append(time.perf_counter() - start)
-        await transport.close()
-        return times[1:]
-
-    return asyncio.run(main())
+        return time_raw(address, size, repeats)
+    return time_grpc(address, size, LIMITS.chunk_size, repeats)
 
 
 def measure(lab: NetnsLab, kind: str, size: int, repeats: int) -> float:
