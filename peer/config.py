@@ -172,6 +172,12 @@ def _lr_schedules() -> Iterable[str]:
     return [s.value for s in LrSchedule]
 
 
+def _task_types() -> Iterable[str]:
+    from peer.data.task_type import TaskType
+
+    return [t.value for t in TaskType]
+
+
 def _switch_interval(value: str) -> str:
     if value in ("auto", "default") or (value.isdigit() and int(value) >= 1):
         return ""
@@ -235,14 +241,27 @@ class RunConfig:
     )
     max_length: int = setting(64, "tokens per example (longer ones are truncated)", check=at_least(8))
     seed: int = setting(0, "one seed for data split, model init, topology and batches")
+    task_type: str = setting(
+        "classification",
+        "classification (a label per text) | causal-lm (instructions and answers; its own defaults for model, "
+        "task, lora-targets, train-head and the evaluation: CAUSAL_LM_DEFAULTS in peer/config.py)",
+        check=one_of(_task_types),
+    )
     model: str = setting(
         "minilm",
-        "minilm (offline default) | tiny-bert (tests) | Hugging Face id or local path",
+        "minilm (offline default) | tiny-bert (tests) | Hugging Face id or local path; causal-lm: smollm2 "
+        "(offline default) | tiny-llama (tests) | causal LM id or local path",
         check=lambda v: model_problem(v),
     )
     task: str = setting(
         "movie-reviews",
-        "movie-reviews (offline default) | trec | glue/sst2 | glue/qnli | glue/qqp | glue/mnli | csv:PATH | jsonl:PATH",
+        "movie-reviews (offline default) | trec | glue/sst2 | glue/qnli | glue/qqp | glue/mnli | csv:PATH | "
+        "jsonl:PATH; causal-lm: trec (offline default) | movie-reviews | jsonl:PATH | csv:PATH | hf:DATASET "
+        "(peer/data/instructions.py)",
+    )
+    category_column: str = setting(
+        "category",
+        "causal-lm data files: the column that label-skew and dirichlet partition by (none: one category)",
     )
     partition: str = setting("label-skew", "label-skew (the paper's) | dirichlet | iid", check=one_of(_partitions))
     dirichlet_alpha: float = setting(
@@ -310,10 +329,48 @@ class RunConfig:
 
     def validate(self) -> RunConfig:
         run_checks(self)
+        _check_task_type(self)
         return self
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+# What ``--task-type causal-lm`` changes where the setting is not given: a causal model and instruction
+# data, LoRA on the attention projections that Llama-style models name so, no classification head, and
+# an evaluation sized for a model 6x MiniLM's depth that scores every candidate answer.
+CAUSAL_LM_DEFAULTS: dict[str, Any] = {
+    "model": "smollm2",
+    "task": "trec",
+    "lora_targets": "q_proj,v_proj",
+    "train_head": 0,
+    "max_length": 96,
+    "eval_samples": 200,
+}
+CLASSIFICATION_ONLY_MODELS = ("minilm", "tiny-bert")
+CAUSAL_ONLY_MODELS = ("smollm2", "tiny-llama")
+
+
+def task_type_defaults(given: Mapping[str, object]) -> dict:
+    """The settings ``--task-type`` implies, for those not ``given``."""
+    if given.get("task_type") != "causal-lm":
+        return {}
+    return {k: v for k, v in CAUSAL_LM_DEFAULTS.items() if k not in given}
+
+
+def _check_task_type(cfg: RunConfig) -> None:
+    causal = cfg.task_type == "causal-lm"
+    _check(
+        not (causal and cfg.model in CLASSIFICATION_ONLY_MODELS),
+        "model",
+        f"{cfg.model} is a classification model; with --task-type causal-lm use smollm2, tiny-llama or a causal LM",
+    )
+    _check(
+        causal or cfg.model not in CAUSAL_ONLY_MODELS,
+        "model",
+        f"{cfg.model} is a causal LM; give --task-type causal-lm (or a classification model)",
+    )
+    _check(not (causal and cfg.train_head), "train-head", "a causal LM has no classification head; use 0")
 
 
 def _check(ok: bool, key: str, message: str) -> None:
@@ -456,7 +513,8 @@ def _coerce(key: str, value, target_type: str):
 
 def load_config(path: str | Path | None = None, overrides: dict | None = None) -> RunConfig:
     """Defaults, then the TOML file at ``path`` (if any), then ``overrides`` (flags that were given)."""
-    return _load(_given(path, overrides, [RunConfig]), [RunConfig])[0].validate()
+    given = _given(path, overrides, [RunConfig])
+    return _load({**task_type_defaults(given), **given}, [RunConfig])[0].validate()
 
 
 def load_daemon_config(
@@ -467,7 +525,7 @@ def load_daemon_config(
     classes = [RunConfig, DaemonConfig]
     env = env_settings(environ or {}, classes)
     given = _given(path, {**env, **{k: v for k, v in (overrides or {}).items() if v is not None}}, classes)
-    run, daemon = _load({**daemon_topology_defaults(given), **given}, classes)
+    run, daemon = _load({**daemon_topology_defaults(given), **task_type_defaults(given), **given}, classes)
     run.validate()
     return run, daemon.validate(run)
 

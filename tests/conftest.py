@@ -38,6 +38,13 @@ def tiny_cfg():
     )
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _model_cache(tmp_path_factory):
+    """The causal test model (``tiny-llama``) is saved to a cache folder: one of the session's own, which
+    the daemons the tests start inherit, instead of the user's ~/.cache."""
+    os.environ["TADLORA_CACHE"] = str(tmp_path_factory.mktemp("model-cache"))
+
+
 LAYERS = ("unit", "inprocess", "e2e")
 
 

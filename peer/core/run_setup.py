@@ -16,12 +16,15 @@ from peer.algorithm.schedule import auto_switch_interval, interval_for_link_rate
 from peer.algorithm.strategies import Strategy, make_strategy
 from peer.algorithm.topology import Topology, make_topology
 from peer.config import ConfigError, RunConfig
+from peer.data.instructions import InstructionTask, load_instruction_task
 from peer.data.partition import partition
+from peer.data.task_type import TaskType
 from peer.data.tasks import TextTask, load_task
 from peer.training.adapters import Adapter, AdapterModel, LoraSettings, load_tokenizer
+from peer.training.causal import CausalEvaluator, ScoringSet, encode_instructions, scoring_set
 from peer.training.precision import Precision, resolve_precision
 from peer.training.tokenizer import Encoded, encode
-from peer.training.trainer import Batching, LocalTrainer, LrSchedule
+from peer.training.trainer import Batching, Evaluator, LocalTrainer, LrSchedule
 
 
 def pick_device(name: str) -> torch.device:
@@ -71,6 +74,7 @@ def build_model(cfg: RunConfig, num_labels: int, adapter_names: list[str]) -> Ad
         seed=cfg.seed,
         device=pick_device(cfg.device),
         train_head=bool(cfg.train_head),
+        task_type=TaskType(cfg.task_type),
     )
 
 
@@ -95,9 +99,11 @@ def build_trainer(
 
 @dataclass
 class PreparedData:
-    task: TextTask
+    task: TextTask | InstructionTask
     shards: list[Encoded]
     validation: Encoded
+    scoring: ScoringSet | None = None  # causal LM: the validation set with its prompts and candidates
+    tokenizer: object = None
 
 
 def mixing_rule_for(cfg: RunConfig) -> MixingRule:
@@ -107,20 +113,13 @@ def mixing_rule_for(cfg: RunConfig) -> MixingRule:
 
 def prepare_data(cfg: RunConfig) -> PreparedData:
     """Load the task, split it across ``cfg.peers`` peers and tokenize each shard and the validation set."""
+    if cfg.task_type == TaskType.CAUSAL_LM:
+        return _prepare_instructions(cfg)
     task = load_task(cfg.task)
     tokenizer = load_tokenizer(cfg.model)
-    parts = partition(
-        task.train_labels,
-        cfg.peers,
-        cfg.partition,
-        seed=cfg.seed,
-        alpha=cfg.dirichlet_alpha,
-        samples_per_peer=cfg.samples_per_peer or None,
-    )
+    parts = _partition(cfg, task.train_labels)
     train = encode(tokenizer, task.train_texts, task.train_pairs, task.train_labels, cfg.max_length)
-    val_idx = np.arange(len(task.val_texts))
-    if cfg.eval_samples:
-        val_idx = val_idx[: cfg.eval_samples]
+    val_idx = _validation_indices(cfg, len(task.val_texts))
     validation = encode(
         tokenizer,
         [task.val_texts[i] for i in val_idx],
@@ -128,4 +127,41 @@ def prepare_data(cfg: RunConfig) -> PreparedData:
         task.val_labels[val_idx],
         cfg.max_length,
     )
-    return PreparedData(task, [train.subset(p) for p in parts], validation)
+    return PreparedData(task, [train.subset(p) for p in parts], validation, tokenizer=tokenizer)
+
+
+def _partition(cfg: RunConfig, labels: np.ndarray) -> list[np.ndarray]:
+    return partition(
+        labels,
+        cfg.peers,
+        cfg.partition,
+        seed=cfg.seed,
+        alpha=cfg.dirichlet_alpha,
+        samples_per_peer=cfg.samples_per_peer or None,
+    )
+
+
+def _validation_indices(cfg: RunConfig, n_val: int) -> np.ndarray:
+    return np.arange(n_val)[: cfg.eval_samples] if cfg.eval_samples else np.arange(n_val)
+
+
+def _prepare_instructions(cfg: RunConfig) -> PreparedData:
+    """The causal-LM counterpart: instructions split by their category, tokenized with answer masks.
+    Only the shards' examples are tokenized (the whole training set of a hub dataset may be large)."""
+    task = load_instruction_task(cfg.task, cfg.category_column)
+    tokenizer = load_tokenizer(cfg.model, TaskType.CAUSAL_LM)
+    try:
+        parts = _partition(cfg, task.train_labels)
+    except ValueError as exc:  # label skew over a single category, say: name the column
+        raise ConfigError(f"partition: {exc} (categories from the column {cfg.category_column!r})") from None
+    shards = [encode_instructions(tokenizer, [task.train[i] for i in part], cfg.max_length) for part in parts]
+    val = [task.val[i] for i in _validation_indices(cfg, len(task.val))]
+    scoring = scoring_set(tokenizer, val, task.candidates, cfg.max_length)
+    return PreparedData(task, shards, scoring.data, scoring, tokenizer)
+
+
+def evaluator_for(cfg: RunConfig, data: PreparedData, device: torch.device) -> Evaluator | CausalEvaluator:
+    """What scores a model of the run on its validation set: accuracy, and for a causal LM perplexity."""
+    if data.scoring is not None:
+        return CausalEvaluator(data.scoring, data.tokenizer, device, precision_for(cfg, device))
+    return Evaluator(data.validation, device, precision_for(cfg, device))

@@ -32,7 +32,7 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -91,6 +91,7 @@ PAYLOAD_HEADER_ROOM = 4096
 # The name of the daemon's one adapter inside its PEFT model. Not the peer id: PEFT adapter names are
 # module names (no '.'), and nothing outside the process sees this name.
 LOCAL_ADAPTER = "local"
+GENERATIONS_FILE = "generations.jsonl"  # a causal LM's answers to sample prompts, per evaluation
 # A neighbour one round ahead is normal (it was not linked with us last round); two or more means we
 # missed rounds and jump forward.
 JUMP_WHEN_BEHIND_BY = 2
@@ -119,7 +120,8 @@ def thread_offload(worker: ThreadPoolExecutor) -> Offload:
 class PeerDaemon(ExchangeServer):
     """One peer: ``local`` (its model, trainer and strategy), its settings, its files and transport.
 
-    ``offload`` runs blocking work; ``evaluate`` scores the local model (None: no evaluation)."""
+    ``offload`` runs blocking work; ``evaluate`` scores the local model: ``accuracy``, and for a causal LM
+    ``answer_loss`` and ``perplexity`` (None: no evaluation)."""
 
     def __init__(
         self,
@@ -129,7 +131,7 @@ class PeerDaemon(ExchangeServer):
         persistence: Persistence,
         transport: Transport,
         offload: Offload,
-        evaluate: Callable[[], float] | None = None,
+        evaluate: Callable[[], Mapping[str, float]] | None = None,
         schedule_window: int = SCHEDULE_WINDOW_ROUNDS,
         write_behind: Offload = run_inline,
     ) -> None:
@@ -190,17 +192,29 @@ class PeerDaemon(ExchangeServer):
         from peer.core.run_setup import (
             build_model,
             build_trainer,
+            evaluator_for,
             mixing_rule_for,
             prepare_data,
             strategy_for,
             topology_for,
         )
-        from peer.training.trainer import Evaluator
+        from peer.training.causal import CausalEvaluator
 
         data = prepare_data(run)
         adapter = build_model(run, data.task.num_labels, [LOCAL_ADAPTER])[LOCAL_ADAPTER]
         trainer = build_trainer(run, adapter, data.shards[net.peer_index], net.peer_index)
-        evaluator = Evaluator(data.validation, trainer.device, trainer.precision)
+        evaluator = evaluator_for(run, data, trainer.device)
+
+        def evaluate() -> dict[str, float]:
+            """The scores; for a causal LM also its answers to the sample prompts, in generations.jsonl
+            (``round``: the round just done; after the run, the number of rounds)."""
+            scores = evaluator.evaluate(adapter)
+            if isinstance(evaluator, CausalEvaluator):
+                with (Path(out_dir) / GENERATIONS_FILE).open("a") as f:
+                    for sample in evaluator.generations(adapter):
+                        f.write(json.dumps({"round": daemon.round, "peer": net.peer_id, **sample}) + "\n")
+            return scores
+
         local = LocalPeer(
             net.peer_id, adapter, trainer, strategy_for(run, topology_for(run)), run.local_steps, mixing_rule_for(run)
         )
@@ -214,7 +228,7 @@ class PeerDaemon(ExchangeServer):
             Persistence(FolderStore(out_dir)),
             transport,
             thread_offload(worker),
-            lambda: evaluator.accuracy(adapter),
+            evaluate,
             write_behind=thread_offload(writer),
         )
         daemon.out, daemon.worker = Path(out_dir), worker
@@ -551,7 +565,7 @@ class PeerDaemon(ExchangeServer):
         record.update(self._mix(state))
         record["deadline"] = self.deadline.current()
         if self.evaluate is not None and self._evaluation_due(round_):
-            record["accuracy"] = await self.offload(self.evaluate)
+            record.update(await self.offload(self.evaluate))
         self.book.close(round_)
         self._publish_latest(round_ + 1)
         record["seconds"] = self.now() - t0  # the round's time, up to its files
@@ -800,13 +814,15 @@ class PeerDaemon(ExchangeServer):
         """Export the adapter in PEFT's format, evaluate it, write summary.json."""
         assert self.out is not None, "from_config sets the output folder"
         self.local.adapter.save_pretrained(self.out / "peers" / self.peer_id / "adapter")
-        accuracy = self.evaluate() if self.evaluate is not None else float("nan")
+        scores = dict(self.evaluate()) if self.evaluate is not None else {"accuracy": float("nan")}
+        accuracy = scores.pop("accuracy")
         summary = {
             "peer_id": self.peer_id,
             "run_id": self.net.run_id,
             "rounds": self.round,
             "accuracy": {self.peer_id: accuracy},
             "mean_accuracy": accuracy,
+            **scores,
             "switch_interval": self.strategy.switch_interval,
             "rejected": dict(self.rejected),
             "unsettled_links": len(self.settlements.pending),

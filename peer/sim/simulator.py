@@ -14,7 +14,11 @@ Outputs under ``--out DIR``:
 - ``metrics.jsonl``: one object per round: ``round``, ``phase``, ``edges``, ``train_loss`` (per peer),
   ``consensus_a`` / ``consensus_b`` (mean squared distance of each peer's factor to the peers'
   average, summed over tensors, after mixing), ``seconds``; on evaluation rounds also ``accuracy``
-  (per peer), ``mean_accuracy`` and ``network_average`` (the accuracy of the peers' averaged factors).
+  (per peer), ``mean_accuracy`` and ``network_average`` (the accuracy of the peers' averaged factors);
+  for a causal LM also ``perplexity`` (per peer, on the right answers) and ``mean_perplexity``.
+- ``generations.jsonl`` (causal LM): on every evaluation round, each peer's and the network average's
+  greedy answers to a few fixed validation prompts: ``round``, ``peer``, ``prompt``, ``expected``,
+  ``answer``.
 - ``summary.json``: ``config``, ``switch_interval`` (resolved), ``mean_accuracy`` (final, over peers),
   ``accuracy`` per peer, ``network_average``, ``references`` (``alone``, ``centralized``: see
   ``peer.sim.references``), ``rounds``, ``seconds``, ``samples_per_second`` (training samples over the
@@ -41,6 +45,7 @@ from peer.core.local_peer import LocalPeer
 from peer.core.run_setup import (
     build_model,
     build_trainer,
+    evaluator_for,
     mixing_rule_for,
     precision_for,
     prepare_data,
@@ -48,6 +53,7 @@ from peer.core.run_setup import (
     topology_for,
 )
 from peer.sim.references import NETWORK_AVERAGE, load_average, parse_references, run_references
+from peer.training.causal import CausalEvaluator
 from peer.training.trainer import Evaluator
 
 AVERAGE_ADAPTER = "network-average"
@@ -104,16 +110,30 @@ def _is_eval_round(cfg: RunConfig, round_: int) -> bool:
     return (round_ + 1) % cfg.eval_every == 0 or round_ == cfg.rounds - 1
 
 
-def _evaluate(peers: list[LocalPeer], evaluator: Evaluator) -> dict:
-    """Every peer's accuracy, their mean, and the accuracy of their averaged factors."""
-    accuracy = {p.peer_id: evaluator.accuracy(p.adapter) for p in peers}
+def _evaluate(peers: list[LocalPeer], evaluator: Evaluator | CausalEvaluator) -> dict:
+    """Every peer's accuracy, their mean, and the accuracy of their averaged factors (and for a causal
+    LM the same of perplexity)."""
+    scores = {p.peer_id: evaluator.evaluate(p.adapter) for p in peers}
     average = peers[0].adapter.owner[AVERAGE_ADAPTER]
     load_average(average, [p.adapter for p in peers])
-    return {
-        "accuracy": accuracy,
-        "mean_accuracy": float(np.mean(list(accuracy.values()))),
+    record = {
+        "accuracy": {pid: s["accuracy"] for pid, s in scores.items()},
+        "mean_accuracy": float(np.mean([s["accuracy"] for s in scores.values()])),
         NETWORK_AVERAGE: evaluator.accuracy(average),
     }
+    if isinstance(evaluator, CausalEvaluator):
+        record["perplexity"] = {pid: s["perplexity"] for pid, s in scores.items()}
+        record["mean_perplexity"] = float(np.mean([s["perplexity"] for s in scores.values()]))
+    return record
+
+
+def _write_generations(path: Path, round_: int, peers: list[LocalPeer], evaluator: CausalEvaluator) -> None:
+    """What the peers (and their average, loaded by ``_evaluate``) answer to the sample prompts."""
+    adapters = [(p.peer_id, p.adapter) for p in peers] + [(AVERAGE_ADAPTER, peers[0].adapter.owner[AVERAGE_ADAPTER])]
+    with path.open("a") as f:
+        for name, adapter in adapters:
+            for sample in evaluator.generations(adapter):
+                f.write(json.dumps({"round": round_, "peer": name, **sample}) + "\n")
 
 
 Tamper = Callable[[int, int, dict], dict]
@@ -128,11 +148,12 @@ def simulate(
     strategy = strategy_for(cfg, topology)
     data = prepare_data(cfg)
     peers = build_peers(cfg, data, strategy)
-    evaluator = Evaluator(data.validation, peers[0].trainer.device, peers[0].trainer.precision)
+    evaluator = evaluator_for(cfg, data, peers[0].trainer.device)
     out_dir = Path(out) if out is not None else None
     if out_dir:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "metrics.jsonl").write_text("")
+        (out_dir / "generations.jsonl").unlink(missing_ok=True)
     scores: dict = {}
     training_s = 0.0
     bar = tqdm(
@@ -161,6 +182,8 @@ def simulate(
         if _is_eval_round(cfg, r):
             scores = _evaluate(peers, evaluator)
             record.update(scores)
+            if out_dir and isinstance(evaluator, CausalEvaluator):
+                _write_generations(out_dir / "generations.jsonl", r, peers, evaluator)
         record["seconds"] = time.perf_counter() - t0
         bar.set_postfix(
             phase=plan.phase,

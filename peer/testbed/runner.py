@@ -437,10 +437,9 @@ def run_testbed(
 def assess(run: RunConfig, adapter_dirs: list[Path], progress: bool = True) -> dict:
     """What makes the daemons' accuracy readable: their exported factors averaged and scored, and the
     references (``run.references``) trained here at the same budget and seed (``peer.sim.references``)."""
-    from peer.core.run_setup import pick_device, prepare_data
+    from peer.core.run_setup import evaluator_for, pick_device, prepare_data
     from peer.sim.references import (
         NETWORK_AVERAGE,
-        evaluator_for,
         parse_references,
         run_references,
         score_average_of_exports,

@@ -1,4 +1,5 @@
-"""A base sequence-classification model with one or more LoRA adapters, and access to them by factor.
+"""A base model (sequence classification or causal LM) with one or more LoRA adapters, and access to
+them by factor.
 
 One ``AdapterModel`` holds one frozen base model. The networked daemon gives it one adapter; the
 simulator gives it one adapter per virtual peer, so ten peers cost one base model in memory and
@@ -21,6 +22,11 @@ Model names (``--model``)
   tokenizer; for tests.
 - anything else: a Hugging Face model id or a local folder, loaded with
   ``AutoModelForSequenceClassification`` (for example ``FacebookAI/roberta-large``).
+
+With ``--task-type causal-lm`` the base is an ``AutoModelForCausalLM`` (``smollm2``, the offline
+default, ``tiny-llama`` for tests, or any causal LM id or folder: ``peer.training.causal_models``) and
+the adapters are PEFT ``CAUSAL_LM`` adapters, so that ``AutoPeftModelForCausalLM.from_pretrained`` loads
+an exported one and generates. A causal LM has no classification head: only A and B train and travel.
 """
 
 from __future__ import annotations
@@ -37,9 +43,11 @@ from pathlib import Path
 import torch
 
 from peer.algorithm.factors import HEAD_PREFIX, blocks_of, factor_of, select
+from peer.data.task_type import TaskType
 from peer.durable import fsync_directory, fsync_file
 from peer.errors import ConfigError, UsageError
-from peer.training.tokenizer import TINY_VOCAB, HashTokenizer
+from peer.training.causal_models import TINY_LLAMA, causal_model_path
+from peer.training.tokenizer import TINY_VOCAB, ByteTokenizer, HashTokenizer
 
 TINY_BERT = "tiny-bert"
 MINILM = "minilm"
@@ -76,13 +84,23 @@ def resolve_model_path(name: str) -> str:
     return name
 
 
-def load_tokenizer(model: str):
+def model_path(model: str, task_type: TaskType = TaskType.CLASSIFICATION) -> str:
+    """Where the base model of ``model`` loads from, for the run's task type."""
+    if TaskType(task_type) is TaskType.CAUSAL_LM:
+        with _model_errors(model):
+            return causal_model_path(model)
+    return resolve_model_path(model)
+
+
+def load_tokenizer(model: str, task_type: TaskType = TaskType.CLASSIFICATION):
     if model == TINY_BERT:
         return HashTokenizer(TINY_VOCAB)
+    if model == TINY_LLAMA:
+        return ByteTokenizer()
     from transformers import AutoTokenizer
 
     with _model_errors(model):
-        return AutoTokenizer.from_pretrained(resolve_model_path(model))
+        return AutoTokenizer.from_pretrained(model_path(model, task_type))
 
 
 @contextlib.contextmanager
@@ -96,11 +114,17 @@ def _model_errors(model: str):
         raise ConfigError(f"model: cannot load {model!r}: {first[:300]}") from None
 
 
-def _build_base(model: str, num_labels: int, seed: int) -> torch.nn.Module:
+def _build_base(model: str, num_labels: int, seed: int, task_type: TaskType) -> torch.nn.Module:
     from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()  # the "newly initialised head" report is expected: the head is seeded
+    hf_logging.disable_progress_bar()  # a bar per model load, in every daemon's log, says nothing
+    if task_type is TaskType.CAUSAL_LM:
+        from transformers import AutoModelForCausalLM
+
+        with _model_errors(model):
+            return AutoModelForCausalLM.from_pretrained(model_path(model, task_type))
     torch.manual_seed(seed)
     if model == TINY_BERT:
         config = BertConfig(
@@ -129,29 +153,33 @@ class AdapterModel:
         seed: int = 0,
         device: str | torch.device = "cpu",
         train_head: bool = False,
+        task_type: TaskType = TaskType.CLASSIFICATION,
     ) -> None:
-        from peft import LoraConfig, TaskType, get_peft_model
+        from peft import LoraConfig, get_peft_model
+        from peft import TaskType as PeftTaskType
 
         if not adapter_names or len(set(adapter_names)) != len(adapter_names):
             raise ValueError(f"adapter names must be unique and non-empty, got {adapter_names}")
         self.model_name, self.lora, self.seed, self.num_labels = model, lora, seed, num_labels
-        self.train_head = train_head
+        self.train_head, self.task_type = train_head, TaskType(task_type)
+        if train_head and self.task_type is TaskType.CAUSAL_LM:
+            raise ConfigError("train-head: a causal LM has no classification head; use --train-head 0")
         self.device = torch.device(device)
         self.peft_config = LoraConfig(
-            task_type=TaskType.SEQ_CLS,
+            task_type=PeftTaskType.CAUSAL_LM if self.task_type is TaskType.CAUSAL_LM else PeftTaskType.SEQ_CLS,
             r=lora.r,
             lora_alpha=lora.alpha,
             lora_dropout=lora.dropout,
             target_modules=list(lora.target_modules),
         )
-        base = _build_base(model, num_labels, seed)
+        base = _build_base(model, num_labels, seed, self.task_type)
         torch.manual_seed(seed)
         first = adapter_names[0]
         try:
             self.peft_model = get_peft_model(base, self.peft_config, adapter_name=first)
         except ValueError as exc:  # PEFT: target modules the model does not have
             raise ConfigError(f"lora-targets: {str(exc).splitlines()[0][:300]}") from None
-        self.peft_model.base_model_name_or_path = resolve_model_path(model)
+        self.peft_model.base_model_name_or_path = model_path(model, self.task_type)
         for name in adapter_names[1:]:
             self.peft_model.add_adapter(name, self.peft_config)
         self.peft_model.to(self.device)
@@ -301,6 +329,7 @@ class Adapter:
             json.dumps(
                 {
                     "model": self.owner.model_name,
+                    "task_type": str(self.owner.task_type),
                     "num_labels": self.owner.num_labels,
                     "seed": self.owner.seed,
                     "lora": asdict(self.owner.lora),

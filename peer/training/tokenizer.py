@@ -1,7 +1,7 @@
-"""Tokenizers: the model's own (Hugging Face), or a hashing tokenizer for the tiny test model.
+"""Tokenizers: the model's own (Hugging Face), or a hashing (or byte) tokenizer for the tiny test models.
 
-Both turn texts (and optional second texts) into lists of token ids, so that data can be tokenized
-once up front and batches padded on the fly.
+All turn texts (and optional second texts, or instructions and their answers) into lists of token
+ids, so that data can be tokenized once up front and batches padded on the fly.
 """
 
 from __future__ import annotations
@@ -37,14 +37,34 @@ class HashTokenizer:
         return [*ids[: max_length - 1], 2] if len(ids) > max_length else ids
 
 
+class ByteTokenizer:
+    """UTF-8 bytes as tokens, for the tiny random causal LM of the tests: no files, and it decodes, so
+    that generations can be read. Ids: 0 padding, 1 begin, 2 end of answer, 3.. the 256 byte values."""
+
+    pad_token_id, bos_token_id, eos_token_id = 0, 1, 2
+    OFFSET = 3
+    vocab_size = OFFSET + 256
+    chat_template = None
+
+    def ids(self, text: str) -> list[int]:
+        return [self.OFFSET + b for b in text.encode("utf-8")]
+
+    def decode(self, ids, skip_special_tokens: bool = True) -> str:
+        data = bytes(i - self.OFFSET for i in ids if i >= self.OFFSET)
+        return data.decode("utf-8", errors="replace")
+
+
 @dataclass
 class Encoded:
-    """Token ids of a set of examples, unpadded, with their labels."""
+    """Token ids of a set of examples, unpadded, with their labels (a class, or a causal LM example's
+    category). ``answer_starts``: for instructions, where each example's answer begins; the loss is
+    taken on the tokens from there on only."""
 
     input_ids: list[list[int]]
     token_type_ids: list[list[int]] | None
     labels: np.ndarray
     pad_id: int
+    answer_starts: list[int] | None = None
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -55,6 +75,7 @@ class Encoded:
             [self.token_type_ids[i] for i in indices] if self.token_type_ids else None,
             self.labels[np.asarray(indices, dtype=np.int64)],
             self.pad_id,
+            [self.answer_starts[i] for i in indices] if self.answer_starts is not None else None,
         )
 
 

@@ -36,6 +36,7 @@ import torch
 
 from peer.errors import DataError
 from peer.training.adapters import Adapter
+from peer.training.causal import answer_labels
 from peer.training.precision import Precision, autocast, gradient_scaler
 from peer.training.tokenizer import Encoded
 
@@ -68,7 +69,8 @@ def derive_seed(*parts: int) -> int:
 
 
 def collate(data: Encoded, indices, device: torch.device) -> dict[str, torch.Tensor]:
-    """Pad the chosen examples to the longest of them."""
+    """Pad the chosen examples to the longest of them. For instructions (a causal LM), the labels are the
+    answer tokens, every other position ignored by the loss."""
     rows = [data.input_ids[i] for i in indices]
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), data.pad_id, dtype=torch.long)
@@ -76,11 +78,11 @@ def collate(data: Encoded, indices, device: torch.device) -> dict[str, torch.Ten
     for n, row in enumerate(rows):
         ids[n, : len(row)] = torch.tensor(row, dtype=torch.long)
         mask[n, : len(row)] = 1
-    batch = {
-        "input_ids": ids,
-        "attention_mask": mask,
-        "labels": torch.as_tensor(data.labels[np.asarray(indices, dtype=np.int64)]),
-    }
+    if data.answer_starts is not None:
+        labels = answer_labels(ids, mask, [data.answer_starts[i] for i in indices])
+    else:
+        labels = torch.as_tensor(data.labels[np.asarray(indices, dtype=np.int64)])
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
     if data.token_type_ids is not None:
         types = torch.zeros((len(rows), width), dtype=torch.long)
         for n, i in enumerate(indices):
@@ -144,6 +146,10 @@ class Evaluator:
         self.size, self.device, self.precision = len(data), device, precision
         by_length = np.argsort([len(ids) for ids in data.input_ids], kind="stable")
         self.batches = [collate(data, by_length[s : s + batch_size], device) for s in range(0, len(data), batch_size)]
+
+    def evaluate(self, adapter: Adapter) -> dict[str, float]:
+        """The scores of a model (the causal LM's evaluator adds ``answer_loss`` and ``perplexity``)."""
+        return {"accuracy": self.accuracy(adapter)}
 
     @torch.inference_mode()
     def accuracy(self, adapter: Adapter) -> float:
