@@ -42,7 +42,7 @@ from peer.data import tasks as classification
 from peer.errors import ConfigError, DataError, UsageError
 
 ROLES = ("system", "user", "assistant")
-USER, ASSISTANT = "user", "assistant"
+SYSTEM, USER, ASSISTANT = ROLES
 DEFAULT_CATEGORY_COLUMN = "category"
 NO_CATEGORY = "all"
 # A closed answer set is scored candidate by candidate: worth it only for a few, often repeated answers.
@@ -137,13 +137,16 @@ PHRASINGS = {
 
 
 def _phrased(name: str) -> InstructionTask:
-    """The labelled task of the same name (same texts, same validation split), asked as instructions."""
+    """The labelled task of the same name (same texts, same validation split), asked as instructions:
+    the instruction as the system message, the text as the user's. (The system message also replaces
+    a chat template's default one: SmolLM2's costs 20 of a TREC prompt's 55 tokens.)"""
     source = classification.load_task(name)
     phrasing = PHRASINGS[name]
+    system = Message(SYSTEM, phrasing.instruction)
 
     def examples(texts: list[str], labels: np.ndarray) -> list[Example]:
         return [
-            Example(user_prompt(f"{phrasing.instruction}\n{text}"), phrasing.answers[int(label)], int(label))
+            Example((system, Message(USER, text)), phrasing.answers[int(label)], int(label))
             for text, label in zip(texts, labels)
         ]
 

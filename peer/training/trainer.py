@@ -36,7 +36,7 @@ import torch
 
 from peer.errors import DataError
 from peer.training.adapters import Adapter
-from peer.training.causal import answer_labels
+from peer.training.causal import answer_labels, answer_loss, collate_answers
 from peer.training.precision import Precision, autocast, gradient_scaler
 from peer.training.tokenizer import Encoded
 
@@ -202,6 +202,11 @@ class LocalTrainer:
             for param in self.adapter.parameters([factor]):
                 self.optimizer.state.pop(param, None)
 
+    def _loss(self, model, indices) -> torch.Tensor:
+        if self.shard.answer_starts is not None:  # instructions: the answer tokens' logits alone
+            return answer_loss(model, collate_answers(self.shard, indices, self.device))
+        return model(**collate(self.shard, indices, self.device)).loss
+
     def train_round(self, round_: int, factors: frozenset[str], steps: int) -> float:
         """Run ``steps`` optimizer steps on ``factors``; returns the mean training loss."""
         self.adapter.activate(factors)
@@ -215,9 +220,8 @@ class LocalTrainer:
             rate = learning_rate_at(self.schedule, self.learning_rate, round_ * steps + s, self.total_steps)
             for group in self.optimizer.param_groups:
                 group["lr"] = rate
-            batch = collate(self.shard, indices, self.device)
             with autocast(self.device, self.precision):
-                loss = model(**batch).loss
+                loss = self._loss(model, indices)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()

@@ -12,7 +12,14 @@ from peer.core.run_setup import build_model, build_trainer, evaluator_for, prepa
 from peer.data.instructions import Example, user_prompt
 from peer.errors import ConfigError
 from peer.sim import simulate
-from peer.training.causal import IGNORE_INDEX, MIN_PROMPT_TOKENS, encode_instructions, join
+from peer.training.causal import (
+    IGNORE_INDEX,
+    MIN_PROMPT_TOKENS,
+    answer_loss,
+    collate_answers,
+    encode_instructions,
+    join,
+)
 from peer.training.tokenizer import ByteTokenizer
 from peer.training.trainer import collate
 
@@ -59,6 +66,31 @@ def test_the_loss_is_taken_on_the_answer_tokens_only(causal_cfg):
     counted = shifted != IGNORE_INDEX
     manual = torch.nn.functional.cross_entropy(logits[:, :-1][counted], shifted[counted])
     assert loss.item() == pytest.approx(manual.item(), rel=1e-5)
+
+
+def test_the_training_loss_on_answers_aligned_at_the_end_equals_the_right_padded_loss(causal_cfg):
+    # the trainer left-pads and computes logits at the answer positions only: the same loss and the
+    # same gradients as Hugging Face's loss over the whole right-padded batch
+    data = prepare_data(causal_cfg)
+    model = build_model(causal_cfg, data.task.num_labels, ["a"])
+    adapter = model["a"]
+    build_trainer(causal_cfg, adapter, data.shards[0], 0).train_round(0, frozenset({"A", "B"}), 2)  # B != 0
+    adapter.activate(frozenset({"A", "B"}))
+    peft_model = model.peft_model
+    peft_model.eval()  # no dropout: the two layouts draw different masks
+    indices = list(range(8))
+
+    def loss_and_grads(loss_fn):
+        peft_model.zero_grad(set_to_none=True)
+        loss = loss_fn()
+        loss.backward()
+        return loss.item(), [p.grad.clone() for p in adapter.parameters()]
+
+    ours = loss_and_grads(lambda: answer_loss(peft_model, collate_answers(data.shards[0], indices, model.device)))
+    hf = loss_and_grads(lambda: peft_model(**collate(data.shards[0], indices, model.device)).loss)
+    assert ours[0] == pytest.approx(hf[0], rel=1e-5)
+    for mine, theirs in zip(ours[1], hf[1]):
+        assert torch.allclose(mine, theirs, atol=1e-6, rtol=1e-4)
 
 
 def test_a_long_example_keeps_its_answer_and_loses_the_start_of_its_prompt():
