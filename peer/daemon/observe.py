@@ -5,10 +5,11 @@ checkpoint); ``observers_for`` builds the ones the settings ask for:
 
 - ``--metrics host:port``: a Prometheus endpoint (``prometheus-client``) at http://host:port/metrics.
   Metric names start with ``tadlora_``: ``round``, ``phase`` (0 = B, 1 = A, 2 = both), ``train_loss``,
-  ``validation_accuracy``, ``bytes_sent_total``, ``bytes_received_total``, ``exchange_seconds``
-  (histogram, one sample per link this peer opened), ``neighbours`` (links that counted in the last
-  round), ``rejected_total{reason}``, ``checkpoint_seconds`` (histogram), ``round_seconds``
-  (histogram). Every series carries the labels ``peer`` and ``run``.
+  ``validation_accuracy``, ``validation_perplexity`` (causal LM), ``bytes_sent_total``,
+  ``bytes_received_total``, ``exchange_seconds`` (histogram, one sample per link this peer opened),
+  ``neighbours`` (links that counted in the last round), ``rejected_total{reason}``,
+  ``checkpoint_seconds`` (histogram), ``round_seconds`` (histogram). Every series carries the labels
+  ``peer`` and ``run``.
 - ``--tensorboard DIR``: event files (``tensorboardX``) with loss, accuracy, neighbours, bytes and
   round time per round, under DIR/<peer-id>.
 - ``--log-format json``: one JSON object per log line (``time``, ``level``, ``logger``, ``message``).
@@ -85,6 +86,7 @@ class PrometheusMetrics(Observer):
         self.phase = gauge("phase", "phase of the last round: 0 = B, 1 = A, 2 = both")
         self.loss = gauge("train_loss", "mean training loss of the last round")
         self.accuracy = gauge("validation_accuracy", "accuracy at the last evaluation")
+        self.perplexity = gauge("validation_perplexity", "causal LM: perplexity of the right answers, last evaluation")
         self.neighbours = gauge("neighbours", "links that counted in the last round")
         self.sent = Counter("tadlora_bytes_sent", "factor bytes sent", labels, registry=registry).labels(*self.values)
         self.received = Counter("tadlora_bytes_received", "factor bytes received", labels, registry=registry).labels(
@@ -125,6 +127,8 @@ class PrometheusMetrics(Observer):
         self.round_seconds.observe(record.get("seconds", 0.0))
         if "accuracy" in record:
             self.accuracy.set(record["accuracy"])
+        if "perplexity" in record:
+            self.perplexity.set(record["perplexity"])
 
     def exchange(self, peer_id, seconds, counted):
         self.exchange_seconds.labels(*self.values, "counted" if counted else "failed").observe(seconds)
@@ -156,6 +160,8 @@ class TensorBoardWriter(Observer):
         self.writer.add_scalar("round/seconds", record.get("seconds", 0.0), step)
         if "accuracy" in record:
             self.writer.add_scalar("validation/accuracy", record["accuracy"], step)
+        if "perplexity" in record:
+            self.writer.add_scalar("validation/perplexity", record["perplexity"], step)
         self.writer.flush()
 
     def close(self):

@@ -114,7 +114,9 @@ def _model_errors(model: str):
         raise ConfigError(f"model: cannot load {model!r}: {first[:300]}") from None
 
 
-def _build_base(model: str, num_labels: int, seed: int, task_type: TaskType) -> torch.nn.Module:
+def _build_base(
+    model: str, num_labels: int, seed: int, task_type: TaskType = TaskType.CLASSIFICATION
+) -> torch.nn.Module:
     from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification
     from transformers.utils import logging as hf_logging
 
