@@ -13,7 +13,7 @@ from peer.data.instructions import (
     parse_row,
 )
 from peer.data.tasks import TREC_CLASSES, load_task
-from peer.errors import ConfigError, DataError
+from peer.errors import ConfigError, DataError, UsageError
 
 
 def _jsonl(tmp_path, rows, name="d.jsonl"):
@@ -131,3 +131,36 @@ def test_movie_reviews_and_synthetic_answers_match_their_labels():
     synthetic = load_instruction_task("synthetic")
     good = next(e for e in synthetic.train if "great" in e.prompt[-1].content and "awful" not in e.prompt[-1].content)
     assert good.completion == "positive"
+
+
+def test_a_hub_dataset_in_a_row_format_with_its_own_test_split(monkeypatch):
+    datasets = pytest.importorskip("datasets")
+
+    def fake_load_dataset(path):
+        assert path == "someone/instructions"
+        rows = lambda n: datasets.Dataset.from_dict(  # noqa: E731
+            {"instruction": [f"Echo {i}." for i in range(n)], "input": [""] * n, "output": [str(i) for i in range(n)]}
+        )
+        return datasets.DatasetDict(train=rows(12), test=rows(3))
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    task = load_instruction_task("hf:someone/instructions")
+    assert len(task.train) == 12 and len(task.val) == 3 and task.val[2].completion == "2"
+
+
+def test_a_hub_dataset_without_hub_access_or_in_no_known_format_says_so(monkeypatch):
+    datasets = pytest.importorskip("datasets")
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("no route to host")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(
+        UsageError, match=r"could not load someone/x from the Hugging Face hub .*offline, use --task trec"
+    ):
+        load_instruction_task("hf:someone/x")
+    monkeypatch.setattr(
+        datasets, "load_dataset", lambda path: datasets.DatasetDict(train=datasets.Dataset.from_dict({"text": ["a"]}))
+    )
+    with pytest.raises(DataError, match="hf:someone/x train row 1: no instruction found"):
+        load_instruction_task("hf:someone/x")
