@@ -227,9 +227,9 @@ def _run_testbed(args: argparse.Namespace) -> int:
     events = load_scenario(args.scenario, cfg.peers) if args.scenario else []
     if not args.netns and (needs := sorted({e.action for e in events} & set(NETWORK_ACTIONS))):
         raise ConfigError(f"scenario: {', '.join(needs)} need the network-namespace testbed (--netns)")
-    from peer.data.tasks import load_task
+    from peer.core.run_setup import check_task_and_model
 
-    load_task(cfg.task)  # a bad data file is one error here, not one per daemon after they started
+    check_task_and_model(cfg)  # a bad data file is one error here, not one per daemon after they started
     if args.netns and (why := netns_available()):
         raise UsageError(f"--netns: {why}")
     out = writable_folder(args.out or "runs/testbed")

@@ -20,7 +20,7 @@ from peer.data.instructions import InstructionTask, load_instruction_task
 from peer.data.partition import partition
 from peer.data.task_type import TaskType
 from peer.data.tasks import TextTask, load_task
-from peer.training.adapters import Adapter, AdapterModel, LoraSettings, load_tokenizer
+from peer.training.adapters import Adapter, AdapterModel, LoraSettings, load_tokenizer, model_path
 from peer.training.causal import CausalEvaluator, ScoringSet, encode_instructions, scoring_set
 from peer.training.precision import Precision, resolve_precision
 from peer.training.tokenizer import Encoded, encode
@@ -109,6 +109,17 @@ class PreparedData:
 def mixing_rule_for(cfg: RunConfig) -> MixingRule:
     """A fresh rule object per peer (the clipped rule keeps per-peer history)."""
     return MixingRule(cfg.mixing_rule, cfg.clip_multiplier, cfg.trim)
+
+
+def check_task_and_model(cfg: RunConfig) -> None:
+    """What the daemons of a testbed would each do at start, done once before they start: read the task
+    (a bad data file is one error, not one per daemon) and, for a causal LM, build the model's cache
+    folder (else every daemon of a fresh machine de-quantizes SmolLM2 at the same time)."""
+    if cfg.task_type == TaskType.CAUSAL_LM:
+        load_instruction_task(cfg.task, cfg.category_column)
+        model_path(cfg.model, TaskType.CAUSAL_LM)
+    else:
+        load_task(cfg.task)
 
 
 def prepare_data(cfg: RunConfig) -> PreparedData:

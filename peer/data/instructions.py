@@ -23,8 +23,8 @@ Task names with ``--task-type causal-lm`` (``--task``):
   When the answers form a small closed set (at most ``MAX_CANDIDATES`` distinct answers, each used at
   least ``MIN_USES_PER_CANDIDATE`` times on average), accuracy is measured by scoring every candidate
   answer; otherwise by the answer tokens predicted right (teacher-forced).
-- ``hf:DATASET``: a Hugging Face dataset in one of the row formats (needs the hub): its ``train`` split,
-  and its ``validation`` or ``test`` split when it has one.
+- ``hf:DATASET`` or ``hf:DATASET:CONFIG``: a Hugging Face dataset in one of the row formats (needs the
+  hub): its ``train`` split, and its ``validation`` or ``test`` split when it has one.
 
 Files and offline tasks hold out a fixed validation split (seed 0), as the classification tasks do.
 Pure data: no tokenizer, no model.
@@ -252,11 +252,12 @@ def _from_file(path: Path, kind: str, category_column: str) -> InstructionTask:
 VALIDATION_SPLITS = ("validation", "test")
 
 
-def _from_hub(dataset: str, category_column: str) -> InstructionTask:
+def _from_hub(name: str, category_column: str) -> InstructionTask:
     import datasets  # imported here: slow to import, and only this path needs it
 
+    dataset, _, config = name.partition(":")  # hf:DATASET or hf:DATASET:CONFIG (gsm8k:main)
     try:
-        ds = datasets.load_dataset(dataset)
+        ds = datasets.load_dataset(dataset, config) if config else datasets.load_dataset(dataset)
     except Exception as exc:  # no hub access: say so instead of a long traceback
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise UsageError(

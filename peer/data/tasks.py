@@ -211,9 +211,12 @@ def read_rows(path: Path, kind: str) -> list[tuple[int, dict]]:
     text = _read_text(path)
     if kind == "csv":
         reader = csv.DictReader(io.StringIO(text, newline=""))
+        lines = text.split("\n")
         try:
             numbered, start = [], 2  # line 1 is the header
             for row in reader:
+                while start <= len(lines) and not lines[start - 1].strip():  # blank lines: skipped by the reader
+                    start += 1
                 numbered.append((start, row))
                 start = reader.line_num + 1
             return numbered

@@ -60,7 +60,8 @@ def trained_blocks(cfg: RunConfig) -> frozenset[str]:
 def concatenate(parts: list[Encoded]) -> Encoded:
     """One dataset made of several (the peers' shards pooled)."""
     types = [t for p in parts for t in (p.token_type_ids or [])] if all(p.token_type_ids for p in parts) else None
-    starts = [s for p in parts for s in (p.answer_starts or [])] if all(p.answer_starts for p in parts) else None
+    instructions = all(p.answer_starts is not None for p in parts)  # an empty shard's list is empty, not None
+    starts = [s for p in parts for s in (p.answer_starts or [])] if instructions else None
     return Encoded(
         [ids for p in parts for ids in p.input_ids],
         types,

@@ -25,6 +25,7 @@ value cache is then repeated once per candidate for a second pass over the (shor
 from __future__ import annotations
 
 import inspect
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,10 +33,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from peer.data.instructions import ASSISTANT, Example, Message
+from peer.data.instructions import ASSISTANT, SYSTEM, USER, Example, Message
 from peer.errors import ConfigError
 from peer.training.precision import Precision, autocast
 from peer.training.tokenizer import ByteTokenizer, Encoded
+
+log = logging.getLogger("tadlora.training")
 
 IGNORE_INDEX = -100  # the label of a token the loss skips (Hugging Face's convention)
 MIN_PROMPT_TOKENS = 8
@@ -60,17 +63,33 @@ def _plain_prompt(prompt: Sequence[Message]) -> str:
     return "".join(f"{PLAIN_HEADERS[m.role]}{m.content}\n\n" for m in prompt) + PLAIN_HEADERS[ASSISTANT]
 
 
+def _render_chat(tokenizer, prompt: Sequence[Message]) -> str:
+    """The prompt through the chat template. Some templates refuse a system message (Gemma's, Mistral's
+    strict alternation): then the system message opens the first user message instead."""
+    import jinja2
+
+    def render(messages: Sequence[Message]) -> str:
+        chat = [{"role": m.role, "content": m.content} for m in messages]
+        return tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+
+    try:
+        return render(prompt)
+    except (jinja2.TemplateError, ValueError) as exc:
+        refusal = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        if len(prompt) > 1 and prompt[0].role == SYSTEM and prompt[1].role == USER:
+            try:
+                return render([Message(USER, f"{prompt[0].content}\n\n{prompt[1].content}"), *prompt[2:]])
+            except (jinja2.TemplateError, ValueError):
+                pass
+        raise ConfigError(f"model: its chat template refuses a prompt of the data ({refusal})") from None
+
+
 def prompt_token_ids(tokenizer, prompts: Sequence[Sequence[Message]]) -> list[list[int]]:
     """Every prompt rendered (chat template or plain) and tokenized, ready for the answer to follow."""
     if isinstance(tokenizer, ByteTokenizer):
         return [[tokenizer.bos_token_id, *tokenizer.ids(_plain_prompt(p))] for p in prompts]
     if getattr(tokenizer, "chat_template", None):
-        texts = [
-            tokenizer.apply_chat_template(
-                [{"role": m.role, "content": m.content} for m in p], tokenize=False, add_generation_prompt=True
-            )
-            for p in prompts
-        ]
+        texts = [_render_chat(tokenizer, p) for p in prompts]
         return list(tokenizer(texts, add_special_tokens=False)["input_ids"])  # the template has its specials
     return list(tokenizer([_plain_prompt(p) for p in prompts])["input_ids"])
 
@@ -86,7 +105,7 @@ def answer_token_ids(tokenizer, answers: Sequence[str]) -> list[list[int]]:
 def join(prompt: list[int], answer: list[int], max_length: int) -> tuple[list[int], int]:
     """Prompt and answer within ``max_length`` tokens (see the module docstring); returns the ids and
     where the answer starts."""
-    answer = answer[: max(1, max_length - MIN_PROMPT_TOKENS)]
+    answer = answer[: max(1, max_length - min(len(prompt), MIN_PROMPT_TOKENS))]
     prompt = prompt[-(max_length - len(answer)) :] if len(prompt) + len(answer) > max_length else prompt
     return [*prompt, *answer], len(prompt)
 
@@ -97,6 +116,15 @@ def encode_instructions(tokenizer, examples: Sequence[Example], max_length: int)
     distinct = sorted({e.completion for e in examples})
     answers = dict(zip(distinct, answer_token_ids(tokenizer, distinct)))
     joined = [join(p, answers[e.completion], max_length) for p, e in zip(prompts, examples)]
+    cut = sum(len(p) + len(answers[e.completion]) > max_length for p, e in zip(prompts, examples))
+    if cut:
+        log.warning(
+            "%d of %d examples are longer than --max-length %d tokens: their prompts lose their start (answers "
+            "longer than the limit lose their end); raise --max-length to keep them whole",
+            cut,
+            len(examples),
+            max_length,
+        )
     return Encoded(
         [ids for ids, _ in joined],
         None,

@@ -24,6 +24,7 @@ import importlib.util
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -37,6 +38,7 @@ SMOLLM2_CACHE_ENTRY = "smollm2-135m-instruct-q4_1"
 TINY_LLAMA_SEED = 0
 CACHE_ENV = "TADLORA_CACHE"
 CAUSAL_SHORT_NAMES = (SMOLLM2, TINY_LLAMA)
+ABANDONED_BUILD_S = 3600.0  # a build takes under a minute; one this old was left by a killed process
 
 
 def cache_root() -> Path:
@@ -52,9 +54,11 @@ def cached_folder(entry: str, build: Callable[[Path], None]) -> Path:
     if (folder / "config.json").is_file():
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
+    _remove_abandoned_builds(folder.parent, entry)
     staging = Path(tempfile.mkdtemp(prefix=f".{entry}.", dir=folder.parent))
     try:
         build(staging)
+        staging.chmod(0o755)  # mkdtemp's 0700 would hide a cache shared by several users
         try:
             os.rename(staging, folder)
         except OSError:  # another process renamed its copy into place first
@@ -63,6 +67,17 @@ def cached_folder(entry: str, build: Callable[[Path], None]) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return folder
+
+
+def _remove_abandoned_builds(root: Path, entry: str) -> None:
+    """Build folders of ``entry`` that a killed process left (SmolLM2's: 540 MB each). Only old ones: a
+    young one may be another process's build in progress."""
+    for leftover in root.glob(f".{entry}.*"):
+        try:
+            if time.time() - leftover.stat().st_mtime > ABANDONED_BUILD_S:
+                shutil.rmtree(leftover, ignore_errors=True)
+        except OSError:
+            continue
 
 
 def _smollm2_gguf() -> Path:

@@ -10,7 +10,7 @@ import torch
 from peer.config import CAUSAL_LM_DEFAULTS, load_config
 from peer.core.run_setup import build_model, build_trainer, evaluator_for, prepare_data
 from peer.data.instructions import Example, user_prompt
-from peer.errors import ConfigError
+from peer.errors import ConfigError, DataError
 from peer.sim import simulate
 from peer.training.causal import (
     IGNORE_INDEX,
@@ -97,16 +97,23 @@ def test_a_long_example_keeps_its_answer_and_loses_the_start_of_its_prompt():
     ids, start = join(list(range(100)), [7, 8, 2], max_length=20)
     assert len(ids) == 20 and ids[start:] == [7, 8, 2] and ids[:start] == list(range(83, 100))
     ids, start = join([1, 2, 3], list(range(50)), max_length=20)
-    assert ids[:start] == [1, 2, 3] and ids[start:] == list(range(20 - MIN_PROMPT_TOKENS))
+    assert ids[:start] == [1, 2, 3] and ids[start:] == list(range(17))  # the whole prompt, the answer cut
+    ids, start = join(list(range(30)), list(range(50)), max_length=20)
+    assert len(ids[:start]) == MIN_PROMPT_TOKENS and len(ids) == 20
 
 
-def test_candidate_scoring_equals_scoring_each_full_sequence(causal_cfg):
+def test_candidate_scoring_equals_scoring_each_full_sequence(tmp_path):
+    # candidates of different lengths: the padded candidate pass over the repeated cache is exercised
+    path = tmp_path / "closed.jsonl"
+    answers = ["yes", "no, not at all", "maybe so"]
+    path.write_text("\n".join(json.dumps({"prompt": f"Is {i} odd?", "completion": answers[i % 3]}) for i in range(60)))
+    causal_cfg = load_config(overrides=dict(TINY_CAUSAL, task=f"jsonl:{path}", partition="iid"))
     data = prepare_data(causal_cfg)
     model = build_model(causal_cfg, data.task.num_labels, ["a"])
     trainer = build_trainer(causal_cfg, model["a"], data.shards[0], 0)
     trainer.train_round(0, frozenset({"A", "B"}), 3)  # B is zero at init: move it so the adapter matters
     evaluator = evaluator_for(causal_cfg, data, model.device)
-    assert data.scoring.candidates is not None and len(data.scoring.candidates) == 2
+    assert data.scoring.candidates is not None and len({len(c) for c in data.scoring.candidates}) == 3
     peft_model = model.peft_model
     peft_model.eval()
     prompts = evaluator.prompts[:5]
@@ -187,3 +194,47 @@ def test_label_skew_over_data_without_categories_names_the_column(tmp_path):
     cfg = load_config(overrides=dict(TINY_CAUSAL, task=f"jsonl:{path}"))
     with pytest.raises(ConfigError, match=r"partition: .*two classes.*column 'category'"):
         prepare_data(cfg)
+
+
+def test_the_daemon_reads_the_task_type_from_its_environment_and_toml(tmp_path):
+    from peer.config import load_daemon_config
+
+    run, _ = load_daemon_config(environ={"TADLORA_TASK_TYPE": "causal-lm", "TADLORA_MODEL": "tiny-llama"})
+    assert (run.task, run.lora_targets, run.train_head) == ("trec", "q_proj,v_proj", 0)
+    toml = tmp_path / "run.toml"
+    toml.write_text('task-type = "causal-lm"\nmodel = "tiny-llama"\ntask = "synthetic"\n')
+    run, _ = load_daemon_config(toml)
+    assert (run.task, run.lora_targets, run.max_length) == ("synthetic", "q_proj,v_proj", 96)
+
+
+def test_the_testbed_checks_a_causal_data_file_with_the_instruction_reader(tmp_path):
+    from peer.core.run_setup import check_task_and_model
+
+    path = tmp_path / "chat.jsonl"
+    chat = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    path.write_text(json.dumps({"messages": chat}) + "\n" + json.dumps({"messages": chat[:1]}) + "\n")
+    with pytest.raises(DataError, match=r"chat\.jsonl:2: 'messages' must be a list of at least two"):
+        check_task_and_model(load_config(overrides=dict(TINY_CAUSAL, task=f"jsonl:{path}")))
+
+
+class _NoSystemRole:
+    """A tokenizer whose chat template refuses a system message (as Gemma's does)."""
+
+    chat_template = "{{ no system role }}"
+
+    def apply_chat_template(self, chat, tokenize, add_generation_prompt):
+        import jinja2
+
+        if any(m["role"] == "system" for m in chat):
+            raise jinja2.TemplateError("System role not supported")
+        return "".join(f"<{m['role']}>{m['content']}" for m in chat) + "<assistant>"
+
+
+def test_a_chat_template_without_a_system_role_gets_the_instruction_in_the_user_message():
+    from peer.data.instructions import Message
+    from peer.training.causal import _render_chat
+
+    prompt = (Message("system", "Classify."), Message("user", "Where is Rome?"))
+    assert _render_chat(_NoSystemRole(), prompt) == "<user>Classify.\n\nWhere is Rome?<assistant>"
+    with pytest.raises(ConfigError, match="chat template refuses a prompt of the data"):
+        _render_chat(_NoSystemRole(), (Message("system", "x"), Message("system", "y"), Message("user", "z")))

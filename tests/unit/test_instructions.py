@@ -101,6 +101,9 @@ def test_errors_in_files_name_the_file_and_line(tmp_path):
     csv_path.write_text("prompt,completion\nq,a\nq,\nq,a\n")
     with pytest.raises(DataError, match=r"d\.csv:3: 'completion' must be non-empty"):
         load_instruction_task(f"csv:{csv_path}")
+    csv_path.write_text("prompt,completion\nq,a\n\n\nq,\nq,a\n")  # blank lines still count
+    with pytest.raises(DataError, match=r"d\.csv:5: 'completion' must be non-empty"):
+        load_instruction_task(f"csv:{csv_path}")
     with pytest.raises(DataError, match="does not exist"):
         load_instruction_task(f"jsonl:{tmp_path / 'missing.jsonl'}")
     with pytest.raises(ConfigError, match="unknown task 'glue/sst2' for --task-type causal-lm"):
