@@ -50,6 +50,7 @@ codes=$(timeout "$TIMEOUT" docker wait "${containers[@]}") || {
 "${COMPOSE[@]}" logs --no-color > "$OUT/compose.log" 2>&1
 echo "compose-testbed: all $TADLORA_PEERS peers stopped after $(( $(date +%s) - started )) s (exit codes: $(echo $codes))"
 # collect with the image's own tadlora, so that the host needs nothing but docker
-docker run --rm --entrypoint tadlora -v "$OUT:/results" "${TADLORA_IMAGE:-tadlora:latest}" collect /results
+docker run --rm --entrypoint tadlora -e TADLORA_CACHE=/results/.cache -v "$OUT:/results" \
+    "${TADLORA_IMAGE:-tadlora:latest}" collect /results
 echo "compose-testbed: per-peer folders, summary.json and compose.log in $OUT"
 for code in $codes; do [ "$code" = 0 ] || { echo "compose-testbed: a peer failed; see $OUT/compose.log" >&2; exit 1; }; done

@@ -67,6 +67,13 @@ def test_mounted_config_file_is_a_valid_daemon_config():
 
     run, net = load_daemon_config(DEPLOY / "peer.toml", {}, {"TADLORA_PEER_INDEX": "3"})
     assert run.model == "minilm" and net.discovery_wait >= 10 and net.peer_id == "peer-03"
+    run, _ = load_daemon_config(DEPLOY / "peer-causal.toml", {}, {"TADLORA_PEER_INDEX": "1"})
+    assert (run.task_type, run.model, run.task, run.lora_targets) == ("causal-lm", "smollm2", "trec", "q_proj,v_proj")
+
+
+def test_compose_passes_the_causal_settings_and_caches_the_model_with_the_results(tmp_path):
+    environment = compose_config(tmp_path, TADLORA_TASK_TYPE="causal-lm")["services"]["peer"]["environment"]
+    assert environment["TADLORA_TASK_TYPE"] == "causal-lm" and environment["TADLORA_CACHE"] == "/results/.cache"
 
 
 def _entrypoint(root: Path, host: str, peers: int = 4, certs: Path | None = None) -> subprocess.CompletedProcess:
