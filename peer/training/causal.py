@@ -2,8 +2,9 @@
 
 Tokens. A prompt is rendered with the tokenizer's chat template (``add_generation_prompt``), or, for a
 tokenizer without one, with a plain ``### Instruction: / ### Response:`` template; the answer follows,
-closed by the tokenizer's end token (for a chat model its end-of-turn token, so that a fine-tuned
-model learns to stop). The loss is taken on the answer tokens only (``Encoded.answer_starts``). An
+closed by the tokenizer's end token (``eos_token_id``; SmolLM2-Instruct's is its end-of-turn token),
+so that a fine-tuned model learns to stop. A model whose chat turns end with another token than its
+``eos`` (Gemma's ``<end_of_turn>``) learns to stop at ``eos`` instead. The loss is taken on the answer tokens only (``Encoded.answer_starts``). An
 example longer than ``max_length`` keeps its answer (cut to ``max_length - MIN_PROMPT_TOKENS`` tokens at
 most) and loses the start of its prompt.
 
