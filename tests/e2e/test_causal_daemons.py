@@ -16,6 +16,7 @@ TINY_CAUSAL = dict(
     model="tiny-llama",
     task="synthetic",
     batch_size=8,
+    max_length=128,
     eval_every=3,
     eval_samples=16,
     references="none",

@@ -31,6 +31,7 @@ TINY_CAUSAL = dict(
     rounds=4,
     local_steps=2,
     batch_size=8,
+    max_length=128,  # the byte tokenizer's examples are about 120 tokens long: none is cut
     eval_every=2,
     eval_samples=24,
     learning_rate=1e-2,
