@@ -4,9 +4,10 @@ Tokens. A prompt is rendered with the tokenizer's chat template (``add_generatio
 tokenizer without one, with a plain ``### Instruction: / ### Response:`` template; the answer follows,
 closed by the tokenizer's end token (``eos_token_id``; SmolLM2-Instruct's is its end-of-turn token),
 so that a fine-tuned model learns to stop. A model whose chat turns end with another token than its
-``eos`` (Gemma's ``<end_of_turn>``) learns to stop at ``eos`` instead. The loss is taken on the answer tokens only (``Encoded.answer_starts``). An
-example longer than ``max_length`` keeps its answer (cut to ``max_length - MIN_PROMPT_TOKENS`` tokens at
-most) and loses the start of its prompt.
+``eos`` (Gemma's ``<end_of_turn>``) learns to stop at ``eos`` instead. The loss is taken on the answer
+tokens only (``Encoded.answer_starts``). An example longer than ``max_length`` keeps its answer (cut to
+leave at least ``MIN_PROMPT_TOKENS`` of its prompt) and loses the start of its prompt; a warning counts
+such examples.
 
 Scores (``CausalEvaluator.evaluate``):
 
