@@ -157,7 +157,7 @@ def collate_answers(data: Encoded, indices, device: torch.device) -> dict[str, t
     (``answer_loss``). The loss equals that of the right-padded batch (``answer_labels``)."""
     assert data.answer_starts is not None, "instructions carry where their answers start"
     rows = [data.input_ids[i] for i in indices]
-    ids, mask = _left_padded(rows, data.pad_id, device)
+    ids, mask = _padded(rows, data.pad_id, device, left=True)
     answer_lengths = [len(row) - data.answer_starts[i] for row, i in zip(rows, indices)]
     span = min(max(answer_lengths), ids.shape[1] - 1)  # the first token of a sequence has no prediction
     labels = ids[:, ids.shape[1] - span :].clone()
@@ -213,23 +213,16 @@ def _cache_argument(model, cache) -> dict:
     return {"cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values": cache}
 
 
-def _left_padded(rows: list[list[int]], pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+def _padded(rows: list[list[int]], pad: int, device, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ids and attention mask of ``rows`` padded to the longest, on the left (answers or the next token
+    aligned at the end) or on the right."""
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for n, row in enumerate(rows):
-        ids[n, width - len(row) :] = torch.tensor(row, dtype=torch.long)
-        mask[n, width - len(row) :] = 1
-    return ids.to(device), mask.to(device)
-
-
-def _right_padded(rows: list[list[int]], pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for n, row in enumerate(rows):
-        ids[n, : len(row)] = torch.tensor(row, dtype=torch.long)
-        mask[n, : len(row)] = 1
+        span = slice(width - len(row), width) if left else slice(0, len(row))
+        ids[n, span] = torch.tensor(row, dtype=torch.long)
+        mask[n, span] = 1
     return ids.to(device), mask.to(device)
 
 
@@ -282,9 +275,9 @@ class CausalEvaluator:
     def _candidate_log_probs(self, model, prompts: list[list[int]], candidates: list[list[int]]) -> torch.Tensor:
         """(prompts, candidates): the summed log-probability of each candidate's tokens after each prompt."""
         pad, n_prompts, n_cand = pad_token_id(self.tokenizer), len(prompts), len(candidates)
-        ids, mask = _left_padded(prompts, pad, self.device)
+        ids, mask = _padded(prompts, pad, self.device, left=True)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        cand, cand_mask = _right_padded(candidates, pad, self.device)
+        cand, cand_mask = _padded(candidates, pad, self.device)
         with autocast(self.device, self.precision):
             out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
         first = torch.log_softmax(out.logits[:, -1].float(), -1)  # the next token after each prompt
@@ -316,7 +309,7 @@ class CausalEvaluator:
         assert data.answer_starts is not None
         right, nll, tokens = 0, 0.0, 0
         for batch in self.batches:
-            ids, mask = _right_padded([data.input_ids[i] for i in batch], data.pad_id, self.device)
+            ids, mask = _padded([data.input_ids[i] for i in batch], data.pad_id, self.device)
             labels = answer_labels(ids, mask, [data.answer_starts[i] for i in batch])[:, 1:]
             with autocast(self.device, self.precision):
                 logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
