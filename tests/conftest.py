@@ -27,6 +27,7 @@ def tiny_cfg():
             task="synthetic",
             peers=3,
             rounds=4,
+            consensus_rounds=0,  # the tests that are about them ask for them
             local_steps=2,
             batch_size=8,
             max_length=32,

@@ -37,7 +37,11 @@ class LocalPeer:
         return self.strategy.plan(round_)
 
     def train(self, round_: int) -> float:
-        return self.trainer.train_round(round_, self.plan(round_).train, self.local_steps)
+        """The round's local steps; a round that trains nothing (a consensus round) reports a NaN loss."""
+        plan = self.plan(round_)
+        if not plan.train:
+            return float("nan")
+        return self.trainer.train_round(round_, plan.train, self.local_steps)
 
     def outgoing(self, round_: int) -> dict[str, torch.Tensor]:
         """The factors this peer sends to its neighbours in ``round_``."""

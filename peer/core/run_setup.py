@@ -57,7 +57,12 @@ def resolve_switch_interval(cfg: RunConfig, topology: Topology) -> int | None:
 
 
 def strategy_for(cfg: RunConfig, topology: Topology) -> Strategy:
-    return make_strategy(cfg.strategy, resolve_switch_interval(cfg, topology), train_head=bool(cfg.train_head))
+    return make_strategy(
+        cfg.strategy,
+        resolve_switch_interval(cfg, topology),
+        train_head=bool(cfg.train_head),
+        training_rounds=cfg.rounds,
+    )
 
 
 def precision_for(cfg: RunConfig, device: torch.device) -> Precision:
@@ -79,21 +84,28 @@ def build_model(cfg: RunConfig, num_labels: int, adapter_names: list[str]) -> Ad
 
 
 def build_trainer(
-    cfg: RunConfig, adapter: Adapter, shard: Encoded, peer_index: int, total_steps: int | None = None
+    cfg: RunConfig,
+    adapter: Adapter,
+    shard: Encoded,
+    peer_index: int,
+    total_steps: int | None = None,
+    reference: bool = False,
 ) -> LocalTrainer:
     """Peer ``peer_index``'s trainer: the same batches, seeds, precision and learning rates in every driver.
-    ``total_steps`` (default: the run's rounds x local steps) is where a decaying learning rate reaches 0."""
+    ``total_steps`` (default: the run's rounds x local steps) is where a decaying learning rate reaches 0
+    and what the warm-up is a fraction of. A ``reference`` trains at the references' rate, without warm-up."""
     return LocalTrainer(
         adapter,
         shard,
         cfg.batch_size,
-        cfg.learning_rate,
+        cfg.reference_rate if reference else cfg.learning_rate,
         cfg.seed,
         peer_index,
         precision_for(cfg, adapter.owner.device),
         Batching(cfg.batching),
         LrSchedule(cfg.lr_schedule),
         total_steps or cfg.rounds * cfg.local_steps,
+        0.0 if reference else cfg.lr_warmup,
     )
 
 

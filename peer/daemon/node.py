@@ -642,7 +642,7 @@ class PeerDaemon(ExchangeServer):
 
     def _evaluation_due(self, round_: int) -> bool:
         """Every ``eval_every`` rounds, as in the simulator; the last round is evaluated by ``finish``."""
-        return (round_ + 1) % self.run.eval_every == 0 and round_ + 1 < self.run.rounds
+        return (round_ + 1) % self.run.eval_every == 0 and round_ + 1 < self.run.total_rounds
 
     # ------------------------------------------------------------------ late settlements
 
@@ -785,7 +785,7 @@ class PeerDaemon(ExchangeServer):
     async def run_rounds(self) -> None:
         if self.recovered is None:
             await self.catch_up()
-        while self.round < self.run.rounds and not self.stopping.is_set():
+        while self.round < self.run.total_rounds and not self.stopping.is_set():
             self.settlements.ask()
             self.membership.retry_admissions()
             await self._run_round(self.round)
@@ -804,7 +804,8 @@ class PeerDaemon(ExchangeServer):
     async def _neighbours_done(self) -> bool:
         for pid, address in list(self.known.items()):
             try:
-                if (await self.transport.status(address, timeout=STATUS_TIMEOUT_S, expect=pid)).round < self.run.rounds:
+                status = await self.transport.status(address, timeout=STATUS_TIMEOUT_S, expect=pid)
+                if status.round < self.run.total_rounds:
                     return False
             except ExchangeFailed:
                 continue  # gone: nothing to wait for

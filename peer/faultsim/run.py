@@ -125,7 +125,8 @@ class Simulation:
         self.run = RunConfig(
             strategy="tad",
             peers=schedule.peers,
-            rounds=schedule.rounds,
+            rounds=schedule.rounds - 1,  # the last round of every schedule is a consensus round: mixing only
+            consensus_rounds=1,
             switch_interval=schedule.switch_interval,
             topology="er" if schedule.edge_prob < 1 else "complete",
             edge_prob=schedule.edge_prob,
@@ -143,7 +144,12 @@ class Simulation:
     def _daemon(self, peer: _SimPeer) -> PeerDaemon:
         from peer.core.run_setup import resolve_switch_interval, topology_for
 
-        strategy = make_strategy("tad", resolve_switch_interval(self.run, topology_for(self.run)), train_head=True)
+        strategy = make_strategy(
+            "tad",
+            resolve_switch_interval(self.run, topology_for(self.run)),
+            train_head=True,
+            training_rounds=self.run.rounds,
+        )
         net = DaemonConfig(
             peer_index=peer.index,
             peer_id=peer.peer_id,

@@ -4,8 +4,17 @@
   steps, on exactly the batches it trains on in the run (same seed, same peer index). The figure is
   the mean of the peers' accuracies: what the labs would get without each other.
 - ``centralized``: one model fine-tunes on the union of the peers' shards in random order, for
-  peers × rounds × local steps steps of the same batch size at the same learning rate: every sample
-  the peers trained on, one after the other, as if the data had been pooled.
+  peers × rounds × local steps steps of the same batch size: every sample the peers trained on, one
+  after the other, as if the data had been pooled.
+
+Learning rate: both are single models whose every step sees one batch, where a mixed step of the run
+averages the steps of several peers. They train at ``reference_learning_rate``, by default the peers'
+divided by √peers: the square-root scaling rule for Adam (Malladi et al., 2022), under which a step
+over a batch N times larger takes a rate √N times larger. At the embedded default that is 2e-3 for
+the peers' 4e-3, the rate at which one model on all the data learns best of those measured: at 3e-3
+and 4e-3 it collapses to 0.49-0.75 (benchmarks/README.md section 8). They take no warm-up: at their
+rate it is not needed, and it cost one model on all the data 0.4 to 2.8 points in the three seeds
+measured. The schedule is the run's.
 
 Both train with plain LoRA (A and B every step), the standard way to fine-tune one model, and train
 the classification head when the run does. The third figure, the ``network average``, comes from the
@@ -108,7 +117,8 @@ def run_references(
         if Reference.ALONE in kinds:
             accuracies = []
             for i in range(cfg.peers):
-                trainer = build_trainer(cfg, model[f"alone-{i:02d}"], data.shards[i], i)
+                name = f"alone-{i:02d}"
+                trainer = build_trainer(cfg, model[name], data.shards[i], i, reference=True)
                 _train(trainer, blocks, cfg.rounds, cfg.local_steps, bar)
                 accuracies.append(evaluator.accuracy(model[f"alone-{i:02d}"]))
             results[Reference.ALONE] = float(np.mean(accuracies))
@@ -120,6 +130,7 @@ def run_references(
                 concatenate(data.shards),
                 cfg.peers,
                 total_steps=cfg.peers * cfg.rounds * cfg.local_steps,
+                reference=True,
             )
             _train(trainer, blocks, cfg.peers * cfg.rounds, cfg.local_steps, bar)
             results[Reference.CENTRALIZED] = evaluator.accuracy(model["centralized"])

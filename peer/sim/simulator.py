@@ -107,7 +107,7 @@ def _consensus(peers: list[LocalPeer]) -> tuple[float, float]:
 
 
 def _is_eval_round(cfg: RunConfig, round_: int) -> bool:
-    return (round_ + 1) % cfg.eval_every == 0 or round_ == cfg.rounds - 1
+    return (round_ + 1) % cfg.eval_every == 0 or round_ == cfg.total_rounds - 1
 
 
 def _evaluate(peers: list[LocalPeer], evaluator: Evaluator | CausalEvaluator) -> dict:
@@ -157,7 +157,7 @@ def simulate(
     scores: dict = {}
     training_s = 0.0
     bar = tqdm(
-        range(cfg.rounds),
+        range(cfg.total_rounds),
         desc=f"{cfg.strategy} {topology.describe()}",
         unit="round",
         disable=not progress,

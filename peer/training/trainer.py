@@ -18,7 +18,8 @@ function of the seed, the peer and ``g``, so a restarted round trains on the sam
 Optimizer state: one AdamW per peer (Hugging Face's defaults: betas (0.9, 0.999), eps 1e-8, no weight
 decay), kept across rounds. The learning rate is constant or decays linearly to 0 over the run's
 steps (``LrSchedule``): with decay the last rounds' local steps barely move a peer away from what it
-mixed, so the peers end close to their consensus. When a factor becomes trainable again after a
+mixed, so the peers end close to their consensus. Either schedule can start with a linear warm-up over
+a fraction of the run's steps. When a factor becomes trainable again after a
 phase in which it was frozen, its moments are reset: they describe the loss surface of T rounds ago,
 before the other factor moved. A frozen factor has no gradient, so AdamW leaves it untouched.
 
@@ -56,12 +57,16 @@ class LrSchedule(StrEnum):
     LINEAR = "linear"  # from the learning rate down to 0 at the run's last step (Hugging Face Trainer's default)
 
 
-def learning_rate_at(schedule: LrSchedule, base: float, step: int, total_steps: int) -> float:
+def learning_rate_at(schedule: LrSchedule, base: float, step: int, total_steps: int, warmup: float = 0.0) -> float:
     """The learning rate of a peer's ``step``-th optimizer step (counted from 0 over the whole run).
-    A function of the step alone, so a restarted or caught-up peer uses the rate of the round it is in."""
+    A function of the step alone, so a restarted or caught-up peer uses the rate of the round it is in.
+    ``warmup``: the fraction of ``total_steps`` over which the rate first rises linearly to the schedule's
+    (Adam's first steps, before its second moments have settled, are the ones that can throw a run off)."""
+    warmup_steps = warmup * total_steps
+    ramp = min(1.0, (step + 1) / warmup_steps) if warmup_steps >= 1 else 1.0
     if schedule is LrSchedule.CONSTANT:
-        return base
-    return base * max(0.0, 1.0 - step / max(1, total_steps))
+        return base * ramp
+    return base * ramp * max(0.0, 1.0 - step / max(1, total_steps))
 
 
 def derive_seed(*parts: int) -> int:
@@ -180,6 +185,7 @@ class LocalTrainer:
         batching: Batching = Batching.BY_LENGTH,
         schedule: LrSchedule = LrSchedule.CONSTANT,
         total_steps: int = 0,
+        warmup: float = 0.0,
     ) -> None:
         if len(shard) == 0:
             raise DataError(f"peer {peer_index} has no training examples")
@@ -192,6 +198,7 @@ class LocalTrainer:
         )
         self.scaler = gradient_scaler(self.device, self.precision)
         self.learning_rate, self.schedule, self.total_steps = learning_rate, LrSchedule(schedule), total_steps
+        self.warmup = warmup
         self.last_trained: frozenset[str] = frozenset()
 
     def _batches(self, round_: int, steps: int) -> list[np.ndarray]:
@@ -217,7 +224,8 @@ class LocalTrainer:
         torch.manual_seed(derive_seed(self.seed, self.peer_index, round_))
         losses = []
         for s, indices in enumerate(self._batches(round_, steps)):
-            rate = learning_rate_at(self.schedule, self.learning_rate, round_ * steps + s, self.total_steps)
+            step = round_ * steps + s
+            rate = learning_rate_at(self.schedule, self.learning_rate, step, self.total_steps, self.warmup)
             for group in self.optimizer.param_groups:
                 group["lr"] = rate
             with autocast(self.device, self.precision):

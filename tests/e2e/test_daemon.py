@@ -3,6 +3,7 @@
 import asyncio
 import functools
 import json
+import math
 import operator
 import signal
 import time
@@ -33,6 +34,7 @@ TINY = dict(
     references="none",
     learning_rate=1e-2,
     device="cpu",
+    consensus_rounds=0,  # the tests that are about them ask for them
 )
 NET = dict(discovery_wait=30.0, round_timeout_min=2.0, round_timeout_max=30.0)
 
@@ -69,8 +71,11 @@ def _wait_for_rounds(bed: Testbed, index: int, count: int, timeout: float = 60) 
 def test_daemons_equal_the_simulator_on_a_complete_graph(tmp_path):
     # the head trains and travels as a third block: the daemons' factors and heads equal the simulator's,
     # and the assessment of the daemons' folders (network average, references; what compose's
-    # ``tadlora collect`` prints, the run's settings read back from a daemon's summary) equals the simulator's
-    cfg = load_config(overrides=dict(TINY, peers=3, rounds=4, local_steps=2, topology="complete", train_head=1))
+    # ``tadlora collect`` prints, the run's settings read back from a daemon's summary) equals the simulator's;
+    # the last two rounds are consensus rounds: the daemons train nothing in them, as the simulator does not
+    cfg = load_config(
+        overrides=dict(TINY, peers=3, rounds=4, consensus_rounds=2, local_steps=2, topology="complete", train_head=1)
+    )
     bed = run_bed(cfg, tmp_path / "bed", NET, timeout=120)
     cfg.references = "alone,centralized"
     sim_summary = simulate(cfg, out=tmp_path / "sim", progress=False)
@@ -85,9 +90,12 @@ def test_daemons_equal_the_simulator_on_a_complete_graph(tmp_path):
         assert net.keys() == sim.keys()
         for key in net:
             assert torch.allclose(net[key], sim[key], atol=1e-6), key
-    for records in _all_rounds(bed).values():
-        assert len(records) == 3 and {r["phase"] for r in records} == {"B"}
+    by_round = _all_rounds(bed)
+    assert sorted(by_round) == list(range(6))
+    for round_, records in by_round.items():
+        assert len(records) == 3 and {r["phase"] for r in records} == {"B" if round_ < 5 else "A"}  # T = 5
         assert all(len(r["neighbours"]) == 2 for r in records)
+        assert all(math.isnan(r["train_loss"]) == (round_ >= 4) for r in records)
 
 
 def _status_and_bad_message(address: str) -> tuple:

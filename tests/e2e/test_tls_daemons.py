@@ -22,6 +22,7 @@ def test_daemons_of_one_run_train_over_tls_and_refuse_a_stranger_found_by_mdns(t
         device="cpu",
         peers=3,
         rounds=4,
+        consensus_rounds=0,
         local_steps=2,
         topology="complete",
     )

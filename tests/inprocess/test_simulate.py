@@ -41,14 +41,19 @@ def test_same_seed_same_result_and_another_seed_differs(tiny_cfg):
 
 @pytest.mark.parametrize("strategy", ["lora", "tad", "rolora", "fedsa", "ffa"])
 def test_each_round_mixes_exactly_the_planned_factors_and_keeps_their_sums(strategy, tiny_cfg):
+    # rounds 0-2 train, 3-4 are consensus rounds: they train nothing and mix as the strategy mixes
     tiny_cfg.strategy, tiny_cfg.peers, tiny_cfg.topology, tiny_cfg.edge_prob = strategy, 5, "er", 0.6
+    tiny_cfg.rounds, tiny_cfg.consensus_rounds = 3, 2
     topology = topology_for(tiny_cfg)
     strat = strategy_for(tiny_cfg, topology)
     peers = build_peers(tiny_cfg, prepare_data(tiny_cfg), strat)
-    for r in range(3):
-        for p in peers:
-            p.train(r)
+    for r in range(tiny_cfg.total_rounds):
+        untrained = [p.adapter.factors() for p in peers]
+        losses = [p.train(r) for p in peers]
         before = [p.adapter.factors() for p in peers]
+        if r >= tiny_cfg.rounds:
+            assert all(np.isnan(loss) for loss in losses)
+            assert all(torch.equal(u[k], b[k]) for u, b in zip(untrained, before, strict=True) for k in u)
         _mix_round(peers, r, topology)
         after = [p.adapter.factors() for p in peers]
         for key in before[0]:
@@ -71,6 +76,15 @@ def test_tad_frozen_factor_reaches_consensus_on_a_complete_graph(tiny_cfg):
         states = [p.adapter.factors() for p in peers]
         for key in states[0]:
             assert all(torch.allclose(states[0][key], s[key], atol=1e-6) for s in states)
+
+
+def test_consensus_rounds_end_every_peer_at_the_network_average_on_a_complete_graph(tmp_path, tiny_cfg):
+    tiny_cfg.topology, tiny_cfg.consensus_rounds = "complete", 2
+    summary = simulate(tiny_cfg, out=tmp_path, progress=False)
+    lines = [json.loads(text) for text in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [line["round"] for line in lines] == list(range(tiny_cfg.rounds + 2)) and summary["rounds"] == 4
+    assert [any(np.isnan(v) for v in line["train_loss"].values()) for line in lines] == [False] * 4 + [True] * 2
+    assert set(summary["accuracy"].values()) == {summary["network_average"]}  # one mix with all: the average
 
 
 @pytest.mark.slow

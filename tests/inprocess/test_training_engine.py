@@ -177,6 +177,12 @@ def test_references_parse_and_a_bad_one_is_named():
         load_config(overrides={"references": "oracle"})
 
 
+def test_the_warm_up_rises_over_its_fraction_of_the_steps_then_the_schedule_takes_over():
+    assert [learning_rate_at(LrSchedule.CONSTANT, 1.0, s, 40, 0.1) for s in range(6)] == [0.25, 0.5, 0.75, 1, 1, 1]
+    assert learning_rate_at(LrSchedule.LINEAR, 1.0, 10, 40, 0.1) == pytest.approx(1 - 10 / 40)
+    assert learning_rate_at(LrSchedule.CONSTANT, 1.0, 0, 5, 0.1) == 1.0  # under one step of warm-up: none
+
+
 def test_a_linear_schedule_decays_to_zero_at_the_last_step_and_depends_on_the_step_alone(tiny_cfg):
     assert learning_rate_at(LrSchedule.CONSTANT, 1e-3, 50, 100) == 1e-3
     assert [learning_rate_at(LrSchedule.LINEAR, 1.0, s, 4) for s in range(5)] == [1.0, 0.75, 0.5, 0.25, 0.0]

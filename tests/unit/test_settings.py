@@ -42,11 +42,21 @@ def test_every_setting_has_a_help_and_the_cli_shows_it():
         ("switch_interval", "soon"),
         ("train_head", 2),
         ("batching", "sorted"),
+        ("reference_learning_rate", "fast"),
+        ("reference_learning_rate", "-1e-3"),
+        ("lr_warmup", 1.5),
+        ("consensus_rounds", -1),
     ],
 )
 def test_a_fields_own_check_names_the_setting(name, bad):
     with pytest.raises(ConfigError, match=f"^{name.replace('_', '-')}: "):
         load_config(overrides={name: bad})
+
+
+def test_the_references_learn_at_the_peers_rate_over_the_root_of_the_peers_unless_given_one():
+    assert load_config(overrides={"learning_rate": 4e-3, "peers": 4}).reference_rate == pytest.approx(2e-3)
+    assert load_config(overrides={"learning_rate": 4e-3, "peers": 16}).reference_rate == pytest.approx(1e-3)
+    assert load_config(overrides={"reference_learning_rate": "3e-4"}).reference_rate == pytest.approx(3e-4)
 
 
 def test_the_environment_reads_every_setting_by_its_field_type():

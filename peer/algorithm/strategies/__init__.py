@@ -29,12 +29,15 @@ def available_strategies() -> list[str]:
     return sorted(STRATEGIES)
 
 
-def make_strategy(name: str, switch_interval: int | None = None, train_head: bool = False) -> Strategy:
+def make_strategy(
+    name: str, switch_interval: int | None = None, train_head: bool = False, training_rounds: int | None = None
+) -> Strategy:
     """Build a strategy by name; ``switch_interval=None`` takes the strategy's own default; with
-    ``train_head`` every round also trains and mixes the classification head."""
+    ``train_head`` every round also trains and mixes the classification head; rounds from
+    ``training_rounds`` on train nothing and only mix (None: every round trains)."""
     if name not in STRATEGIES:
         raise ValueError(f"unknown strategy {name!r}; choose one of {', '.join(available_strategies())}")
-    return STRATEGIES[name](switch_interval, train_head)
+    return STRATEGIES[name](switch_interval, train_head, training_rounds)
 
 
 __all__ = ["STRATEGIES", "RoundPlan", "Strategy", "available_strategies", "make_strategy"]

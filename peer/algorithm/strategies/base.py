@@ -28,7 +28,9 @@ class Strategy:
 
     A subclass sets ``name`` (the ``--strategy`` value) and implements ``plan_factors``: which LoRA
     factors train and mix in a round. ``plan`` adds the classification head to both sets when the run
-    trains it (``train_head``; see ``peer.algorithm.factors``). The blocks in
+    trains it (``train_head``; see ``peer.algorithm.factors``), and from round ``training_rounds`` on
+    (the run's consensus rounds) trains nothing: the strategy keeps mixing what it mixes, so the peers'
+    own models draw together towards their average instead of drifting apart again. The blocks in
     ``plan.mix`` are sent to the round's neighbours and replaced by ``combine``'s result; the others
     stay local. ``combine`` defaults to the plain weighted average with the round's mixing weights.
     An override must return tensors on the device of ``own`` whatever device ``received`` is on
@@ -39,9 +41,12 @@ class Strategy:
     summary: ClassVar[str] = ""
     default_switch_interval: ClassVar[int] = 1
 
-    def __init__(self, switch_interval: int | None = None, train_head: bool = False) -> None:
+    def __init__(
+        self, switch_interval: int | None = None, train_head: bool = False, training_rounds: int | None = None
+    ) -> None:
         self.schedule: Schedule = PhaseSchedule(switch_interval or self.default_switch_interval)
         self.train_head = train_head
+        self.training_rounds = training_rounds  # None: every round trains
 
     @property
     def switch_interval(self) -> int:
@@ -50,9 +55,15 @@ class Strategy:
 
     def plan(self, round_: int) -> RoundPlan:
         plan = self.plan_factors(round_)
-        if not self.train_head:
-            return plan
-        return replace(plan, train=plan.train | {HEAD}, mix=plan.mix | {HEAD})
+        if self.train_head:
+            plan = replace(plan, train=plan.train | {HEAD}, mix=plan.mix | {HEAD})
+        if self.is_consensus_round(round_):
+            plan = replace(plan, train=frozenset())
+        return plan
+
+    def is_consensus_round(self, round_: int) -> bool:
+        """A round after the last training round: it only mixes."""
+        return self.training_rounds is not None and round_ >= self.training_rounds
 
     def plan_factors(self, round_: int) -> RoundPlan:
         raise NotImplementedError
