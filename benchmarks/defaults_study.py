@@ -16,6 +16,9 @@ Grids:
 - ``batch``: the same samples per peer in batches of 8 or 4 (more sequential steps);
 - ``default``: at the chosen default's budget (60 × 2 steps of 8), the phase length T = 5 against
   T = 1 (what ``auto`` picks for 4 peers at p = 0.5), a higher learning rate, and plain LoRA;
+- ``rate``: at the same budget, the peers' learning rate with and without a warm-up over the first
+  10 % of the steps, and 3 or 10 consensus rounds (mixing only) after training. Its references train
+  at 2e-3 whatever the peers' rate (``--reference-learning-rate``; see peer/sim/references.py);
 - ``all``: the first four.
 """
 
@@ -130,13 +133,33 @@ def default_rows() -> dict[str, dict]:
     }
 
 
+def rate_rows() -> dict[str, dict]:
+    """The peers' rate (with the references at 2e-3 throughout), warm-up, and consensus rounds."""
+    base = {"train_head": 1, "batch_size": 8, "rounds": 60, "local_steps": 2, "switch_interval": "5"}
+    fixed = {"reference_learning_rate": "0.002"}
+    return {
+        "lr 2e-3 (the previous default)": {**base, **fixed, "learning_rate": 2e-3},
+        "lr 2e-3, 10 consensus rounds": {**base, **fixed, "learning_rate": 2e-3, "consensus_rounds": 10},
+        "lr 3e-3, warm-up 0.1": {**base, **fixed, "learning_rate": 3e-3, "lr_warmup": 0.1},
+        "lr 4e-3": {**base, **fixed, "learning_rate": 4e-3},
+        "lr 4e-3, warm-up 0.1": {**base, **fixed, "learning_rate": 4e-3, "lr_warmup": 0.1},
+        "lr 4e-3, warm-up 0.1, 3 consensus rounds": {
+            **base,
+            **fixed,
+            "learning_rate": 4e-3,
+            "lr_warmup": 0.1,
+            "consensus_rounds": 3,
+        },
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/defaults"))
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--steps-per-peer", type=int, default=60)
     parser.add_argument(
-        "--grid", default="head-lr", choices=["head-lr", "mixing", "schedule", "batch", "default", "all"]
+        "--grid", default="head-lr", choices=["head-lr", "mixing", "schedule", "batch", "default", "rate", "all"]
     )
     parser.add_argument("--head", type=int, default=1, help="mixing grid: train the head (1) or not (0)")
     parser.add_argument("--learning-rate", type=float, default=5e-3, help="mixing grid: learning rate")
@@ -153,6 +176,8 @@ def main() -> None:
         rows.update(batch_rows(args.steps_per_peer, args.head, args.learning_rate))
     if args.grid == "default":
         rows.update(default_rows())
+    if args.grid == "rate":
+        rows.update(rate_rows())
     table = {}
     for seed in seeds:
         for name, settings in rows.items():
@@ -166,6 +191,7 @@ def main() -> None:
                 del budget["lr_schedule"]  # the folder names of the first runs, made before the setting existed
             if settings.get("batch_size", 16) != 16:
                 budget["batch_size"] = settings["batch_size"]
+            budget.update({k: settings[k] for k in ("reference_learning_rate", "lr_warmup") if k in settings})
             steps_per_peer = settings["rounds"] * settings["local_steps"]
             refs = references(
                 args.out / "references" / "-".join(f"{k}{v}" for k, v in sorted(budget.items())),

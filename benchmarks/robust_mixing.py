@@ -75,6 +75,8 @@ def main() -> None:
         batch_size=8,
         max_length=48,
         learning_rate=5e-3,
+        lr_warmup=0.0,  # measured before the warm-up and the consensus rounds became defaults
+        consensus_rounds=0,
         eval_every=args.eval_every,
         eval_samples=300,
         seed=args.seed,

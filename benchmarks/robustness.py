@@ -103,6 +103,8 @@ def run_one(out: Path, method: str, condition: str, args) -> dict:
             local_steps=args.local_steps,
             batch_size=args.batch_size,
             learning_rate=args.learning_rate,
+            lr_warmup=0.0,  # measured before the warm-up and the consensus rounds became defaults
+            consensus_rounds=0,
             max_length=48,
             eval_samples=400,
             eval_every=args.rounds,  # the final evaluation only: rounds stay comparable
