@@ -117,6 +117,7 @@ def run_tadlora(peers: int, rounds: int, folder: Path, wire_dtype: str = "fp32")
         overrides=dict(
             references="none",
             strategy="lora",
+            consensus_rounds=0,  # per-round figures: every round trains
             peers=peers,
             topology="complete",
             rounds=rounds,

@@ -54,6 +54,7 @@ def main() -> None:
     cfg = load_config(
         overrides=dict(
             model=args.model,
+            consensus_rounds=0,  # per-round figures: every round trains
             batch_size=args.batch_size,
             max_length=args.max_length,
             peers=args.peers,

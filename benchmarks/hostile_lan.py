@@ -111,6 +111,7 @@ def start_bed(out: Path, rounds: int) -> Testbed:
             model="tiny-bert",
             task="synthetic",
             peers=3,
+            consensus_rounds=0,  # per-round figures: every round trains
             rounds=rounds,
             local_steps=1,
             batch_size=8,

@@ -52,6 +52,7 @@ def run_size(n: int, degree: float, rounds: int, out: Path) -> dict:
         overrides=dict(
             references="none",
             model="tiny-bert",
+            consensus_rounds=0,  # per-round figures: every round trains
             task="synthetic",
             peers=n,
             rounds=rounds,

@@ -97,6 +97,7 @@ def main() -> None:
         overrides=dict(
             references="none",
             strategy="lora",
+            consensus_rounds=0,  # per-round figures: every round trains
             peers=args.peers,
             topology="complete",
             rounds=args.rounds,

@@ -191,7 +191,7 @@ def _reference_learning_rate(value: str) -> str:
     if value == AUTO:
         return ""
     try:
-        return "" if float(value) > 0 else f"{value!r} must be positive"
+        return "" if 0 < float(value) < math.inf else f"{value!r} must be a positive number"
     except ValueError:
         return f"{value!r} must be 'auto' or a number"
 
@@ -262,7 +262,7 @@ class RunConfig:
     lr_warmup: float = setting(
         0.1,
         "fraction of the peers' steps over which their learning rate first rises linearly from 0 (the "
-        "references, at their lower rate, take none)",
+        "references take none)",
         check=within(0.0, 1.0),
     )
     reference_learning_rate: str = setting(
@@ -395,18 +395,31 @@ CAUSAL_LM_DEFAULTS: dict[str, Any] = {
     # (a higher rate with warm-up, consensus rounds) were chosen on MiniLM and not tried on a causal LM.
     "learning_rate": 2e-3,
     "lr_warmup": 0.0,
-    "reference_learning_rate": "0.002",
     "consensus_rounds": 0,
 }
 CLASSIFICATION_ONLY_MODELS = ("minilm", "tiny-bert")
 CAUSAL_ONLY_MODELS = ("smollm2", "tiny-llama")
 
 
+def legacy_settings(recorded: Mapping[str, object]) -> dict:
+    """What a run's saved config (a daemon's ``summary.json`` of an older version) did without the
+    settings it predates: read back, it is assessed as it ran, not at today's defaults."""
+    then = {
+        "lr_warmup": 0.0,
+        "consensus_rounds": 0,
+        "reference_learning_rate": str(recorded.get("learning_rate", 2e-3)),
+    }
+    return {k: v for k, v in then.items() if k not in recorded}
+
+
 def task_type_defaults(given: Mapping[str, object]) -> dict:
     """The settings ``--task-type`` implies, for those not ``given``."""
     if given.get("task_type") != "causal-lm":
         return {}
-    return {k: v for k, v in CAUSAL_LM_DEFAULTS.items() if k not in given}
+    implied = {k: v for k, v in CAUSAL_LM_DEFAULTS.items() if k not in given}
+    if "reference_learning_rate" not in given:  # measured so: the references at the peers' own rate
+        implied["reference_learning_rate"] = str(given.get("learning_rate", CAUSAL_LM_DEFAULTS["learning_rate"]))
+    return implied
 
 
 def _check_task_type(cfg: RunConfig) -> None:
@@ -551,8 +564,8 @@ class DaemonConfig:
 
 
 def _coerce(key: str, value, target_type: str):
-    if target_type == "str":
-        if isinstance(value, (int, str)) and not isinstance(value, bool):
+    if target_type == "str":  # a number too: reference-learning-rate = 0.001 in TOML
+        if isinstance(value, (int, float, str)) and not isinstance(value, bool):
             return str(value)
     elif target_type == "int":
         if isinstance(value, int) and not isinstance(value, bool):

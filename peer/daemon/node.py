@@ -821,6 +821,7 @@ class PeerDaemon(ExchangeServer):
             "peer_id": self.peer_id,
             "run_id": self.net.run_id,
             "rounds": self.round,
+            "consensus_rounds": self.run.consensus_rounds,  # the last of the rounds, which only mixed
             "accuracy": {self.peer_id: accuracy},
             "mean_accuracy": accuracy,
             **scores,

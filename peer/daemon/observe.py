@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -120,7 +121,8 @@ class PrometheusMetrics(Observer):
     def round_done(self, record):
         self.round.set(record["round"] + 1)
         self.phase.set(PHASE_CODE.get(record["phase"], -1))
-        self.loss.set(record["train_loss"])
+        if not math.isnan(record["train_loss"]):  # a consensus round trains nothing
+            self.loss.set(record["train_loss"])
         self.neighbours.set(len(record["neighbours"]))
         self.sent.inc(record["bytes_sent"])
         self.received.inc(record["bytes_received"])
@@ -154,7 +156,8 @@ class TensorBoardWriter(Observer):
 
     def round_done(self, record):
         step = record["round"]
-        self.writer.add_scalar("train/loss", record["train_loss"], step)
+        if not math.isnan(record["train_loss"]):
+            self.writer.add_scalar("train/loss", record["train_loss"], step)
         self.writer.add_scalar("gossip/neighbours", len(record["neighbours"]), step)
         self.writer.add_scalar("gossip/bytes_sent", record["bytes_sent"], step)
         self.writer.add_scalar("round/seconds", record.get("seconds", 0.0), step)

@@ -200,7 +200,8 @@ def simulate(
         "switch_interval": strategy.switch_interval,
         "topology": topology.describe(),
         "precision": str(precision_for(cfg, peers[0].trainer.device)),
-        "rounds": cfg.rounds,
+        "rounds": cfg.total_rounds,  # every round run, as a daemon counts them
+        "consensus_rounds": cfg.consensus_rounds,  # the last of them, which only mixed
         **scores,
         "references": references,
         "seconds": time.perf_counter() - started,

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from peer.config import DEFAULT_PORT, RunConfig, default_peer_id, load_config
+from peer.config import DEFAULT_PORT, RunConfig, default_peer_id, legacy_settings, load_config
 from peer.errors import ConfigError, UsageError
 from peer.testbed.netns import NetnsLab
 from peer.testbed.scenario import NETWORK_ACTIONS, Event
@@ -342,7 +342,8 @@ def collect(results: Path, references: str | None = None) -> dict:
 def _run_of(folder: Path, references: str | None) -> RunConfig:
     """The run's settings as a daemon recorded them in its summary (``references`` overriding)."""
     settings = json.loads((folder / "summary.json").read_text())["config"]
-    return load_config(overrides={**settings, **({"references": references} if references else {})})
+    asked = {"references": references} if references else {}
+    return load_config(overrides={**legacy_settings(settings), **settings, **asked})
 
 
 def format_table(summary: dict) -> str:

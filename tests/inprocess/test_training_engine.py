@@ -142,6 +142,8 @@ def test_a_trained_head_reaches_consensus_on_the_complete_graph(tiny_cfg):
 def test_alone_is_the_isolated_run_and_the_summary_carries_every_reference(tiny_cfg, tmp_path):
     tiny_cfg.strategy, tiny_cfg.topology, tiny_cfg.edge_prob = "lora", "er", 0.0
     tiny_cfg.eval_samples = 0
+    # the references' own rate and warm-up made equal to the peers': then nothing else differs
+    tiny_cfg.reference_learning_rate, tiny_cfg.lr_warmup = str(tiny_cfg.learning_rate), 0.0
     summary = simulate(tiny_cfg, out=tmp_path, progress=False)
     # each peer alone trains exactly as a peer that never mixes: same batches, same seeds
     assert summary["references"][Reference.ALONE] == pytest.approx(summary["mean_accuracy"])
@@ -181,6 +183,18 @@ def test_the_warm_up_rises_over_its_fraction_of_the_steps_then_the_schedule_take
     assert [learning_rate_at(LrSchedule.CONSTANT, 1.0, s, 40, 0.1) for s in range(6)] == [0.25, 0.5, 0.75, 1, 1, 1]
     assert learning_rate_at(LrSchedule.LINEAR, 1.0, 10, 40, 0.1) == pytest.approx(1 - 10 / 40)
     assert learning_rate_at(LrSchedule.CONSTANT, 1.0, 0, 5, 0.1) == 1.0  # under one step of warm-up: none
+
+
+def test_the_peers_warm_up_and_the_references_train_at_their_own_rate_without(tiny_cfg):
+    tiny_cfg.lr_warmup, tiny_cfg.rounds, tiny_cfg.local_steps = 0.25, 8, 2  # a ramp over 4 of 16 steps
+    data = prepare_data(tiny_cfg)
+    model = build_model(tiny_cfg, data.task.num_labels, ["peer", "reference"])
+    peer = build_trainer(tiny_cfg, model["peer"], data.shards[0], 0)
+    peer.train_round(0, frozenset({A, B}), 2)  # steps 0 and 1: the last at 2/4 of the rate
+    assert peer.optimizer.param_groups[0]["lr"] == pytest.approx(tiny_cfg.learning_rate / 2)
+    reference = build_trainer(tiny_cfg, model["reference"], data.shards[0], 0, reference=True)
+    reference.train_round(0, frozenset({A, B}), 2)
+    assert reference.optimizer.param_groups[0]["lr"] == pytest.approx(tiny_cfg.learning_rate / 3**0.5)  # 3 peers
 
 
 def test_a_linear_schedule_decays_to_zero_at_the_last_step_and_depends_on_the_step_alone(tiny_cfg):

@@ -6,7 +6,15 @@ import dataclasses
 import pytest
 
 from peer.cli import build_parser
-from peer.config import ConfigError, DaemonConfig, RunConfig, config_fields, env_settings, load_config
+from peer.config import (
+    ConfigError,
+    DaemonConfig,
+    RunConfig,
+    config_fields,
+    env_settings,
+    legacy_settings,
+    load_config,
+)
 from peer.tools import readme
 
 
@@ -57,6 +65,16 @@ def test_the_references_learn_at_the_peers_rate_over_the_root_of_the_peers_unles
     assert load_config(overrides={"learning_rate": 4e-3, "peers": 4}).reference_rate == pytest.approx(2e-3)
     assert load_config(overrides={"learning_rate": 4e-3, "peers": 16}).reference_rate == pytest.approx(1e-3)
     assert load_config(overrides={"reference_learning_rate": "3e-4"}).reference_rate == pytest.approx(3e-4)
+    assert load_config(overrides={"reference_learning_rate": 3e-4}).reference_rate == pytest.approx(3e-4)  # TOML
+    # a causal LM's references train at the peers' rate, as its benchmark measured them
+    causal = load_config(overrides={"task_type": "causal-lm", "model": "tiny-llama", "learning_rate": 1e-3})
+    assert causal.reference_rate == pytest.approx(1e-3) and causal.consensus_rounds == 0
+
+
+def test_a_run_read_back_from_an_older_summary_is_assessed_as_it_ran():
+    old = {"learning_rate": 2e-3, "peers": 4}  # saved before the warm-up, consensus rounds, references' rate
+    cfg = load_config(overrides={**legacy_settings(old), **old})
+    assert (cfg.lr_warmup, cfg.consensus_rounds, cfg.reference_rate) == (0.0, 0, pytest.approx(2e-3))
 
 
 def test_the_environment_reads_every_setting_by_its_field_type():

@@ -109,3 +109,14 @@ def test_agreed_schedule_decides_only_after_the_gossip_window():
     assert [seg[:2] for seg in s.segments[:4]] == [(0, 2), (2, 2), (4, 2), (6, 4)]
     again = AgreedSchedule.from_state(s.to_state())
     assert [again.phase(r) for r in range(10)] == [s.phase(r) for r in range(10)]
+
+
+@pytest.mark.parametrize("name", available_strategies())
+def test_rounds_after_the_training_rounds_train_nothing_and_mix_as_the_strategy_does(name):
+    usual = make_strategy(name, 2, train_head=True)
+    consensus = make_strategy(name, 2, train_head=True, training_rounds=5)
+    for r in range(10):
+        plan, expected = consensus.plan(r), usual.plan(r)
+        assert (plan.phase, plan.mix) == (expected.phase, expected.mix)
+        assert plan.train == (expected.train if r < 5 else frozenset())
+        assert consensus.is_consensus_round(r) == (r >= 5)
