@@ -16,20 +16,20 @@ import statistics
 import sys
 from pathlib import Path
 
-from peer.config import load_config
+from peer.config import legacy_settings, load_config
 from peer.core.run_setup import prepare_data
 from peer.sim import simulate
 from peer.sim.references import parse_references, run_references
 
-# The learning settings the studies here were measured with, before issue 11 moved the embedded default to
-# a higher rate with warm-up, consensus rounds and references at the rate over √peers (benchmarks/README.md
-# section 8): a row that does not name one keeps it, so that re-running a study reproduces its figures.
-MEASURED_WITH = {"learning_rate": 2e-3, "lr_warmup": 0.0, "consensus_rounds": 0}
+# The studies here were measured before issue 11 moved the embedded default to a higher rate with warm-up,
+# consensus rounds and references at the rate over √peers (benchmarks/README.md section 8): a row that does
+# not name one of those settings keeps the value it ran with, so that re-running a study reproduces its figures.
+MEASURED_LEARNING_RATE = 2e-3
 
 
 def _measured(settings: dict) -> dict:
-    settings = {**MEASURED_WITH, **settings}
-    return {"reference_learning_rate": str(settings["learning_rate"]), **settings}
+    settings = {"learning_rate": MEASURED_LEARNING_RATE, **settings}
+    return {**legacy_settings(settings), **settings}
 
 
 def run(out: Path, **settings) -> dict:

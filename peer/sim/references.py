@@ -120,7 +120,7 @@ def run_references(
                 name = f"alone-{i:02d}"
                 trainer = build_trainer(cfg, model[name], data.shards[i], i, reference=True)
                 _train(trainer, blocks, cfg.rounds, cfg.local_steps, bar)
-                accuracies.append(evaluator.accuracy(model[f"alone-{i:02d}"]))
+                accuracies.append(evaluator.accuracy(model[name]))
             results[Reference.ALONE] = float(np.mean(accuracies))
         if Reference.CENTRALIZED in kinds:
             # peer index ``peers``: a batch stream of its own, not any peer's
