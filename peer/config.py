@@ -354,7 +354,7 @@ class RunConfig:
     )
     wire_dtype: str = setting(
         "fp32",
-        "fp32 | bf16 | fp16 | int8: the form factors travel in (1/2, 1/2, ~1/4 of the bytes of fp32); mixed in "
+        "fp32 | bf16 | fp16 | int8: the form factors travel in (1/2, 1/2, 1/4 + 1/256 of the bytes of fp32); mixed in "
         "the difference form, which keeps the network-wide sums exact (peer/algorithm/compression.py)",
         check=one_of(_wire_dtypes),
     )

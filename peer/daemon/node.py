@@ -40,7 +40,7 @@ from typing import Any
 import torch
 
 from peer.algorithm.compression import WireDtype
-from peer.algorithm.factors import blocks_of
+from peer.algorithm.factors import blocks_of, select
 from peer.algorithm.mixing import metropolis_hastings_weights
 from peer.algorithm.schedule import ScheduleGossip
 from peer.config import DaemonConfig, RunConfig
@@ -533,7 +533,8 @@ class PeerDaemon(ExchangeServer):
 
     def _sent(self, state: RoundState) -> dict[str, torch.Tensor]:
         """This peer's factors of the round as every neighbour decodes them: from the very bytes sent."""
-        return decode_factors(state.own.payload, self.schema, device=self.me.device)
+        sent = set(select(self.schema, state.own.header.factors))  # an int8 payload does not name them
+        return decode_factors(state.own.payload, self.schema, sent, device=self.me.device)
 
     def _publish_latest(self, next_round: int) -> None:
         header = self._header(next_round, 0, factors=blocks_of(self.schema))

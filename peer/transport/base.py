@@ -24,7 +24,7 @@ from peer.errors import TadloraError
 
 T = TypeVar("T")
 
-PROTOCOL_VERSION = 2  # 2: payload checksum xxh3-128 (was sha256)
+PROTOCOL_VERSION = 3  # 2: payload checksum xxh3-128 (was sha256); 3: int8 packed into two tensors, bf16 scales
 
 
 class Step(enum.Enum):

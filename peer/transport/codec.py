@@ -2,9 +2,10 @@
 
 The payload of a message is one safetensors file holding the factors being sent, with PEFT's
 adapter-free tensor names, each in the wire form the sender chose (``--wire-dtype``: fp32, bf16,
-fp16, or int8 with a ``name::scale`` tensor beside it; ``peer.algorithm.compression``). The
-receiver checks it against its own adapter's schema before anything touches the model: names, wire
-dtypes, shapes, finite values; then decodes it to the local dtype. Any failure is a ``DecodeError`` whose
+fp16), or, for int8, two tensors that pack every factor in the order of their names
+(``peer.algorithm.compression``). The receiver checks it against its own adapter's schema before
+anything touches the model: names, wire dtypes, shapes (an int8 message: its total size against the
+factors announced), finite values; then decodes it to the local dtype. Any failure is a ``DecodeError`` whose
 ``reason`` is a short stable code (for counters) and whose message says what was wrong.
 """
 
@@ -18,7 +19,17 @@ from collections.abc import Mapping
 import torch
 import xxhash
 
-from peer.algorithm.compression import SCALE_SUFFIX, WireDtype, compress, decompress, int8_blocks, scale_name
+from peer.algorithm.compression import (
+    INT8_SCALE_DTYPE,
+    INT8_SCALES,
+    INT8_VALUES,
+    PACKED_INT8,
+    WireDtype,
+    compress,
+    decompress,
+    int8_blocks,
+    is_packed_int8,
+)
 from peer.errors import TadloraError
 from peer.transport.base import Reason, shown
 
@@ -46,9 +57,12 @@ _METADATA_KEY = "__metadata__"
 _HEADER_ALIGNMENT = 8
 # a header names each tensor in ~100 bytes: 16 MiB is far beyond any adapter's, and bounds the parse
 MAX_SAFETENSORS_HEADER_BYTES = 16 << 20
+# a tensor of no elements may still name absurd dimensions ([0, 2**70]): bounded before torch sees them
+MAX_DIMENSIONS = 8
+MAX_DIMENSION_SIZE = 1 << 40
 # a float factor travels as its own dtype or in a compressed form (``peer.algorithm.compression``)
 _FLOATS = ("float64", "float32", "bfloat16", "float16")
-_COMPRESSED_FORMS = ("bfloat16", "float16", "int8")
+_HALF_FORMS = ("bfloat16", "float16")
 
 
 class DecodeError(TadloraError, ValueError):
@@ -110,17 +124,26 @@ def decode_factors(
     """Parse and validate a payload against the local ``schema``; the factors in the local dtype.
 
     ``payload``: any bytes-like object; a writable one (``bytearray``) is read in place, without a copy.
-    Each tensor may arrive in any ``WireDtype`` form (an int8 tensor with its ``::scale`` companion);
-    it comes back as the local dtype. ``expected_names``: exactly these tensors must be present (the
-    factors the header announced). ``device``: where the returned tensors go (the adapter's device),
-    so that they meet the own factors without a device mismatch; None leaves them on CPU. Validation
-    runs on CPU before the move: a refused payload never costs a transfer to the accelerator.
+    Each tensor may arrive in any ``WireDtype`` form; it comes back as the local dtype.
+    ``expected_names``: exactly these tensors must be present (the factors the header announced; an
+    int8 message carries them without their names, so it needs them). ``device``: where the returned
+    tensors go (the adapter's device), so that they meet the own factors without a device mismatch;
+    None leaves them on CPU. Validation runs on CPU before the move: a refused payload never costs a
+    transfer to the accelerator.
     """
     tensors = _parse_safetensors(payload)
-    _check_names(tensors, schema, expected_names)
-    for name, tensor in tensors.items():
-        _check_tensor(name, tensor, tensors, schema)
-    decoded = {name: t.to(_torch_dtype(schema[name][0])) for name, t in decompress(tensors).items()}
+    if is_packed_int8(tensors):
+        if expected_names is None:
+            raise DecodeError(Reason.TENSOR_NAMES, "an int8 message, and no announced factors to read it as")
+        floats = decompress(tensors, _check_packed_int8(tensors, schema, expected_names))
+        for name, tensor in floats.items():  # finite scales times 127 may still overflow the local type
+            _check_finite(name, tensor.to(_torch_dtype(schema[name][0])))
+    else:
+        _check_names(tensors, schema, expected_names)
+        for name, tensor in tensors.items():
+            _check_tensor(name, tensor, schema)
+        floats = decompress(tensors)
+    decoded = {name: t.to(_torch_dtype(schema[name][0])) for name, t in floats.items()}
     if device is None:
         return decoded
     return {name: tensor.to(device) for name, tensor in decoded.items()}
@@ -154,7 +177,8 @@ def _tensor_at(view: memoryview, start: int, name: str, entry: object) -> torch.
         dtype = _TORCH_OF_CODE[entry["dtype"]]
         shape = [int(d) for d in entry["shape"]]
         first, last = (int(o) for o in entry["data_offsets"])
-        assert all(d >= 0 for d in shape) and 0 <= first <= last <= len(view) - start
+        assert len(shape) <= MAX_DIMENSIONS and all(0 <= d < MAX_DIMENSION_SIZE for d in shape)
+        assert 0 <= first <= last <= len(view) - start
     except (AssertionError, KeyError, TypeError, ValueError):
         raise DecodeError(Reason.MALFORMED_PAYLOAD, f"bad safetensors entry for {shown(str(name), 80)}") from None
     numel = math.prod(shape)
@@ -166,37 +190,61 @@ def _tensor_at(view: memoryview, start: int, name: str, entry: object) -> torch.
 
 
 def _check_names(tensors: Mapping[str, torch.Tensor], schema: Schema, expected: set[str] | None) -> None:
-    factors = {name for name in tensors if not name.endswith(SCALE_SUFFIX)}
-    unknown = factors - set(schema)
+    unknown = set(tensors) - set(schema)
     if unknown:
-        raise DecodeError(Reason.TENSOR_NAMES, f"tensors not in the local adapter: {sorted(unknown)[:3]}")
-    stray = [name for name in set(tensors) - factors if tensors.get(name.removesuffix(SCALE_SUFFIX)) is None]
-    if stray:
-        raise DecodeError(Reason.TENSOR_NAMES, f"scales of no int8 tensor: {sorted(stray)[:3]}")
-    if expected is not None and factors != expected:
-        missing = sorted(expected - factors)
-        raise DecodeError(Reason.TENSOR_NAMES, f"missing announced tensors: {missing[:3]}")
+        raise DecodeError(Reason.TENSOR_NAMES, f"tensors not in the local adapter: {_names(unknown)}")
+    if expected is not None and set(tensors) != expected:
+        missing, extra = expected - set(tensors), set(tensors) - expected
+        what = f"missing announced tensors: {_names(missing)}" if missing else f"tensors not announced: {_names(extra)}"
+        raise DecodeError(Reason.TENSOR_NAMES, what)
 
 
-def _check_tensor(name: str, tensor: torch.Tensor, tensors: Mapping[str, torch.Tensor], schema: Schema) -> None:
-    if name.endswith(SCALE_SUFFIX):
-        _check_finite(name, tensor)
-        return
+def _names(names: set[str]) -> list[str]:
+    """The first few of ``names``, each cut short: a peer's names in an error stay one short line."""
+    return [shown(name, 80) for name in sorted(names)[:3]]
+
+
+def _check_tensor(name: str, tensor: torch.Tensor, schema: Schema) -> None:
     dtype, shape = schema[name]
     wire = str(tensor.dtype).removeprefix("torch.")
-    if wire != dtype and not (dtype in _FLOATS and wire in _COMPRESSED_FORMS):
+    if wire != dtype and not (dtype in _FLOATS and wire in _HALF_FORMS):
         raise DecodeError(Reason.TENSOR_DTYPE, f"{name}: dtype {wire} != local {dtype}")
     if tuple(tensor.shape) != shape:
         raise DecodeError(Reason.TENSOR_SHAPE, f"{name}: shape {tuple(tensor.shape)} != local {shape}")
-    if tensor.dtype == torch.int8:
-        scales = tensors.get(scale_name(name))
-        if scales is None:
-            raise DecodeError(Reason.TENSOR_NAMES, f"{name}: int8 without its {SCALE_SUFFIX} tensor")
-        if scales.dtype != torch.float32 or tuple(scales.shape) != (int8_blocks(tensor.numel()),):
-            raise DecodeError(
-                Reason.TENSOR_SHAPE, f"{name}: scales {scales.dtype} {tuple(scales.shape)} for {tensor.numel()} values"
-            )
     _check_finite(name, tensor)
+
+
+def _check_packed_int8(
+    tensors: Mapping[str, torch.Tensor], schema: Schema, names: set[str]
+) -> dict[str, tuple[int, ...]]:
+    """An int8 message against the factors it stands for: its two tensors and nothing else, int8
+    values that count exactly those factors' elements, one finite, non-negative bf16 scale per block
+    of each factor. Returns the factors' names and shapes, which ``decompress`` splits the message into."""
+    if set(tensors) != PACKED_INT8:
+        odd = set(tensors) ^ PACKED_INT8
+        only = f"an int8 message holds {INT8_VALUES} and {INT8_SCALES} only"
+        raise DecodeError(Reason.TENSOR_NAMES, f"{only}: {_names(odd)}")
+    unknown = names - set(schema)
+    if unknown:
+        raise DecodeError(Reason.TENSOR_NAMES, f"tensors not in the local adapter: {_names(unknown)}")
+    not_float = {name for name in names if schema[name][0] not in _FLOATS}
+    if not_float:
+        raise DecodeError(Reason.TENSOR_DTYPE, f"int8 for tensors that are not floats: {_names(not_float)}")
+    values, scales = tensors[INT8_VALUES], tensors[INT8_SCALES]
+    sizes = [math.prod(schema[name][1]) for name in names]
+    total, blocks = sum(sizes), sum(int8_blocks(size) for size in sizes)
+    if values.dtype != torch.int8 or scales.dtype != INT8_SCALE_DTYPE:
+        raise DecodeError(Reason.TENSOR_DTYPE, f"int8 message of {values.dtype} values and {scales.dtype} scales")
+    if tuple(values.shape) != (total,) or tuple(scales.shape) != (blocks,):
+        raise DecodeError(
+            Reason.TENSOR_SHAPE,
+            f"int8 message of {tuple(values.shape)} values and {tuple(scales.shape)} scales for {total} values "
+            f"in {blocks} blocks",
+        )
+    _check_finite(INT8_SCALES, scales)
+    if scales.numel() and float(scales.min()) < 0:
+        raise DecodeError(Reason.MALFORMED_PAYLOAD, "negative int8 scales")
+    return {name: schema[name][1] for name in names}
 
 
 def _check_finite(name: str, tensor: torch.Tensor) -> None:
