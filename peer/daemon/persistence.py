@@ -1,15 +1,19 @@
 """What a peer keeps on disk, and in which order it writes it, so that a crash at any instant is survivable.
 
-Four files; the first two are written atomically and durably (temp file, fsync, rename, directory
-fsync), the two logs are appended and fsynced:
+Five files; the first two are written atomically and durably (temp file, fsync, rename, directory
+fsync), the others are appended and fsynced:
 
 ``checkpoint.pt``  the state at the start of a round: factors, optimizer, schedule, the decisions of
                    recent rounds (to answer a neighbour's outcome query after a restart), and links
                    whose outcome is still unknown (``pending``).
 ``wal.pt``         the write-ahead record of the round in progress: the factors after local training
-                   (what this peer sends), its candidate links, and every link it is about to count
+                   (what this peer sends) and its candidate links, written when the round opens.
+``wal-links.bin``  its links, one appended record each: every link this peer is about to count
                    (``final``: the server side, written before its ack) or may count (``tentative``:
-                   the client side, written before its commit).
+                   the client side, written before its commit). Appended, not rewritten with the
+                   round's state: a link costs one fsync of its own factors (rewriting ``wal.pt``
+                   cost two fsyncs and a rename of everything, per link). Each record carries its
+                   round and a checksum; a torn last record was never durable and is not read.
 ``rounds.jsonl``   one line per finished round, appended and fsynced right after the checkpoint of the
                    next round (which holds the same line, so a crash between the two loses nothing).
 ``events.jsonl``   what happens between rounds: a jump forward to a neighbour's round, a link of a past
@@ -33,11 +37,13 @@ import copy
 import io
 import json
 import os
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
+import xxhash
 
 from peer.daemon.checkpoint import (
     CHECKPOINT,
@@ -46,9 +52,14 @@ from peer.daemon.checkpoint import (
     unreadable,
     write_atomically,
 )
+from peer.durable import fsync_directory
 
 WAL = "wal.pt"
+WAL_LINKS = "wal-links.bin"
 ROUNDS_LOG = "rounds.jsonl"
+# a record of ``wal-links.bin``: this magic, the data's length and its xxh3-64 digest, then the data
+RECORD_MAGIC = b"TDLR"
+_RECORD_HEAD = struct.Struct("<4sQQ")
 EVENTS_LOG = "events.jsonl"
 
 
@@ -58,6 +69,9 @@ class Store(Protocol):
     def delete(self, name: str) -> None: ...
     def append_line(self, name: str, line: str) -> None: ...
     def lines(self, name: str) -> list[str]: ...
+    def append_record(self, name: str, data: Any) -> None: ...
+    def records(self, name: str) -> list[Any]: ...
+    def clear_records(self, name: str) -> None: ...
 
 
 class FolderStore:
@@ -67,6 +81,7 @@ class FolderStore:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         remove_stale_temp_files(self.directory)
+        self._records_end: dict[str, int] = {}  # where the next record goes, once the file was checked
 
     def write(self, name: str, data: bytes) -> None:
         write_atomically(self.directory / name, lambda f: f.write(data))
@@ -94,6 +109,52 @@ class FolderStore:
         text = path.read_text()
         return [line for line in text.split("\n")[:-1] if line]
 
+    def append_record(self, name: str, data: bytes) -> None:
+        """Append one checksummed record and fsync it. The first append of this process to a file
+        cuts a torn record a crash left at its end; a new file's name is made durable too."""
+        path = self.directory / name
+        if name not in self._records_end:
+            created = not path.exists()
+            self._records_end[name] = 0 if created else _valid_records(path.read_bytes())[1]
+            with path.open("ab") as f:
+                f.truncate(self._records_end[name])
+                os.fsync(f.fileno())
+            if created:
+                fsync_directory(self.directory)
+        with path.open("r+b") as f:
+            f.seek(self._records_end[name])
+            f.write(_RECORD_HEAD.pack(RECORD_MAGIC, len(data), xxhash.xxh3_64_intdigest(data)))
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+            self._records_end[name] = f.tell()
+
+    def records(self, name: str) -> list[bytes]:
+        path = self.directory / name
+        return _valid_records(path.read_bytes())[0] if path.exists() else []
+
+    def clear_records(self, name: str) -> None:
+        """Empty the file, keeping its name. Not fsynced: every record names its round, so records of
+        a finished round that a power cut brings back are ignored."""
+        path = self.directory / name
+        if path.exists():
+            os.truncate(path, 0)
+            self._records_end[name] = 0
+
+
+def _valid_records(data: bytes) -> tuple[list[bytes], int]:
+    """The records of ``data`` up to the first torn or damaged one, and where they end."""
+    records, at = [], 0
+    while at + _RECORD_HEAD.size <= len(data):
+        magic, size, digest = _RECORD_HEAD.unpack_from(data, at)
+        start = at + _RECORD_HEAD.size
+        body = data[start : start + size]
+        if magic != RECORD_MAGIC or len(body) != size or xxhash.xxh3_64_intdigest(body) != digest:
+            break
+        records.append(body)
+        at = start + size
+    return records, at
+
 
 def _cut_torn_line(path: Path) -> None:
     """A crash mid-append leaves a last line without its newline: cut it, so the next line starts clean."""
@@ -117,6 +178,7 @@ class MemoryStore:
     def __init__(self) -> None:
         self.files: dict[str, Any] = {}  # bytes (TorchFormat), or a private deep copy of a state (CopyFormat)
         self.logs: dict[str, list[str]] = {}
+        self.appended: dict[str, list[Any]] = {}  # binary records (TorchFormat) or private copies
         self.crash_after_writes: int | None = None
         self.frozen = False
         self.on_crash = lambda: None  # the simulator's: stop the peer at the instant of the crash
@@ -149,10 +211,22 @@ class MemoryStore:
     def lines(self, name: str) -> list[str]:
         return list(self.logs.get(name, []))
 
+    def append_record(self, name: str, data: Any) -> None:
+        self._tick()
+        self.appended.setdefault(name, []).append(data)
+
+    def records(self, name: str) -> list[Any]:
+        return list(self.appended.get(name, []))
+
+    def clear_records(self, name: str) -> None:
+        self._tick()
+        self.appended.pop(name, None)
+
     def snapshot(self) -> MemoryStore:
         """What survives a crash now: a copy that the dead process can no longer touch."""
         copy = MemoryStore()
         copy.files, copy.logs = dict(self.files), {k: list(v) for k, v in self.logs.items()}
+        copy.appended = {k: list(v) for k, v in self.appended.items()}
         return copy
 
 
@@ -248,8 +322,9 @@ class Persistence:
     ) -> None:
         """Before a commit (client, ``final=False``) or an ack (server, ``final=True``)."""
         assert self.wal is not None and self.wal.round == round_, "a link is recorded in the open round"
-        self.wal.links[peer_id] = {"tensors": tensors, "degree": degree, "bytes": payload_bytes, "final": final}
-        self._write_wal()
+        link = {"tensors": tensors, "degree": degree, "bytes": payload_bytes, "final": final}
+        self.store.append_record(WAL_LINKS, self.form.dumps({"round": round_, "peer": peer_id, **link}))
+        self.wal.links[peer_id] = link
 
     def _write_wal(self) -> None:
         assert self.wal is not None
@@ -260,16 +335,17 @@ class Persistence:
         if data is None:
             return None
         state = self._load(data, WAL)
-        return WriteAhead(
-            int(state["round"]),
-            state["local_state"],
-            list(state["candidates"]),
-            dict(state.get("extras", {})),
-            dict(state["links"]),
-        )
+        round_ = int(state["round"])
+        links = dict(state.get("links", {}))  # a WAL of an earlier build kept its links inside
+        for record in self.store.records(WAL_LINKS):
+            link = self._load(record, WAL_LINKS)
+            if link.pop("round") == round_:  # records of an earlier round were never cleared by a power cut
+                links[link.pop("peer")] = link
+        return WriteAhead(round_, state["local_state"], list(state["candidates"]), dict(state.get("extras", {})), links)
 
     def discard_wal(self) -> None:
         self.store.delete(WAL)
+        self.store.clear_records(WAL_LINKS)
         self.wal = None
 
     def finish_round(self, record: dict, next_state: dict) -> None:

@@ -8,7 +8,7 @@ import torch
 
 from peer.algorithm.schedule import AgreedSchedule
 from peer.daemon.links import DORMANT_AFTER_FAILURES, MAX_BACKOFF_ROUNDS, LinkBackoff
-from peer.daemon.persistence import ROUNDS_LOG, WAL, FolderStore, MemoryStore, Persistence
+from peer.daemon.persistence import ROUNDS_LOG, WAL, WAL_LINKS, FolderStore, MemoryStore, Persistence
 from peer.daemon.protocol import Identity, LinkProtocol
 from peer.daemon.rounds import Decision, Received, RoundBook, RoundState
 from peer.daemon.settlement import PendingLink
@@ -189,3 +189,32 @@ def test_a_line_after_a_torn_one_starts_clean(tmp_path):
     files = Persistence(FolderStore(tmp_path))
     files.log_round({"round": 1})
     assert [json.loads(line)["round"] for line in (tmp_path / ROUNDS_LOG).read_text().splitlines()] == [0, 1]
+
+
+def test_links_are_appended_records_and_a_torn_last_one_is_never_read(tmp_path):
+    files = Persistence(FolderStore(tmp_path))
+    files.open_round(3, {"x": torch.ones(1)}, ["peer-02", "peer-03"], {})
+    files.record_link(3, "peer-02", dict(TENSORS), 2, 10, final=True)
+    wal_bytes = (tmp_path / WAL).read_bytes()
+    files.record_link(3, "peer-03", dict(TENSORS), 1, 10, final=False)
+    assert (tmp_path / WAL).read_bytes() == wal_bytes  # a link does not rewrite the round's state
+    whole = (tmp_path / WAL_LINKS).read_bytes()
+    (tmp_path / WAL_LINKS).write_bytes(whole[:-5])  # a crash in the middle of the second record
+    restarted = Persistence(FolderStore(tmp_path))
+    wal = restarted.load_wal()
+    assert wal.round == 3 and set(wal.links) == {"peer-02"} and wal.links["peer-02"]["final"]
+    restarted.wal = wal  # finishing the round from its WAL appends after the cut, not after the torn bytes
+    restarted.record_link(3, "peer-03", dict(TENSORS), 1, 10, final=False)
+    assert set(Persistence(FolderStore(tmp_path)).load_wal().links) == {"peer-02", "peer-03"}
+
+
+def test_link_records_of_an_earlier_round_are_ignored_and_a_finished_round_clears_them(tmp_path):
+    files = Persistence(FolderStore(tmp_path))
+    files.open_round(0, {"x": torch.ones(1)}, ["peer-02"], {})
+    files.record_link(0, "peer-02", dict(TENSORS), 2, 10, final=True)
+    stale = (tmp_path / WAL_LINKS).read_bytes()
+    files.finish_round({"round": 0}, {"round": 1})
+    assert (tmp_path / WAL_LINKS).read_bytes() == b"" and not (tmp_path / WAL).exists()
+    files.open_round(1, {"x": torch.ones(1)}, ["peer-02"], {})
+    (tmp_path / WAL_LINKS).write_bytes(stale)  # a power cut undid the clearing: round 0's record is back
+    assert Persistence(FolderStore(tmp_path)).load_wal().links == {}
