@@ -5,9 +5,12 @@
 Flower: its own server (FedAvg, the legacy ``start_server``/``start_client`` gRPC stack of flwr) and N
 clients (benchmarks/flower_side.py), clients returning the parameters at once (no training).
 tadlora: N ``tadlora run`` daemons (MiniLM-L6, r = 8, strategy lora so that both factors are swapped
-every round as FedAvg averages the whole adapter, complete graph), training one step of one
-example per round; their round time beyond training is ``seconds - train_seconds`` from rounds.jsonl
-(exchange, validation, mixing, checkpoint).
+every round as FedAvg averages the whole adapter, complete graph), run twice: training one step of
+one example per round, and in rounds that train nothing (consensus rounds, ``--consensus-rounds``),
+as Flower's clients train nothing. Their round time beyond training is ``seconds - train_seconds``
+from rounds.jsonl (exchange, validation, mixing, checkpoint). Only the second is like for like:
+in the first, a round also waits for the neighbours that are still training (N processes training
+on a shared machine rarely finish together), which Flower's clients never make their server do.
 
 Both run inside a network namespace of their own that has only a loopback interface, so the bytes
 its loopback counted are exactly the bytes of the run, every protocol overhead included (mDNS,
@@ -112,15 +115,17 @@ class NamespacedTestbed(Testbed):
         return self.ns.wrap(super().command(index, extra))
 
 
-def run_tadlora(peers: int, rounds: int, folder: Path, wire_dtype: str = "fp32") -> dict:
+def run_tadlora(peers: int, rounds: int, folder: Path, wire_dtype: str = "fp32", training: bool = True) -> dict:
+    """``training``: every round trains one step; otherwise one round trains, then ``rounds`` consensus
+    rounds only exchange and mix (measured from the third round on, when no neighbour still trains)."""
     cfg = load_config(
         overrides=dict(
             references="none",
             strategy="lora",
-            consensus_rounds=0,  # per-round figures: every round trains
+            consensus_rounds=0 if training else rounds,
             peers=peers,
             topology="complete",
-            rounds=rounds,
+            rounds=rounds if training else 1,
             local_steps=1,
             batch_size=1,
             max_length=16,
@@ -140,13 +145,14 @@ def run_tadlora(peers: int, rounds: int, folder: Path, wire_dtype: str = "fp32")
             after = ns.bytes()
         finally:
             bed.stop_all()
-    records = [r for i in range(peers) for r in bed.rounds(i)[1:]]
-    payload = sum(r["bytes_sent"] for i in range(peers) for r in bed.rounds(i)) / rounds
+    skip = 1 if training else 2  # the first round waits for start-up; without training, also the trained one
+    records = [r for i in range(peers) for r in bed.rounds(i)[skip:]]
+    payload = sum(r["bytes_sent"] for i in range(peers) for r in bed.rounds(i)) / cfg.total_rounds
     return {
         "overhead": statistics.median(r["seconds"] - r["train_seconds"] for r in records),
         # of which the exchange phase: swaps, and waiting for neighbours that still train
         "exchange": statistics.median(r["exchange_seconds"] for r in records),
-        "bytes_per_round": (after - before) / rounds if before is not None else payload,
+        "bytes_per_round": (after - before) / cfg.total_rounds if before is not None else payload,
         "payload_per_round": payload,
     }
 
@@ -160,7 +166,8 @@ def main() -> None:
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="tadlora-flower-"))
     flower = run_flower(args.flower_python, args.peers, args.rounds, folder)
-    ours = run_tadlora(args.peers, args.rounds, folder / "tadlora", args.wire_dtype)
+    training = run_tadlora(args.peers, args.rounds, folder / "tadlora", args.wire_dtype)
+    mixing = run_tadlora(args.peers, args.rounds, folder / "tadlora-mixing", args.wire_dtype, training=False)
     mb = 1e6
     print(f"adapter payload: {flower['payload'] / 1e3:.0f} KB; {args.peers} processes; {args.rounds} rounds\n")
     print("| | round time beyond training (median s) | bytes on the wire per round (MB) |\n|---|---|---|")
@@ -168,16 +175,16 @@ def main() -> None:
         f"| Flower (FedAvg server + {args.peers} clients) | {flower['overhead']:.3f} | "
         f"{flower['bytes_per_round'] / mb if flower['bytes_per_round'] else float('nan'):.2f} |"
     )
+    for what, ours in (("one training step a round", training), ("rounds that train nothing", mixing)):
+        print(
+            f"| tadlora ({args.peers} daemons, complete graph, {args.wire_dtype}, {what}; exchange phase "
+            f"{ours['exchange']:.3f}) | {ours['overhead']:.3f} | {ours['bytes_per_round'] / mb:.2f} |"
+        )
+    byte_ratio = training["bytes_per_round"] / flower["bytes_per_round"] if flower["bytes_per_round"] else float("nan")
     print(
-        f"| tadlora ({args.peers} daemons, complete graph, {args.wire_dtype}; exchange phase "
-        f"{ours['exchange']:.3f}) | {ours['overhead']:.3f} "
-        f"| {ours['bytes_per_round'] / mb:.2f} |"
-    )
-    byte_ratio = ours["bytes_per_round"] / flower["bytes_per_round"] if flower["bytes_per_round"] else float("nan")
-    print(
-        f"\nratio tadlora/Flower: time {ours['overhead'] / flower['overhead']:.2f}, "
-        f"bytes {byte_ratio:.2f}"
-        f" (payload per round: tadlora {ours['payload_per_round'] / mb:.2f} MB sent, Flower 2 x {args.peers} x "
+        f"\nratio tadlora/Flower: time {mixing['overhead'] / flower['overhead']:.2f} like for like (nobody trains), "
+        f"{training['overhead'] / flower['overhead']:.2f} with one training step a round; bytes {byte_ratio:.2f}"
+        f" (payload per round: tadlora {training['payload_per_round'] / mb:.2f} MB sent, Flower 2 x {args.peers} x "
         f"{flower['payload'] / mb:.2f} MB)"
     )
 
