@@ -123,10 +123,14 @@ class FolderStore:
                 fsync_directory(self.directory)
         with path.open("r+b") as f:
             f.seek(self._records_end[name])
-            f.write(_RECORD_HEAD.pack(RECORD_MAGIC, len(data), xxhash.xxh3_64_intdigest(data)))
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+            try:
+                f.write(_RECORD_HEAD.pack(RECORD_MAGIC, len(data), xxhash.xxh3_64_intdigest(data)))
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            except OSError:  # not durable, so the link must not count: nor may a restart find the record
+                f.truncate(self._records_end[name])
+                raise
             self._records_end[name] = f.tell()
 
     def records(self, name: str) -> list[bytes]:

@@ -249,7 +249,9 @@ class LinkProtocol:
         try:
             if address is None:
                 raise ExchangeFailed(f"{peer_id} has no address")
-            await self._exchange_retrying_while_ahead(address, state, peer_id, validate, until)
+            await self._exchange_retrying_while_ahead(
+                address, state, peer_id, validate, until, answered=lambda: "received" in staged
+            )
             state.decide(peer_id, Decision.COUNTED, staged["received"], self.now())
         except ExchangeOutcomeUnknown:
             await self.settle_by_query(state, peer_id, address, staged["received"], until)
@@ -265,8 +267,11 @@ class LinkProtocol:
             state.decide(peer_id, Decision.REFUSED)
 
     async def _exchange_retrying_while_ahead(
-        self, address: str, state: RoundState, peer_id: str, validate, until: float
+        self, address: str, state: RoundState, peer_id: str, validate, until: float, answered=lambda: False
     ) -> None:
+        """``answered``: whether the server's factors already came (and were written ahead): a server
+        that answered has reached the round, so a later "not reached yet" is refused, never retried
+        (retrying would write the link ahead again, as often as a hostile server asks)."""
         while True:
             left = until - self.now()
             if left <= 0:
@@ -276,7 +281,7 @@ class LinkProtocol:
                 return
             except Rejected as r:
                 # the server has not reached this round yet: it will soon, ask again
-                if r.reason != Reason.ROUND_AHEAD or r.current_round >= state.round or state.closed:
+                if r.reason != Reason.ROUND_AHEAD or r.current_round >= state.round or state.closed or answered():
                     raise
                 await asyncio.sleep(min(AHEAD_RETRY_S, max(0.0, until - self.now())))
 

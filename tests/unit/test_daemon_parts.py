@@ -12,8 +12,8 @@ from peer.daemon.persistence import ROUNDS_LOG, WAL, WAL_LINKS, FolderStore, Mem
 from peer.daemon.protocol import Identity, LinkProtocol
 from peer.daemon.rounds import Decision, Received, RoundBook, RoundState
 from peer.daemon.settlement import PendingLink
-from peer.transport.base import Header
-from peer.transport.codec import schema_digest, schema_of
+from peer.transport.base import Header, Reason, Rejected
+from peer.transport.codec import encode_factors, schema_digest, schema_of
 from peer.transport.framing import seal
 
 TENSORS = {
@@ -218,3 +218,31 @@ def test_link_records_of_an_earlier_round_are_ignored_and_a_finished_round_clear
     files.open_round(1, {"x": torch.ones(1)}, ["peer-02"], {})
     (tmp_path / WAL_LINKS).write_bytes(stale)  # a power cut undid the clearing: round 0's record is back
     assert Persistence(FolderStore(tmp_path)).load_wal().links == {}
+
+
+def test_a_server_that_answered_and_then_claims_it_has_not_reached_the_round_is_refused_not_asked_again():
+    # a hostile server could otherwise make the client write the link ahead every AHEAD_RETRY_S
+    schema = schema_of(TENSORS)
+    digest = schema_digest(schema)
+
+    class AnswersThenSaysAhead:
+        calls = 0
+
+        async def exchange(self, address, message, validate, timeout, expect=None):
+            self.calls += 1
+            await validate(seal(Header("run", "peer-07", 1, "B", ("A", "B"), digest), encode_factors(TENSORS)))
+            raise Rejected(Reason.ROUND_AHEAD, "not reached", 0)  # "at round 0": one behind ours
+
+    async def go():
+        transport = AnswersThenSaysAhead()
+        book, files = RoundBook(), Persistence(MemoryStore())
+        me = Identity("peer-05", "run", schema, digest)
+        protocol = LinkProtocol(me, book, files, transport, 1.0, lambda: 1, lambda h: None, lambda p, r: None)
+        files.open_round(1, {}, ["peer-07"], {})
+        own = seal(Header("run", "peer-05", 1, "B", ("A", "B"), digest), encode_factors(TENSORS))
+        state = book.opened(RoundState(1, frozenset({"peer-07"}), own))
+        await protocol.open_link(state, "peer-07", "127.0.0.1:1", until=protocol.now() + 5.0)
+        assert transport.calls == 1 and state.decisions["peer-07"] is Decision.REFUSED
+        assert len(files.store.records(WAL_LINKS)) == 1
+
+    asyncio.run(go())
