@@ -13,7 +13,8 @@ fsync), the others are appended and fsynced:
                    the client side, written before its commit). Appended, not rewritten with the
                    round's state: a link costs one fsync of its own factors (rewriting ``wal.pt``
                    cost two fsyncs and a rename of everything, per link). Each record carries its
-                   round and a checksum; a torn last record was never durable and is not read.
+                   round, the random id of its ``wal.pt`` and a checksum; a torn last record was
+                   never durable and is not read, nor is a record of another ``wal.pt``.
 ``rounds.jsonl``   one line per finished round, appended and fsynced right after the checkpoint of the
                    next round (which holds the same line, so a crash between the two loses nothing).
 ``events.jsonl``   what happens between rounds: a jump forward to a neighbour's round, a link of a past
@@ -285,9 +286,13 @@ class WriteAhead:
     candidates: list[str]
     extras: dict = field(default_factory=dict)  # what else finishing the round needs (schedule, ...)
     links: dict[str, dict] = field(default_factory=dict)  # peer -> {tensors, degree, bytes, final}
+    # a random id of this record, carried by each of its links' records: only those are its links
+    # (not those of another run's record of the same round number left in the same folder)
+    nonce: str = field(default_factory=lambda: os.urandom(8).hex())
 
     def as_dict(self) -> dict:
         return {
+            "nonce": self.nonce,
             "round": self.round,
             "local_state": self.local_state,
             "candidates": self.candidates,
@@ -327,7 +332,8 @@ class Persistence:
         """Before a commit (client, ``final=False``) or an ack (server, ``final=True``)."""
         assert self.wal is not None and self.wal.round == round_, "a link is recorded in the open round"
         link = {"tensors": tensors, "degree": degree, "bytes": payload_bytes, "final": final}
-        self.store.append_record(WAL_LINKS, self.form.dumps({"round": round_, "peer": peer_id, **link}))
+        record = {"round": round_, "nonce": self.wal.nonce, "peer": peer_id, **link}
+        self.store.append_record(WAL_LINKS, self.form.dumps(record))
         self.wal.links[peer_id] = link
 
     def _write_wal(self) -> None:
@@ -339,13 +345,16 @@ class Persistence:
         if data is None:
             return None
         state = self._load(data, WAL)
-        round_ = int(state["round"])
+        round_, nonce = int(state["round"]), str(state.get("nonce", ""))
         links = dict(state.get("links", {}))  # a WAL of an earlier build kept its links inside
         for record in self.store.records(WAL_LINKS):
             link = self._load(record, WAL_LINKS)
-            if link.pop("round") == round_:  # records of an earlier round were never cleared by a power cut
+            # this record's links only: not an earlier round's (a power cut undid their clearing), nor
+            # those of another record of the same round (files of a run started over in this folder)
+            if (link.pop("round"), link.pop("nonce", "")) == (round_, nonce):
                 links[link.pop("peer")] = link
-        return WriteAhead(round_, state["local_state"], list(state["candidates"]), dict(state.get("extras", {})), links)
+        extras = dict(state.get("extras", {}))
+        return WriteAhead(round_, state["local_state"], list(state["candidates"]), extras, links, nonce)
 
     def discard_wal(self) -> None:
         self.store.delete(WAL)

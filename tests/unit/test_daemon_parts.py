@@ -246,3 +246,16 @@ def test_a_server_that_answered_and_then_claims_it_has_not_reached_the_round_is_
         assert len(files.store.records(WAL_LINKS)) == 1
 
     asyncio.run(go())
+
+
+def test_link_records_of_another_write_ahead_record_of_the_same_round_are_not_its_links(tmp_path):
+    # a run started over in the same folder (its checkpoint and wal.pt deleted, wal-links.bin kept)
+    files = Persistence(FolderStore(tmp_path))
+    files.open_round(0, {"x": torch.ones(1)}, ["peer-02"], {})
+    files.record_link(0, "peer-02", dict(TENSORS), 2, 10, final=True)
+    (tmp_path / WAL).unlink()
+    again = Persistence(FolderStore(tmp_path))
+    again.open_round(0, {"x": torch.ones(1)}, ["peer-02", "peer-03"], {})
+    assert Persistence(FolderStore(tmp_path)).load_wal().links == {}
+    again.record_link(0, "peer-03", dict(TENSORS), 2, 10, final=False)
+    assert set(Persistence(FolderStore(tmp_path)).load_wal().links) == {"peer-03"}
