@@ -58,10 +58,10 @@ from peer.durable import fsync_directory
 WAL = "wal.pt"
 WAL_LINKS = "wal-links.bin"
 ROUNDS_LOG = "rounds.jsonl"
+EVENTS_LOG = "events.jsonl"
 # a record of ``wal-links.bin``: this magic, the data's length and its xxh3-64 digest, then the data
 RECORD_MAGIC = b"TDLR"
 _RECORD_HEAD = struct.Struct("<4sQQ")
-EVENTS_LOG = "events.jsonl"
 
 
 class Store(Protocol):

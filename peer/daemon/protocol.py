@@ -267,7 +267,7 @@ class LinkProtocol:
             state.decide(peer_id, Decision.REFUSED)
 
     async def _exchange_retrying_while_ahead(
-        self, address: str, state: RoundState, peer_id: str, validate, until: float, answered=lambda: False
+        self, address: str, state: RoundState, peer_id: str, validate, until: float, answered: Callable[[], bool]
     ) -> None:
         """``answered``: whether the server's factors already came (and were written ahead): a server
         that answered has reached the round, so a later "not reached yet" is refused, never retried

@@ -135,15 +135,15 @@ def decode_factors(
     if is_packed_int8(tensors):
         if expected_names is None:
             raise DecodeError(Reason.TENSOR_NAMES, "an int8 message, and no announced factors to read it as")
-        floats = decompress(tensors, _check_packed_int8(tensors, schema, expected_names))
-        for name, tensor in floats.items():  # finite scales times 127 may still overflow the local type
-            _check_finite(name, tensor.to(_torch_dtype(schema[name][0])))
+        shapes = _check_packed_int8(tensors, schema, expected_names)
+        decoded = _in_local_dtypes(decompress(tensors, shapes), schema)
+        for name, tensor in decoded.items():  # finite scales times 127 may still overflow the local type
+            _check_finite(name, tensor)
     else:
         _check_names(tensors, schema, expected_names)
         for name, tensor in tensors.items():
             _check_tensor(name, tensor, schema)
-        floats = decompress(tensors)
-    decoded = {name: t.to(_torch_dtype(schema[name][0])) for name, t in floats.items()}
+        decoded = _in_local_dtypes(decompress(tensors), schema)
     if device is None:
         return decoded
     return {name: tensor.to(device) for name, tensor in decoded.items()}
@@ -170,6 +170,10 @@ def _parse_safetensors(payload: Buffer) -> dict[str, torch.Tensor]:
     return {name: _tensor_at(view, start, name, entry) for name, entry in header.items() if name != _METADATA_KEY}
 
 
+def _in_local_dtypes(floats: Mapping[str, torch.Tensor], schema: Schema) -> dict[str, torch.Tensor]:
+    return {name: t.to(_torch_dtype(schema[name][0])) for name, t in floats.items()}
+
+
 def _tensor_at(view: memoryview, start: int, name: str, entry: object) -> torch.Tensor:
     """One header entry's tensor, a view of ``view`` (no copy)."""
     try:
@@ -189,10 +193,14 @@ def _tensor_at(view: memoryview, start: int, name: str, entry: object) -> torch.
     return torch.frombuffer(view, dtype=dtype, count=numel, offset=start + first).reshape(shape)
 
 
-def _check_names(tensors: Mapping[str, torch.Tensor], schema: Schema, expected: set[str] | None) -> None:
-    unknown = set(tensors) - set(schema)
+def _check_known(names: set[str], schema: Schema) -> None:
+    unknown = names - set(schema)
     if unknown:
         raise DecodeError(Reason.TENSOR_NAMES, f"tensors not in the local adapter: {_names(unknown)}")
+
+
+def _check_names(tensors: Mapping[str, torch.Tensor], schema: Schema, expected: set[str] | None) -> None:
+    _check_known(set(tensors), schema)
     if expected is not None and set(tensors) != expected:
         missing, extra = expected - set(tensors), set(tensors) - expected
         what = f"missing announced tensors: {_names(missing)}" if missing else f"tensors not announced: {_names(extra)}"
@@ -224,9 +232,7 @@ def _check_packed_int8(
         odd = set(tensors) ^ PACKED_INT8
         only = f"an int8 message holds {INT8_VALUES} and {INT8_SCALES} only"
         raise DecodeError(Reason.TENSOR_NAMES, f"{only}: {_names(odd)}")
-    unknown = names - set(schema)
-    if unknown:
-        raise DecodeError(Reason.TENSOR_NAMES, f"tensors not in the local adapter: {_names(unknown)}")
+    _check_known(names, schema)
     not_float = {name for name in names if schema[name][0] not in _FLOATS}
     if not_float:
         raise DecodeError(Reason.TENSOR_DTYPE, f"int8 for tensors that are not floats: {_names(not_float)}")
