@@ -1,8 +1,11 @@
 """The gRPC transport: factor swaps as bidirectional streams of chunks (``proto/tadlora/v1/peer.proto``).
 
-One channel per remote address is kept open and reused across rounds. Messages are split into
-``Limits.chunk_size`` chunks, so no single gRPC message comes near the 2 GB limit whatever the
-adapter's size; the gRPC message cap is set just above one chunk.
+One channel per remote address is kept open and reused across rounds, and on it the Exchange stream of
+the last swap that ended with an ack, for the next swap to that address (the next round's): opening a
+stream costs about a millisecond, most of a small adapter's swap. Anything but an ack ends a stream,
+so within a stream every swap starts clean; one that ends before its commit counts at neither end,
+as before. Messages are split into ``Limits.chunk_size`` chunks, so no single gRPC message comes near
+the 2 GB limit whatever the adapter's size; the gRPC message cap is set just above one chunk.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from peer.transport.framing import (
     Frame,
     FrameReader,
     Limits,
+    NextFrame,
     decode_frame,
     encode_frame,
     kind_of,
@@ -55,6 +59,15 @@ SERVICE = "tadlora.v1.Peer"  # peer.proto's service, as gRPC names it on the wir
 # Client channels kept open, one per remote address, oldest closed first beyond this (a real run has
 # one per neighbour; announcements of fake addresses must not grow the cache without bound).
 MAX_CHANNELS = 256
+
+# How long a server keeps an Exchange stream open after a swap's ack, waiting for the caller's next
+# swap; it holds one of the caller's stream slots (``Limits.max_streams_per_address``) meanwhile. A
+# round longer than this only costs the next swap the opening of a new stream.
+KEPT_STREAM_IDLE_S = 60.0
+# A client reuses a kept stream only if it has been idle for less than this: well inside the server's
+# wait, so that the server rarely ends a stream just as a swap starts on it (a swap that finds its
+# kept stream ended before any answer is sent again on a new stream).
+REUSE_KEPT_STREAM_WITHIN_S = KEPT_STREAM_IDLE_S / 2
 
 
 def _channel_options(limits: Limits) -> list[tuple[str, int]]:
@@ -107,14 +120,42 @@ def status_from_pb(s: pb.StatusReply) -> StatusInfo:
     )
 
 
-def _reader(call):
-    """``next_frame`` for ``read_message`` over a client call: None at the end of the stream."""
+class _CallReader:
+    """``next_frame`` for ``read_message`` over a client call (None at the end of the stream), counting
+    the frames read: a reused stream that ends before its first frame was closed before the swap."""
 
-    async def next_frame():
-        frame = await call.read()
-        return None if frame is grpc.aio.EOF else frame
+    def __init__(self, call) -> None:
+        self.call, self.frames = call, 0
+
+    async def __call__(self) -> Frame | None:
+        frame = await self.call.read()
+        if frame is grpc.aio.EOF:
+            return None
+        self.frames += 1
+        return frame
+
+
+def _request_frames(request_iterator) -> NextFrame:
+    """``next_frame`` over a server call's request stream: None at its end."""
+    frames = request_iterator.__aiter__()
+
+    async def next_frame() -> Frame | None:
+        try:
+            return await frames.__anext__()
+        except StopAsyncIteration:
+            return None
 
     return next_frame
+
+
+def _starting_with(first: Frame, next_frame: NextFrame) -> NextFrame:
+    """``next_frame`` that gives ``first`` (already read) before the rest of the stream."""
+    pending = [first]
+
+    async def frame() -> Frame | None:
+        return pending.pop() if pending else await next_frame()
+
+    return frame
 
 
 def _check_identity(context, header, tls: TlsMaterial | None) -> None:
@@ -150,9 +191,9 @@ def _host_of(grpc_peer: str) -> str:
 
 
 class _Slot:
-    """One caller's stream slot and the payload bytes reserved under it. Given back once, when the RPC
-    ends however it ends: by the handler's own end, or by gRPC's done callback when the client cancels
-    while the handler waits."""
+    """One caller's stream slot and the payload bytes its current swap reserved. The bytes are given
+    back at the end of each swap; the slot once, when the RPC ends however it ends: by the handler's
+    own end, or by gRPC's done callback when the client cancels while the handler waits."""
 
     def __init__(self, servicer: _Servicer, host: str) -> None:
         self.servicer, self.host, self.bytes, self.open = servicer, host, 0, True
@@ -161,6 +202,10 @@ class _Slot:
     def reserve(self, payload_bytes: int) -> None:
         self.servicer.buffered += payload_bytes
         self.bytes += payload_bytes
+
+    def unreserve(self) -> None:
+        self.servicer.buffered -= self.bytes
+        self.bytes = 0
 
     def release(self, *_) -> None:
         if not self.open:
@@ -191,6 +236,27 @@ class _Servicer:
         self.server, self.limits, self.tls = server, limits, tls
         self.streams: dict[str, int] = {}  # swaps being received, per remote address
         self.buffered = 0  # payload bytes those swaps announced (screened headers)
+        self.stopping = asyncio.Event()  # set when the server stops: kept streams end, not wait
+
+    async def next_swap(self, frames: NextFrame) -> Frame | None:
+        """The first frame of the caller's next swap on a kept stream; None when the stream ends, stays
+        idle for ``KEPT_STREAM_IDLE_S`` or the server stops (``end_idle``). The handler then returns:
+        a cancelled handler would leave the call open at gRPC's level, and the server's stop would
+        wait its whole grace for it."""
+        frame = asyncio.ensure_future(frames())
+        stopping = asyncio.ensure_future(self.stopping.wait())
+        try:
+            await asyncio.wait((frame, stopping), timeout=KEPT_STREAM_IDLE_S, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in (frame, stopping):
+                waiter.cancel()
+        if not frame.done() or frame.cancelled() or frame.exception() is not None:
+            return None  # idle too long, stopping, or the stream broke between swaps: it ends here
+        return frame.result()
+
+    def end_idle(self) -> None:
+        """End the kept streams that wait for a next swap (the server stops: it need not wait for them)."""
+        self.stopping.set()
 
     def _busy(self, host: str) -> Rejected | None:
         if sum(self.streams.values()) >= self.limits.max_streams:
@@ -229,9 +295,18 @@ class _Servicer:
             slot.reserve(header.payload_size)
             return reply
 
+        frames, peer = _request_frames(request_iterator), context.peer()
         try:
-            async for frame in _Swap(self, context, request_iterator).run(screen):
-                yield frame
+            next_frame = frames
+            while True:  # one swap, then more on the same stream while each ends with an ack
+                swap = _Swap(self, peer, next_frame)
+                async for frame in swap.run(screen):
+                    yield frame
+                slot.unreserve()
+                first = await self.next_swap(frames) if swap.acked else None
+                if first is None:
+                    return
+                next_frame = _starting_with(first, frames)
         finally:
             slot.release()
 
@@ -271,7 +346,7 @@ class _Servicer:
 
 
 class _Swap:
-    """The server's side of one Exchange stream.
+    """The server's side of one swap on an Exchange stream.
 
     The incoming message's header is screened first. If the server gave its reply there
     (``ExchangeServer.screen``), the reply is streamed at once while the incoming payload is still being
@@ -279,24 +354,18 @@ class _Swap:
     ``respond`` then validates and stages the incoming factors, and a refusal of them is sent where
     the ack would be. Otherwise the whole message is read and passed to ``respond`` first, and its
     answer is streamed after. Either way the link counts only at the commit, and ``abort`` forgets
-    what ``respond`` staged when the stream ends without one."""
+    what ``respond`` staged when the swap ends without one. ``acked``: the swap ended with an ack, and
+    the stream may carry the caller's next one.
 
-    def __init__(self, servicer: _Servicer, context, request_iterator) -> None:
-        self.server, self.limits = servicer.server, servicer.limits
-        # read now: the receiving task may count a refusal after the call ended, when asking gRPC for
-        # the peer of a finished call crashes the process (grpcio 1.85)
-        self.peer = context.peer()
-        frames = request_iterator.__aiter__()
+    ``peer`` is read when the call starts: the receiving task may count a refusal after the call ended,
+    when asking gRPC for the peer of a finished call crashes the process (grpcio 1.85)."""
 
-        async def next_frame() -> Frame | None:
-            try:
-                return await frames.__anext__()
-            except StopAsyncIteration:
-                return None
-
+    def __init__(self, servicer: _Servicer, peer: str, next_frame: NextFrame) -> None:
+        self.server, self.limits, self.peer = servicer.server, servicer.limits, peer
         self.reader = FrameReader(next_frame, self.limits)
         self.receiving: asyncio.Future[tuple[FactorMessage, FactorMessage]] | None = None
         self.counted: Rejected | None = None  # the refusal counted already (by the receiving task)
+        self.acked = False
 
     def _count(self, r: Rejected) -> None:
         if r is not self.counted:
@@ -343,6 +412,7 @@ class _Swap:
                 committed = await self.server.commit(incoming.header)
                 if committed:
                     yield pb.Frame(ack=pb.CommitAck(round=incoming.header.round))
+                    self.acked = True
                 else:
                     yield reject_frame(Rejected(Reason.ROUND_CLOSED, "the server mixed this round already"))
             elif answer is not None and kind != "reject":
@@ -411,10 +481,40 @@ def _handlers(servicer: _Servicer) -> grpc.GenericRpcHandler:
 
 
 @dataclass
+class _KeptStream:
+    call: grpc.aio.StreamStreamCall
+    idle_since: float  # the loop's time of its last swap's ack
+
+
+class _StreamEndedBeforeSwap(Exception):
+    """A kept stream turned out to be ended (by the server's idle wait, or a restart) before this
+    swap's first answer: nothing of the swap reached a live handler, so it is sent on a new stream."""
+
+
+@dataclass
 class _Peer:
-    """A kept channel to one address and its methods (made once: a stub per call costs)."""
+    """A kept channel to one address and its methods (made once: a stub per call costs), and the
+    Exchange stream of its last swap that ended with an ack, for the next swap."""
 
     channel: grpc.aio.Channel
+    kept: _KeptStream | None = None
+
+    def take_kept(self, now: float) -> grpc.aio.StreamStreamCall | None:
+        """The kept stream for one swap (it is no longer kept meanwhile), if it is open and fresh."""
+        kept, self.kept = self.kept, None
+        if kept is None:
+            return None
+        if kept.call.done() or now - kept.idle_since > REUSE_KEPT_STREAM_WITHIN_S:
+            kept.call.cancel()
+            return None
+        return kept.call
+
+    def keep(self, call: grpc.aio.StreamStreamCall, now: float) -> bool:
+        """Keep ``call`` for the next swap, unless another stream is kept already."""
+        if self.kept is not None:
+            return False
+        self.kept = _KeptStream(call, now)
+        return True
 
     def __post_init__(self) -> None:
         c = self.channel
@@ -436,6 +536,98 @@ class _Peer:
             request_serializer=pb.OutcomeRequest.SerializeToString,
             response_deserializer=pb.OutcomeReply.FromString,
         )
+
+
+class _ClientSwap:
+    """The client's side of one swap: on a kept stream (``reused``) or a new one. Kept for the next
+    swap only when it ends with the ack; ended (cancelled) otherwise, which the server reads as "no
+    commit" if none was sent."""
+
+    def __init__(
+        self,
+        transport: GrpcTransport,
+        peer: _Peer,
+        address: str,
+        outgoing: FactorMessage,
+        validate: Validator,
+        timeout: float,
+        deadline: float,
+    ) -> None:
+        self.transport, self.peer, self.address = transport, peer, address
+        self.outgoing, self.validate = outgoing, validate
+        self.timeout, self.deadline = timeout, deadline
+
+    async def on(self, call, *, reused: bool) -> FactorMessage:
+        address, lost = self.address, self.transport._lost
+        committed, reply, kept = False, None, False
+        next_frame = _CallReader(call)
+        try:
+            async with asyncio.timeout_at(self.deadline):
+                reply = await self._send_and_receive(call, next_frame)
+                if await lost(Step.REPLY, address, to_server=False):
+                    raise ExchangeFailed(f"{address}: reply lost")
+                try:
+                    await self.validate(reply)
+                except Rejected as r:
+                    await call.write(reject_frame(r))
+                    raise
+                if await lost(Step.COMMIT, address):
+                    raise ExchangeOutcomeUnknown(reply)  # we count as committed; the server never hears it
+                committed = True  # from here on a broken call may have delivered the commit: outcome unknown
+                await call.write(pb.Frame(commit=pb.Commit(round=self.outgoing.header.round)))
+                ack = await next_frame()
+                if await lost(Step.ACK, address, to_server=False):
+                    raise ExchangeOutcomeUnknown(reply)
+                if isinstance(ack, pb.Frame) and ack.HasField("reject"):
+                    # the server refused our factors (after streaming its own) or mixed the round already
+                    raise Rejected(Reason.of(ack.reject.reason), shown(ack.reject.detail), ack.reject.current_round)
+                if ack is None or kind_of(ack) != "ack":
+                    raise ExchangeOutcomeUnknown(reply)
+            kept = self.peer.keep(call, asyncio.get_running_loop().time())
+            return reply  # the ack is the protocol's last word: no half-close, the stream waits for the next swap
+        except TimeoutError:
+            if committed and reply is not None:
+                raise ExchangeOutcomeUnknown(reply) from None
+            # the words gRPC's own deadline used: the round's clock (clock.py) names this symptom
+            raise ExchangeFailed(f"{address}: DEADLINE_EXCEEDED, no answer within {self.timeout:g} s") from None
+        except grpc.aio.AioRpcError as exc:
+            if committed and reply is not None:  # the reply came before the commit was sent
+                raise ExchangeOutcomeUnknown(reply) from None
+            if reused and not next_frame.frames:
+                raise _StreamEndedBeforeSwap from None
+            raise _failure(address, exc) from None
+        except asyncio.InvalidStateError:
+            # a write after the server ended the stream (it refused ours midway, or its watchdog cut
+            # it): gRPC sent nothing, so no commit reached it and the link counts at neither end
+            if reused and not next_frame.frames:
+                raise _StreamEndedBeforeSwap from None
+            raise ExchangeFailed(f"{address}: the server ended the stream before taking all of ours") from None
+        except Rejected as r:
+            if reused and not next_frame.frames and r.reason == Reason.TRUNCATED:  # the stream's end, read
+                raise _StreamEndedBeforeSwap from None
+            raise
+        finally:
+            if not kept:
+                call.cancel()
+
+    async def _send_and_receive(self, call, next_frame: _CallReader) -> FactorMessage:
+        """Send ours and read the server's reply at the same time: a server may stream its reply (or
+        refuse, after the header) before it has the whole of ours."""
+        limits = self.transport.limits
+
+        async def write_message() -> None:
+            for frame in to_frames(self.outgoing, limits.chunk_size):
+                await call.write(frame)
+
+        writer = asyncio.ensure_future(write_message())
+        try:
+            reply = await read_message(next_frame, limits)
+        except BaseException:
+            writer.cancel()
+            await asyncio.gather(writer, return_exceptions=True)
+            raise
+        await writer  # the reply may be complete before our message is: it still goes out whole
+        return reply
 
 
 class GrpcTransport(Transport):
@@ -513,59 +705,16 @@ class GrpcTransport(Transport):
         if await self._lost(Step.SWAP, address):
             await asyncio.sleep(timeout)
             raise ExchangeFailed(f"{address}: no answer within {timeout:g} s")
-        call = self._stub(address, expect).exchange(timeout=timeout)
-        committed, reply = False, None
-        next_frame = _reader(call)
-        try:
-            reply = await self._swap(call, outgoing)
-            if await self._lost(Step.REPLY, address, to_server=False):
-                raise ExchangeFailed(f"{address}: reply lost")
+        peer = self._stub(address, expect)
+        loop = asyncio.get_running_loop()
+        swap = _ClientSwap(self, peer, address, outgoing, validate, timeout, loop.time() + timeout)
+        kept = peer.take_kept(loop.time())
+        if kept is not None:
             try:
-                await validate(reply)
-            except Rejected as r:
-                await call.write(reject_frame(r))
-                raise
-            if await self._lost(Step.COMMIT, address):
-                raise ExchangeOutcomeUnknown(reply)  # we count as committed; the server never hears it
-            committed = True  # from here on a broken call may have delivered the commit: outcome unknown
-            await call.write(pb.Frame(commit=pb.Commit(round=outgoing.header.round)))
-            ack = await next_frame()
-            if await self._lost(Step.ACK, address, to_server=False):
-                raise ExchangeOutcomeUnknown(reply)
-            if isinstance(ack, pb.Frame) and ack.HasField("reject"):
-                # the server refused our factors (after streaming its own) or mixed the round already
-                raise Rejected(Reason.of(ack.reject.reason), shown(ack.reject.detail), ack.reject.current_round)
-            if ack is None or kind_of(ack) != "ack":
-                raise ExchangeOutcomeUnknown(reply)
-            return reply  # the ack is the protocol's last word: no half-close, the call is ended below
-        except grpc.aio.AioRpcError as exc:
-            if committed and reply is not None:  # the reply came before the commit was sent
-                raise ExchangeOutcomeUnknown(reply) from None
-            raise _failure(address, exc) from None
-        except asyncio.InvalidStateError:
-            # a write after the server ended the stream (it refused ours midway, or its watchdog cut
-            # it): gRPC sent nothing, so no commit reached it and the link counts at neither end
-            raise ExchangeFailed(f"{address}: the server ended the stream before taking all of ours") from None
-        finally:
-            call.cancel()
-
-    async def _swap(self, call, outgoing: FactorMessage) -> FactorMessage:
-        """Send ``outgoing`` and read the server's reply at the same time: a server may stream its reply
-        (or refuse, after the header) before it has the whole of ours."""
-
-        async def write_message() -> None:
-            for frame in to_frames(outgoing, self.limits.chunk_size):
-                await call.write(frame)
-
-        writer = asyncio.ensure_future(write_message())
-        try:
-            reply = await read_message(_reader(call), self.limits)
-        except BaseException:
-            writer.cancel()
-            await asyncio.gather(writer, return_exceptions=True)
-            raise
-        await writer  # the reply may be complete before our message is: it still goes out whole
-        return reply
+                return await swap.on(kept, reused=True)
+            except _StreamEndedBeforeSwap:
+                pass
+        return await swap.on(peer.exchange(), reused=False)
 
     async def status(self, address: str, timeout: float, *, expect: str | None = None) -> StatusInfo:
         if await self._lost(Step.STATUS, address):
@@ -584,7 +733,7 @@ class GrpcTransport(Transport):
             raise ExchangeFailed(f"{address}: no answer within {timeout:g} s")
         call = self._stub(address, expect).fetch(pb.FetchRequest(run_id=run_id, peer_id=peer_id), timeout=timeout)
         try:
-            return await read_message(_reader(call), self.limits)
+            return await read_message(_CallReader(call), self.limits)
         except grpc.aio.AioRpcError as exc:
             raise _failure(address, exc) from None
         finally:
@@ -606,8 +755,11 @@ class GrpcTransport(Transport):
 
     async def close(self) -> None:
         for peer in self._channels.values():
+            if peer.kept is not None:
+                peer.kept.call.cancel()
             await peer.channel.close()
         self._channels.clear()
         if self._server is not None:
+            self.servicer.end_idle()
             await self._server.stop(grace=0.5)
             self._server = None

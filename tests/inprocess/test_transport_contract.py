@@ -13,6 +13,7 @@ from peer.transport.codec import DecodeError, decode_factors, encode_factors, sc
 from peer.transport.framing import Limits, seal
 from peer.transport.grpc_transport import GrpcTransport
 from peer.transport.memory import MemoryNetwork, MemoryTransport
+from peer.transport.tls import TLS_NAME
 
 LIMITS = Limits(chunk_size=1024, max_payload_bytes=1 << 20, frame_timeout=2.0)
 
@@ -331,6 +332,129 @@ def test_grpc_a_payload_refused_midway_after_the_reply_ends_the_swap_at_neither_
                 await client_t.exchange(address, big_message("peer-a", 1.0), accept, timeout=5)
             assert not isinstance(info.value, Rejected) or info.value.reason == "too-many-chunks"
             assert peer.commits == [] and peer.rejections == {"too-many-chunks": 1}
+        finally:
+            await client_t.close()
+            await server_t.close()
+
+    run(scenario())
+
+
+def test_swaps_of_consecutive_rounds_each_count_once_at_both_ends(transports):
+    # over gRPC the later swaps run on the stream the first one opened (kept after its ack)
+    async def scenario():
+        async with pair(transports) as (client_t, peer, address):
+            for round_ in (5, 6, 7):
+                peer.round = round_
+                reply = await client_t.exchange(address, message("peer-a", round_, float(round_)), accept, timeout=5)
+                assert reply.header.round == round_
+                assert torch.equal(peer.received[-1]["layer.0.lora_A.weight"], torch.full((4, 16), float(round_)))
+            assert peer.commits == [("peer-a", 5), ("peer-a", 6), ("peer-a", 7)] and peer.aborts == []
+
+    run(scenario())
+
+
+@contextlib.asynccontextmanager
+async def grpc_pair(early: bool = True):
+    """A plain gRPC server peer, its servicer and a client transport; both closed on the way out."""
+    server_t, client_t = GrpcTransport(LIMITS), GrpcTransport(LIMITS)
+    peer = FakePeer("peer-b", 5, 7.0, early)
+    address = await server_t.serve(peer, "127.0.0.1:0")
+    try:
+        yield client_t, peer, address, server_t.servicer
+    finally:
+        await client_t.close()
+        await server_t.close()
+
+
+def kept_call(client_t: GrpcTransport, address: str):
+    peer = client_t._channels[(address, TLS_NAME)]
+    return None if peer.kept is None else peer.kept.call
+
+
+async def until(condition, seconds: float = 2.0) -> bool:
+    """Whether ``condition()`` holds within ``seconds`` (the server's side runs on after the client's
+    call returned: it gives the swap's bytes back once gRPC took its ack)."""
+    for _ in range(int(seconds / 0.02)):
+        if condition():
+            return True
+        await asyncio.sleep(0.02)
+    return condition()
+
+
+def test_grpc_a_stream_carries_the_next_rounds_swap_and_gives_its_bytes_back_after_each():
+    async def scenario():
+        async with grpc_pair() as (client_t, peer, address, servicer):
+            await client_t.exchange(address, message("peer-a", 5, 1.0), accept, timeout=5)
+            first = kept_call(client_t, address)
+            assert first is not None and not first.done()
+            assert await until(lambda: servicer.buffered == 0)  # idle: a slot, no bytes
+            assert sum(servicer.streams.values()) == 1
+            peer.round = 6
+            await client_t.exchange(address, message("peer-a", 6, 2.0), accept, timeout=5)
+            assert kept_call(client_t, address) is first
+            assert await until(lambda: servicer.buffered == 0)
+            assert sum(servicer.streams.values()) == 1
+            assert peer.commits == [("peer-a", 5), ("peer-a", 6)]
+
+    run(scenario())
+
+
+def test_grpc_a_swap_that_ends_without_an_ack_ends_its_stream():
+    async def scenario():
+        async with grpc_pair() as (client_t, peer, address, servicer):
+            await client_t.exchange(address, message("peer-a", 5, 1.0), accept, timeout=5)
+            first = kept_call(client_t, address)
+            with pytest.raises(Rejected):  # the server is at round 5: a refusal, on the kept stream
+                await client_t.exchange(address, message("peer-a", 4, 1.0), accept, timeout=5)
+            assert kept_call(client_t, address) is None and first.done()
+            assert await until(lambda: not servicer.streams)  # the server sees the cancel, frees the slot
+            assert servicer.buffered == 0
+            peer.round = 6  # the next swap opens a new stream
+            await client_t.exchange(address, message("peer-a", 6, 1.0), accept, timeout=5)
+            assert kept_call(client_t, address) not in (None, first)
+            assert peer.commits == [("peer-a", 5), ("peer-a", 6)]
+
+    run(scenario())
+
+
+def test_grpc_a_kept_stream_the_server_ended_is_replaced_and_the_swap_counts_once(monkeypatch):
+    import peer.transport.grpc_transport as grpc_transport
+
+    monkeypatch.setattr(grpc_transport, "KEPT_STREAM_IDLE_S", 0.2)
+
+    async def scenario():
+        async with grpc_pair() as (client_t, peer, address, servicer):
+            await client_t.exchange(address, message("peer-a", 5, 1.0), accept, timeout=5)
+            stale = kept_call(client_t, address)
+            assert await until(lambda: not servicer.streams)  # the server ends the idle stream
+            peer.round = 6
+            # the swap on the ended stream is told apart from a failure: nothing of it was answered
+            swap = grpc_transport._ClientSwap(
+                client_t, client_t._channels[(address, TLS_NAME)], address, message("peer-a", 6, 2.0), accept, 5, 1e12
+            )
+            with pytest.raises(grpc_transport._StreamEndedBeforeSwap):
+                await swap.on(stale, reused=True)
+            # and the transport sends such a swap again on a new stream
+            client_t._channels[(address, TLS_NAME)].kept = grpc_transport._KeptStream(stale, 0.0)
+            monkeypatch.setattr(grpc_transport, "REUSE_KEPT_STREAM_WITHIN_S", 1e12)
+            monkeypatch.setattr(stale, "done", lambda: False)  # as if its end had not been read yet
+            await client_t.exchange(address, message("peer-a", 6, 2.0), accept, timeout=5)
+            assert peer.commits == [("peer-a", 5), ("peer-a", 6)] and peer.aborts == []
+
+    run(scenario())
+
+
+def test_grpc_a_server_stops_without_waiting_for_the_streams_kept_for_it():
+    async def scenario():
+        server_t, client_t = GrpcTransport(LIMITS), GrpcTransport(LIMITS)
+        address = await server_t.serve(FakePeer("peer-b", 5, 7.0, early=True), "127.0.0.1:0")
+        try:
+            await client_t.exchange(address, message("peer-a", 5, 1.0), accept, timeout=5)
+            assert kept_call(client_t, address) is not None and await until(lambda: server_t.servicer.buffered == 0)
+            started = asyncio.get_running_loop().time()
+            await server_t.close()  # its grace (0.5 s) is for swaps under way, not for idle streams
+            assert asyncio.get_running_loop().time() - started < 0.4
+            assert await until(kept_call(client_t, address).done)
         finally:
             await client_t.close()
             await server_t.close()
