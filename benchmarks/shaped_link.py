@@ -8,7 +8,9 @@ namespaces, and removes them, their processes and its blackhole route on any exi
 Prints, per payload size, the median time of a swap (each side sends ``size`` bytes, the server its
 reply) and what each direction achieved as a fraction of the link rate: the raw socket sends, then
 answers (its directions one after the other); gossip sends both directions at once when the server
-streams its reply while it receives. Target: gossip at least 0.9 of the link rate.
+streams its reply while it receives. Gossip twice: the swap alone (the daemon encodes its factors
+once a round, for all its neighbours, before any swap), and with the client's encode and checksum.
+Target: gossip at least 0.9 of the link rate.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from gossip_throughput import EchoPeer, _recv_exact, factors, time_grpc, time_raw
+from gossip_throughput import EchoPeer, _recv_exact, factors, time_grpc_parts, time_raw
 
 from peer.testbed.netns import NetnsLab, netns_available
 from peer.transport.framing import Limits
@@ -59,14 +61,16 @@ def serve(kind: str, host: str, size: int) -> None:
     asyncio.run(main())
 
 
-def client(kind: str, address: str, size: int, repeats: int) -> list[float]:
-    """Swap times (the first, which opens the connection, not counted): gossip_throughput's clients."""
+def client(kind: str, address: str, size: int, repeats: int) -> list[tuple[float, float]]:
+    """(client's encode and checksum, swap) of each swap (the first, which opens the connection, not
+    counted): gossip_throughput's clients. The raw socket encodes nothing."""
     if kind == "raw":
-        return time_raw(address, size, repeats)
-    return time_grpc(address, size, LIMITS.chunk_size, repeats)
+        return [(0.0, t) for t in time_raw(address, size, repeats)]
+    return time_grpc_parts(address, size, LIMITS.chunk_size, repeats)
 
 
-def measure(lab: NetnsLab, kind: str, size: int, repeats: int) -> float:
+def measure(lab: NetnsLab, kind: str, size: int, repeats: int) -> tuple[float, float]:
+    """Median swap time, and median time of encode + swap."""
     me = [sys.executable, str(Path(__file__).resolve())]
     server = subprocess.Popen(
         lab.wrap(1, [*me, "--serve", kind, "--host", lab.address(1), "--size", str(size)]),
@@ -82,7 +86,8 @@ def measure(lab: NetnsLab, kind: str, size: int, repeats: int) -> float:
             text=True,
             check=True,
         )
-        return statistics.median(json.loads(out.stdout.strip().splitlines()[-1]))
+        parts = json.loads(out.stdout.strip().splitlines()[-1])
+        return statistics.median(swap for _, swap in parts), statistics.median(encode + swap for encode, swap in parts)
     finally:
         server.kill()
         server.wait()
@@ -113,15 +118,20 @@ def main() -> None:
         for i in range(2):
             lab.limit_bandwidth(i, f"{args.rate_mbit}mbit", burst=BURST)
         print(f"link: {args.rate_mbit} Mbit/s each way (tc tbf, burst {BURST}), between two namespaces")
-        print("| payload | raw swap (median s) | raw, each way / link | gossip swap (median s) | gossip / link |")
-        print("|---|---|---|---|---|")
+        print(
+            "| payload | raw swap (median s) | raw, each way / link | gossip swap (median s) | gossip / link"
+            " | with the encode (median s) | with the encode / link |"
+        )
+        print("|---|---|---|---|---|---|---|")
         for mb in [float(x) for x in args.sizes_mb.split(",")]:
             size = int(mb * 1e6) // 4 * 4
-            raw, gossip = (measure(lab, kind, size, args.repeats) for kind in ("raw", "gossip"))
+            raw, _ = measure(lab, "raw", size, args.repeats)
+            swap, whole = measure(lab, "gossip", size, args.repeats)
             # raw: two transfers one after the other; gossip: each direction carries size bytes
             # (and the safetensors header) during the swap, at once where the protocol allows
             print(
-                f"| {mb:g} MB | {raw:.3f} | {2 * size / raw / rate:.2f} | {gossip:.3f} | {size / gossip / rate:.2f} |",
+                f"| {mb:g} MB | {raw:.3f} | {2 * size / raw / rate:.2f} | {swap:.3f} | {size / swap / rate:.2f}"
+                f" | {whole:.3f} | {size / whole / rate:.2f} |",
                 flush=True,
             )
     finally:
