@@ -72,9 +72,10 @@ REUSE_KEPT_STREAM_WITHIN_S = KEPT_STREAM_IDLE_S / 2
 
 def _channel_options(limits: Limits) -> list[tuple[str, int]]:
     """gRPC's message caps just above one chunk; and a stream's flow-control window of one such frame:
-    gRPC opens each stream with a window of 64 KiB, so a chunk of a fresh stream (every swap opens one)
-    went out in pieces, each waiting for a window update from the receiver (a 0.3 MB swap took twice
-    as long). The window is what a stream may have in flight unread: a frame, which the cap allows."""
+    gRPC opens each stream with a window of 64 KiB, so a chunk of a fresh stream (a swap opens one
+    unless it has a kept one) went out in pieces, each waiting for a window update from the receiver
+    (a 0.3 MB swap took twice as long). The window is what a stream may have in flight unread: a
+    frame, which the cap allows."""
     cap = limits.chunk_size + FRAME_SLACK_BYTES
     return [
         ("grpc.max_receive_message_length", cap),
@@ -197,6 +198,7 @@ class _Slot:
 
     def __init__(self, servicer: _Servicer, host: str) -> None:
         self.servicer, self.host, self.bytes, self.open = servicer, host, 0, True
+        self.ended = asyncio.Event()  # set to end the stream's wait for its caller's next swap
         servicer.streams[host] = servicer.streams.get(host, 0) + 1
 
     def reserve(self, payload_bytes: int) -> None:
@@ -234,29 +236,50 @@ def _sending_time(limits: Limits, payload_bytes: int) -> float:
 class _Servicer:
     def __init__(self, server: ExchangeServer, limits: Limits, tls: TlsMaterial | None) -> None:
         self.server, self.limits, self.tls = server, limits, tls
-        self.streams: dict[str, int] = {}  # swaps being received, per remote address
-        self.buffered = 0  # payload bytes those swaps announced (screened headers)
-        self.stopping = asyncio.Event()  # set when the server stops: kept streams end, not wait
+        # streams open, per remote address: swaps and fetches in progress, and kept streams between swaps
+        self.streams: dict[str, int] = {}
+        self.buffered = 0  # payload bytes the swaps in progress announced (screened headers)
+        self.idle: dict[_Slot, None] = {}  # the slots of kept streams waiting for a next swap, oldest first
+        self.stopping = False  # the server stops: kept streams end instead of waiting
 
-    async def next_swap(self, frames: NextFrame) -> Frame | None:
+    async def next_swap(self, frames: NextFrame, slot: _Slot) -> Frame | None:
         """The first frame of the caller's next swap on a kept stream; None when the stream ends, stays
-        idle for ``KEPT_STREAM_IDLE_S`` or the server stops (``end_idle``). The handler then returns:
-        a cancelled handler would leave the call open at gRPC's level, and the server's stop would
-        wait its whole grace for it."""
+        idle for ``KEPT_STREAM_IDLE_S``, gives its slot to a new stream (``_end_oldest_idle``) or the
+        server stops (``end_idle``). The handler then returns: a cancelled handler would leave the call
+        open at gRPC's level, and the server's stop would wait its whole grace for it."""
+        if self.stopping:
+            return None
+        self.idle[slot] = None
         frame = asyncio.ensure_future(frames())
-        stopping = asyncio.ensure_future(self.stopping.wait())
+        ended = asyncio.ensure_future(slot.ended.wait())
         try:
-            await asyncio.wait((frame, stopping), timeout=KEPT_STREAM_IDLE_S, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait((frame, ended), timeout=KEPT_STREAM_IDLE_S, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for waiter in (frame, stopping):
+            self.idle.pop(slot, None)
+            for waiter in (frame, ended):
                 waiter.cancel()
-        if not frame.done() or frame.cancelled() or frame.exception() is not None:
-            return None  # idle too long, stopping, or the stream broke between swaps: it ends here
+        if not slot.open or not frame.done() or frame.cancelled() or frame.exception() is not None:
+            return None  # its slot went to another stream, idle too long, stopping, or the stream broke
         return frame.result()
 
     def end_idle(self) -> None:
         """End the kept streams that wait for a next swap (the server stops: it need not wait for them)."""
-        self.stopping.set()
+        self.stopping = True
+        for slot in list(self.idle):
+            slot.ended.set()
+
+    def _end_oldest_idle(self, host: str) -> bool:
+        """Free a slot for a new stream from ``host`` by ending the kept stream that has waited longest
+        for its next swap (of ``host``, if that address is at its cap). Its caller's next swap opens a
+        new stream. False if no kept stream is waiting."""
+        at_address_cap = self.streams.get(host, 0) >= self.limits.max_streams_per_address
+        for slot in self.idle:
+            if not at_address_cap or slot.host == host:
+                del self.idle[slot]
+                slot.release()
+                slot.ended.set()
+                return True
+        return False
 
     def _busy(self, host: str) -> Rejected | None:
         if sum(self.streams.values()) >= self.limits.max_streams:
@@ -266,10 +289,12 @@ class _Servicer:
         return None
 
     def _hold(self, context) -> _Slot | None:
-        """A stream slot for this caller, or None if it is over a cap."""
+        """A stream slot for this caller (ending kept streams that wait, oldest first, to make room), or
+        None if it is over a cap."""
         host = _host_of(context.peer())
-        if self._busy(host) is not None:
-            return None
+        while self._busy(host) is not None:
+            if not self._end_oldest_idle(host):
+                return None
         slot = _Slot(self, host)
         context.add_done_callback(slot.release)
         return slot
@@ -303,7 +328,9 @@ class _Servicer:
                 async for frame in swap.run(screen):
                     yield frame
                 slot.unreserve()
-                first = await self.next_swap(frames) if swap.acked else None
+                acked = swap.acked
+                del swap  # what it received is not held while the stream waits
+                first = await self.next_swap(frames, slot) if acked else None
                 if first is None:
                     return
                 next_frame = _starting_with(first, frames)
@@ -593,17 +620,17 @@ class _ClientSwap:
         except grpc.aio.AioRpcError as exc:
             if committed and reply is not None:  # the reply came before the commit was sent
                 raise ExchangeOutcomeUnknown(reply) from None
-            if reused and not next_frame.frames:
-                raise _StreamEndedBeforeSwap from None
+            if reused and not next_frame.frames and exc.code() == grpc.StatusCode.UNAVAILABLE:
+                raise _StreamEndedBeforeSwap from None  # the connection broke (a restart) before an answer
             raise _failure(address, exc) from None
         except asyncio.InvalidStateError:
             # a write after the server ended the stream (it refused ours midway, or its watchdog cut
             # it): gRPC sent nothing, so no commit reached it and the link counts at neither end
-            if reused and not next_frame.frames:
-                raise _StreamEndedBeforeSwap from None
             raise ExchangeFailed(f"{address}: the server ended the stream before taking all of ours") from None
         except Rejected as r:
-            if reused and not next_frame.frames and r.reason == Reason.TRUNCATED:  # the stream's end, read
+            if reused and not next_frame.frames and r.reason == Reason.TRUNCATED:
+                # the stream's plain end, read where the answer was due: the server ended the kept
+                # stream (its idle wait, a slot given to another stream, its stop) before this swap
                 raise _StreamEndedBeforeSwap from None
             raise
         finally:
@@ -714,7 +741,11 @@ class GrpcTransport(Transport):
                 return await swap.on(kept, reused=True)
             except _StreamEndedBeforeSwap:
                 pass
-        return await swap.on(peer.exchange(), reused=False)
+        try:
+            call = peer.exchange()
+        except grpc.aio.UsageError:  # the channel was closed meanwhile (a crowd of addresses evicted it)
+            raise ExchangeFailed(f"{address}: its channel was closed") from None
+        return await swap.on(call, reused=False)
 
     async def status(self, address: str, timeout: float, *, expect: str | None = None) -> StatusInfo:
         if await self._lost(Step.STATUS, address):

@@ -340,7 +340,8 @@ def test_grpc_a_payload_refused_midway_after_the_reply_ends_the_swap_at_neither_
 
 
 def test_swaps_of_consecutive_rounds_each_count_once_at_both_ends(transports):
-    # over gRPC the later swaps run on the stream the first one opened (kept after its ack)
+    # over gRPC the later swaps run on the stream the first one opened (kept after its ack: the
+    # gRPC tests below check that it is the same stream)
     async def scenario():
         async with pair(transports) as (client_t, peer, address):
             for round_ in (5, 6, 7):
@@ -406,8 +407,9 @@ def test_grpc_a_swap_that_ends_without_an_ack_ends_its_stream():
             first = kept_call(client_t, address)
             with pytest.raises(Rejected):  # the server is at round 5: a refusal, on the kept stream
                 await client_t.exchange(address, message("peer-a", 4, 1.0), accept, timeout=5)
+            assert peer.rejections == {"round-behind": 1}  # answered: not sent again on a new stream
             assert kept_call(client_t, address) is None and first.done()
-            assert await until(lambda: not servicer.streams)  # the server sees the cancel, frees the slot
+            assert await until(lambda: not servicer.streams)  # the stream ended, its slot is free
             assert servicer.buffered == 0
             peer.round = 6  # the next swap opens a new stream
             await client_t.exchange(address, message("peer-a", 6, 1.0), accept, timeout=5)
@@ -457,6 +459,58 @@ def test_grpc_a_server_stops_without_waiting_for_the_streams_kept_for_it():
             assert await until(kept_call(client_t, address).done)
         finally:
             await client_t.close()
+            await server_t.close()
+
+    run(scenario())
+
+
+def test_grpc_a_kept_stream_holds_none_of_what_its_last_swap_received():
+    import gc
+    import weakref
+
+    class Forgetful(FakePeer):
+        """Remembers what it received only weakly (FakePeer keeps the decoded tensors, views of it)."""
+
+        async def respond(self, incoming):
+            self.check(incoming.header)
+            self.last = weakref.ref(incoming)
+            return message(self.peer_id, self.round, self.value)
+
+    async def scenario():
+        server_t, client_t = GrpcTransport(LIMITS), GrpcTransport(LIMITS)
+        peer = Forgetful("peer-b", 5, 7.0, early=True)
+        address = await server_t.serve(peer, "127.0.0.1:0")
+        try:
+            await client_t.exchange(address, message("peer-a", 5, 1.0), accept, timeout=5)
+            assert await until(lambda: server_t.servicer.idle)  # the stream waits for the next swap
+            gc.collect()
+            assert peer.last() is None, "an idle kept stream held the last payload, outside the byte budget"
+        finally:
+            await client_t.close()
+            await server_t.close()
+
+    run(scenario())
+
+
+def test_grpc_a_new_stream_over_a_cap_takes_the_slot_of_a_kept_one_that_waits():
+    # one stream per address: each client's swap ends the other's kept stream instead of being refused
+    async def scenario():
+        server_t = GrpcTransport(Limits(chunk_size=1024, frame_timeout=2.0, max_streams_per_address=1))
+        first_t, second_t = GrpcTransport(LIMITS), GrpcTransport(LIMITS)
+        peer = FakePeer("peer-b", 5, 7.0, early=True)
+        address = await server_t.serve(peer, "127.0.0.1:0")
+        try:
+            await first_t.exchange(address, message("peer-a", 5, 1.0), accept, timeout=5)
+            assert await until(lambda: server_t.servicer.idle)
+            await second_t.exchange(address, message("peer-c", 5, 2.0), accept, timeout=5)
+            assert await until(kept_call(first_t, address).done)  # its slot went to the second
+            peer.round = 6
+            await first_t.exchange(address, message("peer-a", 6, 3.0), accept, timeout=5)  # on a new stream
+            assert peer.commits == [("peer-a", 5), ("peer-c", 5), ("peer-a", 6)] and peer.rejections == {}
+            assert sum(server_t.servicer.streams.values()) <= 1
+        finally:
+            await first_t.close()
+            await second_t.close()
             await server_t.close()
 
     run(scenario())
