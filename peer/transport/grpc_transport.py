@@ -186,6 +186,20 @@ def _failure(address: str, exc: grpc.aio.AioRpcError) -> ExchangeFailed:
     return kind(f"{address}: {exc.code().name} {shown(exc.details() or '')}")
 
 
+# What grpc-aio reports when a write fails because the server ended the stream meanwhile: it may
+# replace the stream's plain end (status OK) with this (grpc/grpc#36066, grpcio 1.85).
+_FAILED_WRITE_DETAILS = "Internal error from Core"
+
+
+def _ended_before_answer(exc: grpc.aio.AioRpcError) -> bool:
+    """Whether an error on a kept stream, before any answer, says the stream was over: the connection
+    broke (a restart), or the server ended it while this swap's first frames were being written."""
+    code = exc.code()
+    return code == grpc.StatusCode.UNAVAILABLE or (
+        code == grpc.StatusCode.INTERNAL and exc.details() == _FAILED_WRITE_DETAILS
+    )
+
+
 def _host_of(grpc_peer: str) -> str:
     """``ipv4:10.0.0.2:54321`` -> ``ipv4:10.0.0.2`` (streams are capped per address, not per port)."""
     return grpc_peer.rsplit(":", 1)[0] if grpc_peer.count(":") >= 2 else grpc_peer
@@ -193,8 +207,9 @@ def _host_of(grpc_peer: str) -> str:
 
 class _Slot:
     """One caller's stream slot and the payload bytes its current swap reserved. The bytes are given
-    back at the end of each swap; the slot once, when the RPC ends however it ends: by the handler's
-    own end, or by gRPC's done callback when the client cancels while the handler waits."""
+    back at the end of each swap; the slot once, however the stream ends: by the handler's own end, by
+    a kept stream giving its slot to a new one (``_Servicer._end_oldest_idle``), or by gRPC's done
+    callback once the handler's task is over (a backstop: a second release does nothing)."""
 
     def __init__(self, servicer: _Servicer, host: str) -> None:
         self.servicer, self.host, self.bytes, self.open = servicer, host, 0, True
@@ -258,6 +273,8 @@ class _Servicer:
             self.idle.pop(slot, None)
             for waiter in (frame, ended):
                 waiter.cancel()
+            if frame.done() and not frame.cancelled():
+                frame.exception()  # read, so that a broken stream's error is not logged as never retrieved
         if not slot.open or not frame.done() or frame.cancelled() or frame.exception() is not None:
             return None  # its slot went to another stream, idle too long, stopping, or the stream broke
         return frame.result()
@@ -620,8 +637,8 @@ class _ClientSwap:
         except grpc.aio.AioRpcError as exc:
             if committed and reply is not None:  # the reply came before the commit was sent
                 raise ExchangeOutcomeUnknown(reply) from None
-            if reused and not next_frame.frames and exc.code() == grpc.StatusCode.UNAVAILABLE:
-                raise _StreamEndedBeforeSwap from None  # the connection broke (a restart) before an answer
+            if reused and not next_frame.frames and _ended_before_answer(exc):
+                raise _StreamEndedBeforeSwap from None
             raise _failure(address, exc) from None
         except asyncio.InvalidStateError:
             # a write after the server ended the stream (it refused ours midway, or its watchdog cut

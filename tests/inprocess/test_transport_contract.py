@@ -504,6 +504,7 @@ def test_grpc_a_new_stream_over_a_cap_takes_the_slot_of_a_kept_one_that_waits():
             assert await until(lambda: server_t.servicer.idle)
             await second_t.exchange(address, message("peer-c", 5, 2.0), accept, timeout=5)
             assert await until(kept_call(first_t, address).done)  # its slot went to the second
+            assert await until(lambda: server_t.servicer.idle)  # the second's stream waits in its turn
             peer.round = 6
             await first_t.exchange(address, message("peer-a", 6, 3.0), accept, timeout=5)  # on a new stream
             assert peer.commits == [("peer-a", 5), ("peer-c", 5), ("peer-a", 6)] and peer.rejections == {}
