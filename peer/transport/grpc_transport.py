@@ -200,6 +200,13 @@ def _ended_before_answer(exc: grpc.aio.AioRpcError) -> bool:
     )
 
 
+def _call_cancelled_under_us() -> bool:
+    """Whether a CancelledError came from gRPC cancelling the call, its channel closed (evicted from the
+    cache of channels) while it ran, rather than from a cancellation of the calling task itself."""
+    task = asyncio.current_task()
+    return task is not None and not task.cancelling()
+
+
 def _host_of(grpc_peer: str) -> str:
     """``ipv4:10.0.0.2:54321`` -> ``ipv4:10.0.0.2`` (streams are capped per address, not per port)."""
     return grpc_peer.rsplit(":", 1)[0] if grpc_peer.count(":") >= 2 else grpc_peer
@@ -634,6 +641,12 @@ class _ClientSwap:
                 raise ExchangeOutcomeUnknown(reply) from None
             # the words gRPC's own deadline used: the round's clock (clock.py) names this symptom
             raise ExchangeFailed(f"{address}: DEADLINE_EXCEEDED, no answer within {self.timeout:g} s") from None
+        except asyncio.CancelledError:
+            if not _call_cancelled_under_us():
+                raise  # this swap itself is being cancelled
+            if committed and reply is not None:
+                raise ExchangeOutcomeUnknown(reply) from None
+            raise ExchangeFailed(f"{address}: the channel was closed during the swap") from None
         except grpc.aio.AioRpcError as exc:
             if committed and reply is not None:  # the reply came before the commit was sent
                 raise ExchangeOutcomeUnknown(reply) from None
@@ -772,6 +785,10 @@ class GrpcTransport(Transport):
             return status_from_pb(await self._stub(address, expect).status(pb.StatusRequest(), timeout=timeout))
         except grpc.aio.AioRpcError as exc:
             raise _failure(address, exc) from None
+        except asyncio.CancelledError:
+            if not _call_cancelled_under_us():
+                raise
+            raise ExchangeFailed(f"{address}: the channel was closed during the call") from None
 
     async def fetch(
         self, address: str, run_id: str, peer_id: str, timeout: float, *, expect: str | None = None
@@ -784,6 +801,10 @@ class GrpcTransport(Transport):
             return await read_message(_CallReader(call), self.limits)
         except grpc.aio.AioRpcError as exc:
             raise _failure(address, exc) from None
+        except asyncio.CancelledError:
+            if not _call_cancelled_under_us():
+                raise
+            raise ExchangeFailed(f"{address}: the channel was closed during the call") from None
         finally:
             call.cancel()
 
@@ -799,6 +820,10 @@ class GrpcTransport(Transport):
             )
         except grpc.aio.AioRpcError:
             return None
+        except asyncio.CancelledError:
+            if not _call_cancelled_under_us():
+                raise
+            return None  # the channel was closed during the call: no answer
         return reply.counted if reply.known else None
 
     async def close(self) -> None:

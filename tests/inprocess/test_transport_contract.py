@@ -515,3 +515,29 @@ def test_grpc_a_new_stream_over_a_cap_takes_the_slot_of_a_kept_one_that_waits():
             await server_t.close()
 
     run(scenario())
+
+
+def test_grpc_a_swap_whose_channel_is_closed_under_it_fails_cleanly():
+    # a crowd of announced addresses evicts the channel of a swap in flight (MAX_CHANNELS): the swap
+    # fails as an exchange, not with the CancelledError that gRPC raises for its closed call
+    class Slow(FakePeer):
+        async def screen(self, header):
+            await asyncio.sleep(2)
+            return await super().screen(header)
+
+    async def scenario():
+        server_t, client_t = GrpcTransport(LIMITS), GrpcTransport(LIMITS)
+        peer = Slow("peer-b", 5, 7.0, early=True)
+        address = await server_t.serve(peer, "127.0.0.1:0")
+        try:
+            swap = asyncio.ensure_future(client_t.exchange(address, message("peer-a", 5, 1.0), accept, timeout=5))
+            await asyncio.sleep(0.3)
+            await client_t._channels[(address, TLS_NAME)].channel.close()
+            with pytest.raises(ExchangeFailed):
+                await swap
+            assert peer.commits == []
+        finally:
+            await client_t.close()
+            await server_t.close()
+
+    run(scenario())
