@@ -355,10 +355,11 @@ def test_swaps_of_consecutive_rounds_each_count_once_at_both_ends(transports):
 
 
 @contextlib.asynccontextmanager
-async def grpc_pair(early: bool = True):
-    """A plain gRPC server peer, its servicer and a client transport; both closed on the way out."""
+async def grpc_pair(early: bool = True, peer: FakePeer | None = None):
+    """A plain gRPC server peer (``peer``, or a FakePeer at round 5), its servicer and a client
+    transport; both closed on the way out."""
     server_t, client_t = GrpcTransport(LIMITS), GrpcTransport(LIMITS)
-    peer = FakePeer("peer-b", 5, 7.0, early)
+    peer = peer or FakePeer("peer-b", 5, 7.0, early)
     address = await server_t.serve(peer, "127.0.0.1:0")
     try:
         yield client_t, peer, address, server_t.servicer
@@ -477,17 +478,11 @@ def test_grpc_a_kept_stream_holds_none_of_what_its_last_swap_received():
             return message(self.peer_id, self.round, self.value)
 
     async def scenario():
-        server_t, client_t = GrpcTransport(LIMITS), GrpcTransport(LIMITS)
-        peer = Forgetful("peer-b", 5, 7.0, early=True)
-        address = await server_t.serve(peer, "127.0.0.1:0")
-        try:
+        async with grpc_pair(peer=Forgetful("peer-b", 5, 7.0, early=True)) as (client_t, peer, address, servicer):
             await client_t.exchange(address, message("peer-a", 5, 1.0), accept, timeout=5)
-            assert await until(lambda: server_t.servicer.idle)  # the stream waits for the next swap
+            assert await until(lambda: servicer.idle)  # the stream waits for the next swap
             gc.collect()
             assert peer.last() is None, "an idle kept stream held the last payload, outside the byte budget"
-        finally:
-            await client_t.close()
-            await server_t.close()
 
     run(scenario())
 
@@ -526,18 +521,12 @@ def test_grpc_a_swap_whose_channel_is_closed_under_it_fails_cleanly():
             return await super().screen(header)
 
     async def scenario():
-        server_t, client_t = GrpcTransport(LIMITS), GrpcTransport(LIMITS)
-        peer = Slow("peer-b", 5, 7.0, early=True)
-        address = await server_t.serve(peer, "127.0.0.1:0")
-        try:
+        async with grpc_pair(peer=Slow("peer-b", 5, 7.0, early=True)) as (client_t, peer, address, _):
             swap = asyncio.ensure_future(client_t.exchange(address, message("peer-a", 5, 1.0), accept, timeout=5))
             await asyncio.sleep(0.3)
             await client_t._channels[(address, TLS_NAME)].channel.close()
             with pytest.raises(ExchangeFailed):
                 await swap
             assert peer.commits == []
-        finally:
-            await client_t.close()
-            await server_t.close()
 
     run(scenario())
