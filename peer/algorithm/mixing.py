@@ -97,7 +97,9 @@ def mix(
 
     Every neighbour must carry exactly the tensor names of ``own``; a mismatch is a ValueError
     rather than a silently half-mixed model. The result lives where ``own`` does, whatever device
-    the received tensors are on.
+    the received tensors are on. Neighbours are summed in the order of their names, not of the
+    mapping: a daemon's mapping follows the order its links happened to commit in, and floating-point
+    sums taken in another order differ in the last bits, which training in bf16 then magnifies.
     """
     for peer, tensors in neighbours.items():
         if set(tensors) != set(own):
@@ -106,6 +108,7 @@ def mix(
                 f"factors from {peer!r} do not match the local adapter: "
                 f"missing {sorted(missing)[:3]}, unexpected {sorted(extra)[:3]}"
             )
+    neighbours = _in_order_of_names(neighbours)
     if sent is not None:
         return _mix_differences(own, neighbours, weights, sent)
     mixed: dict[str, TensorLike] = {}
@@ -115,6 +118,11 @@ def mix(
             acc = acc + to_like(tensors[name], value) * weights[peer]
         mixed[name] = acc
     return mixed
+
+
+def _in_order_of_names(neighbours: Mapping[Node, Any]) -> dict[Node, Any]:
+    """The same mapping, ordered by node (``str`` as the key: ids of one run are all of one kind)."""
+    return dict(sorted(neighbours.items(), key=lambda item: str(item[0])))
 
 
 def _mix_differences(own, neighbours, weights, sent) -> dict[str, TensorLike]:

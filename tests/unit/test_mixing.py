@@ -1,3 +1,5 @@
+import itertools
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -71,6 +73,18 @@ def test_one_mix_on_a_complete_graph_reaches_consensus():
 def test_mix_refuses_mismatched_tensor_names():
     with pytest.raises(ValueError, match="do not match"):
         mix({"a": np.ones(2)}, {1: {"b": np.ones(2)}}, {1: 0.5}, 0.5)
+
+
+@pytest.mark.parametrize("sent", [None, {"a": np.zeros(1, dtype=np.float32)}])
+def test_mix_gives_the_same_bits_whatever_order_the_neighbours_arrived_in(sent):
+    # in float32 1e8 + 1 is 1e8: a sum taken in another order gives another result
+    values = {"p1": 1e8, "p2": 1.0, "p3": -1e8}
+    results = set()
+    for order in itertools.permutations(values):
+        neighbours = {p: {"a": np.array([values[p]], dtype=np.float32)} for p in order}
+        own = {"a": np.zeros(1, dtype=np.float32)}
+        results.add(mix(own, neighbours, dict.fromkeys(values, np.float32(1)), np.float32(0), sent)["a"].item())
+    assert len(results) == 1
 
 
 def test_mix_works_on_torch_tensors_too():
