@@ -90,6 +90,16 @@ async def run_daemon(run: RunConfig, net: DaemonConfig, out: Path, signals: Stop
             metrics_port,
         )
     log.info("%s: listening on %s (run %s)", daemon.peer_id, daemon.address, net.run_id)
+    trainer = daemon.local.trainer
+    # where the work runs: with --device auto, a user reads here whether the GPU was found
+    log.info(
+        "%s: training %s on %s in %s; factors sent as %s",
+        daemon.peer_id,
+        run.model,
+        trainer.device,
+        trainer.precision.value,
+        run.wire_dtype,
+    )
     if daemon.address.rsplit(":", 1)[0] != net.listen.rsplit(":", 1)[0]:
         log.info(
             "%s: bound to every interface (%s); peers are told %s (--mdns-interface to tell another)",
