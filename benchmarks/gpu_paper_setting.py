@@ -1,10 +1,13 @@
 """The paper's setting on a GPU: RoBERTa-large, LoRA r=8 on query/value, batch 32, length 128.
 
     python benchmarks/gpu_paper_setting.py [--model roberta-large] [--steps 30] [--peers 4]
+    python benchmarks/gpu_paper_setting.py --random-weights     # no download: RoBERTa-large's shape
 
 Needs a CUDA device and the model (downloaded from the Hugging Face hub on first use, or a local
 folder through --model); it is not part of the test suite. It exits with a message, not an error,
-where there is no CUDA device.
+where there is no CUDA device. --random-weights builds RoBERTa-large's architecture with random
+weights instead (for a GPU machine that cannot reach the hub): step time and overhead depend on the
+shapes, not on the values.
 
 Reports, with tadlora's own training and gossip code on that device:
 - step time: median seconds per optimizer step of LocalTrainer (tad, one factor trained, as in a
@@ -28,6 +31,9 @@ import torch
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="roberta-large")
+    parser.add_argument(
+        "--random-weights", action="store_true", help="RoBERTa-large's shapes with random weights; no download"
+    )
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--peers", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=32)
@@ -51,9 +57,10 @@ def main() -> None:
     from peer.training.trainer import LocalTrainer
     from peer.transport.codec import decode_factors, encode_factors, payload_digest, schema_of
 
+    model_name = _random_roberta_large() if args.random_weights else args.model
     cfg = load_config(
         overrides=dict(
-            model=args.model,
+            model=model_name,
             consensus_rounds=0,  # per-round figures: every round trains
             batch_size=args.batch_size,
             max_length=args.max_length,
@@ -116,8 +123,9 @@ def main() -> None:
     step = statistics.median(step_times)
     overhead = statistics.median(overheads)
     name = torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu"
+    random_note = " (random weights)" if args.random_weights else ""
     print(
-        f"device: {name}; model {args.model}, r=8 query/value, batch {args.batch_size}, "
+        f"device: {name}; model {args.model}{random_note}, r=8 query/value, batch {args.batch_size}, "
         f"length {args.max_length}, precision {precision}"
     )
     print(
@@ -129,6 +137,31 @@ def main() -> None:
         f"round overhead beyond training ({args.peers - 1} neighbours, no network): {overhead * 1e3:.1f} ms "
         f"median = {overhead / (10 * step):.3f} of 10 local steps"
     )
+
+
+# RoBERTa-large as published (roberta-large's config.json); only the shapes matter to the timings
+ROBERTA_LARGE_SHAPE = dict(
+    vocab_size=50265,
+    hidden_size=1024,
+    num_hidden_layers=24,
+    num_attention_heads=16,
+    intermediate_size=4096,
+    max_position_embeddings=514,
+    type_vocab_size=1,
+    pad_token_id=1,
+)
+
+
+def _random_roberta_large() -> str:
+    """A folder holding RoBERTa-large's architecture with random weights, loadable like a download."""
+    import tempfile
+
+    from transformers import RobertaConfig, RobertaForSequenceClassification
+
+    folder = tempfile.mkdtemp(prefix="roberta-large-random-")
+    torch.manual_seed(0)
+    RobertaForSequenceClassification(RobertaConfig(**ROBERTA_LARGE_SHAPE, num_labels=2)).save_pretrained(folder)
+    return folder
 
 
 if __name__ == "__main__":
