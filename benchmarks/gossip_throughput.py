@@ -7,7 +7,8 @@ chunks over a gRPC bidirectional stream to a server process, which reassembles, 
 decodes and validates every tensor against its schema (names, dtypes, shapes, finite values); the
 server streams its own factors of the same size as soon as the header passed its screen (as the
 daemon does; ``--reply-after-validation``: only after validating the incoming ones, the order before),
-and the client checks and decodes them the same way; then the commit round trip. This is
+and the client checks and decodes them the same way; then the commit round trip. Every process keeps
+the memory it frees for reuse, as ``tadlora run`` does (``--freed-memory return``: glibc's default). This is
 ``GrpcTransport.exchange`` and the daemon's validation, exactly: after the first swap (not timed) each
 runs on the stream the previous one kept open, as a daemon's swaps with a neighbour do from round to
 round. Each process runs one torch thread, as the testbed runs its daemons.
@@ -30,9 +31,11 @@ import socket
 import statistics
 import struct
 import time
+from enum import StrEnum
 
 import torch
 
+from peer.daemon.memory import keep_freed_memory_for_reuse
 from peer.transport.base import ExchangeServer, Header
 from peer.transport.codec import decode_factors, encode_factors, schema_digest, schema_of
 from peer.transport.framing import Limits, seal
@@ -91,8 +94,15 @@ class EchoPeer(ExchangeServer):
 TORCH_THREADS = 1
 
 
-def grpc_server(size: int, chunk: int, early: bool, ready, stop) -> None:
+def set_up_process(reuse_freed_memory: bool) -> None:
+    """One torch thread; and freed memory kept for reuse, as ``tadlora run`` does (``peer.daemon.memory``)."""
     torch.set_num_threads(TORCH_THREADS)
+    if reuse_freed_memory:
+        keep_freed_memory_for_reuse()
+
+
+def grpc_server(size: int, chunk: int, early: bool, reuse: bool, ready, stop) -> None:
+    set_up_process(reuse)
 
     async def main():
         transport = GrpcTransport(Limits(chunk_size=chunk, max_payload_bytes=1 << 30, max_chunks=1 << 20))
@@ -105,7 +115,8 @@ def grpc_server(size: int, chunk: int, early: bool, ready, stop) -> None:
     asyncio.run(main())
 
 
-def raw_server(size: int, ready, stop) -> None:
+def raw_server(size: int, reuse: bool, ready, stop) -> None:
+    set_up_process(reuse)
     server = socket.create_server(("127.0.0.1", 0))
     ready.send(f"127.0.0.1:{server.getsockname()[1]}")
     server.settimeout(0.2)
@@ -182,15 +193,18 @@ def time_raw(address: str, size: int, repeats: int) -> list[float]:
     return times[1:]
 
 
-def measure(kind: str, size: int, chunk: int, repeats: int, early: bool = True) -> list[tuple[float, float]]:
-    """(client's encode and checksum, swap) per repeat; the raw socket encodes nothing."""
+def measure(
+    kind: str, size: int, chunk: int, repeats: int, early: bool = True, reuse: bool = True
+) -> list[tuple[float, float]]:
+    """(client's encode and checksum, swap) per repeat; the raw socket encodes nothing. The client runs
+    in this process, which ``main`` set up."""
     ctx = mp.get_context("spawn")
     ready_recv, ready_send = ctx.Pipe(duplex=False)
     stop = ctx.Event()
     target, args = (
-        (grpc_server, (size, chunk, early, ready_send, stop))
+        (grpc_server, (size, chunk, early, reuse, ready_send, stop))
         if kind == "gossip"
-        else (raw_server, (size, ready_send, stop))
+        else (raw_server, (size, reuse, ready_send, stop))
     )
     proc = ctx.Process(target=target, args=args, daemon=True)
     proc.start()
@@ -210,6 +224,11 @@ REPEAT_BYTES = 60_000_000
 MAX_REPEATS = 200
 
 
+class FreedMemory(StrEnum):
+    REUSE = "reuse"
+    RETURN = "return"
+
+
 def repeats_for(size: int, repeats: int) -> int:
     return max(repeats, min(MAX_REPEATS, REPEAT_BYTES // size))
 
@@ -224,7 +243,16 @@ def main() -> None:
         action="store_true",
         help="the server answers only once it validated the incoming factors (no overlap of the directions)",
     )
+    parser.add_argument(
+        "--freed-memory",
+        choices=[FreedMemory.REUSE, FreedMemory.RETURN],
+        default=FreedMemory.REUSE,
+        help="reuse: kept for reuse in every process, as tadlora run does (peer.daemon.memory); "
+        "return: glibc's default, large buffers mapped fresh and given back each time",
+    )
     args = parser.parse_args()
+    reuse = args.freed_memory == FreedMemory.REUSE
+    set_up_process(reuse)
     print(
         "| payload | raw socket (median s) | gossip swap (median s) | with the encode (median s) | gossip MB/s"
         " | ratio raw/swap | ratio raw/(encode + swap) |"
@@ -233,8 +261,8 @@ def main() -> None:
     for mb in [float(x) for x in args.sizes_mb.split(",")]:
         size = int(mb * 1e6) // 4 * 4
         repeats = repeats_for(size, args.repeats)
-        raw = statistics.median(swap for _, swap in measure("raw", size, 0, repeats))
-        parts = measure("gossip", size, args.chunk_kb << 10, repeats, not args.reply_after_validation)
+        raw = statistics.median(swap for _, swap in measure("raw", size, 0, repeats, reuse=reuse))
+        parts = measure("gossip", size, args.chunk_kb << 10, repeats, not args.reply_after_validation, reuse)
         swap = statistics.median(swap for _, swap in parts)
         whole = statistics.median(encode + swap for encode, swap in parts)
         print(

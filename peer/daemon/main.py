@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from peer.config import ConfigError, DaemonConfig, RunConfig
+from peer.daemon.memory import keep_freed_memory_for_reuse
 from peer.daemon.node import PeerDaemon
 from peer.daemon.observe import observers_for
 from peer.daemon.signals import StopSignals, exit_if_shutdown_hangs
@@ -73,6 +74,7 @@ async def run_daemon(run: RunConfig, net: DaemonConfig, out: Path, signals: Stop
     tls = load_tls(net.tls_ca, net.tls_cert, net.tls_key, net.peer_id, net.run_id) if net.tls else None
     transport = GrpcTransport(Limits(chunk_size=net.chunk_size, frame_timeout=net.frame_timeout), tls)
     daemon = PeerDaemon.from_config(run, net, out, transport)
+    keep_freed_memory_for_reuse()  # after the model is built: loading it leaves no memory behind
     daemon.resume()
     daemon.address = announced_address(await transport.serve(daemon, net.listen), net.mdns_interface)
     daemon.observer = observers_for(net.metrics, net.tensorboard, daemon.peer_id, net.run_id)

@@ -1,0 +1,47 @@
+"""The daemon keeps the memory it frees, so that each round's payload buffers land on pages already mapped.
+
+glibc's malloc serves every allocation above 32 MiB with a fresh ``mmap`` and gives it back with
+``munmap`` when freed. A daemon whose adapter is larger than that therefore receives every round's
+payload, and encodes its own, into new pages. The kernel faults each page in and zeroes it on first
+touch: about 0.6 ms per MB on the 2-core VM of ``benchmarks/README.md`` section 5, more than the
+copy itself. With mmap off and the heap's top kept, a freed buffer is reused the next round. There,
+a 200 MB swap took 0.27 to 0.29 s instead of 0.40 to 0.51 s (``benchmarks/gossip_throughput.py
+--freed-memory reuse`` and ``return``, alternating).
+
+The price is resident memory: the process keeps its peak, at most ``KEEP_FREED_BYTES`` above what it
+uses, instead of giving freed memory back. A daemon's peak recurs every round anyway, at the
+exchange, so it needs that memory again within a round. The daemon turns this on after its model is
+built, so the memory of loading the model is still given back. Below 32 MiB nothing changes: glibc
+already reuses heap memory there.
+
+Only glibc has these knobs. Elsewhere (musl, macOS) this does nothing.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+
+# mallopt's parameters, from glibc's <malloc.h>
+M_TRIM_THRESHOLD = -1
+M_MMAP_MAX = -4
+# the free memory at the heap's top that is kept rather than given back: mallopt takes a C int
+KEEP_FREED_BYTES = 2**31 - 1
+
+
+def keep_freed_memory_for_reuse() -> bool:
+    """Serve large allocations from the heap and keep freed memory mapped; False where the C library
+    is not glibc or refused (nothing changed then)."""
+    if not _is_glibc():
+        return False
+    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)  # the C library this process runs on
+    if mallopt is None:
+        return False
+    return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, KEEP_FREED_BYTES))
+
+
+def _is_glibc() -> bool:
+    try:
+        return os.confstr("CS_GNU_LIBC_VERSION") is not None  # "glibc 2.36"; an error elsewhere
+    except (ValueError, OSError, AttributeError):
+        return False
