@@ -11,8 +11,9 @@ the 2 GB limit whatever the adapter's size; the gRPC message cap is set just abo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
 import grpc
@@ -207,6 +208,20 @@ def _call_cancelled_under_us() -> bool:
     return task is not None and not task.cancelling()
 
 
+@contextlib.contextmanager
+def _call_failures(address: str) -> Iterator[None]:
+    """A unary or server-streaming call's gRPC error as ``ExchangeFailed``; so too gRPC's CancelledError
+    when the call's channel is closed under it. A cancellation of the calling task itself propagates."""
+    try:
+        yield
+    except grpc.aio.AioRpcError as exc:
+        raise _failure(address, exc) from None
+    except asyncio.CancelledError:
+        if not _call_cancelled_under_us():
+            raise
+        raise ExchangeFailed(f"{address}: the channel was closed during the call") from None
+
+
 def _host_of(grpc_peer: str) -> str:
     """``ipv4:10.0.0.2:54321`` -> ``ipv4:10.0.0.2`` (streams are capped per address, not per port)."""
     return grpc_peer.rsplit(":", 1)[0] if grpc_peer.count(":") >= 2 else grpc_peer
@@ -235,8 +250,8 @@ class _Slot:
         if not self.open:
             return
         self.open = False
+        self.unreserve()
         streams = self.servicer.streams
-        self.servicer.buffered -= self.bytes
         streams[self.host] -= 1
         if not streams[self.host]:
             del streams[self.host]
@@ -781,14 +796,8 @@ class GrpcTransport(Transport):
         if await self._lost(Step.STATUS, address):
             await asyncio.sleep(timeout)
             raise ExchangeFailed(f"{address}: no answer within {timeout:g} s")
-        try:
+        with _call_failures(address):
             return status_from_pb(await self._stub(address, expect).status(pb.StatusRequest(), timeout=timeout))
-        except grpc.aio.AioRpcError as exc:
-            raise _failure(address, exc) from None
-        except asyncio.CancelledError:
-            if not _call_cancelled_under_us():
-                raise
-            raise ExchangeFailed(f"{address}: the channel was closed during the call") from None
 
     async def fetch(
         self, address: str, run_id: str, peer_id: str, timeout: float, *, expect: str | None = None
@@ -798,13 +807,8 @@ class GrpcTransport(Transport):
             raise ExchangeFailed(f"{address}: no answer within {timeout:g} s")
         call = self._stub(address, expect).fetch(pb.FetchRequest(run_id=run_id, peer_id=peer_id), timeout=timeout)
         try:
-            return await read_message(_CallReader(call), self.limits)
-        except grpc.aio.AioRpcError as exc:
-            raise _failure(address, exc) from None
-        except asyncio.CancelledError:
-            if not _call_cancelled_under_us():
-                raise
-            raise ExchangeFailed(f"{address}: the channel was closed during the call") from None
+            with _call_failures(address):
+                return await read_message(_CallReader(call), self.limits)
         finally:
             call.cancel()
 
