@@ -25,7 +25,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-from gossip_throughput import EchoPeer, _recv_exact, factors, time_grpc_parts, time_raw
+from gossip_throughput import (
+    EchoPeer,
+    FreedMemory,
+    _recv_exact,
+    factors,
+    set_up_process,
+    time_grpc_parts,
+    time_raw,
+)
 
 from peer.testbed.netns import NetnsLab, netns_available
 from peer.transport.framing import Limits
@@ -69,9 +77,9 @@ def client(kind: str, address: str, size: int, repeats: int) -> list[tuple[float
     return time_grpc_parts(address, size, LIMITS.chunk_size, repeats)
 
 
-def measure(lab: NetnsLab, kind: str, size: int, repeats: int) -> tuple[float, float]:
+def measure(lab: NetnsLab, kind: str, size: int, repeats: int, freed: str) -> tuple[float, float]:
     """Median swap time, and median time of encode + swap."""
-    me = [sys.executable, str(Path(__file__).resolve())]
+    me = [sys.executable, str(Path(__file__).resolve()), "--freed-memory", freed]
     server = subprocess.Popen(
         lab.wrap(1, [*me, "--serve", kind, "--host", lab.address(1), "--size", str(size)]),
         stdin=subprocess.PIPE,
@@ -103,7 +111,15 @@ def main() -> None:
     parser.add_argument("--host")
     parser.add_argument("--address")
     parser.add_argument("--size", type=int)
+    parser.add_argument(
+        "--freed-memory",
+        choices=[FreedMemory.REUSE, FreedMemory.RETURN],
+        default=FreedMemory.REUSE,
+        help="as in gossip_throughput.py: reuse, as tadlora run does; return: glibc's default",
+    )
     args = parser.parse_args()
+    if args.serve or args.client:
+        set_up_process(args.freed_memory == FreedMemory.REUSE)
     if args.serve:
         serve(args.serve, args.host, args.size)
         return
@@ -125,8 +141,8 @@ def main() -> None:
         print("|---|---|---|---|---|---|---|")
         for mb in [float(x) for x in args.sizes_mb.split(",")]:
             size = int(mb * 1e6) // 4 * 4
-            raw, _ = measure(lab, "raw", size, args.repeats)
-            swap, whole = measure(lab, "gossip", size, args.repeats)
+            raw, _ = measure(lab, "raw", size, args.repeats, args.freed_memory)
+            swap, whole = measure(lab, "gossip", size, args.repeats, args.freed_memory)
             # raw: two transfers one after the other; gossip: each direction carries size bytes
             # (and the safetensors header) during the swap, at once where the protocol allows
             print(
