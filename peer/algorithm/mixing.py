@@ -18,7 +18,7 @@ rule meets them through ``to_like``, which puts each on the device and dtype of 
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterable, Mapping
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import numpy as np
 
@@ -98,8 +98,9 @@ def mix(
     Every neighbour must carry exactly the tensor names of ``own``; a mismatch is a ValueError
     rather than a silently half-mixed model. The result lives where ``own`` does, whatever device
     the received tensors are on. Neighbours are summed in the order of their names, not of the
-    mapping: a daemon's mapping follows the order its links happened to commit in, and floating-point
-    sums taken in another order differ in the last bits, which training in bf16 then magnifies.
+    mapping: a daemon's links commit in an order that varies from run to run, and floating-point sums
+    taken in another order differ in the last bits, which training then magnifies. (The daemon also
+    hands its links over in that order, for the self weight and the robust rules.)
     """
     for peer, tensors in neighbours.items():
         if set(tensors) != set(own):
@@ -121,8 +122,9 @@ def mix(
 
 
 def _in_order_of_names(neighbours: Mapping[Node, Any]) -> dict[Node, Any]:
-    """The same mapping, ordered by node (``str`` as the key: ids of one run are all of one kind)."""
-    return dict(sorted(neighbours.items(), key=lambda item: str(item[0])))
+    """The same mapping, ordered by node: ids of one run are all of one kind (ints in the simulator,
+    peer ids in a daemon), so they compare with each other."""
+    return dict(sorted(neighbours.items(), key=lambda item: cast(Any, item[0])))  # Hashable, and comparable
 
 
 def _mix_differences(own, neighbours, weights, sent) -> dict[str, TensorLike]:

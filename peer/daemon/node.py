@@ -488,15 +488,25 @@ class PeerDaemon(ExchangeServer):
         except ExchangeFailed:
             return None
 
-    def _weights(self, state: RoundState) -> tuple[float, dict[str, float]]:
-        return metropolis_hastings_weights(state.degree, {pid: r.degree for pid, r in state.counted.items()})
+    @staticmethod
+    def _counted_in_order(state: RoundState) -> dict:
+        """The round's counted links by neighbour id, not in the order they committed in: every float
+        sum over them (the self weight, the mix, a robust rule's) then comes out the same bits in every
+        run, whatever order the links happened to commit in."""
+        return dict(sorted(state.counted.items()))
+
+    @staticmethod
+    def _weights(state: RoundState) -> tuple[float, dict[str, float]]:
+        counted = PeerDaemon._counted_in_order(state)
+        return metropolis_hastings_weights(state.degree, {pid: r.degree for pid, r in counted.items()})
 
     def _mix(self, state: RoundState) -> dict:
         self_weight, weights = self._weights(state)
         before = self.local.factors()
         # compressed: the own factors as the neighbours decoded them, for the difference form
         sent = None if self.wire == WireDtype.FP32 or not state.counted else self._sent(state)
-        self.local.mix(state.round, {pid: r.tensors for pid, r in state.counted.items()}, weights, self_weight, sent)
+        received = {pid: r.tensors for pid, r in self._counted_in_order(state).items()}
+        self.local.mix(state.round, received, weights, self_weight, sent)
         after = self.local.factors()
         self._remember_unresolved(state)
         if self.phases is not None:

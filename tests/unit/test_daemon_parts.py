@@ -2,12 +2,15 @@
 agreed phase schedule, and the files a peer keeps (no model, no network)."""
 
 import asyncio
+import itertools
 import json
 
 import torch
 
+from peer.algorithm.mixing import metropolis_hastings_weights
 from peer.algorithm.schedule import AgreedSchedule
 from peer.daemon.links import DORMANT_AFTER_FAILURES, MAX_BACKOFF_ROUNDS, LinkBackoff
+from peer.daemon.node import PeerDaemon
 from peer.daemon.persistence import ROUNDS_LOG, WAL, WAL_LINKS, FolderStore, MemoryStore, Persistence
 from peer.daemon.protocol import Identity, LinkProtocol
 from peer.daemon.rounds import Decision, Received, RoundBook, RoundState
@@ -259,3 +262,18 @@ def test_link_records_of_another_write_ahead_record_of_the_same_round_are_not_it
     assert Persistence(FolderStore(tmp_path)).load_wal().links == {}
     again.record_link(0, "peer-03", dict(TENSORS), 2, 10, final=False)
     assert set(Persistence(FolderStore(tmp_path)).load_wal().links) == {"peer-03"}
+
+
+def test_the_self_weight_has_the_same_bits_whatever_order_the_links_committed_in():
+    # own degree 5, neighbours of degrees 5, 7 and 8: summed in commit order, some orders differ in the last bit
+    degrees = {"peer-01": 5, "peer-02": 7, "peer-03": 8}
+    own = seal(Header("run", "peer-00", 0, "B", ("A", "B"), b""), b"x")
+    in_commit_order, in_daemon_order = set(), set()
+    for order in itertools.permutations(degrees):
+        state = RoundState(0, frozenset([*degrees, "peer-04", "peer-05"]), own)
+        for pid in order:
+            state.decide(pid, Decision.COUNTED, Received(TENSORS, degrees[pid], 1))
+        in_commit_order.add(metropolis_hastings_weights(5, {p: r.degree for p, r in state.counted.items()})[0])
+        in_daemon_order.add(PeerDaemon._weights(state)[0])
+    assert len(in_commit_order) > 1  # the case this test is about
+    assert len(in_daemon_order) == 1
