@@ -123,9 +123,9 @@ def main() -> None:
     step = statistics.median(step_times)
     overhead = statistics.median(overheads)
     name = torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu"
-    random_note = " (random weights)" if args.random_weights else ""
+    model_label = "roberta-large (random weights)" if args.random_weights else args.model
     print(
-        f"device: {name}; model {args.model}{random_note}, r=8 query/value, batch {args.batch_size}, "
+        f"device: {name}; model {model_label}, r=8 query/value, batch {args.batch_size}, "
         f"length {args.max_length}, precision {precision}"
     )
     print(
@@ -153,12 +153,16 @@ ROBERTA_LARGE_SHAPE = dict(
 
 
 def _random_roberta_large() -> str:
-    """A folder holding RoBERTa-large's architecture with random weights, loadable like a download."""
+    """A folder holding RoBERTa-large's architecture with random weights, loadable like a download;
+    removed when the script exits (1.4 GB)."""
+    import atexit
+    import shutil
     import tempfile
 
     from transformers import RobertaConfig, RobertaForSequenceClassification
 
     folder = tempfile.mkdtemp(prefix="roberta-large-random-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
     torch.manual_seed(0)
     RobertaForSequenceClassification(RobertaConfig(**ROBERTA_LARGE_SHAPE, num_labels=2)).save_pretrained(folder)
     return folder

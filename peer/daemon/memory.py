@@ -5,15 +5,20 @@ glibc's malloc serves every allocation above 32 MiB with a fresh ``mmap`` and gi
 payload, and encodes its own, into new pages. The kernel faults each page in and zeroes it on first
 touch: about 0.6 ms per MB on the 2-core VM of ``benchmarks/README.md`` section 5, more than the
 copy itself. With mmap off and the heap's top kept, a freed buffer is reused the next round. There,
-a 200 MB swap took 0.27 to 0.29 s instead of 0.40 to 0.51 s (``benchmarks/gossip_throughput.py
---freed-memory reuse`` and ``return``, alternating).
+a 200 MB swap took 0.280 s instead of 0.385 s, medians of four alternating runs of
+``benchmarks/gossip_throughput.py --freed-memory reuse`` and ``return``. 3 and 30 MB swaps took 0.74
+and 0.88 times as long: below 32 MiB glibc's own threshold adapts (a freed mapping raises it to that
+size), but not before the first free.
 
-The price is resident memory: the process keeps its peak, at most ``KEEP_FREED_BYTES`` above what it
-uses, instead of giving freed memory back. A daemon's peak recurs every round anyway, at the
-exchange, so it needs that memory again within a round. The daemon turns this on after its model is
-built, so the memory of loading the model is still given back. Below 32 MiB glibc's own threshold
-adapts (a freed mapping raises it to that size), so the gain there is smaller: 3 and 30 MB swaps took
-0.74 and 0.87 times as long.
+This applies to the main thread, where the event loop encodes and decodes payloads. A worker
+thread's allocation above 64 MiB (training, evaluation, the writer) still gets a mapping of its own:
+glibc's arenas for other threads are at most 64 MiB each.
+
+The price is resident memory: the process keeps its peak instead of giving freed memory back. Free
+memory at the heap's top is kept up to ``KEEP_FREED_BYTES``; free gaps inside the heap are kept
+anyway. A daemon's peak recurs every round, at the exchange, so it needs that memory again within a
+round. The daemon turns this on after its model is built, so the memory of loading the model is
+still given back.
 
 Only glibc has these knobs. Elsewhere (musl, macOS) this does nothing.
 """

@@ -30,7 +30,8 @@ glibc_only = pytest.mark.skipif(not memory._is_glibc(), reason="the knobs are gl
 
 
 def _where(mode: str) -> str:
-    env = {**os.environ, "PYTHONPATH": str(Path(memory.__file__).parents[2])}  # the checkout this test runs
+    # nothing inherited that swaps the allocator (LD_PRELOAD, PYTHONMALLOC, GLIBC_TUNABLES): glibc's own
+    env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(Path(memory.__file__).parents[2])}
     out = subprocess.run(
         [sys.executable, "-c", WHERE_A_LARGE_BUFFER_LIES, mode], capture_output=True, text=True, env=env, check=True
     )
