@@ -122,9 +122,9 @@ def mix(
 
 
 def _in_order_of_names(neighbours: Mapping[Node, Any]) -> dict[Node, Any]:
-    """The same mapping, ordered by node: ids of one run are all of one kind (ints in the simulator,
-    peer ids in a daemon), so they compare with each other."""
-    return dict(sorted(neighbours.items(), key=lambda item: cast(Any, item[0])))  # Hashable, and comparable
+    """The same mapping, ordered by node: ints in the simulator in numeric order, peer ids in a daemon
+    in theirs; ids of mixed kinds (a test's honest ints beside an ``"evil"`` one) by kind first."""
+    return dict(sorted(neighbours.items(), key=lambda item: (type(item[0]).__name__, cast(Any, item[0]))))
 
 
 def _mix_differences(own, neighbours, weights, sent) -> dict[str, TensorLike]:
