@@ -108,7 +108,8 @@ def test_candidate_scoring_equals_scoring_each_full_sequence(tmp_path):
     path = tmp_path / "closed.jsonl"
     answers = ["yes", "no, not at all", "maybe so"]
     path.write_text("\n".join(json.dumps({"prompt": f"Is {i} odd?", "completion": answers[i % 3]}) for i in range(60)))
-    causal_cfg = load_config(overrides=dict(TINY_CAUSAL, task=f"jsonl:{path}", partition="iid"))
+    # fp32: the reference below runs without autocast, and `auto` is bf16 on a CPU that has it (4e-3 apart)
+    causal_cfg = load_config(overrides=dict(TINY_CAUSAL, task=f"jsonl:{path}", partition="iid", precision="fp32"))
     data = prepare_data(causal_cfg)
     model = build_model(causal_cfg, data.task.num_labels, ["a"])
     trainer = build_trainer(causal_cfg, model["a"], data.shards[0], 0)
