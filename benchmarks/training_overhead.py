@@ -2,12 +2,13 @@
 
     python benchmarks/training_overhead.py [--peers 2] [--rounds 8] [--local-steps 10] [--batch-size 8]
 
-bare: MiniLM + peft LoRA (r=8, query/value), AdamW, the same tokenized shard and batches, ``rounds x
-local_steps`` steps of ``batch_size``; nothing else; one torch thread, in ``--peers`` processes at once
-(so that the bare loops share the machine exactly as the daemons do). Samples/s after one warm-up
-step, median over the processes. Both sides run in the precision ``--precision`` resolves to (auto:
-bf16 autocast on a CPU that computes bf16 natively, as the daemon picks; fp32 elsewhere): before,
-the bare loop ran fp32 beside bf16 daemons on such a CPU, and came out 0.79 of them.
+bare: MiniLM + peft LoRA (r=8, query/value), AdamW; process i trains peer i's shard on exactly the
+batches the daemon of peer i times (rounds 1 to the last, in its batch order); nothing else; one torch
+thread, in ``--peers`` processes at once (so that the bare loops share the machine exactly as the
+daemons do). Samples/s after one warm-up step, median over the processes. Both sides run in the
+precision ``--precision`` resolves to (auto: bf16 autocast on a CPU that computes bf16 natively, as
+the daemon picks; fp32 elsewhere): before, the bare loop ran fp32 beside bf16 daemons on such a CPU,
+and came out 0.79 of them.
 
 daemon: ``--peers`` real ``tadlora run`` daemons on loopback (real gRPC and mDNS, one torch thread
 each, the same model, data, batch and steps, complete graph, lora so that every round trains and
@@ -39,7 +40,7 @@ from peer.testbed import Testbed
 from peer.training.precision import Precision, resolve_precision
 
 
-def bare_loop(cfg, steps: int, precision: Precision) -> float:
+def bare_loop(cfg, peer_index: int, precision: Precision) -> float:
     """Samples/s of a plain peft loop (transformers + peft only, no tadlora training code), its forward
     pass under ``torch.autocast`` when the daemon's precision is bf16, as a user's loop on such a CPU."""
     from peft import LoraConfig, get_peft_model
@@ -51,15 +52,20 @@ def bare_loop(cfg, steps: int, precision: Precision) -> float:
 
     torch.set_num_threads(1)
     data = prepare_data(cfg)
-    shard = data.shards[0]
+    shard = data.shards[peer_index]
     base = AutoModelForSequenceClassification.from_pretrained(resolve_model_path(cfg.model), num_labels=2)
     model = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.1, target_modules=["query", "value"]))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate)
     model.train()
-    # the daemon's own batch order (batches of similar length), so that the ratio measures only what
-    # the daemon adds around the same arithmetic
-    order = BatchPlan(len(shard), cfg.batch_size, [len(ids) for ids in shard.input_ids], cfg.seed, 0, cfg.batching)
-    batches = [order.batch(g) for g in range(steps + 1)]
+    # the very batches the daemon of this peer times (its shard, its batch order, rounds 1 on; batch g
+    # is step g % local_steps of round g // local_steps), after one warm-up step on its first batch:
+    # batches of similar length differ in cost, so other batches would measure other arithmetic
+    order = BatchPlan(
+        len(shard), cfg.batch_size, [len(ids) for ids in shard.input_ids], cfg.seed, peer_index, cfg.batching
+    )
+    timed = range(cfg.local_steps, cfg.rounds * cfg.local_steps)
+    batches = [order.batch(0)] + [order.batch(g) for g in timed]
+    steps = len(timed)
     start = None
     for i, indices in enumerate(batches):
         if i == 1:
@@ -122,9 +128,8 @@ def main() -> None:
     precision = resolve_precision(cfg.precision, torch.device("cpu"))
     out = args.out or Path(tempfile.mkdtemp(prefix="tadlora-overhead-"))
     training, end_to_end = daemon_run(cfg, out)
-    steps = (args.rounds - 1) * args.local_steps
     with mp.get_context("spawn").Pool(cfg.peers) as pool:
-        bare = statistics.median(pool.starmap(bare_loop, [(cfg, steps, precision)] * cfg.peers))
+        bare = statistics.median(pool.starmap(bare_loop, [(cfg, i, precision) for i in range(cfg.peers)]))
     print(
         json.dumps(
             {
