@@ -229,6 +229,17 @@ class FreedMemory(StrEnum):
     RETURN = "return"
 
 
+def add_freed_memory_argument(parser: argparse.ArgumentParser) -> None:
+    """``--freed-memory``, shared with shaped_link.py; ``set_up_process`` applies it."""
+    parser.add_argument(
+        "--freed-memory",
+        choices=list(FreedMemory),
+        default=FreedMemory.REUSE,
+        help="reuse: kept for reuse in every process, as tadlora run does (peer.daemon.memory); "
+        "return: glibc's default, large buffers mapped fresh and given back each time",
+    )
+
+
 def repeats_for(size: int, repeats: int) -> int:
     return max(repeats, min(MAX_REPEATS, REPEAT_BYTES // size))
 
@@ -243,13 +254,7 @@ def main() -> None:
         action="store_true",
         help="the server answers only once it validated the incoming factors (no overlap of the directions)",
     )
-    parser.add_argument(
-        "--freed-memory",
-        choices=[FreedMemory.REUSE, FreedMemory.RETURN],
-        default=FreedMemory.REUSE,
-        help="reuse: kept for reuse in every process, as tadlora run does (peer.daemon.memory); "
-        "return: glibc's default, large buffers mapped fresh and given back each time",
-    )
+    add_freed_memory_argument(parser)
     args = parser.parse_args()
     reuse = args.freed_memory == FreedMemory.REUSE
     set_up_process(reuse)

@@ -29,6 +29,7 @@ from gossip_throughput import (
     EchoPeer,
     FreedMemory,
     _recv_exact,
+    add_freed_memory_argument,
     factors,
     set_up_process,
     time_grpc_parts,
@@ -111,12 +112,7 @@ def main() -> None:
     parser.add_argument("--host")
     parser.add_argument("--address")
     parser.add_argument("--size", type=int)
-    parser.add_argument(
-        "--freed-memory",
-        choices=[FreedMemory.REUSE, FreedMemory.RETURN],
-        default=FreedMemory.REUSE,
-        help="as in gossip_throughput.py: reuse, as tadlora run does; return: glibc's default",
-    )
+    add_freed_memory_argument(parser)
     args = parser.parse_args()
     if args.serve or args.client:
         set_up_process(args.freed_memory == FreedMemory.REUSE)
