@@ -10,11 +10,14 @@ A ``kill -9`` between creating the temporary file and the rename leaves that fil
 starts with ``TEMP_PREFIX`` so that ``remove_stale_temp_files`` can find it at the next start
 (``load_checkpoint`` calls it).
 
-The checkpoint holds only tensors and plain values and is read with ``weights_only=True``.
+The checkpoint holds only tensors and plain values, written as one safetensors file
+(``peer.daemon.state_file``: no pickle, and a digest over all of it); a checkpoint of an earlier
+version, written by ``torch.save``, is still read, with ``weights_only=True``.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 from collections.abc import Callable
@@ -24,6 +27,7 @@ from typing import Any, BinaryIO
 
 import torch
 
+from peer.daemon import state_file
 from peer.durable import fsync_directory
 from peer.errors import TadloraError, UsageError
 
@@ -82,16 +86,16 @@ def remove_stale_temp_files(directory: Path) -> list[Path]:
     return stale
 
 
-# What ``torch.load(weights_only=True)`` reads back: exactly these types (a numpy scalar is a float
-# subclass that pickles as numpy, and would make the file unreadable), in these containers.
+# What a state file holds, and what ``torch.load(weights_only=True)`` reads back: exactly these types
+# (a numpy scalar is a float subclass, and would not come back as itself), in these containers.
 _PLAIN_TYPES = (str, int, float, bool, bytes, type(None), torch.dtype, torch.device)
 _CONTAINERS = (dict, list, tuple, set)
 
 
 def loadable(value: object, where: str = "state") -> Any:
-    """``value`` as a ``weights_only`` load reads it back: the protocol's enumerations (``StrEnum``s
+    """``value`` as a state file holds it: the protocol's enumerations (``StrEnum``s
     such as a phase) become the plain strings they stand for; anything else that such a load refuses
-    (a numpy scalar, say) is a CheckpointError that says where it sits, before anything is written."""
+    (a numpy scalar, say) is an UnloadableState that says where it sits, before anything is written."""
     if isinstance(value, torch.Tensor) or type(value) in _PLAIN_TYPES:
         return value
     if isinstance(value, Enum) and isinstance(value, str | int):
@@ -108,8 +112,22 @@ def loadable(value: object, where: str = "state") -> Any:
 def save_checkpoint(directory: Path, state: dict) -> Path:
     """Replace the checkpoint by ``state`` (tensors and plain values only: checked first, so that a
     state the next start could not read never replaces a good checkpoint)."""
-    plain = loadable(state)
-    return write_atomically(Path(directory) / CHECKPOINT, lambda f: torch.save(plain, f))
+    data = dump_state(state)
+    return write_atomically(Path(directory) / CHECKPOINT, lambda f: f.write(data))
+
+
+def dump_state(state: dict) -> bytes:
+    """A state's bytes, as a checkpoint or write-ahead file holds them."""
+    return bytes(state_file.dumps(loadable(state)))
+
+
+def load_state(data: bytes) -> dict:
+    """A state from its bytes: this version's state file, or an earlier version's ``torch.save`` zip
+    (read with ``weights_only``: tensors and plain values only, nothing that runs). Raises what the
+    reader raised; callers turn it into a ``CheckpointError`` with ``unreadable``."""
+    if state_file.is_state_file(data):
+        return state_file.loads(data)
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
 
 
 def load_checkpoint(directory: Path) -> dict | None:
@@ -123,7 +141,7 @@ def load_checkpoint(directory: Path) -> dict | None:
     if not path.exists():
         return None
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return load_state(path.read_bytes())
     except Exception as exc:  # a torn or foreign file, or one of an incompatible version
         raise unreadable(path, exc) from exc
 

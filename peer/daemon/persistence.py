@@ -28,14 +28,14 @@ degree and the links it had written, so its neighbours' mixing and its own agree
 stale one (the checkpoint is current), and appends the checkpoint's line if the crash came before it.
 Every round is logged exactly once.
 
-The bytes go through a ``Store`` (a folder, or memory for the fault simulator, which crashes peers
+Each state is one safetensors file (``peer.daemon.state_file``), its plain values as JSON in the
+header. The bytes go through a ``Store`` (a folder, or memory for the fault simulator, which crashes peers
 between any two writes).
 """
 
 from __future__ import annotations
 
 import copy
-import io
 import json
 import os
 import struct
@@ -48,7 +48,8 @@ import xxhash
 
 from peer.daemon.checkpoint import (
     CHECKPOINT,
-    loadable,
+    dump_state,
+    load_state,
     remove_stale_temp_files,
     unreadable,
     write_atomically,
@@ -181,9 +182,9 @@ class MemoryStore:
     instead of the n-th next write (the write does not happen: an atomic write either happened or not)."""
 
     def __init__(self) -> None:
-        self.files: dict[str, Any] = {}  # bytes (TorchFormat), or a private deep copy of a state (CopyFormat)
+        self.files: dict[str, Any] = {}  # bytes (FileFormat), or a private deep copy of a state (CopyFormat)
         self.logs: dict[str, list[str]] = {}
-        self.appended: dict[str, list[Any]] = {}  # binary records (TorchFormat) or private copies
+        self.appended: dict[str, list[Any]] = {}  # binary records (FileFormat) or private copies
         self.crash_after_writes: int | None = None
         self.frozen = False
         self.on_crash = lambda: None  # the simulator's: stop the peer at the instant of the crash
@@ -240,24 +241,18 @@ class SimulatedCrash(BaseException):
     A BaseException, like a kill -9, so that no ``except Exception`` in the daemon can survive it."""
 
 
-class TorchFormat:
-    """How states become bytes: ``torch.save``, read back with ``weights_only=True`` (tensors and plain
-    values only, nothing executable)."""
+class FileFormat:
+    """How states become bytes: one safetensors file each (``peer.daemon.state_file``; checked, and
+    enumerations made plain, first), read back without pickle; an earlier version's ``torch.save``
+    files are read too."""
 
-    @staticmethod
-    def dumps(state: dict) -> bytes:
-        buffer = io.BytesIO()
-        torch.save(loadable(state), buffer)  # checked (and enumerations made plain) first
-        return buffer.getvalue()
-
-    @staticmethod
-    def loads(data: bytes) -> dict:
-        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    dumps = staticmethod(dump_state)
+    loads = staticmethod(load_state)
 
 
 class CopyFormat:
     """States kept as private copies instead of bytes: for the fault simulator's ``MemoryStore``, where
-    ``torch.save`` would cost most of a schedule's time. Some of its schedules use ``TorchFormat``."""
+    writing files would cost most of a schedule's time. Some of its schedules use ``FileFormat``."""
 
     @staticmethod
     def dumps(state):
@@ -302,7 +297,7 @@ class WriteAhead:
 
 
 class Persistence:
-    def __init__(self, store: Store, form=TorchFormat) -> None:
+    def __init__(self, store: Store, form=FileFormat) -> None:
         self.store, self.form = store, form
         self.wal: WriteAhead | None = None
         self.last_logged_round = self._scan_last_logged_round()  # read once: the log only grows here

@@ -25,7 +25,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from peer.config import default_peer_id
-from peer.daemon.persistence import EVENTS_LOG, ROUNDS_LOG, WAL, MemoryStore, Persistence, TorchFormat
+from peer.daemon.persistence import EVENTS_LOG, ROUNDS_LOG, WAL, FileFormat, MemoryStore, Persistence
 
 SUM_TOLERANCE = 1e-9
 
@@ -48,7 +48,7 @@ class Violation:
         return f"{self.kind}: {self.detail}"
 
 
-def check(schedule, stores: list[MemoryStore], window: int = 0, form=TorchFormat) -> list[Violation]:
+def check(schedule, stores: list[MemoryStore], window: int = 0, form=FileFormat) -> list[Violation]:
     """The fault simulator's peers: their logs, and their files. ``window``: the rounds between auto-T
     decisions (to replay how proposals spread)."""
     logs = {default_peer_id(i): (store.lines(ROUNDS_LOG), store.lines(EVENTS_LOG)) for i, store in enumerate(stores)}

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from peer.algorithm.strategies import make_strategy
 from peer.config import DaemonConfig, RunConfig, default_peer_id
 from peer.daemon.node import PeerDaemon
-from peer.daemon.persistence import CopyFormat, MemoryStore, Persistence, SimulatedCrash, TorchFormat
+from peer.daemon.persistence import CopyFormat, FileFormat, MemoryStore, Persistence, SimulatedCrash
 from peer.faultsim.checker import Violation, check
 from peer.faultsim.clock import Deadlock, VirtualTimeLoop
 from peer.faultsim.faults import Crash, FaultSchedule, address_of
@@ -39,7 +39,7 @@ class Timings:
 SCHEDULE_WINDOW = 4  # rounds between auto-T decisions (the daemon's default is 10)
 SETTLE_SECONDS = 30.0  # how long a finished peer keeps asking for pending outcomes (30 tries)
 TIME_LIMIT_PER_ROUND = 40.0  # virtual seconds; beyond it a peer is stranded
-TORCH_FORMAT_EVERY = 10  # one schedule in this many keeps its files as real torch.save bytes
+FILE_FORMAT_EVERY = 10  # one schedule in this many keeps its files as real bytes, as a folder holds them
 
 
 @dataclass
@@ -172,7 +172,7 @@ class Simulation:
             if self.transport == "memory"
             else GrpcTransport(limits, faults=self.schedule, name=peer.address)
         )
-        form = TorchFormat if self.schedule.seed % TORCH_FORMAT_EVERY == 0 else CopyFormat
+        form = FileFormat if self.schedule.seed % FILE_FORMAT_EVERY == 0 else CopyFormat
         daemon = PeerDaemon(
             local, self.run, net, Persistence(peer.store, form), transport, offload, schedule_window=SCHEDULE_WINDOW
         )
@@ -299,7 +299,7 @@ def run_schedule(
         loop.run_until_complete(sim.close())
         _close(loop)
         logging.getLogger("tadlora").setLevel(previous)
-    form = TorchFormat if seed % TORCH_FORMAT_EVERY == 0 else CopyFormat
+    form = FileFormat if seed % FILE_FORMAT_EVERY == 0 else CopyFormat
     violations += check(schedule, [p.store for p in sim.peers], SCHEDULE_WINDOW, form)
     return ScheduleResult(schedule, violations, Counter(schedule.injected), sim.crashes, virtual)
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import peer.daemon.checkpoint as ckpt
 from peer.daemon.checkpoint import (
     CHECKPOINT,
     TEMP_PREFIX,
@@ -81,11 +82,20 @@ def test_a_crash_inside_write_keeps_the_previous_file_and_leaves_no_temp(tmp_pat
 def test_a_crash_inside_save_checkpoint_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     save_checkpoint(tmp_path, STATE)
 
-    def torn_save(state, f):
-        f.write(b"PK\x03\x04 half a zip")
-        raise OSError("disk full")
+    real_write_atomically = ckpt.write_atomically
 
-    monkeypatch.setattr("peer.daemon.checkpoint.torch.save", torn_save)
+    class HalfWritten:  # half of the new file reaches the temporary file, then the disk is full
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, data):
+            self.f.write(data[: len(data) // 2])
+            raise OSError("disk full")
+
+    def write_torn(path, write):
+        return real_write_atomically(path, lambda f: write(HalfWritten(f)))
+
+    monkeypatch.setattr(ckpt, "write_atomically", write_torn)
     with pytest.raises(OSError, match="disk full"):
         save_checkpoint(tmp_path, STATE)
     monkeypatch.undo()
