@@ -131,7 +131,7 @@ def decode_factors(
     None leaves them on CPU. Validation runs on CPU before the move: a refused payload never costs a
     transfer to the accelerator.
     """
-    tensors = _parse_safetensors(payload)
+    tensors, spans = _parse_safetensors(payload)
     if is_packed_int8(tensors):
         if expected_names is None:
             raise DecodeError(Reason.TENSOR_NAMES, "an int8 message, and no announced factors to read it as")
@@ -143,15 +143,17 @@ def decode_factors(
         _check_names(tensors, schema, expected_names)
         for name, tensor in tensors.items():
             _check_tensor(name, tensor, schema)
+        _check_all_finite(tensors, spans)
         decoded = _in_local_dtypes(decompress(tensors), schema)
     if device is None:
         return decoded
     return {name: tensor.to(device) for name, tensor in decoded.items()}
 
 
-def _parse_safetensors(payload: Buffer) -> dict[str, torch.Tensor]:
-    """The tensors of a safetensors file, read in place where the buffer allows it; DecodeError for
-    anything that is not a well-formed file of the dtypes a factor may travel in."""
+def _parse_safetensors(payload: Buffer) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
+    """The tensors of a safetensors file, read in place where the buffer allows it, and its float
+    spans (``_float_spans``); DecodeError for anything that is not a well-formed file of the dtypes a
+    factor may travel in."""
     view = memoryview(payload).cast("B")
     if view.readonly:  # torch reads only writable buffers in place (one copy, as any decoder makes)
         view = memoryview(bytearray(view))
@@ -167,7 +169,31 @@ def _parse_safetensors(payload: Buffer) -> dict[str, torch.Tensor]:
     if not isinstance(header, dict):
         raise DecodeError(Reason.MALFORMED_PAYLOAD, "the safetensors header is not a JSON object")
     start = 8 + size
-    return {name: _tensor_at(view, start, name, entry) for name, entry in header.items() if name != _METADATA_KEY}
+    entries = {name: entry for name, entry in header.items() if name != _METADATA_KEY}
+    tensors = {name: _tensor_at(view, start, name, entry) for name, entry in entries.items()}
+    return tensors, _float_spans(view, start, entries, tensors)
+
+
+def _float_spans(view: memoryview, start: int, entries: dict, tensors: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+    """The float tensors' bytes as few tensors as their layout allows: each a run of tensors of one
+    dtype that lie end to end (``encode_factors`` writes all factors as one such run), so that the
+    finite check is one pass per run instead of a dozen torch calls per tensor (entries were checked
+    by ``_tensor_at``)."""
+    floats = sorted(
+        (int(entries[name]["data_offsets"][0]), int(entries[name]["data_offsets"][1]), tensor.dtype)
+        for name, tensor in tensors.items()
+        if tensor.is_floating_point() and tensor.numel()
+    )
+    runs: list[list] = []
+    for first, last, dtype in floats:
+        if runs and runs[-1][1] == first and runs[-1][2] == dtype:
+            runs[-1][1] = last
+        else:
+            runs.append([first, last, dtype])
+    return [
+        torch.frombuffer(view, dtype=dtype, count=(last - first) // dtype.itemsize, offset=start + first)
+        for first, last, dtype in runs
+    ]
 
 
 def _in_local_dtypes(floats: Mapping[str, torch.Tensor], schema: Schema) -> dict[str, torch.Tensor]:
@@ -219,7 +245,14 @@ def _check_tensor(name: str, tensor: torch.Tensor, schema: Schema) -> None:
         raise DecodeError(Reason.TENSOR_DTYPE, f"{name}: dtype {wire} != local {dtype}")
     if tuple(tensor.shape) != shape:
         raise DecodeError(Reason.TENSOR_SHAPE, f"{name}: shape {tuple(tensor.shape)} != local {shape}")
-    _check_finite(name, tensor)
+
+
+def _check_all_finite(tensors: Mapping[str, torch.Tensor], spans: list[torch.Tensor]) -> None:
+    """One pass per span; only if one holds NaN or Inf, tensor by tensor, to name the one that does."""
+    if all(_finite(span) for span in spans):
+        return
+    for name in sorted(tensors):
+        _check_finite(name, tensors[name])
 
 
 def _check_packed_int8(
@@ -254,10 +287,14 @@ def _check_packed_int8(
 
 
 def _check_finite(name: str, tensor: torch.Tensor) -> None:
+    if tensor.is_floating_point() and tensor.numel() and not _finite(tensor):
+        raise DecodeError(Reason.NON_FINITE, f"{name} holds NaN or Inf")
+
+
+def _finite(tensor: torch.Tensor) -> bool:
     # one pass, nothing allocated (a mask or abs() would be a copy): min and max propagate NaN, and
     # one of them is ±inf if any value is
-    if tensor.is_floating_point() and tensor.numel() and not torch.isfinite(torch.stack(torch.aminmax(tensor))).all():
-        raise DecodeError(Reason.NON_FINITE, f"{name} holds NaN or Inf")
+    return bool(torch.isfinite(torch.stack(torch.aminmax(tensor))).all())
 
 
 def _torch_dtype(name: str) -> torch.dtype:

@@ -1,4 +1,5 @@
 import contextlib
+import re
 
 import pytest
 import torch
@@ -57,3 +58,33 @@ def test_truncated_or_spliced_payloads_are_refused_or_valid(cut, junk):
     except DecodeError:
         return
     assert set(out) <= set(T)
+
+
+MANY = {f"m{i}.lora_{f}.weight": torch.randn(2, 8) if f == "A" else torch.randn(8, 2) for i in range(5) for f in "AB"}
+
+
+@pytest.mark.parametrize("bad", sorted(MANY))
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("wire", ["fp32", "bf16"])
+def test_a_non_finite_value_in_any_tensor_of_a_run_is_refused_and_named(bad, value, wire):
+    # encode_factors lays all factors end to end: the finite check runs over them as one span
+    from peer.algorithm.compression import WireDtype
+
+    tensors = {name: t.clone() for name, t in MANY.items()}
+    tensors[bad][-1, -1] = value  # the last value of a tensor: the span's boundaries count
+    with pytest.raises(DecodeError, match=re.escape(f"{bad} holds NaN or Inf")) as info:
+        decode_factors(encode_factors(tensors, WireDtype(wire)), schema_of(MANY), set(MANY))
+    assert info.value.reason == "non-finite"
+
+
+def test_tensors_apart_or_of_two_dtypes_are_each_checked():
+    # a foreign writer may interleave dtypes (safetensors sorts by dtype, then name): spans break there
+    tensors = {"m0.lora_A.weight": torch.randn(2, 8).bfloat16(), "m0.lora_B.weight": torch.randn(8, 2)}
+    tensors["m1.lora_A.weight"] = torch.randn(2, 8)
+    tensors["m1.lora_B.weight"] = torch.full((8, 2), float("nan")).bfloat16()
+    schema = schema_of({name: t.float() for name, t in tensors.items()})
+    with pytest.raises(DecodeError, match=r"m1\.lora_B\.weight holds NaN"):
+        decode_factors(st_save(tensors), schema)
+    tensors["m1.lora_B.weight"] = torch.randn(8, 2).bfloat16()
+    back = decode_factors(st_save(tensors), schema)
+    assert all(torch.equal(back[name], t.float()) for name, t in tensors.items())
