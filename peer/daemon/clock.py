@@ -26,9 +26,9 @@ Setting the bounds (``--round-timeout-min``, ``--round-timeout-max``):
 
 from __future__ import annotations
 
+import math
 from collections import deque
-
-import numpy as np
+from collections.abc import Sequence
 
 STRETCH_FACTOR = 2.0
 """A round in which nothing counted allows this much more time to the next (up to the maximum): a
@@ -65,5 +65,15 @@ class AdaptiveDeadline:
     def current(self) -> float:
         if not self.samples:
             return self.maximum
-        learned = self.factor * float(np.quantile(list(self.samples), SETTLE_QUANTILE))
-        return float(np.clip(max(learned, self.stretch), self.minimum, self.maximum))
+        learned = self.factor * quantile(self.samples, SETTLE_QUANTILE)
+        return min(max(learned, self.stretch, self.minimum), self.maximum)
+
+
+def quantile(values: Sequence[float], q: float) -> float:
+    """The ``q`` quantile of ``values`` interpolated linearly between the closest ranks (numpy's default),
+    in plain Python: for a window of 20 values numpy's call overhead cost ~0.3 ms, three times a round."""
+    ranked = sorted(values)
+    position = q * (len(ranked) - 1)
+    below = math.floor(position)
+    above = min(below + 1, len(ranked) - 1)
+    return ranked[below] + (ranked[above] - ranked[below]) * (position - below)

@@ -6,9 +6,12 @@ only the last ``window`` settle times count; a round in which nothing counted do
 (up to the maximum) and the first round in which a link counts drops that stretch again.
 """
 
+import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from peer.daemon.clock import STRETCH_FACTOR, AdaptiveDeadline
+from peer.daemon.clock import SETTLE_WINDOW_ROUNDS, STRETCH_FACTOR, AdaptiveDeadline, quantile
 
 
 @pytest.mark.parametrize("minimum, maximum", [(0.0, 5.0), (-1.0, 5.0), (6.0, 5.0)])
@@ -107,3 +110,8 @@ def test_a_stretch_starts_from_the_learned_deadline_when_that_is_larger():
     deadline.observe(10.0)  # learned 20 s
     deadline.nothing_counted()
     assert deadline.current() == 40.0
+
+
+@given(st.lists(st.floats(0, 1e4), min_size=1, max_size=SETTLE_WINDOW_ROUNDS), st.floats(0, 1))
+def test_the_quantile_is_numpys_default(values, q):
+    assert quantile(values, q) == pytest.approx(float(np.quantile(values, q)), rel=1e-12, abs=1e-12)
