@@ -7,8 +7,9 @@ A daemon turns a state into bytes several times a round: the write-ahead record 
 round's checkpoint. This builds those states for LoRA adapters of MiniLM's shapes (r = 8 on query and
 value of 6 layers, 24 factors, 295 KB) and of larger adapters with the same number of tensors, and
 times ``dumps`` and ``loads`` of ``peer.daemon.state_file`` against ``torch.save`` and
-``torch.load(weights_only=True)`` in alternation, one torch thread, as a daemon runs. Prints medians
-in ms and the ratio torch / state file.
+``torch.load(weights_only=True)`` in alternation, one torch thread and freed memory kept for reuse, as a
+daemon runs (``peer.daemon.memory``; ``--freed-memory return`` for glibc's default). Prints medians in
+ms and the ratio torch / state file.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import time
 import torch
 
 from peer.daemon.checkpoint import dump_state, load_state
+from peer.daemon.memory import keep_freed_memory_for_reuse
 
 MINILM_MB = 0.295
 MODULES = 12  # query and value of 6 layers
@@ -84,8 +86,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes-mb", default=f"{MINILM_MB},3,30", help="adapter sizes, comma-separated")
     parser.add_argument("--repeats", type=int, default=200, help="timings of each (fewer are taken above 3 MB)")
+    parser.add_argument("--freed-memory", choices=("reuse", "return"), default="reuse")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.freed_memory == "reuse":
+        keep_freed_memory_for_reuse()
     columns = ["adapter", "state", "bytes", "torch.save (ms)", "state file (ms)", "ratio"]
     columns += ["torch.load (ms)", "state file (ms)", "ratio"]
     print("| " + " | ".join(columns) + " |\n|" + "---|" * len(columns))

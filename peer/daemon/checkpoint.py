@@ -116,12 +116,13 @@ def save_checkpoint(directory: Path, state: dict) -> Path:
     return write_atomically(Path(directory) / CHECKPOINT, lambda f: f.write(data))
 
 
-def dump_state(state: dict) -> bytes:
-    """A state's bytes, as a checkpoint or write-ahead file holds them."""
-    return bytes(state_file.dumps(loadable(state)))
+def dump_state(state: dict) -> bytearray:
+    """A state's bytes, as a checkpoint or write-ahead file holds them. A ``bytearray``, never changed
+    after: a copy into ``bytes`` cost 8 times the encoding itself at 30 MB (fresh pages to fault in)."""
+    return state_file.dumps(loadable(state))
 
 
-def load_state(data: bytes) -> dict:
+def load_state(data: bytes | bytearray) -> dict:
     """A state from its bytes: this version's state file, or an earlier version's ``torch.save`` zip
     (read with ``weights_only``: tensors and plain values only, nothing that runs). Raises what the
     reader raised; callers turn it into a ``CheckpointError`` with ``unreadable``."""

@@ -66,7 +66,7 @@ _RECORD_HEAD = struct.Struct("<4sQQ")
 
 
 class Store(Protocol):
-    def write(self, name: str, data: bytes) -> None: ...
+    def write(self, name: str, data: bytes | bytearray) -> None: ...
     def read(self, name: str) -> bytes | None: ...
     def delete(self, name: str) -> None: ...
     def append_line(self, name: str, line: str) -> None: ...
@@ -85,7 +85,7 @@ class FolderStore:
         remove_stale_temp_files(self.directory)
         self._records_end: dict[str, int] = {}  # where the next record goes, once the file was checked
 
-    def write(self, name: str, data: bytes) -> None:
+    def write(self, name: str, data: bytes | bytearray) -> None:
         write_atomically(self.directory / name, lambda f: f.write(data))
 
     def read(self, name: str) -> bytes | None:
@@ -111,7 +111,7 @@ class FolderStore:
         text = path.read_text()
         return [line for line in text.split("\n")[:-1] if line]
 
-    def append_record(self, name: str, data: bytes) -> None:
+    def append_record(self, name: str, data: bytes | bytearray) -> None:
         """Append one checksummed record and fsync it. The first append of this process to a file
         cuts a torn record a crash left at its end; a new file's name is made durable too."""
         path = self.directory / name
@@ -199,9 +199,9 @@ class MemoryStore:
                 raise SimulatedCrash("crashed while writing")
             self.crash_after_writes -= 1
 
-    def write(self, name: str, data: bytes) -> None:
+    def write(self, name: str, data: bytes | bytearray) -> None:
         self._tick()
-        self.files[name] = data  # immutable bytes, or a private deep copy (CopyFormat)
+        self.files[name] = data  # bytes that nobody changes after, or a private deep copy (CopyFormat)
 
     def read(self, name: str) -> bytes | None:
         return self.files.get(name)

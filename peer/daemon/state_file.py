@@ -90,7 +90,7 @@ def dumps(state: Any) -> bytearray:
 
 def loads(data: bytes | bytearray | memoryview) -> Any:
     """The state that ``dumps`` wrote, its tensors on CPU; a ``StateFileError`` for anything else."""
-    buffer = data if isinstance(data, bytearray) else bytearray(data)  # writable: tensors view it
+    buffer = bytearray(data)  # the tensors view it: writable, and the caller's bytes stay as they were
     header, start = _read_header(buffer)
     metadata = header.pop(_METADATA, None)
     if not isinstance(metadata, dict) or not isinstance(metadata.get(TREE_KEY), str):

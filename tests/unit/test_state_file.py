@@ -210,3 +210,10 @@ def test_it_is_told_apart_from_a_torch_zip():
     zipped = io.BytesIO()
     torch.save({"a": 1}, zipped)
     assert state_file.is_state_file(dumps({"a": 1})) and not state_file.is_state_file(zipped.getvalue())
+
+
+def test_changing_what_was_read_leaves_the_bytes_it_was_read_from_alone():
+    data = dumps({"a": torch.zeros(3)})
+    kept = bytes(data)
+    loads(data)["a"] += 1  # an optimizer's moments, say, updated in place after a restart
+    assert data == kept and loads(data)["a"].tolist() == [0.0, 0.0, 0.0]
