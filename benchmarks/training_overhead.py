@@ -78,7 +78,8 @@ def bare_loop(cfg, peer_index: int, precision: Precision) -> float:
     return steps * cfg.batch_size / (time.perf_counter() - start)
 
 
-def daemon_run(cfg, out: Path) -> tuple[float, float]:
+def daemon_run(cfg, out: Path) -> tuple[list[float], list[float]]:
+    """Per peer: samples/s of its local training, and end to end."""
     bed = Testbed(cfg, out, dict(discovery_wait=30.0, round_timeout_max=30.0))
     try:
         for i in range(cfg.peers):
@@ -92,7 +93,7 @@ def daemon_run(cfg, out: Path) -> tuple[float, float]:
         samples = len(rounds) * cfg.local_steps * cfg.batch_size
         training.append(samples / sum(r["train_seconds"] for r in rounds))
         end_to_end.append(samples / sum(r["seconds"] for r in rounds))
-    return statistics.median(training), statistics.median(end_to_end)
+    return training, end_to_end
 
 
 def main() -> None:
@@ -127,9 +128,10 @@ def main() -> None:
     # both sides in the precision the daemon runs in: the ratio is about what the daemon adds
     precision = resolve_precision(cfg.precision, torch.device("cpu"))
     out = args.out or Path(tempfile.mkdtemp(prefix="tadlora-overhead-"))
-    training, end_to_end = daemon_run(cfg, out)
+    per_peer_training, per_peer_end_to_end = daemon_run(cfg, out)
     with mp.get_context("spawn").Pool(cfg.peers) as pool:
-        bare = statistics.median(pool.starmap(bare_loop, [(cfg, i, precision) for i in range(cfg.peers)]))
+        per_peer_bare = pool.starmap(bare_loop, [(cfg, i, precision) for i in range(cfg.peers)])
+    bare, training, end_to_end = map(statistics.median, (per_peer_bare, per_peer_training, per_peer_end_to_end))
     print(
         json.dumps(
             {
@@ -147,6 +149,19 @@ def main() -> None:
     print(
         f"| daemon, end to end (training + exchange + mix + checkpoint) | {end_to_end:.2f} | {end_to_end / bare:.2f} |"
     )
+    print_per_peer(per_peer_bare, per_peer_training, per_peer_end_to_end)
+
+
+def print_per_peer(bare: list[float], training: list[float], end_to_end: list[float]) -> None:
+    """Each peer against its own bare loop. Rounds are synchronous, so every daemon goes at the pace of
+    the slowest shard: the slowest bare loop is the best pace the network can reach; the rest of a
+    faster peer's gap is waiting for it."""
+    slowest = min(bare)
+    columns = ["peer", "bare", "daemon, training", "daemon, end to end", "end to end / own bare"]
+    columns.append("end to end / slowest bare")
+    print("\n| " + " | ".join(columns) + " |\n|" + "---|" * len(columns))
+    for i, (b, t, e) in enumerate(zip(bare, training, end_to_end, strict=True)):
+        print(f"| {i} | {b:.2f} | {t:.2f} | {e:.2f} | {e / b:.2f} | {e / slowest:.2f} |")
 
 
 if __name__ == "__main__":
