@@ -1,8 +1,9 @@
 """``tadlora run``: start one peer daemon in this process (asyncio on uvloop) and run it to the end.
 
 Writes to ``--out DIR``: ``endpoint.json`` (peer id, address, pid) as soon as it listens,
-``rounds.jsonl`` (one line per round), ``checkpoint.pt``, ``wal.pt`` and ``wal-links.bin``
-(every round), and at the end ``summary.json`` and ``peers/<peer-id>/adapter/``
+``rounds.jsonl`` (one line per round), ``wal.pt`` and ``wal-links.bin`` (every round) and
+``checkpoint.pt`` (after the last round, when it stops between rounds, when it jumps forward), and at
+the end ``summary.json`` and ``peers/<peer-id>/adapter/``
 (PEFT format). SIGINT and SIGTERM stop it at any moment within a few seconds (``peer.daemon.signals``);
 a restart with the same ``--out`` resumes from the later of the checkpoint and the write-ahead record.
 

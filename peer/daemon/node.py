@@ -8,9 +8,9 @@ Round r, at every peer:
    answering neighbours meanwhile).
 3. Open the round: choose the links it attempts (the peers it knows, thinned by the seeded synthetic
    drops of ``--edge-prob`` and by the backoff of neighbours that keep failing, ``links.py``); its
-   degree is their number. Write the write-ahead record (``persistence.py``; it holds all that a
-   checkpoint of the round would, so the previous round's files need not be done) and seal its
-   factors.
+   degree is their number. Write the write-ahead record (``persistence.py``), which replaces the
+   previous round's (it holds all a checkpoint would), and seal its factors; the previous round's
+   line goes to ``rounds.jsonl`` beside.
 4. Exchange (``protocol.py``): for each link the peer with the smaller id opens a stream; the other
    answers. A link counts at both ends or at neither. The phase ends when every attempted link is
    decided, or at the adaptive deadline (``clock.py``).
@@ -18,8 +18,8 @@ Round r, at every peer:
    ``w_ij = 1 / (1 + max(deg_i, deg_j))`` (``algorithm/mixing.py``; degrees travel in the headers) and
    ``w_ii = 1 − Σ w_ij``: the matrix is symmetric and doubly stochastic whatever links failed, so the
    network-wide sum of every factor is kept.
-6. Beside the next round: the checkpoint of round r + 1, the round's line in ``rounds.jsonl``, the
-   write-ahead record dropped unless round r + 1 opened its own.
+6. After the last round (or a stop between rounds, or a jump): the checkpoint of the next round, the
+   round's line, the write-ahead record dropped.
 
 Round clock: the round number travels in every header and a factor of another round is never mixed
 (refused with ``round-behind`` / ``round-ahead``). A peer two or more rounds behind a neighbour (a late
@@ -607,10 +607,8 @@ class PeerDaemon(ExchangeServer):
         self._publish_latest(round_ + 1)
         record["seconds"] = self.now() - t0  # the round's time, up to its files
         self.last_record, self.next_checkpoint = record, snapshot(self._checkpoint_state(round_ + 1))
-        # the previous round's files, written beside this whole round: done long ago, normally. One
-        # round's files at most are under way, so a record never replaces one whose line is not logged
-        await self.files_written()
-        self.writing = self._spawn(self._write_round(record, self.next_checkpoint))
+        if round_ + 1 >= self.run.total_rounds:  # else its line waits for the next round's record
+            self.writing = self._spawn(self._write_round(self.writing, record, self.next_checkpoint))
         self.round = round_ + 1
         self.observer.round_done(record)
         log.info(
@@ -622,23 +620,28 @@ class PeerDaemon(ExchangeServer):
             ",".join(record["neighbours"]) or "-",
         )
 
-    async def _write_round(self, record: dict, next_state: dict) -> None:
-        """The round's files, written beside the next round from a private copy of the state: the next
-        round's checkpoint (holding the round's line), the line, and the round's write-ahead record
-        dropped unless the next round opened its own meanwhile. The next round does not wait for
-        them: its own record holds all the checkpoint would, and this line, so a restart takes the
-        later of the two. A crash before the checkpoint and before the next record finishes this round
-        again from its record; its line, logged only after the checkpoint, was not logged yet."""
+    async def _write_round(self, previous: asyncio.Task | None, record: dict, final_state: dict | None) -> None:
+        """A round's line in ``rounds.jsonl``, written beside the next round once that round's
+        write-ahead record (which holds the state after this round, and this line) is durable: a crash
+        before that record finishes this round again from its own, and the line says how it ended
+        then. No round waits for it. In order: ``previous`` is the last such write (its failure fails
+        this one too). After the last round (``final_state``, a private copy): the checkpoint holding
+        that state and the line, then the line, then the write-ahead record goes."""
+        if previous is not None:
+            await previous
         started = self.now()
-        await self.write_behind(self.persistence.finish_round, record, next_state)
+        if final_state is None:
+            await self.write_behind(self.persistence.log_round, record)
+        else:
+            await self.write_behind(self.persistence.finish_round, record, final_state)
         self.observer.checkpoint(self.now() - started)
 
     async def leave_files_between_rounds(self) -> None:
         """When the daemon stops before the next round's write-ahead record (between rounds, or while
-        that round trains): the last round's files are written (the checkpoint of the state after it,
-        whose record goes), waited for if under way. A restart then starts the next round, instead of
-        finishing the last one again and asking its neighbours, who may be gone too, how its links
-        ended. Stopped later in a round, the daemon leaves that round's record, to finish it from."""
+        that round trains): the checkpoint of the state after the last round, whose record goes. A
+        restart then starts the next round, instead of finishing the last one again and asking its
+        neighbours, who may be gone too, how its links ended. Stopped later in a round, the daemon
+        leaves that round's record, to finish the round from."""
         await self.files_written()
         wal, state = self.persistence.wal, self.next_checkpoint
         if wal is not None and state is not None and wal.round == int(state["round"]) - 1:
@@ -668,7 +671,12 @@ class PeerDaemon(ExchangeServer):
             **({"settled": settled} if settled else {}),
         }
         candidates = self._choose_links(round_)
+        # the line of the round before the previous one, started a round ago: this record holds only
+        # the previous line, so that one must be in the log before this record replaces the last
+        await self.files_written()
         self.persistence.open_round(round_, self.local.state(), candidates, self._wal_extras(record))
+        if self.last_record is not None:  # the previous round's line: its state is durable now
+            self.writing = self._spawn(self._write_round(self.writing, self.last_record, None))
         return self._open_round(round_, candidates), record
 
     def _reopen(self, wal: WriteAhead) -> tuple[RoundState, dict, dict[str, Received]]:
@@ -816,7 +824,11 @@ class PeerDaemon(ExchangeServer):
         self.persistence.append_event({"event": "jump", "from": self.round, "to": target, "peer": pid})
         self.round = target
         self.book.skip_to(target)
-        self.persistence.save_checkpoint(self._checkpoint_state(target))
+        if self.last_record is not None:  # the last round's line too, which waited for a later state
+            self.persistence.finish_round(self.last_record, self._checkpoint_state(target))
+        else:
+            self.persistence.save_checkpoint(self._checkpoint_state(target))
+            self.persistence.discard_wal()  # a record of an earlier process's round: the checkpoint is later
         self._publish_latest(target)
 
     async def _ask_neighbours_their_round(self) -> None:

@@ -106,7 +106,7 @@ class PrometheusMetrics(Observer):
         )
         self.checkpoint_seconds = Histogram(
             "tadlora_checkpoint_seconds",
-            "time to write a round's files beside the next round (the next round's checkpoint, the round's line)",
+            "time to write a round's files beside the next round (its line; after the last round, the checkpoint)",
             labels,
             buckets=buckets,
             registry=registry,

@@ -5,11 +5,12 @@ fsync), the others are appended and fsynced:
 
 ``checkpoint.pt``  the state at the start of a round: factors, optimizer, schedule, the decisions of
                    recent rounds (to answer a neighbour's outcome query after a restart), and links
-                   whose outcome is still unknown (``pending``).
+                   whose outcome is still unknown (``pending``). Written after the last round, when
+                   the daemon stops between rounds, and when it jumps forward; not every round.
 ``wal.pt``         the write-ahead record of the round in progress: the factors after local training
                    (what this peer sends) and its candidate links, written when the round opens, and
-                   all that the checkpoint of its round would hold besides, with the previous round's
-                   line: so the round need not wait for that checkpoint.
+                   all that the checkpoint of its round would hold besides, with the previous
+                   round's line: so it replaces that checkpoint (it stays until the next one).
 ``wal-links.bin``  its links, one appended record each: every link this peer is about to count
                    (``final``: the server side, written before its ack) or may count (``tentative``:
                    the client side, written before its commit). Appended, not rewritten with the
@@ -17,26 +18,26 @@ fsync), the others are appended and fsynced:
                    cost two fsyncs and a rename of everything, per link). Each record carries its
                    round, the random id of its ``wal.pt`` and a checksum; a torn last record was
                    never durable and is not read, nor is a record of another ``wal.pt``.
-``rounds.jsonl``   one line per finished round, appended and fsynced right after the checkpoint of the
-                   next round (which holds the same line, so a crash between the two loses nothing;
-                   so does the next round's ``wal.pt``).
+``rounds.jsonl``   one line per finished round, appended and fsynced once the state after that round is
+                   durable: in the next round's ``wal.pt`` or a checkpoint, both of which hold the same
+                   line, so a crash between the two loses nothing.
 ``events.jsonl``   what happens between rounds: a jump forward to a neighbour's round, a link of a past
                    round settled after the last round.
 
-Order in a round: train, write the WAL (open; the link records of the WAL it replaces are cleared),
-answer/commit links (each written to the WAL before the commit or ack that makes it count elsewhere),
-mix. Then, beside the next round, by a thread of its own: the checkpoint of the next round (which
-carries the round's line too), the line, the round's WAL deleted unless the next round opened its own.
-The next round does not wait for these (a round used to: 24 to 31 ms of a round of 150 ms that trains
-nothing, among 4 daemons on 2 cores, measured once); the round after it does, so that a WAL never
-replaces one whose previous line is not in the log. A restart takes the later of the checkpoint and the
-WAL: a WAL of the checkpoint's round or later, which it finishes exactly, without training again and
-with the same degree and the links it had written, so that its neighbours' mixing and its own agree
-(appending the previous round's line if the crash came before it); or no WAL, or a stale one (the
-checkpoint is later), and appends the checkpoint's line if the crash came before it. A crash before the
-checkpoint and before the next WAL finishes the round again from its own WAL: its line, written only
-after the checkpoint, was not logged yet, so it tells how the round ended that time. Every round is
-logged exactly once.
+Order in a round: train, write the WAL (open; it replaces the previous round's, whose link records are
+then cleared), append the previous round's line (beside: the next round's opening waits for it, so a WAL
+never replaces one whose ``previous`` line is not in the log yet), answer/commit links (each written to
+the WAL before the commit or ack that makes it count elsewhere), mix. After the last round: the
+checkpoint (which carries the round's line too), the line, the WAL deleted. No round waits for a file of
+the round just before (only for a line started a round earlier): a round used to wait for the previous
+round's checkpoint (24 to 31 ms of a round of 150 ms that trains nothing, among 4 daemons on 2 cores,
+measured once). A restart takes the later of the checkpoint and the WAL: a WAL of the checkpoint's round
+or later, which it finishes exactly, without training again and with the same degree and the links it
+had written, so that its neighbours' mixing and its own agree (appending the previous round's line if
+the crash came before it); or no WAL, or a stale one (the checkpoint is later), and appends the
+checkpoint's line if the crash came before it. A crash while a round trains, before its WAL, finishes
+the round before again from that round's WAL: its line was not logged yet, so it tells how the round
+ended that time. Every round is logged exactly once.
 
 Each state is one safetensors file (``peer.daemon.state_file``), its plain values as JSON in the
 header. The bytes go through a ``Store`` (a folder, or memory for the fault simulator, which crashes peers
@@ -49,7 +50,6 @@ import copy
 import json
 import os
 import struct
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -312,9 +312,6 @@ class Persistence:
         self.store, self.form = store, form
         self.wal: WriteAhead | None = None
         self.last_logged_round = self._scan_last_logged_round()  # read once: the log only grows here
-        # a round opens its record on the event loop while the writer thread may finish the round
-        # before: the record, and which one is current, change under this lock
-        self._record_lock = threading.Lock()
 
     # checkpoint -------------------------------------------------------------------------------
     def save_checkpoint(self, state: dict) -> None:
@@ -332,14 +329,11 @@ class Persistence:
 
     # write-ahead record -----------------------------------------------------------------------
     def open_round(self, round_: int, local_state: dict, candidates: list[str], extras: dict) -> None:
-        wal = WriteAhead(round_, local_state, sorted(candidates), extras)
-        data = self.form.dumps(wal.as_dict())
-        with self._record_lock:
-            self.store.write(WAL, data)
-            self.wal = wal
-            # the links of the record it replaces: not needed any more (not fsynced: every link record
-            # names its round and record, so any that a power cut brings back are ignored)
-            self.store.clear_records(WAL_LINKS)
+        self.wal = WriteAhead(round_, local_state, sorted(candidates), extras)
+        self._write_wal()
+        # the links of the round the new record replaces: not needed any more (not fsynced: every
+        # record names its round and record, so any that a power cut brings back are ignored)
+        self.store.clear_records(WAL_LINKS)
 
     def record_link(
         self, round_: int, peer_id: str, tensors: dict, degree: int, payload_bytes: int, final: bool
@@ -350,6 +344,10 @@ class Persistence:
         record = {"round": round_, "nonce": self.wal.nonce, "peer": peer_id, **link}
         self.store.append_record(WAL_LINKS, self.form.dumps(record))
         self.wal.links[peer_id] = link
+
+    def _write_wal(self) -> None:
+        assert self.wal is not None
+        self.store.write(WAL, self.form.dumps(self.wal.as_dict()))
 
     def load_wal(self) -> WriteAhead | None:
         data = self.store.read(WAL)
@@ -367,22 +365,17 @@ class Persistence:
         extras = dict(state.get("extras", {}))
         return WriteAhead(round_, state["local_state"], list(state["candidates"]), extras, links, nonce)
 
-    def discard_wal(self, of_round: int | None = None) -> None:
-        """Delete the write-ahead record and its links; with ``of_round``, only a record of that round (the
-        next round may have opened its own meanwhile, and that one stays)."""
-        with self._record_lock:
-            if of_round is not None and (self.wal is None or self.wal.round != of_round):
-                return
-            self.store.delete(WAL)
-            self.store.clear_records(WAL_LINKS)
-            self.wal = None
+    def discard_wal(self) -> None:
+        self.store.delete(WAL)
+        self.store.clear_records(WAL_LINKS)
+        self.wal = None
 
     def finish_round(self, record: dict, next_state: dict) -> None:
-        """The next round's checkpoint (holding this round's line), then the line, then the round's WAL
-        goes, unless the next round opened its own meanwhile."""
+        """The next round's checkpoint (holding this round's line), then the line, then the WAL goes: after
+        the last round, or when the daemon stops or jumps between rounds."""
         self.save_checkpoint({**next_state, "record": record})
         self.log_round(record)
-        self.discard_wal(of_round=record["round"])
+        self.discard_wal()
 
     def log_round(self, record: dict) -> None:
         """Append a round's line unless it is the last one there (a restart after a crash between the

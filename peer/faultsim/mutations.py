@@ -150,15 +150,15 @@ DEFECTS = {
 
 
 def round_logged_before_its_state_is_durable():
-    """A first version of rounds that do not wait for the previous round's checkpoint: the round's
-    line was written at once, before the state after the round was durable anywhere. A crash before
-    that state was (in the checkpoint, or the next round's record) restarted from the round's own
-    record and finished the round again, and a link settled otherwise that time no longer matched the
-    line already logged."""
+    """Before the next round's write-ahead record held the state after a round (a first version of
+    that change): the round's line was written at once, beside the next round. A crash before the
+    next record then restarted from the round's own record and finished the round again, and a link
+    settled otherwise that time no longer matched the line already logged."""
     original = node.PeerDaemon._run_round
 
     async def run_round(self, round_):
         await original(self, round_)
-        self.persistence.log_round(self.last_record)
+        if self.round < self.run.total_rounds:
+            self.writing = self._spawn(self._write_round(self.writing, self.last_record, None))
 
     return _patched(node.PeerDaemon, "_run_round", run_round)

@@ -82,9 +82,9 @@ def test_the_checker_catches_a_restart_that_loses_the_interrupted_round():
 
 
 def test_the_checker_catches_a_round_logged_before_its_state_is_durable():
-    # four schedules of 2,000 in which that defect breaks the sums: a crash before the state after a
-    # round was durable, and a link that the round finished again from its own record settled otherwise
-    seeds = [814, 845, 925, 1592]
+    # four schedules of 1,000 in which that first version broke the sums: a crash while the next round
+    # trained, and a link that the round finished again from its own record settled otherwise
+    seeds = [575, 612, 658, 828]
     assert not _violations(seeds)
     with mutations.round_logged_before_its_state_is_durable():
         found = _violations(seeds)
