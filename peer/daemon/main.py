@@ -1,11 +1,10 @@
 """``tadlora run``: start one peer daemon in this process (asyncio on uvloop) and run it to the end.
 
 Writes to ``--out DIR``: ``endpoint.json`` (peer id, address, pid) as soon as it listens,
-``rounds.jsonl`` (one line per round), ``wal.pt`` and ``wal-links.bin`` (every round) and
-``checkpoint.pt`` (after the last round, when it stops between rounds, when it jumps forward), and at
-the end ``summary.json`` and ``peers/<peer-id>/adapter/``
-(PEFT format). SIGINT and SIGTERM stop it at any moment within a few seconds (``peer.daemon.signals``);
-a restart with the same ``--out`` resumes from the later of the checkpoint and the write-ahead record.
+``rounds.jsonl`` (one line per round), ``checkpoint.pt`` (every round), and at the end
+``summary.json`` and ``peers/<peer-id>/adapter/`` (PEFT format). SIGINT and SIGTERM stop it at any
+moment within a few seconds (``peer.daemon.signals``); a restart with the same ``--out`` resumes from
+the checkpoint.
 
 Listening on every interface (``0.0.0.0``, the default), it announces this machine's own address
 (``peer.discovery.mdns.announced_address``), in mDNS and in ``endpoint.json``.
@@ -167,7 +166,6 @@ async def run_daemon(run: RunConfig, net: DaemonConfig, out: Path, signals: Stop
         except asyncio.CancelledError:
             if not daemon.stopping.is_set():
                 raise
-            await daemon.leave_files_between_rounds()
             log.info("%s: stopping at round %d", daemon.peer_id, daemon.round)
             return {"peer_id": daemon.peer_id, "rounds": daemon.round, "stopped": True}
         if signals is not None:  # from here on a stop lets the results be written; its watchdog bounds that

@@ -8,9 +8,7 @@ Round r, at every peer:
    answering neighbours meanwhile).
 3. Open the round: choose the links it attempts (the peers it knows, thinned by the seeded synthetic
    drops of ``--edge-prob`` and by the backoff of neighbours that keep failing, ``links.py``); its
-   degree is their number. Write the write-ahead record (``persistence.py``), which replaces the
-   previous round's (it holds all a checkpoint would), and seal its factors; the previous round's
-   line goes to ``rounds.jsonl`` beside.
+   degree is their number. Write the write-ahead record (``persistence.py``) and seal its factors.
 4. Exchange (``protocol.py``): for each link the peer with the smaller id opens a stream; the other
    answers. A link counts at both ends or at neither. The phase ends when every attempted link is
    decided, or at the adaptive deadline (``clock.py``).
@@ -18,8 +16,7 @@ Round r, at every peer:
    ``w_ij = 1 / (1 + max(deg_i, deg_j))`` (``algorithm/mixing.py``; degrees travel in the headers) and
    ``w_ii = 1 − Σ w_ij``: the matrix is symmetric and doubly stochastic whatever links failed, so the
    network-wide sum of every factor is kept.
-6. After the last round (or a stop between rounds, or a jump): the checkpoint of the next round, the
-   round's line, the write-ahead record dropped.
+6. Append the round's line to ``rounds.jsonl``, write the checkpoint of round r + 1, drop the WAL.
 
 Round clock: the round number travels in every header and a factor of another round is never mixed
 (refused with ``round-behind`` / ``round-ahead``). A peer two or more rounds behind a neighbour (a late
@@ -120,13 +117,6 @@ def thread_offload(worker: ThreadPoolExecutor) -> Offload:
     return run
 
 
-def _replaces_checkpoint(wal: WriteAhead, checkpoint: dict | None) -> bool:
-    """Whether a write-ahead record is the latest state: one that holds all a checkpoint of its round
-    would (from this version on), of that round or a later one than the checkpoint's. A record of an
-    earlier version needs the checkpoint of its own round beside it."""
-    return "decisions" in wal.extras and (checkpoint is None or wal.round >= int(checkpoint["round"]))
-
-
 class PeerDaemon(ExchangeServer):
     """One peer: ``local`` (its model, trainer and strategy), its settings, its files and transport.
 
@@ -148,11 +138,9 @@ class PeerDaemon(ExchangeServer):
         self.local, self.run, self.net, self.persistence, self.transport = local, run, net, persistence, transport
         self.wire = WireDtype(run.wire_dtype)  # how this peer's factors travel (it decodes any form)
         self.offload, self.evaluate = offload, evaluate
-        # the round's files are written by write_behind while the next round runs (_write_round)
+        # the round's files are written by write_behind while the next round trains (_write_round)
         self.write_behind = write_behind
         self.writing: asyncio.Task | None = None
-        self.last_record: dict | None = None  # the line of the last round finished
-        self.next_checkpoint: dict | None = None  # a private copy of the state after it (for a stop, the end)
         self.peer_id = net.peer_id
         self.strategy = local.strategy
         factors = local.factors()
@@ -577,20 +565,6 @@ class PeerDaemon(ExchangeServer):
         restart finishes the round identically."""
         return {"phases": self.phases.to_state() if self.phases else {}, "pending": self.settlements.to_state()}
 
-    def _wal_extras(self, record: dict) -> dict:
-        """What a round's write-ahead record keeps beside its trained factors: all that the checkpoint
-        of its round would (the ids, the decisions of recent rounds, the schedule, the pending links),
-        the round's line so far, and the previous round's line. So it replaces that checkpoint, and no
-        round waits for the previous one's files."""
-        return {
-            "peer_id": self.peer_id,
-            "run_id": self.net.run_id,
-            "decisions": self.book.to_state(),
-            **self._round_extras(),
-            "record": record,
-            "previous": self.last_record,
-        }
-
     async def _run_round(self, round_: int) -> None:
         t0 = self.now()
         if self.recovered is not None and self.recovered[0].round == round_:
@@ -606,9 +580,7 @@ class PeerDaemon(ExchangeServer):
         self.book.close(round_)
         self._publish_latest(round_ + 1)
         record["seconds"] = self.now() - t0  # the round's time, up to its files
-        self.last_record, self.next_checkpoint = record, snapshot(self._checkpoint_state(round_ + 1))
-        if round_ + 1 >= self.run.total_rounds:  # else its line waits for the next round's record
-            self.writing = self._spawn(self._write_round(self.writing, record, self.next_checkpoint))
+        self.writing = self._spawn(self._write_round(record, snapshot(self._checkpoint_state(round_ + 1))))
         self.round = round_ + 1
         self.observer.round_done(record)
         log.info(
@@ -620,41 +592,21 @@ class PeerDaemon(ExchangeServer):
             ",".join(record["neighbours"]) or "-",
         )
 
-    async def _write_round(self, previous: asyncio.Task | None, record: dict, final_state: dict | None) -> None:
-        """A round's line in ``rounds.jsonl``, written beside the next round once that round's
-        write-ahead record (which holds the state after this round, and this line) is durable: a crash
-        before that record finishes this round again from its own, and the line says how it ended
-        then. No round waits for it. In order: ``previous`` is the last such write (its failure fails
-        this one too). After the last round (``final_state``, a private copy): the checkpoint holding
-        that state and the line, then the line, then the write-ahead record goes."""
-        if previous is not None:
-            await previous
+    async def _write_round(self, record: dict, next_state: dict) -> None:
+        """The round's files (the next round's checkpoint, the round's line, the WAL's removal), written
+        beside the next round's training from a private copy of the state. The next round opens its
+        WAL only after they are durable (``files_written``): a crash before that finishes this round
+        again from its WAL, exactly as a crash between the mix and the checkpoint always did, and
+        nothing of the next round has been sent by then."""
         started = self.now()
-        if final_state is None:
-            await self.write_behind(self.persistence.log_round, record)
-        else:
-            await self.write_behind(self.persistence.finish_round, record, final_state)
+        await self.write_behind(self.persistence.finish_round, record, next_state)
         self.observer.checkpoint(self.now() - started)
 
-    async def leave_files_between_rounds(self) -> None:
-        """When the daemon stops before the next round's write-ahead record (between rounds, or while
-        that round trains): the checkpoint of the state after the last round, whose record goes. A
-        restart then starts the next round, instead of finishing the last one again and asking its
-        neighbours, who may be gone too, how its links ended. Stopped later in a round, the daemon
-        leaves that round's record, to finish the round from."""
-        await self.files_written()
-        wal, state = self.persistence.wal, self.next_checkpoint
-        if wal is not None and state is not None and wal.round == int(state["round"]) - 1:
-            if wal.extras.get("previous"):  # its write may have been cancelled with the rounds
-                await self.write_behind(self.persistence.log_round, wal.extras["previous"])
-            await self.write_behind(self.persistence.finish_round, self.last_record, state)
-
     async def files_written(self) -> None:
-        """Wait until the files being written beside are durable (raises what writing them raised). A
-        stop while it waits leaves the write running, to be waited for again."""
-        if self.writing is not None:
-            await asyncio.shield(self.writing)
-            self.writing = None
+        """Wait until the last round's files are durable (raises what writing them raised)."""
+        writing, self.writing = self.writing, None
+        if writing is not None:
+            await writing
 
     async def _train_and_open(self, round_: int) -> tuple[RoundState, dict]:
         settled = self.settlements.apply(self._add_settled_term)
@@ -671,12 +623,8 @@ class PeerDaemon(ExchangeServer):
             **({"settled": settled} if settled else {}),
         }
         candidates = self._choose_links(round_)
-        # the line of the round before the previous one, started a round ago: this record holds only
-        # the previous line, so that one must be in the log before this record replaces the last
-        await self.files_written()
-        self.persistence.open_round(round_, self.local.state(), candidates, self._wal_extras(record))
-        if self.last_record is not None:  # the previous round's line: its state is durable now
-            self.writing = self._spawn(self._write_round(self.writing, self.last_record, None))
+        await self.files_written()  # the previous round's, written while this one trained
+        self.persistence.open_round(round_, self.local.state(), candidates, {**self._round_extras(), "record": record})
         return self._open_round(round_, candidates), record
 
     def _reopen(self, wal: WriteAhead) -> tuple[RoundState, dict, dict[str, Received]]:
@@ -739,9 +687,7 @@ class PeerDaemon(ExchangeServer):
         wal = self.persistence.load_wal()
         if state is None and wal is None:
             return False
-        if wal is not None and _replaces_checkpoint(wal, state):
-            self._load_round_of(wal)
-        elif state is not None:
+        if state is not None:
             self._load_checkpoint(state)
             if state.get("record"):
                 self.persistence.log_round(state["record"])  # the crash came between checkpoint and line
@@ -759,21 +705,9 @@ class PeerDaemon(ExchangeServer):
         )
         return True
 
-    def _load_round_of(self, wal: WriteAhead) -> None:
-        """What a checkpoint of the record's round would give (its factors come with ``_reopen``), and
-        the line of the round before it if the crash came before that line was written."""
-        self._check_owner(wal.extras, "write-ahead record")
-        self.book.load_state(wal.extras["decisions"])
-        self.round = wal.round
-        if wal.extras.get("previous"):
-            self.persistence.log_round(wal.extras["previous"])
-
-    def _check_owner(self, state: dict, what: str) -> None:
-        if state["peer_id"] != self.peer_id or state["run_id"] != self.net.run_id:
-            raise CheckpointError(f"{what} belongs to {state['peer_id']} of run {state['run_id']}")
-
     def _load_checkpoint(self, state: dict) -> None:
-        self._check_owner(state, "checkpoint")
+        if state["peer_id"] != self.peer_id or state["run_id"] != self.net.run_id:
+            raise CheckpointError(f"checkpoint belongs to {state['peer_id']} of run {state['run_id']}")
         self.local.load_state(state["local"])
         if self.phases is not None:
             self.phases.load_state(state.get("phases", {}))
@@ -824,11 +758,7 @@ class PeerDaemon(ExchangeServer):
         self.persistence.append_event({"event": "jump", "from": self.round, "to": target, "peer": pid})
         self.round = target
         self.book.skip_to(target)
-        if self.last_record is not None:  # the last round's line too, which waited for a later state
-            self.persistence.finish_round(self.last_record, self._checkpoint_state(target))
-        else:
-            self.persistence.save_checkpoint(self._checkpoint_state(target))
-            self.persistence.discard_wal()  # a record of an earlier process's round: the checkpoint is later
+        self.persistence.save_checkpoint(self._checkpoint_state(target))
         self._publish_latest(target)
 
     async def _ask_neighbours_their_round(self) -> None:
@@ -872,7 +802,7 @@ class PeerDaemon(ExchangeServer):
             await self._run_round(self.round)
             if self.behind is not None:
                 await self.catch_up()
-        await self.leave_files_between_rounds()
+        await self.files_written()
 
     async def linger(self, at_most: float, grace: float) -> None:
         """After the last round: keep serving until every neighbour has finished its rounds too (or does

@@ -105,11 +105,7 @@ class PrometheusMetrics(Observer):
             registry=registry,
         )
         self.checkpoint_seconds = Histogram(
-            "tadlora_checkpoint_seconds",
-            "time to write a round's files beside the next round (its line; after the last round, the checkpoint)",
-            labels,
-            buckets=buckets,
-            registry=registry,
+            "tadlora_checkpoint_seconds", "time to write a checkpoint", labels, buckets=buckets, registry=registry
         ).labels(*self.values)
         self.round_seconds = Histogram(
             "tadlora_round_seconds",

@@ -5,12 +5,9 @@ fsync), the others are appended and fsynced:
 
 ``checkpoint.pt``  the state at the start of a round: factors, optimizer, schedule, the decisions of
                    recent rounds (to answer a neighbour's outcome query after a restart), and links
-                   whose outcome is still unknown (``pending``). Written after the last round, when
-                   the daemon stops between rounds, and when it jumps forward; not every round.
+                   whose outcome is still unknown (``pending``).
 ``wal.pt``         the write-ahead record of the round in progress: the factors after local training
-                   (what this peer sends) and its candidate links, written when the round opens, and
-                   all that the checkpoint of its round would hold besides, with the previous
-                   round's line: so it replaces that checkpoint (it stays until the next one).
+                   (what this peer sends) and its candidate links, written when the round opens.
 ``wal-links.bin``  its links, one appended record each: every link this peer is about to count
                    (``final``: the server side, written before its ack) or may count (``tentative``:
                    the client side, written before its commit). Appended, not rewritten with the
@@ -18,26 +15,18 @@ fsync), the others are appended and fsynced:
                    cost two fsyncs and a rename of everything, per link). Each record carries its
                    round, the random id of its ``wal.pt`` and a checksum; a torn last record was
                    never durable and is not read, nor is a record of another ``wal.pt``.
-``rounds.jsonl``   one line per finished round, appended and fsynced once the state after that round is
-                   durable: in the next round's ``wal.pt`` or a checkpoint, both of which hold the same
-                   line, so a crash between the two loses nothing.
+``rounds.jsonl``   one line per finished round, appended and fsynced right after the checkpoint of the
+                   next round (which holds the same line, so a crash between the two loses nothing).
 ``events.jsonl``   what happens between rounds: a jump forward to a neighbour's round, a link of a past
                    round settled after the last round.
 
-Order in a round: train, write the WAL (open; it replaces the previous round's, whose link records are
-then cleared), append the previous round's line (beside: the next round's opening waits for it, so a WAL
-never replaces one whose ``previous`` line is not in the log yet), answer/commit links (each written to
-the WAL before the commit or ack that makes it count elsewhere), mix. After the last round: the
-checkpoint (which carries the round's line too), the line, the WAL deleted. No round waits for a file of
-the round just before (only for a line started a round earlier): a round used to wait for the previous
-round's checkpoint (24 to 31 ms of a round of 150 ms that trains nothing, among 4 daemons on 2 cores,
-measured once). A restart takes the later of the checkpoint and the WAL: a WAL of the checkpoint's round
-or later, which it finishes exactly, without training again and with the same degree and the links it
-had written, so that its neighbours' mixing and its own agree (appending the previous round's line if
-the crash came before it); or no WAL, or a stale one (the checkpoint is later), and appends the
-checkpoint's line if the crash came before it. A crash while a round trains, before its WAL, finishes
-the round before again from that round's WAL: its line was not logged yet, so it tells how the round
-ended that time. Every round is logged exactly once.
+Order in a round: train, write the WAL (open), answer/commit links (each written to the WAL before the
+commit or ack that makes it count elsewhere), mix, write the checkpoint of the next round (which
+carries the round's line too), append the line, delete the WAL. A restart finds either a WAL of the
+checkpoint's round, and finishes that round from it exactly, without training again and with the same
+degree and the links it had written, so its neighbours' mixing and its own agree; or no WAL, or a
+stale one (the checkpoint is current), and appends the checkpoint's line if the crash came before it.
+Every round is logged exactly once.
 
 Each state is one safetensors file (``peer.daemon.state_file``), its plain values as JSON in the
 header. The bytes go through a ``Store`` (a folder, or memory for the fault simulator, which crashes peers
@@ -331,9 +320,6 @@ class Persistence:
     def open_round(self, round_: int, local_state: dict, candidates: list[str], extras: dict) -> None:
         self.wal = WriteAhead(round_, local_state, sorted(candidates), extras)
         self._write_wal()
-        # the links of the round the new record replaces: not needed any more (not fsynced: every
-        # record names its round and record, so any that a power cut brings back are ignored)
-        self.store.clear_records(WAL_LINKS)
 
     def record_link(
         self, round_: int, peer_id: str, tensors: dict, degree: int, payload_bytes: int, final: bool
@@ -371,8 +357,7 @@ class Persistence:
         self.wal = None
 
     def finish_round(self, record: dict, next_state: dict) -> None:
-        """The next round's checkpoint (holding this round's line), then the line, then the WAL goes: after
-        the last round, or when the daemon stops or jumps between rounds."""
+        """The next round's checkpoint (holding this round's line), then the line, then the WAL goes."""
         self.save_checkpoint({**next_state, "record": record})
         self.log_round(record)
         self.discard_wal()

@@ -9,11 +9,10 @@ into KeyboardInterrupt, so a Ctrl-C sent to such a daemon used to be lost.
 The daemon's life in three parts, and what a signal does in each:
 
 - starting (config, data, model, checkpoint): nothing to wind down yet, the process exits at once;
-- serving (``serving()``): the event loop is asked to stop: the round in progress is abandoned (stopped
-  before its write-ahead record, the daemon writes the checkpoint of the last complete one; after it,
-  the record stays and a restart finishes the round from it), mDNS says goodbye, gRPC closes; a watchdog
-  ends the process ``STOP_GRACE_S`` later whatever still runs (the training step in the worker thread,
-  which the interpreter joins at exit, or a gRPC shutdown that blocks);
+- serving (``serving()``): the event loop is asked to stop: the round in progress is abandoned (the
+  checkpoint holds the last complete one), mDNS says goodbye, gRPC closes; a watchdog ends the process
+  ``STOP_GRACE_S`` later whatever still runs (the training step in the worker thread, which the
+  interpreter joins at exit, or a gRPC shutdown that blocks);
 - leaving (``leaving()``, the event loop is done): the process exits at once. So does a daemon that
   was stopped, once its event loop is done (``tadlora run`` calls ``leave_now``): the abandoned
   round's training step may still run in the worker thread, and its result would be thrown away.

@@ -147,18 +147,3 @@ DEFECTS = {
     "catch-up adopts a neighbour's factors": catch_up_adopts_a_neighbours_factors,
     "auto T without freeze or adoption": auto_schedule_without_freeze_or_adoption,
 }
-
-
-def round_logged_before_its_state_is_durable():
-    """Before the next round's write-ahead record held the state after a round (a first version of
-    that change): the round's line was written at once, beside the next round. A crash before the
-    next record then restarted from the round's own record and finished the round again, and a link
-    settled otherwise that time no longer matched the line already logged."""
-    original = node.PeerDaemon._run_round
-
-    async def run_round(self, round_):
-        await original(self, round_)
-        if self.round < self.run.total_rounds:
-            self.writing = self._spawn(self._write_round(self.writing, self.last_record, None))
-
-    return _patched(node.PeerDaemon, "_run_round", run_round)
