@@ -20,9 +20,9 @@ import statistics
 import time
 
 import torch
+from gossip_throughput import FreedMemory, add_freed_memory_argument, set_up_process
 
 from peer.daemon.checkpoint import dump_state, load_state
-from peer.daemon.memory import keep_freed_memory_for_reuse
 
 MINILM_MB = 0.295
 MODULES = 12  # query and value of 6 layers
@@ -86,11 +86,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes-mb", default=f"{MINILM_MB},3,30", help="adapter sizes, comma-separated")
     parser.add_argument("--repeats", type=int, default=200, help="timings of each (fewer are taken above 3 MB)")
-    parser.add_argument("--freed-memory", choices=("reuse", "return"), default="reuse")
+    add_freed_memory_argument(parser)
     args = parser.parse_args()
-    torch.set_num_threads(1)
-    if args.freed_memory == "reuse":
-        keep_freed_memory_for_reuse()
+    set_up_process(args.freed_memory == FreedMemory.REUSE)
     columns = ["adapter", "state", "bytes", "torch.save (ms)", "state file (ms)", "ratio"]
     columns += ["torch.load (ms)", "state file (ms)", "ratio"]
     print("| " + " | ".join(columns) + " |\n|" + "---|" * len(columns))

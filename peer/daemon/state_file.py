@@ -29,6 +29,7 @@ import torch
 import xxhash
 
 from peer.errors import TadloraError
+from peer.transport.codec import MAX_DIMENSION_SIZE, MAX_DIMENSIONS, SAFETENSORS_DTYPES
 
 # Metadata keys of the safetensors header; a reader of plain safetensors sees the tensors by index.
 TREE_KEY = "tadlora-state"
@@ -44,23 +45,9 @@ _TAG = "\x00"
 TENSOR, PAIRS, TUPLE, SET, BYTES, DTYPE, DEVICE = (
     _TAG + name for name in ("tensor", "pairs", "tuple", "set", "bytes", "dtype", "device")
 )
-_CODES = {
-    torch.float64: "F64",
-    torch.float32: "F32",
-    torch.bfloat16: "BF16",
-    torch.float16: "F16",
-    torch.int64: "I64",
-    torch.int32: "I32",
-    torch.int16: "I16",
-    torch.int8: "I8",
-    torch.uint8: "U8",
-    torch.bool: "BOOL",
-}
-_DTYPES = {code: dtype for dtype, code in _CODES.items()}
-# bounds on what a header may claim, checked before torch sees it (a tensor of no elements may still
-# name absurd dimensions)
-_MAX_DIMENSIONS = 16
-_MAX_COUNT = 1 << 48
+# the format's dtypes, and the bounds on the dimensions a header may claim, as the wire codec has them
+_DTYPES = SAFETENSORS_DTYPES
+_CODES = {dtype: code for code, dtype in SAFETENSORS_DTYPES.items()}
 
 
 class StateFileError(TadloraError, ValueError):
@@ -212,10 +199,10 @@ def _read_header(buffer: bytearray) -> tuple[dict, int]:
 def _tensor(buffer: bytearray, start: int, name: str, entry: Any) -> torch.Tensor:
     try:
         dtype, shape, (begin, end) = _DTYPES[entry["dtype"]], entry["shape"], entry["data_offsets"]
-        if len(shape) > _MAX_DIMENSIONS or not all(
-            type(n) is int and 0 <= n < _MAX_COUNT for n in (*shape, begin, end)
-        ):
-            raise ValueError("dimensions and offsets are counts")
+        if len(shape) > MAX_DIMENSIONS or not all(type(n) is int and 0 <= n < MAX_DIMENSION_SIZE for n in shape):
+            raise ValueError("dimensions are counts")
+        if not all(type(n) is int and n >= 0 for n in (begin, end)):
+            raise ValueError("offsets are counts")  # and within the file: checked below
     except (TypeError, KeyError, ValueError) as exc:
         raise StateFileError(f"tensor {name[:20]!r} is not described by a dtype, shape and offsets ({exc})") from None
     count, size = math.prod(shape), end - begin

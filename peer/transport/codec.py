@@ -47,8 +47,9 @@ _SAFETENSORS_CODE = {
     torch.float16: "F16",
     torch.int8: "I8",
 }
-# read: every dtype of the format, so that a tensor of another dtype is refused as such (tensor-dtype)
-_TORCH_OF_CODE = {
+# read: every dtype of the format, so that a tensor of another dtype is refused as such (tensor-dtype);
+# a peer's state files (``peer.daemon.state_file``) hold any of them
+SAFETENSORS_DTYPES = {
     **{code: dtype for dtype, code in _SAFETENSORS_CODE.items()},
     **{"I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "U8": torch.uint8},
     "BOOL": torch.bool,
@@ -204,7 +205,7 @@ def _tensor_at(view: memoryview, start: int, name: str, entry: object) -> torch.
     """One header entry's tensor, a view of ``view`` (no copy)."""
     try:
         assert isinstance(entry, dict)
-        dtype = _TORCH_OF_CODE[entry["dtype"]]
+        dtype = SAFETENSORS_DTYPES[entry["dtype"]]
         shape = [int(d) for d in entry["shape"]]
         first, last = (int(o) for o in entry["data_offsets"])
         assert len(shape) <= MAX_DIMENSIONS and all(0 <= d < MAX_DIMENSION_SIZE for d in shape)
