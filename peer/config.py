@@ -30,7 +30,12 @@ from pathlib import Path
 from typing import Any
 
 from peer.errors import ConfigError
-from peer.transport.defaults import DEFAULT_CHUNK_SIZE, DEFAULT_FRAME_TIMEOUT_S, MAX_CHUNK_SIZE
+from peer.transport.defaults import (
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_FRAME_TIMEOUT_S,
+    DEFAULT_LANE_MIN_BYTES,
+    MAX_CHUNK_SIZE,
+)
 from peer.transport.ids import peer_id_problem, run_id_problem
 
 AUTO = "auto"
@@ -510,6 +515,15 @@ class DaemonConfig:
     round_timeout_max: float = setting(60.0, "upper bound of the adaptive exchange deadline, seconds")
     discovery_wait: float = setting(3.0, "seconds to look for peers before the first round", check=at_least(0))
     chunk_size: int = setting(DEFAULT_CHUNK_SIZE, "bytes per gRPC chunk", check=within(1024, MAX_CHUNK_SIZE))
+    lane: int = setting(
+        1,
+        "1: large payloads go on a plain TCP connection beside the gRPC stream, from a second port the "
+        "daemon listens on (never over TLS; peer/transport/lane.py); 0: every payload in chunks, one port",
+        check=lambda v: "" if v in (0, 1) else f"must be 0 or 1, got {v}",
+    )
+    lane_min_bytes: int = setting(
+        DEFAULT_LANE_MIN_BYTES, "the smallest payload sent on a neighbour's lane (--lane 1)", check=at_least(0)
+    )
     frame_timeout: float = setting(
         DEFAULT_FRAME_TIMEOUT_S,
         "seconds without a frame before a stream counts as stalled",

@@ -72,7 +72,9 @@ async def run_daemon(run: RunConfig, net: DaemonConfig, out: Path, signals: Stop
     out.mkdir(parents=True, exist_ok=True)
     held = lock_folder(out)  # noqa: F841 - released when the process ends
     tls = load_tls(net.tls_ca, net.tls_cert, net.tls_key, net.peer_id, net.run_id) if net.tls else None
-    transport = GrpcTransport(Limits(chunk_size=net.chunk_size, frame_timeout=net.frame_timeout), tls)
+    lane_min_bytes = net.lane_min_bytes if net.lane else None
+    limits = Limits(chunk_size=net.chunk_size, frame_timeout=net.frame_timeout, lane_min_bytes=lane_min_bytes)
+    transport = GrpcTransport(limits, tls)
     daemon = PeerDaemon.from_config(run, net, out, transport)
     keep_freed_memory_for_reuse()  # after the model is built: loading it leaves no memory behind
     daemon.resume()
@@ -92,6 +94,13 @@ async def run_daemon(run: RunConfig, net: DaemonConfig, out: Path, signals: Stop
             metrics_port,
         )
     log.info("%s: listening on %s (run %s)", daemon.peer_id, daemon.address, net.run_id)
+    if transport.lane_port:
+        log.info(
+            "%s: payloads of %d bytes and more go on lanes; this peer's listens on port %d",
+            daemon.peer_id,
+            lane_min_bytes,
+            transport.lane_port,
+        )
     trainer = daemon.local.trainer
     # where the work runs: with --device auto, a user reads here whether the GPU was found
     log.info(

@@ -40,6 +40,10 @@ SCHEDULE_WINDOW = 4  # rounds between auto-T decisions (the daemon's default is 
 SETTLE_SECONDS = 30.0  # how long a finished peer keeps asking for pending outcomes (30 tries)
 TIME_LIMIT_PER_ROUND = 40.0  # virtual seconds; beyond it a peer is stranded
 FILE_FORMAT_EVERY = 10  # one schedule in this many keeps its files as real bytes, as a folder holds them
+# over gRPC, one schedule in this many sends every payload on the payload lane (``peer.transport.lane``,
+# each peer learns its neighbours' lanes from their replies); the others send the stand-ins' small
+# payloads in chunks, as the daemon's default threshold does
+LANE_EVERY = 2
 
 
 @dataclass
@@ -166,7 +170,8 @@ class Simulation:
             return fn(*args)
 
         local = stand_in_peer(peer.peer_id, peer.index, self.schedule.seed, strategy)
-        limits = Limits(frame_timeout=self.timings.frame_timeout)
+        lane_min_bytes = 0 if self.schedule.seed % LANE_EVERY == 0 else None
+        limits = Limits(frame_timeout=self.timings.frame_timeout, lane_min_bytes=lane_min_bytes)
         transport = (
             MemoryTransport(self.network, limits)
             if self.transport == "memory"

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from peer.algorithm.schedule import ScheduleGossip
 from peer.transport.base import PROTOCOL_VERSION, FactorMessage, Header, Reason, Rejected, shown
 from peer.transport.codec import new_payload_digest, payload_digest
-from peer.transport.defaults import DEFAULT_CHUNK_SIZE, DEFAULT_FRAME_TIMEOUT_S
+from peer.transport.defaults import DEFAULT_CHUNK_SIZE, DEFAULT_FRAME_TIMEOUT_S, DEFAULT_LANE_MIN_BYTES
 from peer.transport.pb import peer_pb2 as pb
 
 # A header is ids, digests, a few numbers and the factor names: well under 1 KiB. One that is larger
@@ -27,6 +27,8 @@ class Limits:
     - ``chunk_size``: bytes per chunk sent (``peer.transport.defaults`` says how to choose it).
     - ``max_payload_bytes``: largest payload accepted (a r=8 adapter of RoBERTa-large is ~3 MB; the
       default 256 MiB leaves room for big models and high ranks).
+    - ``lane_min_bytes``: the smallest payload a client sends on the payload lane, when the server
+      has one (``peer.transport.lane``); None: this peer neither listens for lanes nor sends on one.
     - ``max_chunks``: most chunks in one stream, so a sender cannot trickle tiny chunks forever.
     - ``frame_timeout``: seconds to wait for the next frame of a stream before giving up (the same).
 
@@ -42,6 +44,7 @@ class Limits:
 
     chunk_size: int = DEFAULT_CHUNK_SIZE
     max_payload_bytes: int = 256 << 20
+    lane_min_bytes: int | None = DEFAULT_LANE_MIN_BYTES
     max_chunks: int = 1 << 16
     frame_timeout: float = DEFAULT_FRAME_TIMEOUT_S
     min_bytes_per_s: float = 64 << 10
@@ -172,9 +175,17 @@ def kind_of(frame: Frame) -> str | None:
     return "chunk" if isinstance(frame, ChunkFrame) else frame.WhichOneof("kind")
 
 
-def to_frames(message: FactorMessage, chunk_size: int) -> Iterator[Frame]:
+def header_frame(header: Header, lane_token: bytes = b"", lane_port: int = 0) -> pb.Frame:
+    """A message's first frame. ``lane_token``: its payload comes on the lane connection that opened
+    with this token, not in chunks; ``lane_port``: a server's lane port (``peer.transport.lane``)."""
+    frame = pb.Frame(header=header_to_pb(header))
+    frame.header.lane_token, frame.header.lane_port = lane_token, lane_port
+    return frame
+
+
+def to_frames(message: FactorMessage, chunk_size: int, lane_port: int = 0) -> Iterator[Frame]:
     """The header, then the payload in chunks that view it (``encode_frame`` makes their bytes)."""
-    yield pb.Frame(header=header_to_pb(message.header))
+    yield header_frame(message.header, lane_port=lane_port)
     view = memoryview(message.payload)
     for start in range(0, len(view), chunk_size):
         yield ChunkFrame(view[start : start + chunk_size])
@@ -217,6 +228,9 @@ class FrameReader:
         self.next_frame, self.limits = next_frame, limits
         self.loop = asyncio.get_running_loop()
         self.deadline: float | None = None  # the whole message's, once the header says how large it is
+        # from the header: the token of the lane its payload comes on (empty: in chunks), and the
+        # sender's lane port, if it is a server with one (``peer.transport.lane``)
+        self.lane_token, self.lane_port = b"", 0
 
     async def frame(self) -> Frame:
         """The next frame within the frame timeout (and the message's deadline); a Reject raised."""
@@ -244,14 +258,19 @@ class FrameReader:
             raise Rejected(Reason.FRAMING, f"a header of {first.ByteSize()} bytes (at most {MAX_HEADER_FRAME_BYTES})")
         header = header_from_pb(first.header)
         check_header(header, self.limits)
+        self.lane_token, self.lane_port = bytes(first.header.lane_token), first.header.lane_port
         return header
+
+    def start_payload(self, header: Header) -> None:
+        """The whole payload's deadline starts now (after any wait for the round: the screen)."""
+        self.deadline = self.loop.time() + self.limits.frame_timeout + header.payload_size / self.limits.min_bytes_per_s
 
     async def payload(self, header: Header) -> FactorMessage:
         """The payload ``header`` announced, in one buffer of that size (a ``bytearray``: the decoder
         reads it in place). Each chunk is copied in and hashed as it arrives, while the next ones are
         still on the wire; the deadline starts now, after any wait for the round (the screen)."""
         limits = self.limits
-        self.deadline = self.loop.time() + limits.frame_timeout + header.payload_size / limits.min_bytes_per_s
+        self.start_payload(header)
         payload = bytearray()  # sized at the first chunk: a sender that stalls after its header costs nothing
         received, chunks, digest = 0, 0, new_payload_digest()
         while received < header.payload_size:

@@ -40,13 +40,16 @@ from peer.transport.framing import (
     FrameReader,
     Limits,
     NextFrame,
+    check_payload,
     decode_frame,
     encode_frame,
+    header_frame,
     kind_of,
     read_message,
     reject_frame,
     to_frames,
 )
+from peer.transport.lane import TOKEN_BYTES, Lane, LaneBroken, LaneListener, host_of, new_token, open_lane
 from peer.transport.pb import peer_pb2 as pb
 from peer.transport.tls import TLS_NAME, TlsMaterial
 
@@ -69,6 +72,9 @@ KEPT_STREAM_IDLE_S = 60.0
 # wait, so that the server rarely ends a stream just as a swap starts on it (a swap that finds its
 # kept stream ended before any answer is sent again on a new stream).
 REUSE_KEPT_STREAM_WITHIN_S = KEPT_STREAM_IDLE_S / 2
+# How long a client whose lane broke mid-reply waits for the server's refusal on the stream, which
+# says why (the server sends it before it closes the lane); without one the swap failed on the network.
+LANE_REFUSAL_WAIT_S = 1.0
 
 
 def _channel_options(limits: Limits) -> list[tuple[str, int]]:
@@ -271,8 +277,16 @@ def _sending_time(limits: Limits, payload_bytes: int) -> float:
 
 
 class _Servicer:
-    def __init__(self, server: ExchangeServer, limits: Limits, tls: TlsMaterial | None) -> None:
+    def __init__(
+        self,
+        server: ExchangeServer,
+        limits: Limits,
+        tls: TlsMaterial | None,
+        lanes: LaneListener | None = None,
+        lane_port: int = 0,
+    ) -> None:
         self.server, self.limits, self.tls = server, limits, tls
+        self.lanes, self.lane_port = lanes, lane_port  # the payload lane's listener and port (none over TLS)
         # streams open, per remote address: swaps and fetches in progress, and kept streams between swaps
         self.streams: dict[str, int] = {}
         self.buffered = 0  # payload bytes the swaps in progress announced (screened headers)
@@ -428,7 +442,10 @@ class _Swap:
 
     def __init__(self, servicer: _Servicer, peer: str, next_frame: NextFrame) -> None:
         self.server, self.limits, self.peer = servicer.server, servicer.limits, peer
+        self.lanes, self.lane_port = servicer.lanes, servicer.lane_port
         self.reader = FrameReader(next_frame, self.limits)
+        self.lane: Lane | None = None  # the payload lane of this swap, if the client sends on one
+        self.sending: asyncio.Future[None] | None = None  # the reply's payload going out on the lane
         self.receiving: asyncio.Future[tuple[FactorMessage, FactorMessage]] | None = None
         self.counted: Rejected | None = None  # the refusal counted already (by the receiving task)
         self.acked = False
@@ -447,17 +464,41 @@ class _Swap:
         refusal is counted here, at once: the stream may be cancelled before the handler sees it
         (gRPC ends a stream whose frame is over the message cap)."""
         try:
-            incoming = await self.reader.payload(header)
+            incoming = await (self.reader.payload(header) if self.lane is None else self._from_lane(self.lane, header))
             return incoming, await self.server.respond(incoming)
         except Rejected as r:
             self._count(r)
             raise
+
+    async def _claim_lane(self, header: Header) -> Lane:
+        token = self.reader.lane_token
+        if self.lanes is None:
+            raise Rejected(Reason.FRAMING, "a payload on a lane, and this peer listens for none")
+        if len(token) != TOKEN_BYTES:
+            raise Rejected(Reason.FRAMING, f"a lane token of {len(token)} bytes")
+        return await self.lanes.claim(token, header.payload_size)
+
+    async def _from_lane(self, lane: Lane, header: Header) -> FactorMessage:
+        """The payload ``header`` announced, from the lane, by the same deadline as in chunks."""
+        self.reader.start_payload(header)
+        assert self.reader.deadline is not None
+        try:
+            payload, digest = await lane.receive(header.payload_size, self.reader.deadline)
+        except LaneBroken as exc:
+            raise Rejected(Reason.TRUNCATED, str(exc)) from None
+        except TimeoutError:
+            raise Rejected(Reason.STALLED, f"slower than {self.limits.min_bytes_per_s:g} bytes/s") from None
+        message = FactorMessage(header, payload)
+        check_payload(message, digest)
+        return message
 
     async def run(self, screen) -> AsyncIterator[Frame]:
         committed, early = False, None
         try:
             try:
                 header = await self.reader.header()
+                if self.reader.lane_token:  # before the screen: the connection waits for its claim only so long
+                    self.lane = await self._claim_lane(header)
                 early = await screen(header)
                 self.receiving = asyncio.ensure_future(self._receive(header))
                 if early is not None:
@@ -489,10 +530,17 @@ class _Swap:
 
     async def _send(self, reply: FactorMessage) -> AsyncIterator[Frame]:
         """The reply's frames, cut by the rate floor: a caller that stops reading blocks the writes
-        (HTTP/2 flow control). Stops early when the incoming message is refused meanwhile."""
-        watchdog = _cancel_after(_sending_time(self.limits, reply.header.payload_size))
+        (HTTP/2 flow control). Stops early when the incoming message is refused meanwhile. On a lane,
+        only the header goes on the stream; the payload follows on the lane (``_end`` closes it)."""
+        sending_time = _sending_time(self.limits, reply.header.payload_size)
+        if self.lane is not None:
+            yield header_frame(reply.header, lane_token=self.reader.lane_token, lane_port=self.lane_port)
+            deadline = asyncio.get_running_loop().time() + sending_time
+            self.sending = asyncio.ensure_future(self.lane.send(reply.payload, deadline))
+            return
+        watchdog = _cancel_after(sending_time)
         try:
-            for frame in to_frames(reply, self.limits.chunk_size):
+            for frame in to_frames(reply, self.limits.chunk_size, self.lane_port):
                 if self._refused_meanwhile():
                     return
                 yield frame
@@ -513,13 +561,17 @@ class _Swap:
 
     async def _end(self, committed: bool) -> None:
         receiving = self.receiving
-        if receiving is None:
-            return
-        if not receiving.done():
-            receiving.cancel()
-            await asyncio.gather(receiving, return_exceptions=True)
-        elif not committed and not receiving.cancelled() and receiving.exception() is None:
-            await self.server.abort(receiving.result()[0].header)
+        cut_short = receiving is not None and not receiving.done()
+        if cut_short:  # cancelled before the lane closes under it: a cut swap is no refusal of its payload
+            receiving.cancel()  # type: ignore[union-attr]
+        if self.lane is not None:  # after an ack the client has all of the reply: closing cuts nothing short
+            self.lane.close()
+        staged = receiving is not None and not cut_short and not receiving.cancelled() and receiving.exception() is None
+        if staged and not committed:  # first: a handler being cancelled stops at its first await
+            await self.server.abort(receiving.result()[0].header)  # type: ignore[union-attr]
+        pending = [task for task in (receiving, self.sending) if task is not None and not task.done()]
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
 
 
 def _handlers(servicer: _Servicer) -> grpc.GenericRpcHandler:
@@ -564,6 +616,7 @@ class _Peer:
 
     channel: grpc.aio.Channel
     kept: _KeptStream | None = None
+    lane_port: int = 0  # the server's payload lane, as its last reply header named it (0: none)
 
     def take_kept(self, now: float) -> grpc.aio.StreamStreamCall | None:
         """The kept stream for one swap (it is no longer kept meanwhile), if it is open and fresh."""
@@ -622,11 +675,15 @@ class _ClientSwap:
         self.transport, self.peer, self.address = transport, peer, address
         self.outgoing, self.validate = outgoing, validate
         self.timeout, self.deadline = timeout, deadline
+        self.lane: Lane | None = None  # the payload lane of the attempt under way, if it uses one
+        self.sending: asyncio.Future[None] | None = None  # our payload going out on the lane
+        self.after_reply: asyncio.Future[Frame | None] | None = None  # on a lane: the frame after the reply
 
     async def on(self, call, *, reused: bool) -> FactorMessage:
         address, lost = self.address, self.transport._lost
         committed, reply, kept = False, None, False
         next_frame = _CallReader(call)
+        self.lane = self.sending = self.after_reply = None
         try:
             async with asyncio.timeout_at(self.deadline):
                 reply = await self._send_and_receive(call, next_frame)
@@ -641,7 +698,7 @@ class _ClientSwap:
                     raise ExchangeOutcomeUnknown(reply)  # we count as committed; the server never hears it
                 committed = True  # from here on a broken call may have delivered the commit: outcome unknown
                 await call.write(pb.Frame(commit=pb.Commit(round=self.outgoing.header.round)))
-                ack = await next_frame()
+                ack = await (next_frame() if self.after_reply is None else self.after_reply)
                 if await lost(Step.ACK, address, to_server=False):
                     raise ExchangeOutcomeUnknown(reply)
                 if isinstance(ack, pb.Frame) and ack.HasField("reject"):
@@ -681,11 +738,20 @@ class _ClientSwap:
         finally:
             if not kept:
                 call.cancel()
+            if self.lane is not None:
+                self.lane.close()
+                pending = (task for task in (self.sending, self.after_reply) if task is not None)
+                await asyncio.gather(*pending, return_exceptions=True)
 
     async def _send_and_receive(self, call, next_frame: _CallReader) -> FactorMessage:
         """Send ours and read the server's reply at the same time: a server may stream its reply (or
-        refuse, after the header) before it has the whole of ours."""
+        refuse, after the header) before it has the whole of ours. On the server's payload lane if it
+        has one and ours is large enough, else in chunks on the stream."""
         limits = self.transport.limits
+        if self._lane_wanted():
+            lane, token = await self._open_lane()
+            if lane is not None:
+                return await self._on_lane(call, next_frame, lane, token)
 
         async def write_message() -> None:
             for frame in to_frames(self.outgoing, limits.chunk_size):
@@ -693,13 +759,91 @@ class _ClientSwap:
 
         writer = asyncio.ensure_future(write_message())
         try:
-            reply = await read_message(next_frame, limits)
+            reader = FrameReader(next_frame, limits)
+            header = await reader.header()
+            self.peer.lane_port = reader.lane_port
+            reply = await reader.payload(header)
         except BaseException:
             writer.cancel()
             await asyncio.gather(writer, return_exceptions=True)
             raise
         await writer  # the reply may be complete before our message is: it still goes out whole
         return reply
+
+    def _lane_wanted(self) -> bool:
+        least = self.transport.limits.lane_min_bytes
+        return (
+            bool(self.peer.lane_port)
+            and least is not None
+            and self.transport.tls is None
+            and len(self.outgoing.payload) >= least
+        )
+
+    async def _open_lane(self) -> tuple[Lane | None, bytes]:
+        """A lane to the server, its hello sent; None if it cannot be opened within a frame timeout
+        (the server restarted without one, say): the swap then goes in chunks, and the lane is
+        forgotten until a reply header names one again."""
+        token, loop = new_token(), asyncio.get_running_loop()
+        deadline = min(self.deadline, loop.time() + self.transport.limits.frame_timeout)
+        try:
+            lane = await open_lane(self.address, self.peer.lane_port, token, len(self.outgoing.payload), deadline)
+        except (OSError, TimeoutError) as exc:
+            log.debug("%s: no payload lane on port %d (%s): chunks instead", self.address, self.peer.lane_port, exc)
+            self.peer.lane_port = 0
+            return None, token
+        return lane, token
+
+    async def _on_lane(self, call, next_frame: _CallReader, lane: Lane, token: bytes) -> FactorMessage:
+        """Our header on the stream and our payload on the lane; the server's reply header on the
+        stream and its payload on the lane. Whatever comes on the stream meanwhile is a refusal (or its
+        end): it is read beside the lane, and kept as the frame where the ack belongs."""
+        self.lane, limits = lane, self.transport.limits
+        await call.write(header_frame(self.outgoing.header, lane_token=token))
+        self.sending = asyncio.ensure_future(lane.send(self.outgoing.payload, self.deadline))
+        reader = FrameReader(next_frame, limits)
+        header = await reader.header()
+        self.peer.lane_port = reader.lane_port
+        if reader.lane_token != token:
+            raise Rejected(Reason.FRAMING, "the reply to a payload on a lane came without the lane")
+        reader.start_payload(header)
+        assert reader.deadline is not None
+        receiving = asyncio.ensure_future(lane.receive(header.payload_size, reader.deadline))
+        self.after_reply = after = asyncio.ensure_future(next_frame())
+        await asyncio.wait((receiving, after), return_when=asyncio.FIRST_COMPLETED)
+        if after.done():
+            lane.close()
+            await asyncio.gather(receiving, return_exceptions=True)
+            raise _before_commit(after.result())
+        try:
+            payload, digest = receiving.result()
+            await self.sending
+        except (LaneBroken, TimeoutError) as exc:
+            raise await self._why_lane_broke(exc) from None
+        reply = FactorMessage(header, payload)
+        check_payload(reply, digest)
+        return reply
+
+    async def _why_lane_broke(self, exc: Exception) -> Exception:
+        """The server's refusal, if it sends one soon (it does so before it closes the lane); else the
+        lane's own failure."""
+        assert self.after_reply is not None
+        await asyncio.wait((self.after_reply,), timeout=LANE_REFUSAL_WAIT_S)
+        if self.after_reply.done() and not self.after_reply.cancelled() and self.after_reply.exception() is None:
+            frame = self.after_reply.result()
+            if isinstance(frame, pb.Frame) and frame.HasField("reject"):
+                return _before_commit(frame)
+        if isinstance(exc, TimeoutError):
+            return TimeoutError()  # the swap's deadline, or the rate floor of the payload: as in chunks
+        return ExchangeFailed(f"{self.address}: {exc}")
+
+
+def _before_commit(frame: Frame | None) -> Rejected:
+    """What a frame that came before the commit was due means: a refusal, or the stream's end."""
+    if frame is None:
+        return Rejected(Reason.TRUNCATED, "stream ended mid-message (or a frame was over the message cap)")
+    if isinstance(frame, pb.Frame) and frame.HasField("reject"):
+        return Rejected(Reason.of(frame.reject.reason), shown(frame.reject.detail), frame.reject.current_round)
+    return Rejected(Reason.FRAMING, f"a {kind_of(frame)} frame where none was due")
 
 
 class GrpcTransport(Transport):
@@ -721,6 +865,7 @@ class GrpcTransport(Transport):
         self.limits, self.tls = limits or Limits(), tls
         self.faults, self.name = faults or NetworkFaults(), name
         self._server: grpc.aio.Server | None = None
+        self._lanes: LaneListener | None = None
         self._channels: dict[tuple[str, str], _Peer] = {}  # (address, certificate name)
         self._closing: set[asyncio.Future] = set()
 
@@ -730,7 +875,12 @@ class GrpcTransport(Transport):
 
     async def serve(self, server: ExchangeServer, address: str) -> str:
         self._server = grpc.aio.server(options=_channel_options(self.limits))
-        self.servicer = _Servicer(server, self.limits, self.tls)
+        lane_port = 0
+        if self.tls is None and self.limits.lane_min_bytes is not None:
+            limits = self.limits
+            self._lanes = LaneListener(limits.max_streams, limits.max_streams_per_address, limits.frame_timeout)
+            lane_port = await self._lanes.start(host_of(address))
+        self.servicer = _Servicer(server, self.limits, self.tls, self._lanes, lane_port)
         self._server.add_generic_rpc_handlers((_handlers(self.servicer),))
         if self.tls is None:
             port = self._server.add_insecure_port(address)
@@ -770,6 +920,16 @@ class GrpcTransport(Transport):
         # peers are dialled by address: the name checked in the handshake is the expected peer's
         override = ("grpc.ssl_target_name_override", name)
         return grpc.aio.secure_channel(address, credentials, options=[*options, override])
+
+    @property
+    def lane_port(self) -> int:
+        """The port this peer's payload lane listens on; 0 if it has none (not serving, TLS, or off)."""
+        return 0 if self._server is None else self.servicer.lane_port
+
+    def learn_lane(self, address: str, port: int, expect: str | None = None) -> None:
+        """Use the payload lane at ``port`` for swaps with ``address`` from now on, as if a reply had
+        named it (a swap learns it from the server's reply header otherwise)."""
+        self._stub(address, expect).lane_port = port
 
     async def exchange(
         self, address: str, outgoing: FactorMessage, validate: Validator, timeout: float, *, expect: str | None = None
@@ -840,3 +1000,6 @@ class GrpcTransport(Transport):
             self.servicer.end_idle()
             await self._server.stop(grace=0.5)
             self._server = None
+        if self._lanes is not None:
+            await self._lanes.close()
+            self._lanes = None

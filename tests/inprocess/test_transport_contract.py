@@ -1,9 +1,11 @@
-"""One contract, two transports: every test here runs over gRPC on loopback and in memory, and with a
-server that answers at the screen (streams its reply while the client's factors still arrive, as the
-daemon does) as well as one that answers only after validating them."""
+"""One contract, two transports: every test here runs over gRPC on loopback (its payloads in chunks on
+the stream, over TLS, and on the payload lane) and in memory, and with a server that answers at the
+screen (streams its reply while the client's factors still arrive, as the daemon does) as well as one
+that answers only after validating them."""
 
 import asyncio
 import contextlib
+import dataclasses
 
 import pytest
 import torch
@@ -15,7 +17,9 @@ from peer.transport.grpc_transport import GrpcTransport
 from peer.transport.memory import MemoryNetwork, MemoryTransport
 from peer.transport.tls import TLS_NAME
 
-LIMITS = Limits(chunk_size=1024, max_payload_bytes=1 << 20, frame_timeout=2.0)
+LIMITS = Limits(chunk_size=1024, max_payload_bytes=1 << 20, frame_timeout=2.0, lane_min_bytes=None)
+# every payload on the payload lane, once a first swap learned the server's lane port
+LANE_LIMITS = dataclasses.replace(LIMITS, lane_min_bytes=0)
 
 
 def tensors(value: float, n: int = 3) -> dict[str, torch.Tensor]:
@@ -102,7 +106,7 @@ def run_certs(tmp_path_factory):
     return folder
 
 
-@pytest.fixture(params=["grpc", "grpc-tls", "memory", "grpc+early", "memory+early"])
+@pytest.fixture(params=["grpc", "grpc-tls", "grpc-lane", "memory", "grpc+early", "grpc-lane+early", "memory+early"])
 def transports(request, run_certs):
     """Makes the transport of one peer (``peer-a`` dials, ``peer-b`` serves); ``make.early``: whether the
     server of ``pair`` answers at the screen."""
@@ -118,9 +122,9 @@ def transports(request, run_certs):
         if kind == "grpc-tls":
             f = run_certs
             tls = load(f / "ca.pem", f / f"{peer_id}.pem", f / f"{peer_id}.key", peer_id, "run-1")
-        return GrpcTransport(LIMITS, tls)
+        return GrpcTransport(LANE_LIMITS if kind == "grpc-lane" else LIMITS, tls)
 
-    make.early = bool(early)
+    make.early, make.lane = bool(early), kind == "grpc-lane"
     return make
 
 
@@ -134,6 +138,8 @@ async def pair(make, server_round=5, value=7.0):
     server_t, client_t = make("peer-b"), make("peer-a")
     peer = FakePeer("peer-b", server_round, value, make.early)
     address = await server_t.serve(peer, "127.0.0.1:0")
+    if make.lane:  # as if an earlier swap's reply had named the lane
+        client_t.learn_lane(address, server_t.lane_port)
     try:
         yield client_t, peer, address
     finally:

@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Header(_message.Message):
-    __slots__ = ("protocol_version", "run_id", "sender_id", "round", "phase", "factors", "schema_digest", "payload_digest", "payload_size", "degree", "link_estimate", "switch_interval", "schedule_round", "proposed_interval", "phase_start")
+    __slots__ = ("protocol_version", "run_id", "sender_id", "round", "phase", "factors", "schema_digest", "payload_digest", "payload_size", "degree", "link_estimate", "switch_interval", "schedule_round", "proposed_interval", "phase_start", "lane_token", "lane_port")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     SENDER_ID_FIELD_NUMBER: _ClassVar[int]
@@ -23,6 +23,8 @@ class Header(_message.Message):
     SCHEDULE_ROUND_FIELD_NUMBER: _ClassVar[int]
     PROPOSED_INTERVAL_FIELD_NUMBER: _ClassVar[int]
     PHASE_START_FIELD_NUMBER: _ClassVar[int]
+    LANE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    LANE_PORT_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     run_id: str
     sender_id: str
@@ -38,7 +40,9 @@ class Header(_message.Message):
     schedule_round: int
     proposed_interval: int
     phase_start: int
-    def __init__(self, protocol_version: _Optional[int] = ..., run_id: _Optional[str] = ..., sender_id: _Optional[str] = ..., round: _Optional[int] = ..., phase: _Optional[str] = ..., factors: _Optional[_Iterable[str]] = ..., schema_digest: _Optional[bytes] = ..., payload_digest: _Optional[bytes] = ..., payload_size: _Optional[int] = ..., degree: _Optional[int] = ..., link_estimate: _Optional[float] = ..., switch_interval: _Optional[int] = ..., schedule_round: _Optional[int] = ..., proposed_interval: _Optional[int] = ..., phase_start: _Optional[int] = ...) -> None: ...
+    lane_token: bytes
+    lane_port: int
+    def __init__(self, protocol_version: _Optional[int] = ..., run_id: _Optional[str] = ..., sender_id: _Optional[str] = ..., round: _Optional[int] = ..., phase: _Optional[str] = ..., factors: _Optional[_Iterable[str]] = ..., schema_digest: _Optional[bytes] = ..., payload_digest: _Optional[bytes] = ..., payload_size: _Optional[int] = ..., degree: _Optional[int] = ..., link_estimate: _Optional[float] = ..., switch_interval: _Optional[int] = ..., schedule_round: _Optional[int] = ..., proposed_interval: _Optional[int] = ..., phase_start: _Optional[int] = ..., lane_token: _Optional[bytes] = ..., lane_port: _Optional[int] = ...) -> None: ...
 
 class Chunk(_message.Message):
     __slots__ = ("data",)

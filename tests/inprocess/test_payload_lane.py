@@ -1,0 +1,249 @@
+"""The payload lane (``peer.transport.lane``) over real sockets on loopback: how a client learns it, what
+it falls back to, and what a remote peer can and cannot make a server hold through it. The contract
+suite (``test_transport_contract.py``) runs every swap contract over the lane as well."""
+
+import asyncio
+import dataclasses
+import socket
+
+import pytest
+import torch
+
+from peer.transport.base import ExchangeFailed, FactorMessage, Header, Rejected
+from peer.transport.codec import decode_factors, encode_factors, schema_digest, schema_of
+from peer.transport.framing import Limits, header_frame, seal
+from peer.transport.grpc_transport import GrpcTransport
+from peer.transport.lane import _HELLO, HELLO_BYTES, LANE_MAGIC, new_token
+from peer.transport.tls import TLS_NAME
+from tests.inprocess.test_transport_contract import SCHEMA, FakePeer, accept, message, until
+
+# every payload on the lane once its port is known; a frame timeout short enough for the tests that wait it out
+LIMITS = Limits(chunk_size=1024, max_payload_bytes=1 << 24, frame_timeout=1.0, lane_min_bytes=0)
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+class Pair:
+    """A FakePeer served over gRPC with a lane, and a client; both closed on the way out."""
+
+    def __init__(self, server_limits: Limits = LIMITS, client_limits: Limits = LIMITS, peer: FakePeer | None = None):
+        self.server_t, self.client_t = GrpcTransport(server_limits), GrpcTransport(client_limits)
+        self.peer = peer or FakePeer("peer-b", 5, 7.0, early=True)
+
+    async def __aenter__(self):
+        self.address = await self.server_t.serve(self.peer, "127.0.0.1:0")
+        return self
+
+    async def __aexit__(self, *_):
+        await self.client_t.close()
+        await self.server_t.close()
+
+    @property
+    def lanes(self):
+        return self.server_t._lanes
+
+    def known_port(self) -> int:
+        return self.client_t._channels[(self.address, TLS_NAME)].lane_port
+
+
+def test_a_client_learns_the_lane_from_a_reply_and_sends_the_next_swaps_on_it():
+    async def scenario():
+        async with Pair() as p:
+            assert p.server_t.lane_port > 0
+            await p.client_t.exchange(p.address, message("peer-a", 5, 1.0), accept, timeout=5)
+            assert p.lanes.claimed == 0 and p.known_port() == p.server_t.lane_port  # in chunks, port learned
+            p.peer.round = 6
+            reply = await p.client_t.exchange(p.address, message("peer-a", 6, 2.0), accept, timeout=5)
+            assert p.lanes.claimed == 1
+            assert torch.equal(decode_factors(reply.payload, SCHEMA)["layer.0.lora_A.weight"], torch.full((4, 16), 7.0))
+            assert torch.equal(p.peer.received[-1]["layer.0.lora_A.weight"], torch.full((4, 16), 2.0))
+            assert p.peer.commits == [("peer-a", 5), ("peer-a", 6)] and p.peer.aborts == []
+            assert await until(lambda: not p.lanes.waiting and not p.lanes.arrived)
+
+    run(scenario())
+
+
+def test_payloads_below_the_threshold_stay_in_chunks():
+    async def scenario():
+        small = dataclasses.replace(LIMITS, lane_min_bytes=1 << 20)
+        async with Pair(client_limits=small) as p:
+            p.client_t.learn_lane(p.address, p.server_t.lane_port)
+            await p.client_t.exchange(p.address, message("peer-a", 5, 1.0), accept, timeout=5)
+            assert p.lanes.claimed == 0 and p.peer.commits == [("peer-a", 5)]
+
+    run(scenario())
+
+
+def test_a_large_adapter_goes_whole_both_ways_on_the_lane_with_default_limits():
+    big = {f"layer.{i}.lora_B.weight": torch.randn(512, 1024) for i in range(4)}  # 8 MiB
+    schema = schema_of(big)
+
+    async def echo(incoming):
+        return FactorMessage(incoming.header, incoming.payload)
+
+    async def scenario():
+        async with Pair(Limits(), Limits(), FakePeer("peer-b", 5, 7.0)) as p:
+            p.peer.respond = echo
+            p.client_t.learn_lane(p.address, p.server_t.lane_port)
+            out = seal(Header("run-1", "peer-a", 5, "B", ("B",), schema_digest(schema)), encode_factors(big))
+            reply = await p.client_t.exchange(p.address, out, accept, timeout=30)
+            back = decode_factors(reply.payload, schema)
+            assert all(torch.equal(back[k], v) for k, v in big.items()) and p.lanes.claimed == 1
+
+    run(scenario())
+
+
+def test_no_lane_where_it_is_off_and_a_wrong_port_falls_back_to_chunks():
+    async def scenario():
+        off = dataclasses.replace(LIMITS, lane_min_bytes=None)
+        async with Pair(server_limits=off) as p:
+            assert p.server_t.lane_port == 0 and p.lanes is None
+            await p.client_t.exchange(p.address, message("peer-a", 5, 1.0), accept, timeout=5)
+            assert p.known_port() == 0  # its replies name no lane
+            with socket.create_server(("127.0.0.1", 0)) as taken:  # a port where nobody answers afterwards
+                dead = taken.getsockname()[1]
+            p.client_t.learn_lane(p.address, dead)
+            p.peer.round = 6
+            await p.client_t.exchange(p.address, message("peer-a", 6, 1.0), accept, timeout=5)
+            assert p.peer.commits == [("peer-a", 5), ("peer-a", 6)] and p.known_port() == 0
+
+    run(scenario())
+
+
+def test_tls_has_no_lane(tmp_path):
+    from peer.transport.tls import load, make_run
+
+    make_run(tmp_path, "run-1", ["peer-b"])
+    tls = load(tmp_path / "ca.pem", tmp_path / "peer-b.pem", tmp_path / "peer-b.key", "peer-b", "run-1")
+    server_t = GrpcTransport(LIMITS, tls)
+
+    async def scenario():
+        await server_t.serve(FakePeer("peer-b", 5, 7.0), "127.0.0.1:0")
+        try:
+            assert server_t.lane_port == 0 and server_t._lanes is None
+        finally:
+            await server_t.close()
+
+    run(scenario())
+
+
+async def raw_swap(p: Pair, header_frame_, lane_bytes: bytes | None, payload: bytes = b""):
+    """A header written by hand on a new Exchange stream, and ``lane_bytes`` (a hello) then ``payload``
+    on a connection to the lane; the server's first answer."""
+    stub = p.client_t._stub(p.address, None)
+    call = stub.exchange()
+    lane = None
+    try:
+        if lane_bytes is not None:
+            lane = socket.create_connection(("127.0.0.1", p.server_t.lane_port))
+            lane.sendall(lane_bytes + payload)
+        await call.write(header_frame_)
+        return await call.read()
+    finally:
+        call.cancel()
+        if lane is not None:
+            lane.close()
+
+
+def test_a_header_whose_lane_never_comes_is_refused_after_the_frame_timeout():
+    async def scenario():
+        async with Pair() as p:
+            out = message("peer-a", 5, 1.0)
+            answer = await raw_swap(p, header_frame(out.header, lane_token=new_token()), None)
+            assert answer.reject.reason == "stalled" and p.peer.commits == [] and p.peer.received == []
+            assert not p.lanes.claims
+
+    run(scenario())
+
+
+def test_a_lane_that_announces_another_size_than_its_header_is_refused():
+    async def scenario():
+        async with Pair() as p:
+            out, token = message("peer-a", 5, 1.0), new_token()
+            hello = _HELLO.pack(LANE_MAGIC, token, len(out.payload) + 1)
+            answer = await raw_swap(p, header_frame(out.header, lane_token=token), hello, out.payload)
+            assert answer.reject.reason == "framing" and "announced" in answer.reject.detail
+            assert p.peer.commits == [] and await until(lambda: not p.lanes.waiting)
+
+    run(scenario())
+
+
+def test_a_payload_on_the_lane_that_does_not_match_its_hash_is_refused_and_nothing_counts():
+    async def scenario():
+        async with Pair(peer=FakePeer("peer-b", 5, 7.0, early=False)) as p:
+            out, token = message("peer-a", 5, 1.0), new_token()
+            tampered = bytes(out.payload[:-1]) + bytes([out.payload[-1] ^ 1])
+            hello = _HELLO.pack(LANE_MAGIC, token, len(out.payload))
+            answer = await raw_swap(p, header_frame(out.header, lane_token=token), hello, tampered)
+            assert answer.reject.reason == "payload-hash" and p.peer.received == [] and p.peer.commits == []
+
+    run(scenario())
+
+
+def test_a_token_of_the_wrong_length_and_a_lane_to_a_peer_without_one_are_refused():
+    async def scenario():
+        async with Pair() as p:
+            out = message("peer-a", 5, 1.0)
+            answer = await raw_swap(p, header_frame(out.header, lane_token=b"short"), None)
+            assert answer.reject.reason == "framing"
+        async with Pair(server_limits=dataclasses.replace(LIMITS, lane_min_bytes=None)) as p:
+            answer = await raw_swap(p, header_frame(out.header, lane_token=new_token()), None)
+            assert answer.reject.reason == "framing" and "listens for none" in answer.reject.detail
+
+    run(scenario())
+
+
+def test_connections_that_send_no_hello_or_garbage_are_closed_and_capped():
+    async def scenario():
+        capped = dataclasses.replace(LIMITS, max_streams=4, max_streams_per_address=3)
+        async with Pair(server_limits=capped) as p:
+            port = p.server_t.lane_port
+            silent = [socket.create_connection(("127.0.0.1", port)) for _ in range(5)]
+            garbage = socket.create_connection(("127.0.0.1", port))
+            garbage.sendall(b"GET / HTTP/1.1\r\n\r\n" + bytes(HELLO_BYTES))
+            try:
+                # at most 3 from this address wait; the rest are closed at once, the garbage at its hello
+                assert await until(lambda: sum(p.lanes.waiting.values()) == 3)
+                assert await until(lambda: not p.lanes.waiting, seconds=3 * LIMITS.frame_timeout)
+                for sock in silent:  # every one of them was closed by the server
+                    sock.settimeout(2)
+                    assert sock.recv(1) == b""
+            finally:
+                for sock in [*silent, garbage]:
+                    sock.close()
+            # a hello whose claim never comes waits its frame timeout, then is closed too
+            orphan = socket.create_connection(("127.0.0.1", port))
+            orphan.sendall(_HELLO.pack(LANE_MAGIC, new_token(), 10))
+            assert await until(lambda: len(p.lanes.arrived) == 1)
+            assert await until(lambda: not p.lanes.arrived and not p.lanes.waiting, seconds=3 * LIMITS.frame_timeout)
+            orphan.close()
+            # and the lane still works
+            p.client_t.learn_lane(p.address, port)
+            await p.client_t.exchange(p.address, message("peer-a", 5, 1.0), accept, timeout=5)
+            assert p.lanes.claimed == 1
+
+    run(scenario())
+
+
+def test_a_client_that_stops_mid_payload_leaves_nothing_counted_or_held():
+    big = {f"layer.{i}.lora_A.weight": torch.randn(1024, 1024) for i in range(4)}  # 16 MiB: beyond any socket buffer
+
+    async def scenario():
+        slow_limits = dataclasses.replace(LIMITS, max_payload_bytes=1 << 26)
+        async with Pair(slow_limits, slow_limits, FakePeer("peer-b", 5, 7.0)) as p:
+            p.client_t.learn_lane(p.address, p.server_t.lane_port)
+            schema = schema_of(big)
+            out = seal(Header("run-1", "peer-a", 5, "A", ("A",), schema_digest(schema)), encode_factors(big))
+            p.peer.check = lambda h: None  # any schema: the refusal must come from the cut, not the check
+            swap = asyncio.ensure_future(p.client_t.exchange(p.address, out, accept, timeout=5))
+            assert await until(lambda: p.lanes.claimed == 1)
+            swap.cancel()
+            with pytest.raises((asyncio.CancelledError, ExchangeFailed, Rejected)):
+                await swap
+            assert await until(lambda: not p.server_t.servicer.streams or p.server_t.servicer.idle)
+            assert p.peer.commits == [] and p.server_t.servicer.buffered == 0
+            assert await until(lambda: not p.lanes.waiting and not p.lanes.arrived and not p.lanes.claims)
+
+    run(scenario())
