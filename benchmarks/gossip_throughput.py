@@ -2,24 +2,26 @@
 
     python benchmarks/gossip_throughput.py [--sizes-mb 0.3,3,30,200] [--repeats 5] [--chunk-kb 1024]
 
-gossip: the client serializes its factors with safetensors, checksums them (xxh3-128), streams them in
-chunks over a gRPC bidirectional stream to a server process, which reassembles, checks size and hash,
-decodes and validates every tensor against its schema (names, dtypes, shapes, finite values); the
-server streams its own factors of the same size as soon as the header passed its screen (as the
-daemon does; ``--reply-after-validation``: only after validating the incoming ones, the order before),
-and the client checks and decodes them the same way; then the commit round trip. Every process keeps
-the memory it frees for reuse, as ``tadlora run`` does (``--freed-memory return``: glibc's default). This is
-``GrpcTransport.exchange`` and the daemon's validation, exactly: after the first swap (not timed) each
-runs on the stream the previous one kept open, as a daemon's swaps with a neighbour do from round to
-round. Each process runs one torch thread, as the testbed runs its daemons.
+gossip: the client serializes its factors with safetensors, checksums them (xxh3-128) and sends
+them to a server process, which checks size and hash, decodes and validates every tensor against its
+schema (names, dtypes, shapes, finite values); the server sends its own factors of the same size as
+soon as the header passed its screen (as the daemon does; ``--reply-after-validation``: only after
+validating the incoming ones, the order before), and the client checks and decodes them the same
+way; then the commit round trip. Two ways side by side: the payloads in chunks on the gRPC stream
+(the daemon's ``--lane 0``), and on the payload lane (``peer/transport/lane.py``), every payload here
+whatever its size, where the daemon keeps those under ``--lane-min-bytes`` (4 MiB) in chunks. Every
+process keeps the memory it frees for reuse, as ``tadlora run`` does (``--freed-memory return``:
+glibc's default). This is ``GrpcTransport.exchange`` and the daemon's validation, exactly: after the
+first swap (not timed) each runs on the stream the previous one kept open, as a daemon's swaps with a
+neighbour do from round to round. Each process runs one torch thread, as the testbed runs its daemons.
 
 raw: the same number of bytes each way over one plain TCP connection (length prefix, sendall,
 recv_into a preallocated buffer): the floor that any protocol over loopback pays.
 
 Prints, per payload size, the median swap time of each and the ratio of throughputs (raw time /
-gossip time; 1.0 = as fast as the raw socket): of the swap alone, and of the swap with the client's
-encode and checksum (the daemon does those once a round, for all its neighbours). Target (issue 14):
->= 0.5 from 30 MB up, 0.3 MB within 3 ms.
+gossip time; 1.0 = as fast as the raw socket): of the swap alone, and of the swap on the lane with the
+client's encode and checksum (the daemon does those once a round, for all its neighbours); and the
+lane's speed-up over chunks. Target (issue 14): >= 0.5 from 30 MB up, 0.3 MB within 3 ms.
 """
 
 from __future__ import annotations
@@ -101,11 +103,28 @@ def set_up_process(reuse_freed_memory: bool) -> None:
         keep_freed_memory_for_reuse()
 
 
-def grpc_server(size: int, chunk: int, early: bool, reuse: bool, ready, stop) -> None:
+class Path(StrEnum):
+    """How a swap's payloads travel."""
+
+    RAW = "raw"  # not a swap: the bytes each way on one plain TCP connection
+    CHUNKS = "chunks"  # in chunks on the gRPC stream
+    LANE = "lane"  # on the payload lane, whatever their size
+
+
+def limits(chunk: int, path: Path) -> Limits:
+    return Limits(
+        chunk_size=chunk,
+        max_payload_bytes=1 << 30,
+        max_chunks=1 << 20,
+        lane_min_bytes=0 if path == Path.LANE else None,
+    )
+
+
+def grpc_server(size: int, chunk: int, early: bool, reuse: bool, path: Path, ready, stop) -> None:
     set_up_process(reuse)
 
     async def main():
-        transport = GrpcTransport(Limits(chunk_size=chunk, max_payload_bytes=1 << 30, max_chunks=1 << 20))
+        transport = GrpcTransport(limits(chunk, path))
         address = await transport.serve(EchoPeer(factors(size, seed=1), early), "127.0.0.1:0")
         ready.send(address)
         while not stop.is_set():
@@ -144,20 +163,18 @@ def _recv_exact(conn, buffer: bytearray, n: int) -> None:
         got += conn.recv_into(view[got:], n - got)
 
 
-def time_grpc(address: str, size: int, chunk: int, repeats: int) -> list[float]:
-    """Each swap's time, the client's encode and checksum of its factors included."""
-    return [encode + swap for encode, swap in time_grpc_parts(address, size, chunk, repeats)]
-
-
-def time_grpc_parts(address: str, size: int, chunk: int, repeats: int) -> list[tuple[float, float]]:
+def time_grpc_parts(
+    address: str, size: int, chunk: int, repeats: int, path: Path = Path.LANE
+) -> list[tuple[float, float]]:
     """(encode and checksum, swap) of each swap: the daemon encodes its factors once a round and sends
-    that one message to every neighbour, so the swap alone is what each link costs."""
+    that one message to every neighbour, so the swap alone is what each link costs. The first swap,
+    not timed, opens the channel and learns the server's lane from its reply."""
     torch.set_num_threads(TORCH_THREADS)
     tensors = factors(size)
     schema = schema_of(factors(size, seed=1))
 
     async def main():
-        transport = GrpcTransport(Limits(chunk_size=chunk, max_payload_bytes=1 << 30, max_chunks=1 << 20))
+        transport = GrpcTransport(limits(chunk, path))
 
         async def validate(reply):
             decode_factors(reply.payload, schema, set(schema))
@@ -194,7 +211,7 @@ def time_raw(address: str, size: int, repeats: int) -> list[float]:
 
 
 def measure(
-    kind: str, size: int, chunk: int, repeats: int, early: bool = True, reuse: bool = True
+    path: Path, size: int, chunk: int, repeats: int, early: bool = True, reuse: bool = True
 ) -> list[tuple[float, float]]:
     """(client's encode and checksum, swap) per repeat; the raw socket encodes nothing. The client runs
     in this process, which ``main`` set up."""
@@ -202,17 +219,17 @@ def measure(
     ready_recv, ready_send = ctx.Pipe(duplex=False)
     stop = ctx.Event()
     target, args = (
-        (grpc_server, (size, chunk, early, reuse, ready_send, stop))
-        if kind == "gossip"
-        else (raw_server, (size, reuse, ready_send, stop))
+        (raw_server, (size, reuse, ready_send, stop))
+        if path == Path.RAW
+        else (grpc_server, (size, chunk, early, reuse, path, ready_send, stop))
     )
     proc = ctx.Process(target=target, args=args, daemon=True)
     proc.start()
     try:
         address = ready_recv.recv()
-        if kind == "gossip":
-            return time_grpc_parts(address, size, chunk, repeats)
-        return [(0.0, t) for t in time_raw(address, size, repeats)]
+        if path == Path.RAW:
+            return [(0.0, t) for t in time_raw(address, size, repeats)]
+        return time_grpc_parts(address, size, chunk, repeats, path)
     finally:
         stop.set()
         proc.join(10)
@@ -259,20 +276,23 @@ def main() -> None:
     reuse = args.freed_memory == FreedMemory.REUSE
     set_up_process(reuse)
     print(
-        "| payload | raw socket (median s) | gossip swap (median s) | with the encode (median s) | gossip MB/s"
-        " | ratio raw/swap | ratio raw/(encode + swap) |"
+        "| payload | raw socket (median s) | chunks: swap (median s) | lane: swap (median s)"
+        " | lane: with the encode (median s) | lane MB/s | ratio raw/chunks | ratio raw/lane"
+        " | ratio raw/(encode + lane) | lane speed-up |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    early, chunk = not args.reply_after_validation, args.chunk_kb << 10
     for mb in [float(x) for x in args.sizes_mb.split(",")]:
         size = int(mb * 1e6) // 4 * 4
         repeats = repeats_for(size, args.repeats)
-        raw = statistics.median(swap for _, swap in measure("raw", size, 0, repeats, reuse=reuse))
-        parts = measure("gossip", size, args.chunk_kb << 10, repeats, not args.reply_after_validation, reuse)
-        swap = statistics.median(swap for _, swap in parts)
+        raw = statistics.median(swap for _, swap in measure(Path.RAW, size, 0, repeats, reuse=reuse))
+        chunks = statistics.median(swap for _, swap in measure(Path.CHUNKS, size, chunk, repeats, early, reuse))
+        parts = measure(Path.LANE, size, chunk, repeats, early, reuse)
+        lane = statistics.median(swap for _, swap in parts)
         whole = statistics.median(encode + swap for encode, swap in parts)
         print(
-            f"| {mb:g} MB | {raw:.4f} | {swap:.4f} | {whole:.4f} | {2 * size / swap / 1e6:.0f}"
-            f" | {raw / swap:.2f} | {raw / whole:.2f} |",
+            f"| {mb:g} MB | {raw:.4f} | {chunks:.4f} | {lane:.4f} | {whole:.4f} | {2 * size / lane / 1e6:.0f}"
+            f" | {raw / chunks:.2f} | {raw / lane:.2f} | {raw / whole:.2f} | {chunks / lane:.2f} |",
             flush=True,
         )
 

@@ -8,9 +8,10 @@ namespaces, and removes them, their processes and its blackhole route on any exi
 Prints, per payload size, the median time of a swap (each side sends ``size`` bytes, the server its
 reply) and what each direction achieved as a fraction of the link rate: the raw socket sends, then
 answers (its directions one after the other); gossip sends both directions at once when the server
-streams its reply while it receives. Gossip twice: the swap alone (the daemon encodes its factors
-once a round, for all its neighbours, before any swap), and with the client's encode and checksum.
-Target: gossip at least 0.9 of the link rate.
+streams its reply while it receives. Gossip with its payloads in chunks on the gRPC stream, and on the
+payload lane (``peer/transport/lane.py``): the swap alone (the daemon encodes its factors once a
+round, for all its neighbours, before any swap), and on the lane with the client's encode and
+checksum. Target: gossip at least 0.9 of the link rate.
 """
 
 from __future__ import annotations
@@ -23,14 +24,16 @@ import statistics
 import struct
 import subprocess
 import sys
-from pathlib import Path
+from pathlib import Path as FilePath
 
 from gossip_throughput import (
     EchoPeer,
     FreedMemory,
+    Path,
     _recv_exact,
     add_freed_memory_argument,
     factors,
+    limits,
     set_up_process,
     time_grpc_parts,
     time_raw,
@@ -40,7 +43,7 @@ from peer.testbed.netns import NetnsLab, netns_available
 from peer.transport.framing import Limits
 from peer.transport.grpc_transport import GrpcTransport
 
-LIMITS = Limits(max_payload_bytes=1 << 30, max_chunks=1 << 20)
+CHUNK = Limits().chunk_size
 PORT = 50_601
 # the bucket holds a few timer ticks of traffic at 1 Gbit/s (rate / HZ is 125 KB at HZ 1000)
 BURST = "512kb"
@@ -48,7 +51,7 @@ BURST = "512kb"
 
 def serve(kind: str, host: str, size: int) -> None:
     """Answer swaps (or raw exchanges) at host:PORT until stdin closes; prints the address when ready."""
-    if kind == "raw":
+    if kind == Path.RAW:
         server = socket.create_server((host, PORT))
         print(f"{host}:{PORT}", flush=True)
         conn, _ = server.accept()
@@ -61,7 +64,7 @@ def serve(kind: str, host: str, size: int) -> None:
         return
 
     async def main():
-        transport = GrpcTransport(LIMITS)
+        transport = GrpcTransport(limits(CHUNK, Path(kind)))
         address = await transport.serve(EchoPeer(factors(size, seed=1)), f"{host}:{PORT}")
         print(address, flush=True)
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
@@ -73,14 +76,14 @@ def serve(kind: str, host: str, size: int) -> None:
 def client(kind: str, address: str, size: int, repeats: int) -> list[tuple[float, float]]:
     """(client's encode and checksum, swap) of each swap (the first, which opens the connection, not
     counted): gossip_throughput's clients. The raw socket encodes nothing."""
-    if kind == "raw":
+    if kind == Path.RAW:
         return [(0.0, t) for t in time_raw(address, size, repeats)]
-    return time_grpc_parts(address, size, LIMITS.chunk_size, repeats)
+    return time_grpc_parts(address, size, CHUNK, repeats, Path(kind))
 
 
 def measure(lab: NetnsLab, kind: str, size: int, repeats: int, freed: str) -> tuple[float, float]:
     """Median swap time, and median time of encode + swap."""
-    me = [sys.executable, str(Path(__file__).resolve()), "--freed-memory", freed]
+    me = [sys.executable, str(FilePath(__file__).resolve()), "--freed-memory", freed]
     server = subprocess.Popen(
         lab.wrap(1, [*me, "--serve", kind, "--host", lab.address(1), "--size", str(size)]),
         stdin=subprocess.PIPE,
@@ -107,8 +110,8 @@ def main() -> None:
     parser.add_argument("--rate-mbit", type=int, default=1000)
     parser.add_argument("--sizes-mb", default="3,30,200")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--serve", choices=["raw", "gossip"])
-    parser.add_argument("--client", choices=["raw", "gossip"])
+    parser.add_argument("--serve", choices=list(Path))
+    parser.add_argument("--client", choices=list(Path))
     parser.add_argument("--host")
     parser.add_argument("--address")
     parser.add_argument("--size", type=int)
@@ -131,19 +134,20 @@ def main() -> None:
             lab.limit_bandwidth(i, f"{args.rate_mbit}mbit", burst=BURST)
         print(f"link: {args.rate_mbit} Mbit/s each way (tc tbf, burst {BURST}), between two namespaces")
         print(
-            "| payload | raw swap (median s) | raw, each way / link | gossip swap (median s) | gossip / link"
-            " | with the encode (median s) | with the encode / link |"
+            "| payload | raw swap (median s) | raw, each way / link | chunks: swap (median s) | chunks / link"
+            " | lane: swap (median s) | lane / link | lane with the encode (median s) | with the encode / link |"
         )
-        print("|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|---|")
         for mb in [float(x) for x in args.sizes_mb.split(",")]:
             size = int(mb * 1e6) // 4 * 4
-            raw, _ = measure(lab, "raw", size, args.repeats, args.freed_memory)
-            swap, whole = measure(lab, "gossip", size, args.repeats, args.freed_memory)
+            raw, _ = measure(lab, Path.RAW, size, args.repeats, args.freed_memory)
+            chunks, _ = measure(lab, Path.CHUNKS, size, args.repeats, args.freed_memory)
+            lane, whole = measure(lab, Path.LANE, size, args.repeats, args.freed_memory)
             # raw: two transfers one after the other; gossip: each direction carries size bytes
             # (and the safetensors header) during the swap, at once where the protocol allows
             print(
-                f"| {mb:g} MB | {raw:.3f} | {2 * size / raw / rate:.2f} | {swap:.3f} | {size / swap / rate:.2f}"
-                f" | {whole:.3f} | {size / whole / rate:.2f} |",
+                f"| {mb:g} MB | {raw:.3f} | {2 * size / raw / rate:.2f} | {chunks:.3f} | {size / chunks / rate:.2f}"
+                f" | {lane:.3f} | {size / lane / rate:.2f} | {whole:.3f} | {size / whole / rate:.2f} |",
                 flush=True,
             )
     finally:

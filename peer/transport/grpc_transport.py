@@ -617,6 +617,7 @@ class _Peer:
     channel: grpc.aio.Channel
     kept: _KeptStream | None = None
     lane_port: int = 0  # the server's payload lane, as its last reply header named it (0: none)
+    lane_used: bool = False  # a swap with it went on its lane (said once in the log per channel)
 
     def take_kept(self, now: float) -> grpc.aio.StreamStreamCall | None:
         """The kept stream for one swap (it is no longer kept meanwhile), if it is open and fresh."""
@@ -801,7 +802,13 @@ class _ClientSwap:
         await call.write(header_frame(self.outgoing.header, lane_token=token))
         self.sending = asyncio.ensure_future(lane.send(self.outgoing.payload, self.deadline))
         reader = FrameReader(next_frame, limits)
-        header = await reader.header()
+        try:
+            header = await reader.header()
+        except BaseException:
+            # the port may be another process's since the server restarted (its claim then waits in
+            # vain): the next swap goes in chunks, and learns the lane again from the reply
+            self.peer.lane_port = 0
+            raise
         self.peer.lane_port = reader.lane_port
         if reader.lane_token != token:
             raise Rejected(Reason.FRAMING, "the reply to a payload on a lane came without the lane")
@@ -821,6 +828,9 @@ class _ClientSwap:
             raise await self._why_lane_broke(exc) from None
         reply = FactorMessage(header, payload)
         check_payload(reply, digest)
+        if not self.peer.lane_used:
+            self.peer.lane_used = True
+            log.info("%s: payloads go on its lane (port %d)", self.address, self.peer.lane_port)
         return reply
 
     async def _why_lane_broke(self, exc: Exception) -> Exception:

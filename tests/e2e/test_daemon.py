@@ -182,7 +182,9 @@ def test_late_joiner_jumps_to_the_current_round_keeping_its_factors(tmp_path):
 def test_lossy_links_keep_sums_both_ends_agree_and_auto_agrees_across_peers(tmp_path):
     # an Erdős–Rényi graph drops links every round; each peer sends its factors in another form
     # (compressed gossip keeps the sums too, in any mixture); the peers' link estimates differ, and
-    # the auto switching interval still agrees
+    # the auto switching interval still agrees. The two peers that dial most links (the smaller id
+    # dials) send every payload on their neighbours' payload lanes, and one peer has none: lanes and
+    # chunks, and both in one swap, all in one network
     cfg = load_config(
         overrides=dict(
             TINY,
@@ -195,8 +197,15 @@ def test_lossy_links_keep_sums_both_ends_agree_and_auto_agrees_across_peers(tmp_
             strategy="tad",
         )
     )
-    wires = {1: {"wire_dtype": "bf16"}, 2: {"wire_dtype": "int8"}, 3: {"wire_dtype": "fp16"}}
+    wires = {
+        0: {"lane_min_bytes": 0},
+        1: {"wire_dtype": "bf16", "lane_min_bytes": 0},
+        2: {"wire_dtype": "int8", "lane": 0},
+        3: {"wire_dtype": "fp16"},
+    }
     bed = run_bed(cfg, tmp_path / "bed", NET, extra=wires, timeout=150)
+    for i in (0, 1):
+        assert "payloads go on its lane" in (bed.peer_dir(i) / "daemon.log").read_text()
     rounds = _all_rounds(bed)
     assert any(len(r["neighbours"]) < 3 for records in rounds.values() for r in records)  # some links dropped
     for round_, records in rounds.items():

@@ -247,3 +247,22 @@ def test_a_client_that_stops_mid_payload_leaves_nothing_counted_or_held():
             assert await until(lambda: not p.lanes.waiting and not p.lanes.arrived and not p.lanes.claims)
 
     run(scenario())
+
+
+def test_a_lane_port_that_now_belongs_to_another_peer_costs_one_swap_then_is_learned_again():
+    # a neighbour restarted and another peer's lane took its old port: the server waits for a lane
+    # that went elsewhere, refuses the swap, and the client forgets the port
+    async def scenario():
+        async with Pair() as p, Pair() as other:
+            p.client_t.learn_lane(p.address, other.server_t.lane_port)
+            with pytest.raises((Rejected, ExchangeFailed)):
+                await p.client_t.exchange(p.address, message("peer-a", 5, 1.0), accept, timeout=5)
+            assert p.known_port() == 0 and p.peer.commits == []
+            await p.client_t.exchange(p.address, message("peer-a", 5, 1.0), accept, timeout=5)  # in chunks
+            assert p.known_port() == p.server_t.lane_port and p.lanes.claimed == 0
+            p.peer.round = 6
+            await p.client_t.exchange(p.address, message("peer-a", 6, 1.0), accept, timeout=5)
+            assert p.lanes.claimed == 1 and p.peer.commits == [("peer-a", 5), ("peer-a", 6)]
+            assert await until(lambda: not other.lanes.arrived, seconds=3 * LIMITS.frame_timeout)
+
+    run(scenario())
