@@ -524,6 +524,12 @@ class DaemonConfig:
     lane_min_bytes: int = setting(
         DEFAULT_LANE_MIN_BYTES, "the smallest payload sent on a neighbour's lane (--lane 1)", check=at_least(0)
     )
+    lane_port: int = setting(
+        0,
+        "port of this peer's lane, on the host of --listen (--lane 1); 0: any free port, which peers learn "
+        "from its replies. Fix it where a firewall must let it through",
+        check=within(0, 65535),
+    )
     frame_timeout: float = setting(
         DEFAULT_FRAME_TIMEOUT_S,
         "seconds without a frame before a stream counts as stalled",

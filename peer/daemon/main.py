@@ -74,7 +74,7 @@ async def run_daemon(run: RunConfig, net: DaemonConfig, out: Path, signals: Stop
     tls = load_tls(net.tls_ca, net.tls_cert, net.tls_key, net.peer_id, net.run_id) if net.tls else None
     lane_min_bytes = net.lane_min_bytes if net.lane else None
     limits = Limits(chunk_size=net.chunk_size, frame_timeout=net.frame_timeout, lane_min_bytes=lane_min_bytes)
-    transport = GrpcTransport(limits, tls)
+    transport = GrpcTransport(limits, tls, lane_port=net.lane_port)
     daemon = PeerDaemon.from_config(run, net, out, transport)
     keep_freed_memory_for_reuse()  # after the model is built: loading it leaves no memory behind
     daemon.resume()

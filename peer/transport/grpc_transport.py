@@ -75,6 +75,10 @@ REUSE_KEPT_STREAM_WITHIN_S = KEPT_STREAM_IDLE_S / 2
 # How long a client whose lane broke mid-reply waits for the server's refusal on the stream, which
 # says why (the server sends it before it closes the lane); without one the swap failed on the network.
 LANE_REFUSAL_WAIT_S = 1.0
+# How long a client tries to connect to a neighbour's lane before it sends in chunks instead. A LAN
+# connects in a millisecond; a firewall that drops the port costs this once per neighbour (the port
+# is not tried again until the neighbour names another).
+LANE_CONNECT_TIMEOUT_S = 1.0
 
 
 def _channel_options(limits: Limits) -> list[tuple[str, int]]:
@@ -617,6 +621,7 @@ class _Peer:
     channel: grpc.aio.Channel
     kept: _KeptStream | None = None
     lane_port: int = 0  # the server's payload lane, as its last reply header named it (0: none)
+    unreachable_lane: int = 0  # a lane port that could not be connected to: not tried again
     lane_used: bool = False  # a swap with it went on its lane (said once in the log per channel)
 
     def take_kept(self, now: float) -> grpc.aio.StreamStreamCall | None:
@@ -775,6 +780,7 @@ class _ClientSwap:
         least = self.transport.limits.lane_min_bytes
         return (
             bool(self.peer.lane_port)
+            and self.peer.lane_port != self.peer.unreachable_lane
             and least is not None
             and self.transport.tls is None
             and len(self.outgoing.payload) >= least
@@ -784,13 +790,13 @@ class _ClientSwap:
         """A lane to the server, its hello sent; None if it cannot be opened within a frame timeout
         (the server restarted without one, say): the swap then goes in chunks, and the lane is
         forgotten until a reply header names one again."""
-        token, loop = new_token(), asyncio.get_running_loop()
-        deadline = min(self.deadline, loop.time() + self.transport.limits.frame_timeout)
+        token, loop, port = new_token(), asyncio.get_running_loop(), self.peer.lane_port
+        deadline = min(self.deadline, loop.time() + min(LANE_CONNECT_TIMEOUT_S, self.transport.limits.frame_timeout))
         try:
-            lane = await open_lane(self.address, self.peer.lane_port, token, len(self.outgoing.payload), deadline)
+            lane = await open_lane(self.address, port, token, len(self.outgoing.payload), deadline)
         except (OSError, TimeoutError) as exc:
-            log.debug("%s: no payload lane on port %d (%s): chunks instead", self.address, self.peer.lane_port, exc)
-            self.peer.lane_port = 0
+            log.info("%s: its lane (port %d) cannot be reached (%s): payloads go in chunks", self.address, port, exc)
+            self.peer.lane_port, self.peer.unreachable_lane = 0, port
             return None, token
         return lane, token
 
@@ -863,7 +869,11 @@ class GrpcTransport(Transport):
     ``faults`` (the fault simulator's, ``peer.faultsim``; none by default) loses this client's messages
     the way a network does, each at its own step: a lost request is silence until the timeout, a lost
     reply or commit cancels the stream (the server sees it end without a commit), a lost ack is read
-    and dropped (the server counted the link; the client does not know)."""
+    and dropped (the server counted the link; the client does not know).
+
+    ``lane_port``: where its payload lane listens when it serves (``peer.transport.lane``; 0: a port
+    the system picks, named to callers in every reply header). No lane over TLS, or with
+    ``Limits.lane_min_bytes`` None."""
 
     def __init__(
         self,
@@ -871,8 +881,10 @@ class GrpcTransport(Transport):
         tls: TlsMaterial | None = None,
         faults: NetworkFaults | None = None,
         name: str = "",
+        lane_port: int = 0,
     ) -> None:
         self.limits, self.tls = limits or Limits(), tls
+        self.listen_lane_port = lane_port
         self.faults, self.name = faults or NetworkFaults(), name
         self._server: grpc.aio.Server | None = None
         self._lanes: LaneListener | None = None
@@ -889,7 +901,7 @@ class GrpcTransport(Transport):
         if self.tls is None and self.limits.lane_min_bytes is not None:
             limits = self.limits
             self._lanes = LaneListener(limits.max_streams, limits.max_streams_per_address, limits.frame_timeout)
-            lane_port = await self._lanes.start(host_of(address))
+            lane_port = await self._lanes.start(host_of(address), self.listen_lane_port)
         self.servicer = _Servicer(server, self.limits, self.tls, self._lanes, lane_port)
         self._server.add_generic_rpc_handlers((_handlers(self.servicer),))
         if self.tls is None:

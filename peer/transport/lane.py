@@ -196,11 +196,11 @@ class LaneListener:
         self.listener: socket.socket | None = None
         self.accepting: asyncio.Task | None = None
 
-    async def start(self, host: str) -> int:
-        """Listen on ``host`` (the gRPC server's) at a port the system picks; that port."""
+    async def start(self, host: str, port: int = 0) -> int:
+        """Listen on ``host`` (the gRPC server's) at ``port`` (0: one the system picks); the port."""
         host = host.strip("[]") or "0.0.0.0"
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self.listener = socket.create_server((host, 0), family=family)
+        self.listener = socket.create_server((host, port), family=family)
         self.listener.setblocking(False)
         self.accepting = asyncio.ensure_future(self._accept(self.listener))
         return self.listener.getsockname()[1]

@@ -108,6 +108,28 @@ def test_no_lane_where_it_is_off_and_a_wrong_port_falls_back_to_chunks():
             p.peer.round = 6
             await p.client_t.exchange(p.address, message("peer-a", 6, 1.0), accept, timeout=5)
             assert p.peer.commits == [("peer-a", 5), ("peer-a", 6)] and p.known_port() == 0
+            # named again, a port that could not be reached is not tried again (a firewall costs one try)
+            p.client_t.learn_lane(p.address, dead)
+            stub = p.client_t._channels[(p.address, TLS_NAME)]
+            assert stub.unreachable_lane == dead
+            p.peer.round = 7
+            await p.client_t.exchange(p.address, message("peer-a", 7, 1.0), accept, timeout=5)
+            assert p.known_port() == 0 and stub.unreachable_lane == dead
+
+    run(scenario())
+
+
+def test_a_lane_listens_on_the_port_it_is_given():
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+
+    async def scenario():
+        server_t = GrpcTransport(LIMITS, lane_port=port)
+        await server_t.serve(FakePeer("peer-b", 5, 7.0), "127.0.0.1:0")
+        try:
+            assert server_t.lane_port == port
+        finally:
+            await server_t.close()
 
     run(scenario())
 
