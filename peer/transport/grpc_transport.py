@@ -5,7 +5,9 @@ the last swap that ended with an ack, for the next swap to that address (the nex
 stream costs about a millisecond, most of a small adapter's swap. Anything but an ack ends a stream,
 so within a stream every swap starts clean; one that ends before its commit counts at neither end,
 as before. Messages are split into ``Limits.chunk_size`` chunks, so no single gRPC message comes near
-the 2 GB limit whatever the adapter's size; the gRPC message cap is set just above one chunk.
+the 2 GB limit whatever the adapter's size; the gRPC message cap is set just above one chunk. A
+payload of at least ``Limits.lane_min_bytes`` goes instead on the server's payload lane, once a reply
+named it (``peer.transport.lane``): the stream then carries only the headers, refusals, commit and ack.
 """
 
 from __future__ import annotations
