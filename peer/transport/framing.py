@@ -121,6 +121,7 @@ _CHUNK_DATA_TAG = 0x0A
 _VARINT_MORE = 0x80
 _VARINT_BITS = 7
 _MAX_VARINT_BYTES = 10
+_MAX_PORT = 65535
 
 
 def _varint(n: int) -> bytes:
@@ -258,7 +259,8 @@ class FrameReader:
             raise Rejected(Reason.FRAMING, f"a header of {first.ByteSize()} bytes (at most {MAX_HEADER_FRAME_BYTES})")
         header = header_from_pb(first.header)
         check_header(header, self.limits)
-        self.lane_token, self.lane_port = bytes(first.header.lane_token), first.header.lane_port
+        self.lane_token = bytes(first.header.lane_token)
+        self.lane_port = first.header.lane_port if first.header.lane_port <= _MAX_PORT else 0  # u32 on the wire
         return header
 
     def start_payload(self, header: Header) -> None:

@@ -79,8 +79,11 @@ REUSE_KEPT_STREAM_WITHIN_S = KEPT_STREAM_IDLE_S / 2
 LANE_REFUSAL_WAIT_S = 1.0
 # How long a client tries to connect to a neighbour's lane before it sends in chunks instead. A LAN
 # connects in a millisecond; a firewall that drops the port costs this once per neighbour (the port
-# is not tried again until the neighbour names another).
+# is not tried again for ``LANE_RETRY_AFTER_S``, unless the neighbour names another).
 LANE_CONNECT_TIMEOUT_S = 1.0
+# How long a lane port that could not be reached is left alone: a firewall costs a try this often, a
+# neighbour that restarts on a fixed --lane-port gets its lane back this long after.
+LANE_RETRY_AFTER_S = 300.0
 
 
 def _channel_options(limits: Limits) -> list[tuple[str, int]]:
@@ -558,12 +561,23 @@ class _Swap:
         return receiving is not None and receiving.done() and receiving.exception() is not None
 
     async def _answer(self) -> Frame | None:
-        """The frame where the commit belongs, or None after a frame timeout (or the stream's end)."""
+        """The frame where the commit belongs, or None after a frame timeout (or the stream's end). A
+        reply still going out on the lane is waited for first, by its own deadline (in chunks, the
+        last of them went out before this): the client commits only once it has all of it. A frame
+        that comes meanwhile (the client's refusal) is taken at once."""
+        frame = asyncio.ensure_future(self.reader.next_frame())
         try:
+            sending = self.sending
+            if sending is not None and not sending.done():
+                await asyncio.wait((frame, sending), return_when=asyncio.FIRST_COMPLETED)
+            if not frame.done() and sending is not None and (sending.cancelled() or sending.exception()):
+                return None  # the reply did not go out whole: no commit can come
             async with asyncio.timeout(self.limits.frame_timeout):
-                return await self.reader.next_frame()
+                return await frame
         except TimeoutError:
             return None
+        finally:
+            frame.cancel()  # a read still pending ends with the stream, as before
 
     async def _end(self, committed: bool) -> None:
         receiving = self.receiving
@@ -623,7 +637,8 @@ class _Peer:
     channel: grpc.aio.Channel
     kept: _KeptStream | None = None
     lane_port: int = 0  # the server's payload lane, as its last reply header named it (0: none)
-    unreachable_lane: int = 0  # a lane port that could not be connected to: not tried again
+    unreachable_lane: int = 0  # a lane port that could not be connected to: not tried again before
+    unreachable_until: float = 0.0  # this time of the event loop (``LANE_RETRY_AFTER_S`` after the try)
     lane_used: bool = False  # a swap with it went on its lane (said once in the log per channel)
 
     def take_kept(self, now: float) -> grpc.aio.StreamStreamCall | None:
@@ -685,13 +700,14 @@ class _ClientSwap:
         self.timeout, self.deadline = timeout, deadline
         self.lane: Lane | None = None  # the payload lane of the attempt under way, if it uses one
         self.sending: asyncio.Future[None] | None = None  # our payload going out on the lane
+        self.receiving: asyncio.Future[tuple[bytearray, bytes]] | None = None  # the reply's payload on the lane
         self.after_reply: asyncio.Future[Frame | None] | None = None  # on a lane: the frame after the reply
 
     async def on(self, call, *, reused: bool) -> FactorMessage:
         address, lost = self.address, self.transport._lost
         committed, reply, kept = False, None, False
         next_frame = _CallReader(call)
-        self.lane = self.sending = self.after_reply = None
+        self.lane = self.sending = self.receiving = self.after_reply = None
         try:
             async with asyncio.timeout_at(self.deadline):
                 reply = await self._send_and_receive(call, next_frame)
@@ -748,7 +764,7 @@ class _ClientSwap:
                 call.cancel()
             if self.lane is not None:
                 self.lane.close()
-                pending = (task for task in (self.sending, self.after_reply) if task is not None)
+                pending = (task for task in (self.sending, self.receiving, self.after_reply) if task is not None)
                 await asyncio.gather(*pending, return_exceptions=True)
 
     async def _send_and_receive(self, call, next_frame: _CallReader) -> FactorMessage:
@@ -782,7 +798,10 @@ class _ClientSwap:
         least = self.transport.limits.lane_min_bytes
         return (
             bool(self.peer.lane_port)
-            and self.peer.lane_port != self.peer.unreachable_lane
+            and (
+                self.peer.lane_port != self.peer.unreachable_lane
+                or asyncio.get_running_loop().time() >= self.peer.unreachable_until
+            )
             and least is not None
             and self.transport.tls is None
             and len(self.outgoing.payload) >= least
@@ -799,6 +818,7 @@ class _ClientSwap:
         except (OSError, TimeoutError) as exc:
             log.info("%s: its lane (port %d) cannot be reached (%s): payloads go in chunks", self.address, port, exc)
             self.peer.lane_port, self.peer.unreachable_lane = 0, port
+            self.peer.unreachable_until = loop.time() + LANE_RETRY_AFTER_S
             return None, token
         return lane, token
 
@@ -812,28 +832,34 @@ class _ClientSwap:
         reader = FrameReader(next_frame, limits)
         try:
             header = await reader.header()
-        except BaseException:
-            # the port may be another process's since the server restarted (its claim then waits in
-            # vain): the next swap goes in chunks, and learns the lane again from the reply
-            self.peer.lane_port = 0
+        except Rejected as r:
+            if r.reason in _LANE_REFUSALS:
+                # the port may be another process's since the server restarted (its claim then waits
+                # in vain), or its lane is off: the next swap goes in chunks, and learns it again
+                self.peer.lane_port = 0
             raise
         self.peer.lane_port = reader.lane_port
         if reader.lane_token != token:
             raise Rejected(Reason.FRAMING, "the reply to a payload on a lane came without the lane")
         reader.start_payload(header)
         assert reader.deadline is not None
-        receiving = asyncio.ensure_future(lane.receive(header.payload_size, reader.deadline))
+        self.receiving = receiving = asyncio.ensure_future(lane.receive(header.payload_size, reader.deadline))
         self.after_reply = after = asyncio.ensure_future(next_frame())
-        await asyncio.wait((receiving, after), return_when=asyncio.FIRST_COMPLETED)
-        if after.done():
+        transfers = (receiving, self.sending)
+        while not after.done() and not all(t.done() for t in transfers) and not any(map(_failed, transfers)):
+            await asyncio.wait((*transfers, after), return_when=asyncio.FIRST_COMPLETED)
+        if after.done():  # before both payloads went whole: a refusal, or the stream's end
             lane.close()
-            await asyncio.gather(receiving, return_exceptions=True)
+            await asyncio.gather(*transfers, return_exceptions=True)
             raise _before_commit(after.result())
-        try:
-            payload, digest = receiving.result()
-            await self.sending
-        except (LaneBroken, TimeoutError) as exc:
-            raise await self._why_lane_broke(exc) from None
+        failure = next((t.exception() for t in transfers if _failed(t)), None)
+        if failure is not None:
+            lane.close()
+            await asyncio.gather(*transfers, return_exceptions=True)
+            if isinstance(failure, (LaneBroken, TimeoutError)):
+                raise await self._why_lane_broke(failure) from None
+            raise failure
+        payload, digest = receiving.result()
         reply = FactorMessage(header, payload)
         check_payload(reply, digest)
         if not self.peer.lane_used:
@@ -853,6 +879,15 @@ class _ClientSwap:
         if isinstance(exc, TimeoutError):
             return TimeoutError()  # the swap's deadline, or the rate floor of the payload: as in chunks
         return ExchangeFailed(f"{self.address}: {exc}")
+
+
+# refusals of a swap's header that say the lane it named is not there: its claim waited in vain (the
+# port is another process's), or the server has no lane; or no frame came at all
+_LANE_REFUSALS = (Reason.STALLED, Reason.FRAMING)
+
+
+def _failed(task: asyncio.Future) -> bool:
+    return task.done() and not task.cancelled() and task.exception() is not None
 
 
 def _before_commit(frame: Frame | None) -> Rejected:

@@ -104,22 +104,26 @@ async def _in_thread(work: Callable[[], T]) -> T:
 
 
 class Lane:
-    """One swap's connection. Its socket blocks, and only threads of ``_in_thread`` call it; ``close``
-    (from the event loop) shuts it down, which ends any call blocked on it at once."""
+    """One swap's connection. Its socket blocks, and only threads of ``_in_thread`` call it. ``close``
+    (from the event loop) shuts it down, which ends any call blocked on it at once; its descriptor is
+    closed only once no thread uses it any more, so that a thread between two calls never meets a
+    descriptor number that the process has given to another connection meanwhile."""
 
     def __init__(self, sock: socket.socket) -> None:
         sock.setblocking(True)
         self.sock, self.closed = sock, False
+        self._lock = threading.Lock()  # guards the three below, from the loop and the threads
+        self._using, self._shut, self._released = 0, False, False
 
     async def send(self, payload: Buffer, deadline: float) -> None:
-        """All of ``payload`` by the event loop's time ``deadline``; LaneBroken or TimeoutError (the
-        lane closed) if not."""
+        """All of ``payload`` by the event loop's time ``deadline``; LaneBroken, or TimeoutError at the
+        deadline (the lane is closed then)."""
         view = memoryview(payload).cast("B")
         await self._bounded(lambda: self.sock.sendall(view), deadline)
 
     async def receive(self, size: int, deadline: float) -> tuple[bytearray, bytes]:
-        """``size`` bytes by ``deadline``, and their ``payload_digest``; LaneBroken or TimeoutError if
-        not (the lane closed)."""
+        """``size`` bytes by ``deadline``, and their ``payload_digest``; LaneBroken, or TimeoutError at
+        the deadline (the lane is closed then)."""
         buffer, digest = bytearray(size), new_payload_digest()
 
         def read() -> None:
@@ -135,40 +139,78 @@ class Lane:
         return buffer, digest.digest()
 
     async def _bounded(self, work: Callable[[], None], deadline: float) -> None:
+        def guarded() -> None:
+            with self._lock:
+                if self._shut:
+                    raise LaneBroken("the lane was closed")
+                self._using += 1
+            try:
+                work()
+            finally:
+                self._leave()
+
         try:
             async with asyncio.timeout_at(deadline):
-                await _in_thread(work)
+                await _in_thread(guarded)
+        except TimeoutError:  # before OSError, whose subclass it is: the deadline, not a failure
+            self.close()
+            raise
+        except LaneBroken:
+            self.close()
+            raise
         except OSError as exc:  # the peer closed or reset it, or we did (close)
             self.close()
             raise LaneBroken(f"the lane broke: {exc.strerror or exc}") from None
-        except BaseException:  # the deadline, or a cancellation: the thread ends once it is closed
+        except BaseException:  # a cancellation: the thread ends once the lane is shut down
             self.close()
             raise
 
+    def _leave(self) -> None:
+        with self._lock:
+            self._using -= 1
+            release = self._shut and not self._using and not self._released
+            self._released |= release
+        if release:
+            self.sock.close()
+
     def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
+        """Shut the connection down (ending the calls blocked on it); its descriptor is closed now, or by
+        the last thread that still uses it."""
+        with self._lock:
+            if self._shut:
+                return
+            self.closed = self._shut = True
+            release = not self._using
+            self._released |= release
         with contextlib.suppress(OSError):  # not connected any more
             self.sock.shutdown(socket.SHUT_RDWR)
-        self.sock.close()
+        if release:
+            self.sock.close()
 
 
 async def open_lane(address: str, port: int, token: bytes, size: int, deadline: float) -> Lane:
-    """A connection to the lane of the peer at ``address`` (its gRPC ``host:port``), the hello sent."""
+    """A connection to the lane of the peer at ``address`` (its gRPC ``host:port``), the hello sent:
+    to each address its host resolves to in turn, until one connects; OSError if none does, and
+    TimeoutError at ``deadline``."""
     loop = asyncio.get_running_loop()
     async with asyncio.timeout_at(deadline):
-        family, kind, proto, _, target = (await loop.getaddrinfo(host_of(address), port, type=socket.SOCK_STREAM))[0]
-        sock = socket.socket(family, kind, proto)
-        try:
-            sock.setblocking(False)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            await loop.sock_connect(sock, target)
-            await loop.sock_sendall(sock, _HELLO.pack(LANE_MAGIC, token, size))
-        except BaseException:
-            sock.close()
-            raise
-    return Lane(sock)
+        failure: OSError = OSError(f"{host_of(address)} resolves to no address")
+        for family, kind, proto, _, target in await loop.getaddrinfo(host_of(address), port, type=socket.SOCK_STREAM):
+            sock = socket.socket(family, kind, proto)
+            try:
+                sock.setblocking(False)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                await loop.sock_connect(sock, target)
+                await loop.sock_sendall(sock, _HELLO.pack(LANE_MAGIC, token, size))
+            except OSError as exc:
+                sock.close()
+                failure = exc
+                continue
+            except BaseException:
+                sock.close()
+                raise
+            return Lane(sock)
+        raise failure
 
 
 @dataclass
@@ -191,7 +233,7 @@ class LaneListener:
         self.waiting: dict[str, int] = {}  # per address: connections before their claim
         self.arrived: dict[bytes, _Arrival] = {}  # by token: hello read, not claimed yet
         self.claims: dict[bytes, asyncio.Future[_Arrival]] = {}  # by token: swaps waiting for a hello
-        self.greeting: set[asyncio.Task] = set()
+        self.greeting: dict[asyncio.Task, tuple[socket.socket, str]] = {}  # hellos being read: connection, address
         self.claimed = 0  # connections handed to swaps, in all
         self.listener: socket.socket | None = None
         self.accepting: asyncio.Task | None = None
@@ -221,17 +263,24 @@ class LaneListener:
                 sock.close()
                 continue
             self.waiting[host] = self.waiting.get(host, 0) + 1
-            task = asyncio.ensure_future(self._greet(sock, host))
-            self.greeting.add(task)
-            task.add_done_callback(self.greeting.discard)
+            task = asyncio.ensure_future(self._greet(sock, host, loop.time() + self.wait_s))
+            self.greeting[task] = (sock, host)
+            task.add_done_callback(self._greeted)
 
-    async def _greet(self, sock: socket.socket, host: str) -> None:
-        """Read the hello; the connection waits for its claim, or goes to the swap already waiting."""
+    def _greeted(self, task: asyncio.Task) -> None:
+        sock, host = self.greeting.pop(task)
+        if task.cancelled():  # cancelled before it ran (close): its connection is closed here
+            self._forget(host)
+            sock.close()
+
+    async def _greet(self, sock: socket.socket, host: str, until: float) -> None:
+        """Read the hello by ``until``; the connection then waits for its claim until then too, or goes
+        to the swap already waiting for it."""
         loop = asyncio.get_running_loop()
         try:
             sock.setblocking(False)
             hello, got = bytearray(HELLO_BYTES), 0
-            async with asyncio.timeout(self.wait_s):
+            async with asyncio.timeout_at(until):
                 while got < HELLO_BYTES:
                     n = await loop.sock_recv_into(sock, memoryview(hello)[got:])
                     if n == 0:
@@ -243,13 +292,13 @@ class LaneListener:
         except (OSError, TimeoutError, asyncio.CancelledError):
             self._forget(host)
             sock.close()
-            return
+            return  # a cancelled greeting ends here: its task is not marked cancelled, nor closed twice
         arrival = _Arrival(sock, size, host)
         waiter = self.claims.get(token)
         if waiter is not None and not waiter.done():
             waiter.set_result(arrival)
             return
-        arrival.expiry = loop.call_later(self.wait_s, self._expire, token, arrival)
+        arrival.expiry = loop.call_at(until, self._expire, token, arrival)
         self.arrived[token] = arrival
 
     def _expire(self, token: bytes, arrival: _Arrival) -> None:
@@ -302,9 +351,10 @@ class LaneListener:
             await asyncio.gather(self.accepting, return_exceptions=True)
         if self.listener is not None:
             self.listener.close()
-        for task in list(self.greeting):
+        greeting = list(self.greeting)
+        for task in greeting:
             task.cancel()
-        await asyncio.gather(*self.greeting, return_exceptions=True)
+        await asyncio.gather(*greeting, return_exceptions=True)
         for token in list(self.arrived):
             arrival = self.arrived.pop(token)
             if arrival.expiry is not None:

@@ -14,6 +14,7 @@ from peer.transport.codec import decode_factors, encode_factors, schema_digest, 
 from peer.transport.framing import Limits, header_frame, seal
 from peer.transport.grpc_transport import GrpcTransport
 from peer.transport.lane import _HELLO, HELLO_BYTES, LANE_MAGIC, new_token
+from peer.transport.pb import peer_pb2 as pb
 from peer.transport.tls import TLS_NAME
 from tests.inprocess.test_transport_contract import SCHEMA, FakePeer, accept, message, until
 
@@ -46,6 +47,15 @@ class Pair:
 
     def known_port(self) -> int:
         return self.client_t._channels[(self.address, TLS_NAME)].lane_port
+
+
+def closed_by_server(sock: socket.socket) -> bool:
+    """Whether the server closed ``sock`` (a reset, where it left bytes of ours unread)."""
+    sock.settimeout(2)
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
 
 
 def test_a_client_learns_the_lane_from_a_reply_and_sends_the_next_swaps_on_it():
@@ -230,8 +240,7 @@ def test_connections_that_send_no_hello_or_garbage_are_closed_and_capped():
                 assert await until(lambda: sum(p.lanes.waiting.values()) == 3)
                 assert await until(lambda: not p.lanes.waiting, seconds=3 * LIMITS.frame_timeout)
                 for sock in silent:  # every one of them was closed by the server
-                    sock.settimeout(2)
-                    assert sock.recv(1) == b""
+                    assert closed_by_server(sock)
             finally:
                 for sock in [*silent, garbage]:
                     sock.close()
@@ -249,24 +258,126 @@ def test_connections_that_send_no_hello_or_garbage_are_closed_and_capped():
     run(scenario())
 
 
-def test_a_client_that_stops_mid_payload_leaves_nothing_counted_or_held():
-    big = {f"layer.{i}.lora_A.weight": torch.randn(1024, 1024) for i in range(4)}  # 16 MiB: beyond any socket buffer
+async def lane_swap_by_hand(p: Pair, out: FactorMessage, payload_bytes: bytes, then_close: bool):
+    """Our header on a stream and ``payload_bytes`` on a lane (all of the payload or a part of it), by
+    hand; the lane closed after them (``then_close``) or left open. The server's first answer."""
+    token = new_token()
+    call = p.client_t._stub(p.address, None).exchange()
+    lane = socket.create_connection(("127.0.0.1", p.server_t.lane_port))
+    try:
+        lane.sendall(_HELLO.pack(LANE_MAGIC, token, len(out.payload)) + payload_bytes)
+        if then_close:
+            lane.close()
+        await call.write(header_frame(out.header, lane_token=token))
+        while (frame := await call.read()).WhichOneof("kind") != "reject":  # the early reply's header first
+            pass
+        return frame
+    finally:
+        call.cancel()
+        lane.close()
+
+
+def test_a_lane_cut_mid_payload_is_refused_as_truncated_and_nothing_counts_or_stays_held():
+    async def scenario():
+        async with Pair() as p:
+            out = message("peer-a", 5, 1.0)
+            answer = await lane_swap_by_hand(p, out, bytes(out.payload[: len(out.payload) // 2]), then_close=True)
+            assert answer.reject.reason == "truncated" and "ended after" in answer.reject.detail
+            assert p.peer.commits == [] and p.peer.received == [] and p.peer.rejections == {"truncated": 1}
+            servicer = p.server_t.servicer
+            assert await until(lambda: not servicer.streams and servicer.buffered == 0)
+            assert not p.lanes.waiting and not p.lanes.arrived and not p.lanes.claims
+
+    run(scenario())
+
+
+def test_a_lane_that_stalls_mid_payload_is_refused_as_stalled_by_the_payload_deadline():
+    async def scenario():
+        async with Pair() as p:  # frame timeout 1 s; the payload's deadline adds its size at 64 KiB/s
+            out = message("peer-a", 5, 1.0)
+            answer = await lane_swap_by_hand(p, out, bytes(out.payload[:100]), then_close=False)
+            assert answer.reject.reason == "stalled" and p.peer.commits == [] and p.peer.received == []
+
+    run(scenario())
+
+
+def test_a_reply_read_slower_than_the_frame_timeout_still_commits():
+    # the server waits for the commit only once its reply went out on the lane, as in chunks
+    big = {f"layer.{i}.lora_B.weight": torch.randn(1024, 1024) for i in range(8)}  # 32 MiB, beyond socket buffers
+    reply = seal(Header("run-1", "peer-b", 5, "B", ("B",), schema_digest(schema_of(big))), encode_factors(big))
+
+    async def slow_reader(p: Pair) -> str:
+        out, token = message("peer-a", 5, 1.0), new_token()
+        call = p.client_t._stub(p.address, None).exchange()
+        lane = socket.create_connection(("127.0.0.1", p.server_t.lane_port))
+        try:
+            lane.sendall(_HELLO.pack(LANE_MAGIC, token, len(out.payload)) + bytes(out.payload))
+            await call.write(header_frame(out.header, lane_token=token))
+            first = await call.read()
+            assert first.header.lane_token == token
+            await asyncio.sleep(2.5 * LIMITS.frame_timeout)  # nothing read meanwhile
+            got, size = 0, first.header.payload_size
+            while got < size and (data := await asyncio.to_thread(lane.recv, 1 << 20)):
+                got += len(data)
+            assert got == size, "the server closed the lane before its reply went out"
+            await call.write(pb.Frame(commit=pb.Commit(round=5)))
+            return (await call.read()).WhichOneof("kind")
+        finally:
+            call.cancel()
+            lane.close()
 
     async def scenario():
-        slow_limits = dataclasses.replace(LIMITS, max_payload_bytes=1 << 26)
-        async with Pair(slow_limits, slow_limits, FakePeer("peer-b", 5, 7.0)) as p:
-            p.client_t.learn_lane(p.address, p.server_t.lane_port)
-            schema = schema_of(big)
-            out = seal(Header("run-1", "peer-a", 5, "A", ("A",), schema_digest(schema)), encode_factors(big))
-            p.peer.check = lambda h: None  # any schema: the refusal must come from the cut, not the check
-            swap = asyncio.ensure_future(p.client_t.exchange(p.address, out, accept, timeout=5))
-            assert await until(lambda: p.lanes.claimed == 1)
-            swap.cancel()
-            with pytest.raises((asyncio.CancelledError, ExchangeFailed, Rejected)):
-                await swap
-            assert await until(lambda: not p.server_t.servicer.streams or p.server_t.servicer.idle)
-            assert p.peer.commits == [] and p.server_t.servicer.buffered == 0
-            assert await until(lambda: not p.lanes.waiting and not p.lanes.arrived and not p.lanes.claims)
+        async with Pair() as p:
+            p.peer.early = False
+            p.peer.respond = lambda incoming: asyncio.sleep(0, reply)
+            assert await slow_reader(p) == "ack"
+            assert p.peer.commits == [("peer-a", 5)]
+
+    run(scenario())
+
+
+def test_bad_hellos_are_closed_and_forgotten():
+    async def scenario():
+        async with Pair() as p:
+            port, token = p.server_t.lane_port, new_token()
+            garbage = socket.create_connection(("127.0.0.1", port))
+            garbage.sendall(b"GET / HTTP/1.1\r\n\r\n" + bytes(HELLO_BYTES))
+            first = socket.create_connection(("127.0.0.1", port))
+            first.sendall(_HELLO.pack(LANE_MAGIC, token, 10))
+            assert await until(lambda: token in p.lanes.arrived)
+            second = socket.create_connection(("127.0.0.1", port))  # the same token again
+            second.sendall(_HELLO.pack(LANE_MAGIC, token, 10))
+            try:
+                assert await until(lambda: sum(p.lanes.waiting.values()) == 1)  # only the first's hello waits
+                for sock in (garbage, second):
+                    assert await asyncio.to_thread(closed_by_server, sock)
+                assert list(p.lanes.arrived) == [token]
+            finally:
+                for sock in (garbage, first, second):
+                    sock.close()
+
+    run(scenario())
+
+
+def test_an_unreachable_lane_is_tried_again_after_a_while(monkeypatch):
+    from peer.transport import grpc_transport
+
+    async def scenario():
+        async with Pair() as p:
+            with socket.create_server(("127.0.0.1", 0)) as taken:
+                dead = taken.getsockname()[1]
+            p.client_t.learn_lane(p.address, dead)
+            await p.client_t.exchange(p.address, message("peer-a", 5, 1.0), accept, timeout=5)  # in chunks
+            stub = p.client_t._channels[(p.address, TLS_NAME)]
+            assert stub.unreachable_lane == dead and p.known_port() == p.server_t.lane_port
+            monkeypatch.setattr(grpc_transport, "LANE_RETRY_AFTER_S", 0.0)
+            p.client_t.learn_lane(p.address, dead)
+            p.peer.round = 6
+            await p.client_t.exchange(p.address, message("peer-a", 6, 1.0), accept, timeout=5)
+            assert stub.unreachable_until > 0 and p.lanes.claimed == 0  # tried again: still dead, in chunks
+            p.peer.round = 7
+            await p.client_t.exchange(p.address, message("peer-a", 7, 1.0), accept, timeout=5)
+            assert p.lanes.claimed == 1  # the port its reply named
 
     run(scenario())
 
@@ -286,5 +397,44 @@ def test_a_lane_port_that_now_belongs_to_another_peer_costs_one_swap_then_is_lea
             await p.client_t.exchange(p.address, message("peer-a", 6, 1.0), accept, timeout=5)
             assert p.lanes.claimed == 1 and p.peer.commits == [("peer-a", 5), ("peer-a", 6)]
             assert await until(lambda: not other.lanes.arrived, seconds=3 * LIMITS.frame_timeout)
+
+    run(scenario())
+
+
+def test_a_swap_cancelled_while_its_payload_blocks_leaves_no_thread_socket_or_slot():
+    import os
+    import threading
+
+    big = {f"layer.{i}.lora_A.weight": torch.randn(1024, 1024) for i in range(8)}  # 32 MiB: beyond socket buffers
+    out = seal(Header("run-1", "peer-a", 6, "A", ("A",), schema_digest(schema_of(big))), encode_factors(big))
+    limits = dataclasses.replace(LIMITS, max_payload_bytes=1 << 26)
+
+    def lane_threads() -> int:
+        return sum(t.name == "tadlora-lane" for t in threading.enumerate())
+
+    async def scenario():
+        async with Pair(limits, limits) as p:
+            held = asyncio.Event()
+
+            async def screen_forever(header):
+                held.set()
+                await asyncio.Event().wait()  # the server never reads the payload
+
+            p.client_t.learn_lane(p.address, p.server_t.lane_port)
+            await p.client_t.exchange(p.address, message("peer-a", 5, 1.0), accept, timeout=5)  # opens the channel
+            assert await until(lambda: lane_threads() == 0 and not p.server_t.servicer.buffered)
+            descriptors = len(os.listdir("/proc/self/fd"))
+            p.peer.screen, p.peer.round = screen_forever, 6
+            swap = asyncio.ensure_future(p.client_t.exchange(p.address, out, accept, timeout=30))
+            await asyncio.wait_for(held.wait(), 5)
+            assert p.lanes.claimed == 2 and lane_threads() == 1  # the client's send, blocked
+            swap.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await swap
+            assert await until(lambda: lane_threads() == 0)
+            servicer = p.server_t.servicer
+            assert await until(lambda: not servicer.streams and servicer.buffered == 0)
+            assert p.peer.commits == [("peer-a", 5)] and not p.lanes.waiting and not p.lanes.arrived
+            assert await until(lambda: len(os.listdir("/proc/self/fd")) <= descriptors)
 
     run(scenario())

@@ -142,6 +142,8 @@ async def pair(make, server_round=5, value=7.0):
         client_t.learn_lane(address, server_t.lane_port)
     try:
         yield client_t, peer, address
+        if make.lane and peer.commits:  # a link counted: then the lane carried a swap (none of these falls back)
+            assert server_t._lanes.claimed > 0
     finally:
         await client_t.close()
         await server_t.close()
