@@ -115,10 +115,11 @@ class NamespacedTestbed(Testbed):
         return self.ns.wrap(super().command(index, extra))
 
 
-def run_tadlora(peers: int, rounds: int, folder: Path, wire_dtype: str = "fp32", training: bool = True) -> dict:
-    """``training``: every round trains one step; otherwise one round trains, then ``rounds`` consensus
-    rounds only exchange and mix (measured from the third round on, when no neighbour still trains)."""
-    cfg = load_config(
+def exchange_config(peers: int, rounds: int, training: bool = True, **overrides):
+    """MiniLM's adapter swapped whole (strategy lora) on a complete graph, one step of one example per
+    round that trains, no evaluation. ``training``: every round trains; otherwise one round trains,
+    then ``rounds`` consensus rounds only exchange and mix. Shared with lane_rounds.py."""
+    return load_config(
         overrides=dict(
             references="none",
             strategy="lora",
@@ -132,9 +133,15 @@ def run_tadlora(peers: int, rounds: int, folder: Path, wire_dtype: str = "fp32",
             eval_every=10**6,
             eval_samples=10,
             device="cpu",
-            wire_dtype=wire_dtype,
+            **overrides,
         )
     )
+
+
+def run_tadlora(peers: int, rounds: int, folder: Path, wire_dtype: str = "fp32", training: bool = True) -> dict:
+    """``training``: every round trains one step; otherwise one round trains, then ``rounds`` consensus
+    rounds only exchange and mix (measured from the third round on, when no neighbour still trains)."""
+    cfg = exchange_config(peers, rounds, training, wire_dtype=wire_dtype)
     with Loopback() as ns:
         bed = NamespacedTestbed(cfg, folder, dict(discovery_wait=60.0, round_timeout_max=30.0), ns=ns)
         try:

@@ -20,7 +20,8 @@ import tempfile
 from enum import StrEnum
 from pathlib import Path
 
-from peer.config import load_config
+from flower_compare import exchange_config
+
 from peer.testbed import Testbed
 
 
@@ -31,23 +32,7 @@ class Payloads(StrEnum):
 
 def round_time(peers: int, rounds: int, lora_r: int, payloads: Payloads, folder: Path) -> tuple[float, float]:
     """Median seconds beyond training of the rounds that train nothing, and the payload of a message."""
-    cfg = load_config(
-        overrides=dict(
-            references="none",
-            strategy="lora",
-            consensus_rounds=rounds,
-            peers=peers,
-            topology="complete",
-            rounds=1,
-            local_steps=1,
-            batch_size=1,
-            max_length=16,
-            eval_every=10**6,
-            eval_samples=10,
-            device="cpu",
-            lora_r=lora_r,
-        )
-    )
+    cfg = exchange_config(peers, rounds, training=False, lora_r=lora_r)
     lane = 1 if payloads == Payloads.LANE else 0
     bed = Testbed(cfg, folder, dict(discovery_wait=60.0, round_timeout_max=60.0, lane=lane))
     try:
