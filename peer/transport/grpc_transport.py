@@ -595,7 +595,11 @@ class _Swap:
         staged = receiving is not None and not cut_short and not receiving.cancelled() and receiving.exception() is None
         if staged and not committed:  # first: a handler being cancelled stops at its first await
             await self.server.abort(receiving.result()[0].header)  # type: ignore[union-attr]
-        pending = [task for task in (receiving, self.sending) if task is not None and not task.done()]
+        tasks = [task for task in (receiving, self.sending) if task is not None]
+        for task in tasks:  # a reply whose lane the client cut failed: read, or asyncio logs it as never retrieved
+            if task.done() and not task.cancelled():
+                task.exception()
+        pending = [task for task in tasks if not task.done()]
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
 
@@ -890,8 +894,10 @@ class _ClientSwap:
         return ExchangeFailed(f"{self.address}: {exc}")
 
 
-# refusals of a swap's header that say the lane it named is not there: its claim waited in vain (the
-# port is another process's), or the server has no lane; or no frame came at all
+# refusals, where the server's reply header was due, that may say the lane it named is not there: its
+# claim waited in vain (the port is another process's), or the server has no lane; or no frame came
+# at all. A server that answers only after the payload (no early reply) refuses a slow or malformed
+# payload with them too: the lane is then forgotten for one swap in chunks, which names it again.
 _LANE_REFUSALS = (Reason.STALLED, Reason.FRAMING)
 
 

@@ -149,12 +149,15 @@ class Lane:
             finally:
                 self._leave()
 
+        timeout = asyncio.timeout_at(deadline)
         try:
-            async with asyncio.timeout_at(deadline):
+            async with timeout:
                 await _in_thread(guarded)
-        except TimeoutError:  # before OSError, whose subclass it is: the deadline, not a failure
+        except TimeoutError as exc:  # an OSError too: the deadline's, or the connection's own (ETIMEDOUT)
             self.close()
-            raise
+            if timeout.expired():
+                raise
+            raise LaneBroken(f"the lane broke: {exc.strerror or exc}") from None
         except LaneBroken:
             self.close()
             raise
@@ -176,14 +179,14 @@ class Lane:
     def close(self) -> None:
         """Shut the connection down (ending the calls blocked on it); its descriptor is closed now, or by
         the last thread that still uses it."""
-        with self._lock:
+        with self._lock:  # shut down under the lock: a thread leaving meanwhile must not close it first
             if self._shut:
                 return
             self.closed = self._shut = True
             release = not self._using
             self._released |= release
-        with contextlib.suppress(OSError):  # not connected any more
-            self.sock.shutdown(socket.SHUT_RDWR)
+            with contextlib.suppress(OSError):  # not connected any more
+                self.sock.shutdown(socket.SHUT_RDWR)
         if release:
             self.sock.close()
 
@@ -191,12 +194,17 @@ class Lane:
 async def open_lane(address: str, port: int, token: bytes, size: int, deadline: float) -> Lane:
     """A connection to the lane of the peer at ``address`` (its gRPC ``host:port``), the hello sent:
     to each address its host resolves to in turn, until one connects; OSError if none does, and
-    TimeoutError at ``deadline``."""
+    TimeoutError at ``deadline``. An address that drops the connection silently takes what is left of
+    the time: only those that refuse at once fall through to the next."""
     loop = asyncio.get_running_loop()
     async with asyncio.timeout_at(deadline):
         failure: OSError = OSError(f"{host_of(address)} resolves to no address")
         for family, kind, proto, _, target in await loop.getaddrinfo(host_of(address), port, type=socket.SOCK_STREAM):
-            sock = socket.socket(family, kind, proto)
+            try:
+                sock = socket.socket(family, kind, proto)  # this machine may lack the family (IPv6 off)
+            except OSError as exc:
+                failure = exc
+                continue
             try:
                 sock.setblocking(False)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

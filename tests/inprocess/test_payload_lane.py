@@ -438,3 +438,38 @@ def test_a_swap_cancelled_while_its_payload_blocks_leaves_no_thread_socket_or_sl
             assert await until(lambda: len(os.listdir("/proc/self/fd")) <= descriptors)
 
     run(scenario())
+
+
+def test_a_reply_whose_lane_the_client_cuts_leaves_no_unread_error():
+    # the server's send of its reply fails (the client closed the lane after the reply's header): the
+    # failure is read at the swap's end, not left for asyncio to report as never retrieved
+    import gc
+
+    big = {f"layer.{i}.lora_B.weight": torch.randn(1024, 1024) for i in range(8)}  # 32 MiB, beyond socket buffers
+    reply = seal(Header("run-1", "peer-b", 5, "B", ("B",), schema_digest(schema_of(big))), encode_factors(big))
+
+    async def scenario():
+        errors = []
+        asyncio.get_running_loop().set_exception_handler(lambda _, context: errors.append(context))
+        async with Pair() as p:
+            p.peer.screen = lambda header: asyncio.sleep(0, reply)  # the early reply: 32 MiB on the lane
+            out, token = message("peer-a", 5, 1.0), new_token()
+            call = p.client_t._stub(p.address, None).exchange()
+            lane = socket.create_connection(("127.0.0.1", p.server_t.lane_port))
+            try:
+                lane.sendall(_HELLO.pack(LANE_MAGIC, token, len(out.payload)) + bytes(out.payload))
+                await call.write(header_frame(out.header, lane_token=token))
+                assert (await call.read()).header.lane_token == token
+                lane.close()  # the reply's payload is cut
+                await asyncio.sleep(0.2)
+            finally:
+                call.cancel()
+                lane.close()
+            servicer = p.server_t.servicer
+            assert await until(lambda: not servicer.streams and servicer.buffered == 0)
+            assert p.peer.commits == []
+        gc.collect()
+        await asyncio.sleep(0.05)
+        assert errors == []
+
+    run(scenario())
