@@ -557,8 +557,7 @@ class _Swap:
             watchdog.cancel()
 
     def _refused_meanwhile(self) -> bool:
-        receiving = self.receiving
-        return receiving is not None and receiving.done() and receiving.exception() is not None
+        return self.receiving is not None and _failed(self.receiving)
 
     async def _answer(self) -> Frame | None:
         """The frame where the commit belongs, or None after a frame timeout (or the stream's end). A
@@ -861,14 +860,13 @@ class _ClientSwap:
             # holding the GIL that the lane's threads need (a 0.3 MB swap took a millisecond longer)
             pending = [t for t in transfers if not t.done()]
             await asyncio.wait((*pending, after), return_when=asyncio.FIRST_COMPLETED)
+        # on any way out, the lane is closed (ending the other transfer) and both are gathered by ``on``
         if after.done():  # before both payloads went whole: a refusal, or the stream's end
             lane.close()
-            await asyncio.gather(*transfers, return_exceptions=True)
             raise _before_commit(after.result())
         failure = next((t.exception() for t in transfers if _failed(t)), None)
         if failure is not None:
             lane.close()
-            await asyncio.gather(*transfers, return_exceptions=True)
             if isinstance(failure, (LaneBroken, TimeoutError)):
                 raise await self._why_lane_broke(failure) from None
             raise failure

@@ -111,7 +111,7 @@ class Lane:
 
     def __init__(self, sock: socket.socket) -> None:
         sock.setblocking(True)
-        self.sock, self.closed = sock, False
+        self.sock = sock
         self._lock = threading.Lock()  # guards the three below, from the loop and the threads
         self._using, self._shut, self._released = 0, False, False
 
@@ -182,7 +182,7 @@ class Lane:
         with self._lock:  # shut down under the lock: a thread leaving meanwhile must not close it first
             if self._shut:
                 return
-            self.closed = self._shut = True
+            self._shut = True
             release = not self._using
             self._released |= release
             with contextlib.suppress(OSError):  # not connected any more
@@ -312,8 +312,7 @@ class LaneListener:
     def _expire(self, token: bytes, arrival: _Arrival) -> None:
         if self.arrived.get(token) is arrival:
             del self.arrived[token]
-            self._forget(arrival.host)
-            arrival.sock.close()
+            self._drop(arrival)
 
     def _forget(self, host: str) -> None:
         self.waiting[host] -= 1

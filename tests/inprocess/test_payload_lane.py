@@ -3,6 +3,7 @@ it falls back to, and what a remote peer can and cannot make a server hold throu
 suite (``test_transport_contract.py``) runs every swap contract over the lane as well."""
 
 import asyncio
+import contextlib
 import dataclasses
 import socket
 
@@ -179,6 +180,32 @@ async def raw_swap(p: Pair, header_frame_, lane_bytes: bytes | None, payload: by
             lane.close()
 
 
+@contextlib.asynccontextmanager
+async def swap_by_hand(p: Pair, out: FactorMessage, payload_bytes: bytes | None = None, cut_lane: bool = False):
+    """Our header, by hand, on a new Exchange stream, and on a lane its hello then ``payload_bytes`` (the
+    whole payload by default), the lane closed after them if ``cut_lane``; the call and the lane, both
+    ended on the way out."""
+    token = new_token()
+    call = p.client_t._stub(p.address, None).exchange()
+    lane = socket.create_connection(("127.0.0.1", p.server_t.lane_port))
+    try:
+        sent = bytes(out.payload) if payload_bytes is None else payload_bytes
+        lane.sendall(_HELLO.pack(LANE_MAGIC, token, len(out.payload)) + sent)
+        if cut_lane:
+            lane.close()
+        await call.write(header_frame(out.header, lane_token=token))
+        yield call, lane, token
+    finally:
+        call.cancel()
+        lane.close()
+
+
+def large_message(sender: str, round_: int, factor: str) -> FactorMessage:
+    """32 MiB of factors: beyond any socket buffer of loopback, so a send of it blocks on its reader."""
+    big = {f"layer.{i}.lora_{factor}.weight": torch.randn(1024, 1024) for i in range(8)}
+    return seal(Header("run-1", sender, round_, factor, (factor,), schema_digest(schema_of(big))), encode_factors(big))
+
+
 def test_a_header_whose_lane_never_comes_is_refused_after_the_frame_timeout():
     async def scenario():
         async with Pair() as p:
@@ -258,30 +285,19 @@ def test_connections_that_send_no_hello_or_garbage_are_closed_and_capped():
     run(scenario())
 
 
-async def lane_swap_by_hand(p: Pair, out: FactorMessage, payload_bytes: bytes, then_close: bool):
-    """Our header on a stream and ``payload_bytes`` on a lane (all of the payload or a part of it), by
-    hand; the lane closed after them (``then_close``) or left open. The server's first answer."""
-    token = new_token()
-    call = p.client_t._stub(p.address, None).exchange()
-    lane = socket.create_connection(("127.0.0.1", p.server_t.lane_port))
-    try:
-        lane.sendall(_HELLO.pack(LANE_MAGIC, token, len(out.payload)) + payload_bytes)
-        if then_close:
-            lane.close()
-        await call.write(header_frame(out.header, lane_token=token))
-        while (frame := await call.read()).WhichOneof("kind") != "reject":  # the early reply's header first
+async def refusal_of_swap_by_hand(p: Pair, out: FactorMessage, payload_bytes: bytes, cut_lane: bool):
+    """``swap_by_hand``'s refusal (after the early reply's header)."""
+    async with swap_by_hand(p, out, payload_bytes, cut_lane) as (call, _, _):
+        while (frame := await call.read()).WhichOneof("kind") != "reject":
             pass
         return frame
-    finally:
-        call.cancel()
-        lane.close()
 
 
 def test_a_lane_cut_mid_payload_is_refused_as_truncated_and_nothing_counts_or_stays_held():
     async def scenario():
         async with Pair() as p:
             out = message("peer-a", 5, 1.0)
-            answer = await lane_swap_by_hand(p, out, bytes(out.payload[: len(out.payload) // 2]), then_close=True)
+            answer = await refusal_of_swap_by_hand(p, out, bytes(out.payload[: len(out.payload) // 2]), cut_lane=True)
             assert answer.reject.reason == "truncated" and "ended after" in answer.reject.detail
             assert p.peer.commits == [] and p.peer.received == [] and p.peer.rejections == {"truncated": 1}
             servicer = p.server_t.servicer
@@ -295,7 +311,7 @@ def test_a_lane_that_stalls_mid_payload_is_refused_as_stalled_by_the_payload_dea
     async def scenario():
         async with Pair() as p:  # frame timeout 1 s; the payload's deadline adds its size at 64 KiB/s
             out = message("peer-a", 5, 1.0)
-            answer = await lane_swap_by_hand(p, out, bytes(out.payload[:100]), then_close=False)
+            answer = await refusal_of_swap_by_hand(p, out, bytes(out.payload[:100]), cut_lane=False)
             assert answer.reject.reason == "stalled" and p.peer.commits == [] and p.peer.received == []
 
     run(scenario())
@@ -303,16 +319,10 @@ def test_a_lane_that_stalls_mid_payload_is_refused_as_stalled_by_the_payload_dea
 
 def test_a_reply_read_slower_than_the_frame_timeout_still_commits():
     # the server waits for the commit only once its reply went out on the lane, as in chunks
-    big = {f"layer.{i}.lora_B.weight": torch.randn(1024, 1024) for i in range(8)}  # 32 MiB, beyond socket buffers
-    reply = seal(Header("run-1", "peer-b", 5, "B", ("B",), schema_digest(schema_of(big))), encode_factors(big))
+    reply = large_message("peer-b", 5, "B")
 
     async def slow_reader(p: Pair) -> str:
-        out, token = message("peer-a", 5, 1.0), new_token()
-        call = p.client_t._stub(p.address, None).exchange()
-        lane = socket.create_connection(("127.0.0.1", p.server_t.lane_port))
-        try:
-            lane.sendall(_HELLO.pack(LANE_MAGIC, token, len(out.payload)) + bytes(out.payload))
-            await call.write(header_frame(out.header, lane_token=token))
+        async with swap_by_hand(p, message("peer-a", 5, 1.0)) as (call, lane, token):
             first = await call.read()
             assert first.header.lane_token == token
             await asyncio.sleep(2.5 * LIMITS.frame_timeout)  # nothing read meanwhile
@@ -322,9 +332,6 @@ def test_a_reply_read_slower_than_the_frame_timeout_still_commits():
             assert got == size, "the server closed the lane before its reply went out"
             await call.write(pb.Frame(commit=pb.Commit(round=5)))
             return (await call.read()).WhichOneof("kind")
-        finally:
-            call.cancel()
-            lane.close()
 
     async def scenario():
         async with Pair() as p:
@@ -405,8 +412,7 @@ def test_a_swap_cancelled_while_its_payload_blocks_leaves_no_thread_socket_or_sl
     import os
     import threading
 
-    big = {f"layer.{i}.lora_A.weight": torch.randn(1024, 1024) for i in range(8)}  # 32 MiB: beyond socket buffers
-    out = seal(Header("run-1", "peer-a", 6, "A", ("A",), schema_digest(schema_of(big))), encode_factors(big))
+    out = large_message("peer-a", 6, "A")
     limits = dataclasses.replace(LIMITS, max_payload_bytes=1 << 26)
 
     def lane_threads() -> int:
@@ -445,26 +451,17 @@ def test_a_reply_whose_lane_the_client_cuts_leaves_no_unread_error():
     # failure is read at the swap's end, not left for asyncio to report as never retrieved
     import gc
 
-    big = {f"layer.{i}.lora_B.weight": torch.randn(1024, 1024) for i in range(8)}  # 32 MiB, beyond socket buffers
-    reply = seal(Header("run-1", "peer-b", 5, "B", ("B",), schema_digest(schema_of(big))), encode_factors(big))
+    reply = large_message("peer-b", 5, "B")
 
     async def scenario():
         errors = []
         asyncio.get_running_loop().set_exception_handler(lambda _, context: errors.append(context))
         async with Pair() as p:
             p.peer.screen = lambda header: asyncio.sleep(0, reply)  # the early reply: 32 MiB on the lane
-            out, token = message("peer-a", 5, 1.0), new_token()
-            call = p.client_t._stub(p.address, None).exchange()
-            lane = socket.create_connection(("127.0.0.1", p.server_t.lane_port))
-            try:
-                lane.sendall(_HELLO.pack(LANE_MAGIC, token, len(out.payload)) + bytes(out.payload))
-                await call.write(header_frame(out.header, lane_token=token))
+            async with swap_by_hand(p, message("peer-a", 5, 1.0)) as (call, lane, token):
                 assert (await call.read()).header.lane_token == token
                 lane.close()  # the reply's payload is cut
                 await asyncio.sleep(0.2)
-            finally:
-                call.cancel()
-                lane.close()
             servicer = p.server_t.servicer
             assert await until(lambda: not servicer.streams and servicer.buffered == 0)
             assert p.peer.commits == []
