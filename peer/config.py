@@ -114,6 +114,11 @@ def positive(value: float) -> str:
     return "" if value > 0 else f"must be > 0, got {value}"
 
 
+def zero_or_one(value: int) -> str:
+    """A switch: 1 on, 0 off."""
+    return "" if value in (0, 1) else f"must be 0 or 1, got {value}"
+
+
 def within(low: float, high: float, high_open: bool = False) -> Check:
     def check(value) -> str:
         inside = low <= value < high if high_open else low <= value <= high
@@ -333,7 +338,7 @@ class RunConfig:
         1,
         "1: also train the classification head and mix it every round (a linear block: no cross term); 0: "
         "frozen, the paper's setting",
-        check=lambda v: "" if v in (0, 1) else f"must be 0 or 1, got {v}",
+        check=zero_or_one,
     )
     references: str = setting(
         "alone,centralized",
@@ -499,7 +504,7 @@ class DaemonConfig:
     mdns: int = setting(
         1,
         "1: discover peers by mDNS; 0: static peers only",
-        check=lambda v: "" if v in (0, 1) else f"must be 0 or 1, got {v}",
+        check=zero_or_one,
     )
     mdns_interface: str = setting(
         "",
@@ -519,7 +524,7 @@ class DaemonConfig:
         1,
         "1: large payloads go on a plain TCP connection beside the gRPC stream, from a second port the "
         "daemon listens on (never over TLS; peer/transport/lane.py); 0: every payload in chunks, one port",
-        check=lambda v: "" if v in (0, 1) else f"must be 0 or 1, got {v}",
+        check=zero_or_one,
     )
     lane_min_bytes: int = setting(
         DEFAULT_LANE_MIN_BYTES, "the smallest payload sent on a neighbour's lane (--lane 1)", check=at_least(0)
