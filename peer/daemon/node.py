@@ -50,7 +50,7 @@ from peer.daemon.clock import AdaptiveDeadline
 from peer.daemon.links import LinkBackoff, synthetic_link_up
 from peer.daemon.membership import Membership
 from peer.daemon.observe import Observer, Observers
-from peer.daemon.persistence import FolderStore, Persistence, WriteAhead, snapshot
+from peer.daemon.persistence import WAL_LINKS, FolderStore, Persistence, WriteAhead, recorded_payload, snapshot
 from peer.daemon.phases import PhaseAgreement
 from peer.daemon.protocol import Identity, LinkProtocol
 from peer.daemon.rounds import Decision, Received, RoundBook, RoundState
@@ -79,7 +79,7 @@ from peer.transport.base import (
     Transport,
     shown,
 )
-from peer.transport.codec import decode_factors, encode_factors, schema_digest, schema_of
+from peer.transport.codec import Buffer, DecodeError, decode_factors, encode_factors, schema_digest, schema_of
 from peer.transport.framing import seal
 
 log = logging.getLogger("tadlora.daemon")
@@ -543,8 +543,21 @@ class PeerDaemon(ExchangeServer):
 
     def _sent(self, state: RoundState) -> dict[str, torch.Tensor]:
         """This peer's factors of the round as every neighbour decodes them: from the very bytes sent."""
-        sent = set(select(self.schema, state.own.header.factors))  # an int8 payload does not name them
-        return decode_factors(state.own.payload, self.schema, sent, device=self.me.device)
+        return self._decoded(state, state.own.payload)
+
+    def _decoded(self, state: RoundState, payload: Buffer) -> dict[str, torch.Tensor]:
+        """A payload of the round's factors as every peer decodes it (an int8 payload does not name them)."""
+        return decode_factors(payload, self.schema, set(select(self.schema, state.own.header.factors)), self.me.device)
+
+    def _recorded(self, state: RoundState, link: dict) -> Received:
+        """A link of a write-ahead record as it was received: this build's record holds the payload, decoded
+        again here exactly as when it came (an earlier build's holds the factors)."""
+        if "tensors" not in link:
+            try:
+                link["tensors"] = self._decoded(state, recorded_payload(link))
+            except DecodeError as exc:  # its digest matched: written by a run of another adapter
+                raise CheckpointError(f"{WAL_LINKS}: a link's payload does not decode ({exc}); move it away") from None
+        return Received(link["tensors"], int(link["degree"]), int(link["bytes"]))
 
     def _publish_latest(self, next_round: int) -> None:
         header = self._header(next_round, 0, factors=blocks_of(self.schema))
@@ -639,7 +652,7 @@ class PeerDaemon(ExchangeServer):
         self.persistence.wal = wal
         tentative = {}
         for pid, link in wal.links.items():
-            received = Received(link["tensors"], int(link["degree"]), int(link["bytes"]))
+            received = self._recorded(state, link)
             if link["final"]:
                 state.decide(pid, Decision.COUNTED, received, self.now())
             else:

@@ -11,8 +11,10 @@ fsync), the others are appended and fsynced:
 ``wal-links.bin``  its links, one appended record each: every link this peer is about to count
                    (``final``: the server side, written before its ack) or may count (``tentative``:
                    the client side, written before its commit). Appended, not rewritten with the
-                   round's state: a link costs one fsync of its own factors (rewriting ``wal.pt``
-                   cost two fsyncs and a rename of everything, per link). Each record carries its
+                   round's state: a link costs one fsync of its own payload (rewriting ``wal.pt``
+                   cost two fsyncs and a rename of everything, per link). A record holds the payload
+                   as it arrived, which a restart decodes again: one tensor to write, not one per
+                   factor, and a compressed payload stays compressed on disk. Each record carries its
                    round, the random id of its ``wal.pt`` and a checksum; a torn last record was
                    never durable and is not read, nor is a record of another ``wal.pt``.
 ``rounds.jsonl``   one line per finished round, appended and fsynced right after the checkpoint of the
@@ -54,7 +56,9 @@ from peer.daemon.checkpoint import (
     unreadable,
     write_atomically,
 )
+from peer.daemon.rounds import Received
 from peer.durable import fsync_directory
+from peer.transport.codec import Buffer
 
 WAL = "wal.pt"
 WAL_LINKS = "wal-links.bin"
@@ -146,6 +150,17 @@ class FolderStore:
         if path.exists():
             os.truncate(path, 0)
             self._records_end[name] = 0
+
+
+def _as_uint8(payload: Buffer) -> torch.Tensor:
+    """A payload's bytes as a tensor, which a state file writes in one copy (a read-only buffer is
+    copied first: ``torch.frombuffer`` warns on one, and nothing may write through the view)."""
+    return torch.frombuffer(payload if not memoryview(payload).readonly else bytearray(payload), dtype=torch.uint8)
+
+
+def recorded_payload(link: dict) -> memoryview:
+    """The payload of a link read back from its record, for the decoder."""
+    return memoryview(link["payload"].numpy())
 
 
 def _valid_records(data: bytes) -> tuple[list[bytes], int]:
@@ -280,7 +295,9 @@ class WriteAhead:
     local_state: dict
     candidates: list[str]
     extras: dict = field(default_factory=dict)  # what else finishing the round needs (schedule, ...)
-    links: dict[str, dict] = field(default_factory=dict)  # peer -> {tensors, degree, bytes, final}
+    # peer -> {tensors, degree, bytes, final}; a link read back from its record has its payload (a
+    # uint8 tensor, ``recorded_payload``) in place of its tensors, which its round's reader decodes
+    links: dict[str, dict] = field(default_factory=dict)
     # a random id of this record, carried by each of its links' records: only those are its links
     # (not those of another run's record of the same round number left in the same folder)
     nonce: str = field(default_factory=lambda: os.urandom(8).hex())
@@ -321,15 +338,15 @@ class Persistence:
         self.wal = WriteAhead(round_, local_state, sorted(candidates), extras)
         self._write_wal()
 
-    def record_link(
-        self, round_: int, peer_id: str, tensors: dict, degree: int, payload_bytes: int, final: bool
-    ) -> None:
-        """Before a commit (client, ``final=False``) or an ack (server, ``final=True``)."""
+    def record_link(self, round_: int, peer_id: str, received: Received, final: bool) -> None:
+        """Before a commit (client, ``final=False``) or an ack (server, ``final=True``): the payload
+        as it arrived, which decodes to ``received.tensors`` again."""
         assert self.wal is not None and self.wal.round == round_, "a link is recorded in the open round"
-        link = {"tensors": tensors, "degree": degree, "bytes": payload_bytes, "final": final}
-        record = {"round": round_, "nonce": self.wal.nonce, "peer": peer_id, **link}
-        self.store.append_record(WAL_LINKS, self.form.dumps(record))
-        self.wal.links[peer_id] = link
+        assert received.payload is not None, "a link is recorded with the payload it came in"
+        counts = {"degree": received.degree, "bytes": received.payload_bytes, "final": final}
+        record = {"round": round_, "nonce": self.wal.nonce, "peer": peer_id, "payload": _as_uint8(received.payload)}
+        self.store.append_record(WAL_LINKS, self.form.dumps({**record, **counts}))
+        self.wal.links[peer_id] = {"tensors": received.tensors, **counts}
 
     def _write_wal(self) -> None:
         assert self.wal is not None

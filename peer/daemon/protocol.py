@@ -146,7 +146,7 @@ class LinkProtocol:
         state = await self._link_of_round(h, wait_for_round)  # again: the round may have moved on meanwhile
         self.on_header(h)
         tensors = self.decode(incoming, state.own.header)
-        state.staged[h.sender_id] = Received(tensors, h.degree, h.payload_size)
+        state.staged[h.sender_id] = Received(tensors, h.degree, h.payload_size, incoming.payload)
         return state.own
 
     async def _link_of_round(self, h: Header, wait: float) -> RoundState:
@@ -192,9 +192,7 @@ class LinkProtocol:
         staged = state.staged.get(header.sender_id)
         if staged is None:
             return False
-        self.persistence.record_link(
-            header.round, header.sender_id, staged.tensors, staged.degree, staged.payload_bytes, final=True
-        )
+        self.persistence.record_link(header.round, header.sender_id, staged, final=True)
         state.decide(header.sender_id, Decision.COUNTED, staged, self.now())
         return True
 
@@ -239,11 +237,9 @@ class LinkProtocol:
                 raise Rejected(Reason.ROUND, f"answer for round {reply.header.round} from {reply.header.sender_id}")
             self.on_header(reply.header)  # before the phase check: a split schedule is learned from it
             tensors = self.decode(reply, state.own.header)
-            received = Received(tensors, reply.header.degree, reply.header.payload_size)
+            received = Received(tensors, reply.header.degree, reply.header.payload_size, reply.payload)
             # before the commit: after it the server may count the link, and we must be able to as well
-            self.persistence.record_link(
-                state.round, peer_id, tensors, received.degree, received.payload_bytes, final=False
-            )
+            self.persistence.record_link(state.round, peer_id, received, final=False)
             staged["received"] = received
 
         try:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import torch
 
 from peer.transport.base import FactorMessage
+from peer.transport.codec import Buffer
 
 # Rounds of decisions kept to answer late outcome queries; a client that has not learned its outcome
 # within this many rounds has lost its neighbour for good (it is dead or partitioned away).
@@ -36,11 +37,13 @@ class Decision(enum.Enum):
 
 @dataclass
 class Received:
-    """What a neighbour sent for a link: its factors, its degree (for the weights), the payload size."""
+    """What a neighbour sent for a link: its factors, its degree (for the weights), the payload size,
+    and the payload as it arrived (what the link's record holds; None once restored from a record)."""
 
     tensors: dict[str, torch.Tensor]
     degree: int
     payload_bytes: int
+    payload: Buffer | None = None
 
 
 @dataclass

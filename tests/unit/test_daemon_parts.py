@@ -7,22 +7,37 @@ import json
 
 import torch
 
+from peer.algorithm.compression import WireDtype
 from peer.algorithm.mixing import metropolis_hastings_weights
 from peer.algorithm.schedule import AgreedSchedule
 from peer.daemon.links import DORMANT_AFTER_FAILURES, MAX_BACKOFF_ROUNDS, LinkBackoff
 from peer.daemon.node import PeerDaemon
-from peer.daemon.persistence import ROUNDS_LOG, WAL, WAL_LINKS, FolderStore, MemoryStore, Persistence
+from peer.daemon.persistence import (
+    ROUNDS_LOG,
+    WAL,
+    WAL_LINKS,
+    FolderStore,
+    MemoryStore,
+    Persistence,
+    recorded_payload,
+)
 from peer.daemon.protocol import Identity, LinkProtocol
 from peer.daemon.rounds import Decision, Received, RoundBook, RoundState
 from peer.daemon.settlement import PendingLink
 from peer.transport.base import Header, Reason, Rejected
-from peer.transport.codec import encode_factors, schema_digest, schema_of
+from peer.transport.codec import decode_factors, encode_factors, schema_digest, schema_of
 from peer.transport.framing import seal
 
 TENSORS = {
     "l.lora_A.weight": torch.ones(2, 3, dtype=torch.float64),
     "l.lora_B.weight": torch.zeros(3, 2, dtype=torch.float64),
 }
+PAYLOAD = encode_factors(TENSORS)
+
+
+def _received(degree: int) -> Received:
+    """TENSORS as a neighbour of ``degree`` sent them, with the payload they came in."""
+    return Received(dict(TENSORS), degree, len(PAYLOAD), PAYLOAD)
 
 
 def _protocol(store=None) -> tuple[LinkProtocol, RoundBook, Persistence]:
@@ -46,13 +61,13 @@ def test_a_server_decision_is_final_and_answered_at_once():
     async def go():
         protocol, book, files = _protocol()
         state = _open(book, files)
-        state.staged["peer-00"] = Received(TENSORS, 2, 10)
+        state.staged["peer-00"] = _received(2)
         assert protocol.commit(_header("peer-00")) is True
         assert protocol.commit(_header("peer-00")) is True  # a repeated commit: same answer
         assert files.wal.links["peer-00"]["final"] is True  # written before the ack
         assert protocol.outcome("peer-00", 0) is True
         # a query that arrives before the commit refuses the link for good
-        state.staged["peer-02"] = Received(TENSORS, 2, 10)
+        state.staged["peer-02"] = _received(2)
         assert protocol.outcome("peer-02", 0) is False
         assert protocol.commit(_header("peer-02")) is False
         assert protocol.outcome("peer-02", 0) is False
@@ -69,7 +84,7 @@ def test_an_aborted_stream_refuses_the_link_and_settles_it():
     async def go():
         protocol, book, files = _protocol()
         state = _open(book, files)
-        state.staged["peer-00"] = Received(TENSORS, 1, 10)
+        state.staged["peer-00"] = _received(1)
         protocol.abort(_header("peer-00"))
         assert state.decisions["peer-00"] is Decision.REFUSED and state.event("peer-00").is_set()
         assert protocol.commit(_header("peer-00")) is False
@@ -146,13 +161,14 @@ def test_a_jumping_peer_continues_a_neighbours_phases_backwards_and_forwards():
 def test_files_resume_after_a_crash_between_checkpoint_and_log_line(tmp_path):
     files = Persistence(FolderStore(tmp_path))
     files.open_round(0, {"x": torch.ones(1)}, ["peer-02"], {"k": 1})
-    files.record_link(0, "peer-02", dict(TENSORS), 2, 10, final=True)
+    files.record_link(0, "peer-02", _received(2), final=True)
     again = Persistence(FolderStore(tmp_path)).load_wal()
     link = again.links["peer-02"]
-    assert (
-        again.round == 0
-        and link["final"]
-        and torch.equal(link["tensors"]["l.lora_A.weight"], TENSORS["l.lora_A.weight"])
+    # the record holds the payload as it came, which decodes to the same factors
+    assert again.round == 0 and link["final"] and link["bytes"] == len(PAYLOAD)
+    assert bytes(recorded_payload(link)) == PAYLOAD
+    assert torch.equal(
+        decode_factors(recorded_payload(link), schema_of(TENSORS))["l.lora_A.weight"], TENSORS["l.lora_A.weight"]
     )
     files.save_checkpoint({"round": 1, "record": {"round": 0}})  # ... and the process dies here
     restarted = Persistence(FolderStore(tmp_path))
@@ -197,9 +213,9 @@ def test_a_line_after_a_torn_one_starts_clean(tmp_path):
 def test_links_are_appended_records_and_a_torn_last_one_is_never_read(tmp_path):
     files = Persistence(FolderStore(tmp_path))
     files.open_round(3, {"x": torch.ones(1)}, ["peer-02", "peer-03"], {})
-    files.record_link(3, "peer-02", dict(TENSORS), 2, 10, final=True)
+    files.record_link(3, "peer-02", _received(2), final=True)
     wal_bytes = (tmp_path / WAL).read_bytes()
-    files.record_link(3, "peer-03", dict(TENSORS), 1, 10, final=False)
+    files.record_link(3, "peer-03", _received(1), final=False)
     assert (tmp_path / WAL).read_bytes() == wal_bytes  # a link does not rewrite the round's state
     whole = (tmp_path / WAL_LINKS).read_bytes()
     (tmp_path / WAL_LINKS).write_bytes(whole[:-5])  # a crash in the middle of the second record
@@ -207,14 +223,14 @@ def test_links_are_appended_records_and_a_torn_last_one_is_never_read(tmp_path):
     wal = restarted.load_wal()
     assert wal.round == 3 and set(wal.links) == {"peer-02"} and wal.links["peer-02"]["final"]
     restarted.wal = wal  # finishing the round from its WAL appends after the cut, not after the torn bytes
-    restarted.record_link(3, "peer-03", dict(TENSORS), 1, 10, final=False)
+    restarted.record_link(3, "peer-03", _received(1), final=False)
     assert set(Persistence(FolderStore(tmp_path)).load_wal().links) == {"peer-02", "peer-03"}
 
 
 def test_link_records_of_an_earlier_round_are_ignored_and_a_finished_round_clears_them(tmp_path):
     files = Persistence(FolderStore(tmp_path))
     files.open_round(0, {"x": torch.ones(1)}, ["peer-02"], {})
-    files.record_link(0, "peer-02", dict(TENSORS), 2, 10, final=True)
+    files.record_link(0, "peer-02", _received(2), final=True)
     stale = (tmp_path / WAL_LINKS).read_bytes()
     files.finish_round({"round": 0}, {"round": 1})
     assert (tmp_path / WAL_LINKS).read_bytes() == b"" and not (tmp_path / WAL).exists()
@@ -255,12 +271,12 @@ def test_link_records_of_another_write_ahead_record_of_the_same_round_are_not_it
     # a run started over in the same folder (its checkpoint and wal.pt deleted, wal-links.bin kept)
     files = Persistence(FolderStore(tmp_path))
     files.open_round(0, {"x": torch.ones(1)}, ["peer-02"], {})
-    files.record_link(0, "peer-02", dict(TENSORS), 2, 10, final=True)
+    files.record_link(0, "peer-02", _received(2), final=True)
     (tmp_path / WAL).unlink()
     again = Persistence(FolderStore(tmp_path))
     again.open_round(0, {"x": torch.ones(1)}, ["peer-02", "peer-03"], {})
     assert Persistence(FolderStore(tmp_path)).load_wal().links == {}
-    again.record_link(0, "peer-03", dict(TENSORS), 2, 10, final=False)
+    again.record_link(0, "peer-03", _received(2), final=False)
     assert set(Persistence(FolderStore(tmp_path)).load_wal().links) == {"peer-03"}
 
 
@@ -277,3 +293,22 @@ def test_the_self_weight_has_the_same_bits_whatever_order_the_links_committed_in
         in_daemon_order.add(PeerDaemon._weights(state)[0])
     assert len(in_commit_order) > 1  # the case this test is about
     assert len(in_daemon_order) == 1
+
+
+def test_a_link_record_holds_the_payload_as_it_came_and_a_compressed_one_stays_compressed(tmp_path):
+    factors = {
+        "l.lora_A.weight": torch.linspace(-1.0, 1.0, 8 * 384).reshape(8, 384),
+        "l.lora_B.weight": torch.linspace(2.0, -2.0, 384 * 8).reshape(384, 8),
+    }
+    schema = schema_of(factors)
+    payload = bytearray(encode_factors(factors, WireDtype.INT8))
+    received = Received(decode_factors(payload, schema, set(factors)), 3, len(payload), payload)
+    files = Persistence(FolderStore(tmp_path))
+    files.open_round(0, {"x": torch.ones(1)}, ["peer-02"], {})
+    files.record_link(0, "peer-02", received, final=False)
+    fp32_bytes = sum(t.numel() * 4 for t in factors.values())
+    assert (tmp_path / WAL_LINKS).stat().st_size < fp32_bytes / 3  # int8 on disk as on the wire
+    link = Persistence(FolderStore(tmp_path)).load_wal().links["peer-02"]
+    again = decode_factors(recorded_payload(link), schema, set(factors))
+    assert (link["degree"], link["bytes"], link["final"]) == (3, len(payload), False)
+    assert all(torch.equal(again[name], received.tensors[name]) for name in factors)  # the very factors mixed
