@@ -19,8 +19,10 @@ mixes both factors), from rounds.jsonl:
   - end-to-end throughput: samples / wall time of the run's rounds, training + exchange + mixing +
     checkpoint: what synchronous rounds cost on top.
 
-Prints both ratios against bare (target for training throughput: >= 0.95). With 2 peers on 2 cores
-each daemon has a core, as each bare loop does.
+Prints both ratios against bare (target for training throughput: >= 0.95), and end to end against the
+bare loops held to synchronous rounds (each bare round as long as the slowest peer's batches of that
+round): the pace no synchronous algorithm can beat on these shards, so that ratio is what the daemon
+itself costs. With 2 peers on 2 cores each daemon has a core, as each bare loop does.
 """
 
 from __future__ import annotations
@@ -40,9 +42,10 @@ from peer.testbed import Testbed
 from peer.training.precision import Precision, resolve_precision
 
 
-def bare_loop(cfg, peer_index: int, precision: Precision) -> float:
-    """Samples/s of a plain peft loop (transformers + peft only, no tadlora training code), its forward
-    pass under ``torch.autocast`` when the daemon's precision is bf16, as a user's loop on such a CPU."""
+def bare_loop(cfg, peer_index: int, precision: Precision) -> list[float]:
+    """Seconds of each timed round of a plain peft loop (transformers + peft only, no tadlora training
+    code; a round is ``local_steps`` steps), its forward pass under ``torch.autocast`` when the daemon's
+    precision is bf16, as a user's loop on such a CPU."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForSequenceClassification
 
@@ -65,17 +68,25 @@ def bare_loop(cfg, peer_index: int, precision: Precision) -> float:
     )
     timed = range(cfg.local_steps, cfg.rounds * cfg.local_steps)
     batches = [order.batch(0)] + [order.batch(g) for g in timed]
-    steps = len(timed)
-    start = None
-    for i, indices in enumerate(batches):
-        if i == 1:
-            start = time.perf_counter()  # after one warm-up step
+    step_seconds = []
+    for indices in batches:
+        started = time.perf_counter()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision is Precision.BF16):
             loss = model(**collate(shard, indices, torch.device("cpu"))).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    return steps * cfg.batch_size / (time.perf_counter() - start)
+        step_seconds.append(time.perf_counter() - started)
+    timed_steps = step_seconds[1:]  # after one warm-up step
+    return [sum(timed_steps[at : at + cfg.local_steps]) for at in range(0, len(timed_steps), cfg.local_steps)]
+
+
+def barrier_bound(per_peer_round_seconds: list[list[float]], samples_per_round: int) -> float:
+    """Samples/s per peer of the bare loops held to synchronous rounds: each round lasts as long as its
+    slowest peer's batches of that round. No daemon with synchronous rounds can beat it; what it loses
+    to the free-running bare loop is the algorithm's barrier on unequal shards, not the daemon's cost."""
+    rounds = zip(*per_peer_round_seconds, strict=True)
+    return samples_per_round * len(per_peer_round_seconds[0]) / sum(max(seconds) for seconds in rounds)
 
 
 def daemon_run(cfg, out: Path) -> tuple[list[float], list[float]]:
@@ -130,7 +141,10 @@ def main() -> None:
     out = args.out or Path(tempfile.mkdtemp(prefix="tadlora-overhead-"))
     per_peer_training, per_peer_end_to_end = daemon_run(cfg, out)
     with mp.get_context("spawn").Pool(cfg.peers) as pool:
-        per_peer_bare = pool.starmap(bare_loop, [(cfg, i, precision) for i in range(cfg.peers)])
+        per_peer_rounds = pool.starmap(bare_loop, [(cfg, i, precision) for i in range(cfg.peers)])
+    samples_per_round = cfg.local_steps * cfg.batch_size
+    per_peer_bare = [samples_per_round * len(seconds) / sum(seconds) for seconds in per_peer_rounds]
+    synchronous = barrier_bound(per_peer_rounds, samples_per_round)
     bare, training, end_to_end = map(statistics.median, (per_peer_bare, per_peer_training, per_peer_end_to_end))
     print(
         json.dumps(
@@ -138,6 +152,7 @@ def main() -> None:
                 "bare_samples_per_s": round(bare, 2),
                 "daemon_training_samples_per_s": round(training, 2),
                 "daemon_end_to_end_samples_per_s": round(end_to_end, 2),
+                "bare_synchronous_samples_per_s": round(synchronous, 2),
             }
         )
     )
@@ -148,6 +163,12 @@ def main() -> None:
     print(f"| daemon, local training (median of {cfg.peers}) | {training:.2f} | {training / bare:.2f} |")
     print(
         f"| daemon, end to end (training + exchange + mix + checkpoint) | {end_to_end:.2f} | {end_to_end / bare:.2f} |"
+    )
+    print(
+        f"| bare loops held to synchronous rounds (each round as long as its slowest peer's) | {synchronous:.2f} "
+        f"| {synchronous / bare:.2f} |\n\ndaemon end to end / bare loops held to synchronous rounds: "
+        f"{end_to_end / synchronous:.2f} (what the daemon itself costs; the barrier on unequal shards "
+        f"costs {1 - synchronous / bare:.0%} of the free-running bare loop)"
     )
     print_per_peer(per_peer_bare, per_peer_training, per_peer_end_to_end)
 
