@@ -449,9 +449,7 @@ class PeerDaemon(ExchangeServer):
         for pid in left:
             link = tentative.get(pid)
             if link is not None and not link["final"]:
-                self.protocol.unresolved[(state.round, pid)] = Received(
-                    link["tensors"], int(link["degree"]), int(link["bytes"])
-                )
+                self.protocol.unresolved[(state.round, pid)] = self._recorded(state, link)
             else:
                 state.decide(pid, Decision.REFUSED)
         return bool(left)
@@ -550,13 +548,18 @@ class PeerDaemon(ExchangeServer):
         return decode_factors(payload, self.schema, set(select(self.schema, state.own.header.factors)), self.me.device)
 
     def _recorded(self, state: RoundState, link: dict) -> Received:
-        """A link of a write-ahead record as it was received: this build's record holds the payload, decoded
-        again here exactly as when it came (an earlier build's holds the factors)."""
+        """A link of the round's write-ahead record as it was received. A link recorded by a restarted
+        process holds the payload, decoded here with the round's factors exactly as when it came (and
+        kept in ``link``); one recorded by this process, or by an earlier build, holds the factors."""
         if "tensors" not in link:
             try:
                 link["tensors"] = self._decoded(state, recorded_payload(link))
-            except DecodeError as exc:  # its digest matched: written by a run of another adapter
-                raise CheckpointError(f"{WAL_LINKS}: a link's payload does not decode ({exc}); move it away") from None
+            except (DecodeError, KeyError, TypeError, AttributeError) as exc:
+                # the record's digest matched, so it was written so: by a build or a run of another adapter
+                raise CheckpointError(
+                    f"{WAL_LINKS}: a link of round {state.round} does not decode ({type(exc).__name__}: {exc}); "
+                    "this round cannot be finished from these files: start afresh with a new --out"
+                ) from None
         return Received(link["tensors"], int(link["degree"]), int(link["bytes"]))
 
     def _publish_latest(self, next_round: int) -> None:

@@ -296,7 +296,7 @@ class WriteAhead:
     candidates: list[str]
     extras: dict = field(default_factory=dict)  # what else finishing the round needs (schedule, ...)
     # peer -> {tensors, degree, bytes, final}; a link read back from its record has its payload (a
-    # uint8 tensor, ``recorded_payload``) in place of its tensors, which its round's reader decodes
+    # uint8 tensor, ``recorded_payload``) and no tensors until the daemon decodes it (``_recorded``)
     links: dict[str, dict] = field(default_factory=dict)
     # a random id of this record, carried by each of its links' records: only those are its links
     # (not those of another run's record of the same round number left in the same folder)

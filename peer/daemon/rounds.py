@@ -38,7 +38,8 @@ class Decision(enum.Enum):
 @dataclass
 class Received:
     """What a neighbour sent for a link: its factors, its degree (for the weights), the payload size,
-    and the payload as it arrived (what the link's record holds; None once restored from a record)."""
+    and the payload as it arrived (what the link's record holds; None for a link rebuilt from its
+    record, which is never recorded again)."""
 
     tensors: dict[str, torch.Tensor]
     degree: int

@@ -4,12 +4,15 @@ agreed phase schedule, and the files a peer keeps (no model, no network)."""
 import asyncio
 import itertools
 import json
+import types
 
+import pytest
 import torch
 
 from peer.algorithm.compression import WireDtype
 from peer.algorithm.mixing import metropolis_hastings_weights
 from peer.algorithm.schedule import AgreedSchedule
+from peer.daemon.checkpoint import CheckpointError
 from peer.daemon.links import DORMANT_AFTER_FAILURES, MAX_BACKOFF_ROUNDS, LinkBackoff
 from peer.daemon.node import PeerDaemon
 from peer.daemon.persistence import (
@@ -312,3 +315,32 @@ def test_a_link_record_holds_the_payload_as_it_came_and_a_compressed_one_stays_c
     again = decode_factors(recorded_payload(link), schema, set(factors))
     assert (link["degree"], link["bytes"], link["final"]) == (3, len(payload), False)
     assert all(torch.equal(again[name], received.tensors[name]) for name in factors)  # the very factors mixed
+
+
+def _record_reader(schema):
+    """``PeerDaemon._recorded`` of a daemon of this schema, without the rest of a daemon."""
+    stub = types.SimpleNamespace(schema=schema, me=types.SimpleNamespace(device=torch.device("cpu")))
+    stub._decoded = lambda state, payload: PeerDaemon._decoded(stub, state, payload)
+    return lambda state, link: PeerDaemon._recorded(stub, state, link)
+
+
+def test_a_restart_decodes_a_recorded_payload_reads_an_earlier_builds_factors_and_refuses_a_broken_record(tmp_path):
+    schema = schema_of(TENSORS)
+    own = seal(Header("run", "peer-05", 0, "B", ("A", "B"), schema_digest(schema)), encode_factors(TENSORS))
+    state = RoundState(0, frozenset({"peer-02"}), own)
+    recorded = _record_reader(schema)
+    payload = bytearray(encode_factors(TENSORS, WireDtype.INT8))
+    files = Persistence(FolderStore(tmp_path))
+    files.open_round(0, {"x": torch.ones(1)}, ["peer-02"], {})
+    received = Received(decode_factors(payload, schema, set(TENSORS)), 2, len(payload), payload)
+    files.record_link(0, "peer-02", received, final=False)
+    link = Persistence(FolderStore(tmp_path)).load_wal().links["peer-02"]
+    again = recorded(state, link)
+    assert (again.degree, again.payload_bytes) == (2, len(payload))
+    assert all(torch.equal(again.tensors[name], received.tensors[name]) for name in TENSORS)
+    assert link["tensors"] is again.tensors  # decoded once: the round's later readers find the factors
+    earlier_build = {"tensors": dict(TENSORS), "degree": 1, "bytes": 10, "final": True}
+    assert recorded(state, earlier_build).tensors == earlier_build["tensors"]
+    with pytest.raises(CheckpointError, match="does not decode") as broken:
+        recorded(state, {"degree": 1, "bytes": 10, "final": True})
+    assert "\n" not in str(broken.value)
