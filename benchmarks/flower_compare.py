@@ -144,14 +144,9 @@ def run_tadlora(peers: int, rounds: int, folder: Path, wire_dtype: str = "fp32",
     cfg = exchange_config(peers, rounds, training, wire_dtype=wire_dtype)
     with Loopback() as ns:
         bed = NamespacedTestbed(cfg, folder, dict(discovery_wait=60.0, round_timeout_max=30.0), ns=ns)
-        try:
-            before = ns.bytes()
-            for i in range(peers):
-                bed.start(i)
-            bed.wait(timeout=1200)  # bytes of the whole run, discovery and start-up included, as for Flower
-            after = ns.bytes()
-        finally:
-            bed.stop_all()
+        before = ns.bytes()
+        bed.run_all(timeout=1200)  # bytes of the whole run, discovery and start-up included, as for Flower
+        after = ns.bytes()
     skip = 1 if training else 2  # the first round waits for start-up; without training, also the trained one
     records = [r for i in range(peers) for r in bed.rounds(i)[skip:]]
     payload = sum(r["bytes_sent"] for i in range(peers) for r in bed.rounds(i)) / cfg.total_rounds

@@ -35,12 +35,7 @@ def round_time(peers: int, rounds: int, lora_r: int, payloads: Payloads, folder:
     cfg = exchange_config(peers, rounds, training=False, lora_r=lora_r)
     lane = 1 if payloads == Payloads.LANE else 0
     bed = Testbed(cfg, folder, dict(discovery_wait=60.0, round_timeout_max=60.0, lane=lane))
-    try:
-        for i in range(peers):
-            bed.start(i)
-        bed.wait(timeout=1800)
-    finally:
-        bed.stop_all()
+    bed.run_all(timeout=1800)
     skip = 2  # the first round waits for start-up, the second for the neighbours that still train
     records = [r for i in range(peers) for r in bed.rounds(i)[skip:]]
     message = next(r["bytes_sent"] / len(r["neighbours"]) for r in bed.rounds(0) if r["neighbours"])

@@ -121,10 +121,7 @@ def run_one(out: Path, method: str, condition: str, args) -> dict:
         bed = NetnsTestbed(
             cfg, out, lab, dict(discovery_wait=30.0, round_timeout_min=2.0, round_timeout_max=args.round_timeout_max)
         )
-        try:
-            bed.drive(events_for(condition, args.peers, args.rounds), timeout=3600)
-        finally:
-            bed.stop_all()
+        bed.run_all(timeout=3600, events=events_for(condition, args.peers, args.rounds))
     finally:
         lab.down()
     result = measure(bed, args.peers)

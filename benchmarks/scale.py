@@ -69,12 +69,7 @@ def run_size(n: int, degree: float, rounds: int, out: Path) -> dict:
     )
     bed = Testbed(cfg, out, dict(discovery_wait=60.0 + n, round_timeout_min=2.0, round_timeout_max=30.0))
     began = time.monotonic()
-    try:
-        for i in range(n):
-            bed.start(i)
-        bed.wait(timeout=1800)
-    finally:
-        bed.stop_all()
+    bed.run_all(timeout=1800)
     discovery = [d for i in range(n) if (d := discovery_seconds(bed.peer_dir(i) / "daemon.log", n - 1)) is not None]
     records = [r for i in range(n) for r in bed.rounds(i) if r["round"] > 0]
     seconds = [r["seconds"] for r in records]

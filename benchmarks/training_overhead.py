@@ -92,12 +92,7 @@ def barrier_bound(per_peer_round_seconds: list[list[float]], samples_per_round: 
 def daemon_run(cfg, out: Path) -> tuple[list[float], list[float]]:
     """Per peer: samples/s of its local training, and end to end."""
     bed = Testbed(cfg, out, dict(discovery_wait=30.0, round_timeout_max=30.0))
-    try:
-        for i in range(cfg.peers):
-            bed.start(i)
-        bed.wait(timeout=1800)
-    finally:
-        bed.stop_all()
+    bed.run_all(timeout=1800)
     training, end_to_end = [], []
     for i in range(cfg.peers):
         rounds = bed.rounds(i)[1:]  # the first round includes warm-up

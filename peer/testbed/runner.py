@@ -220,6 +220,14 @@ class Testbed:
             time.sleep(0.1)
         self.wait(max(1.0, timeout - (time.monotonic() - began)))
 
+    def run_all(self, timeout: float, events: list[Event] | None = None) -> None:
+        """Run the testbed to its end: ``drive`` it, then stop every daemon still running, on an error
+        or an interrupt too (no daemon outlives the call)."""
+        try:
+            self.drive(events or [], timeout)
+        finally:
+            self.stop_all()
+
     def rounds(self, index: int) -> list[dict]:
         return read_rounds(self.peer_dir(index))
 
@@ -417,10 +425,7 @@ def run_testbed(
             file=sys.stderr,
             flush=True,
         )
-        try:
-            testbed.drive(events or [], timeout)
-        finally:
-            testbed.stop_all()
+        testbed.run_all(timeout, events)
     finally:
         if lab is not None:
             with INTERRUPTS.held():  # an interrupted tear-down would leave namespaces and routes behind

@@ -30,12 +30,7 @@ def test_two_daemons_fine_tune_a_causal_lm_whose_adapters_peft_loads_and_generat
 
     cfg = load_config(overrides=dict(TINY_CAUSAL, peers=2, rounds=6, local_steps=2, topology="complete"))
     bed = Testbed(cfg, tmp_path / "bed", dict(discovery_wait=30.0, round_timeout_min=2.0, round_timeout_max=30.0))
-    try:
-        for i in range(cfg.peers):
-            bed.start(i)
-        bed.wait(timeout=120)
-    finally:
-        bed.stop_all()
+    bed.run_all(timeout=120)
     folders = [bed.peer_dir(i) for i in range(2)]
     for i, folder in enumerate(folders):
         summary = json.loads((folder / "summary.json").read_text())

@@ -107,10 +107,7 @@ def test_three_peers_in_namespaces_survive_a_link_flap_and_a_restart(tmp_path):
                 Event("delay", 0, at_round=13, delay_ms=40, jitter_ms=10),
                 Event("delay", 0, at_round=19, delay_ms=0),
             ]
-        try:
-            bed.drive(events, timeout=240)
-        finally:
-            bed.stop_all()
+        bed.run_all(timeout=240, events=events)
     finally:
         lab.down()
     assert lab.tag not in _namespaces() and f"{lab.subnet}.0/24" not in _blackholes()
