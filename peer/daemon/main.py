@@ -187,13 +187,13 @@ async def run_daemon(run: RunConfig, net: DaemonConfig, out: Path, signals: Stop
         if signals is not None:  # a stop during the clean-up lets it finish; its watchdog bounds it
             signals.serving(loop, daemon.stopping.set)
         exit_if_shutdown_hangs(SHUTDOWN_GRACE_S, lambda: daemon.stopping.is_set() or (out / "summary.json").exists())
+        daemon.observer.close()  # first: a hung step below ends in the watchdog's os._exit, which flushes nothing
         if static is not None:
             static.cancel()
         if discovery is not None:
             await discovery.close()
         daemon.kill()  # probes and outcome queries must not outlive the transport
         await transport.close()
-        daemon.observer.close()
         if daemon.worker is not None:
             daemon.worker.shutdown(wait=False, cancel_futures=True)
         if signals is not None:

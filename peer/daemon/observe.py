@@ -17,23 +17,31 @@ checkpoint); ``observers_for`` builds the ones the settings ask for:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
+import queue
+import threading
 import time
 from pathlib import Path
 
 from peer.algorithm.factors import Phase
 from peer.errors import UsageError
 
+log = logging.getLogger(__name__)
+
 PHASE_CODE = {Phase.B: 0, Phase.A: 1, Phase.AB: 2}  # the phase gauge's values
-# TensorBoard's event file is written by tensorboardX's own thread and flushed (with an fsync) at this
-# period and at the end, never by the round: an fsync per round on the event loop cost a round one
-# disk flush more, for metrics that need no durability. A live TensorBoard is at most this far behind.
+# TensorBoard's event file is flushed (with an fsync) at this period and at the end, never by a round:
+# an fsync per round on the event loop cost the round a disk flush, for metrics that need no
+# durability. A live TensorBoard is at most this far behind.
 TENSORBOARD_FLUSH_S = 5
-# events a round queues (six scalars, eight with an evaluation) may wait for that thread: room for
-# several rounds, so a slow disk never blocks the round at its put
-TENSORBOARD_QUEUE_EVENTS = 100
+# rounds handed to the TensorBoard thread and not written yet; beyond this (a stuck disk: tensorboardX
+# then blocks its caller) a round's scalars are dropped, and counted, rather than waited for
+TENSORBOARD_QUEUE_ROUNDS = 100
+# how long closing waits for the rounds still queued to be written before it leaves them
+TENSORBOARD_CLOSE_S = 2.0
+_CLOSE = object()  # the last item of the TensorBoard thread's queue
 
 
 class Observer:
@@ -154,16 +162,38 @@ class PrometheusMetrics(Observer):
 
 
 class TensorBoardWriter(Observer):
+    """A round's scalars in TensorBoard event files, written by a thread of this observer's: the round
+    hands its record over and never waits for a disk (``dropped`` counts what a stuck one cost)."""
+
     def __init__(self, folder: str | Path, peer_id: str) -> None:
         try:
             from tensorboardX import SummaryWriter
         except ImportError:
             raise UsageError("--tensorboard needs tensorboardX: pip install 'tadlora[tensorboard]'") from None
-        self.writer = SummaryWriter(
-            str(Path(folder) / peer_id), max_queue=TENSORBOARD_QUEUE_EVENTS, flush_secs=TENSORBOARD_FLUSH_S
-        )
+        self.writer = SummaryWriter(str(Path(folder) / peer_id), flush_secs=TENSORBOARD_FLUSH_S)
+        self.records: queue.Queue = queue.Queue(maxsize=TENSORBOARD_QUEUE_ROUNDS)
+        self.dropped = 0
+        self.thread = threading.Thread(target=self._write_all, name="tensorboard", daemon=True)
+        self.thread.start()
 
     def round_done(self, record):
+        try:
+            self.records.put_nowait(record)
+        except queue.Full:
+            self.dropped += 1
+
+    def _write_all(self) -> None:
+        failed = False
+        while (record := self.records.get()) is not _CLOSE:
+            try:
+                self._write(record)
+            except Exception as exc:  # a full disk, say: metrics must not stop a run, nor flood its log
+                if not failed:
+                    log.warning("TensorBoard events not written (%s: %s); still trying", type(exc).__name__, exc)
+                failed = True
+        self.writer.close()  # writes out what tensorboardX still holds
+
+    def _write(self, record: dict) -> None:
         step = record["round"]
         if not math.isnan(record["train_loss"]):
             self.writer.add_scalar("train/loss", record["train_loss"], step)
@@ -176,7 +206,12 @@ class TensorBoardWriter(Observer):
             self.writer.add_scalar("validation/perplexity", record["perplexity"], step)
 
     def close(self):
-        self.writer.close()
+        """Write what is queued, for at most ``TENSORBOARD_CLOSE_S`` (a stuck disk must not hold the exit)."""
+        with contextlib.suppress(queue.Full):
+            self.records.put(_CLOSE, timeout=TENSORBOARD_CLOSE_S)
+        self.thread.join(TENSORBOARD_CLOSE_S)
+        if self.dropped:
+            log.warning("TensorBoard: the scalars of %d rounds were dropped (the writer fell behind)", self.dropped)
 
 
 class JsonFormatter(logging.Formatter):
