@@ -21,8 +21,10 @@ mixes both factors), from rounds.jsonl:
 
 Prints both ratios against bare (target for training throughput: >= 0.95), and end to end against the
 bare loops held to synchronous rounds (each bare round as long as the slowest peer's batches of that
-round): the pace no synchronous algorithm can beat on these shards, so that ratio is what the daemon
-itself costs. With 2 peers on 2 cores each daemon has a core, as each bare loop does.
+round): the pace a daemon of synchronous rounds could reach on these batches if the rest of its round
+cost nothing. That ratio is what the daemon costs beyond the barrier, its training thread's speed
+included, up to the noise between the two runs (the bare loops run after the daemons). With 2 peers
+on 2 cores each daemon has a core, as each bare loop does.
 """
 
 from __future__ import annotations
@@ -162,16 +164,16 @@ def main() -> None:
     print(
         f"| bare loops held to synchronous rounds (each round as long as its slowest peer's) | {synchronous:.2f} "
         f"| {synchronous / bare:.2f} |\n\ndaemon end to end / bare loops held to synchronous rounds: "
-        f"{end_to_end / synchronous:.2f} (what the daemon itself costs; the barrier on unequal shards "
-        f"costs {1 - synchronous / bare:.0%} of the free-running bare loop)"
+        f"{end_to_end / synchronous:.2f} (the daemon's cost beyond the barrier, its training speed included; "
+        f"the barrier on unequal shards costs {1 - synchronous / bare:.0%} of the free-running bare loop)"
     )
     print_per_peer(per_peer_bare, per_peer_training, per_peer_end_to_end)
 
 
 def print_per_peer(bare: list[float], training: list[float], end_to_end: list[float]) -> None:
-    """Each peer against its own bare loop. Rounds are synchronous, so every daemon goes at the pace of
-    the slowest shard: the slowest bare loop is the best pace the network can reach; the rest of a
-    faster peer's gap is waiting for it."""
+    """Each peer against its own bare loop, and against the slowest one. Rounds are synchronous, so a
+    faster peer waits for the slower; the tighter bound is the bare loops held to synchronous rounds
+    (``barrier_bound``: in each round the slower peer's batches of that round, whichever peer it is)."""
     slowest = min(bare)
     columns = ["peer", "bare", "daemon, training", "daemon, end to end", "end to end / own bare"]
     columns.append("end to end / slowest bare")
