@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 
+from peer import strict_json
 from peer.config import (
     ConfigError,
     DaemonConfig,
@@ -179,7 +180,7 @@ def _run_daemon(args: argparse.Namespace) -> int:
 
     out = writable_folder(out_folder or f"runs/{net.run_id}/{net.peer_id}")
     summary = daemon_main(run, net, out, signals)
-    print(json.dumps({k: summary.get(k) for k in ("peer_id", "rounds", "mean_accuracy")}), flush=True)
+    print(strict_json.dumps({k: summary.get(k) for k in ("peer_id", "rounds", "mean_accuracy")}), flush=True)
     if signals.received is not None:
         # stopped: joining the worker thread would wait for a training step whose result is thrown away
         leave_now(STOPPED_EXIT_CODE, f"{net.peer_id}: stopped", logging.INFO)
@@ -196,7 +197,7 @@ def _run_simulate(args: argparse.Namespace) -> int:
 
     summary = simulate(cfg, out=args.out, progress=not args.quiet)
     print(
-        json.dumps(
+        strict_json.dumps(
             {
                 k: summary[k]
                 for k in (

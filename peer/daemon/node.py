@@ -28,7 +28,6 @@ no side's work is replaced and the network sums are kept.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections import Counter
@@ -39,6 +38,7 @@ from typing import Any
 
 import torch
 
+from peer import strict_json
 from peer.algorithm.compression import WireDtype
 from peer.algorithm.factors import blocks_of, select
 from peer.algorithm.mixing import metropolis_hastings_weights
@@ -212,7 +212,7 @@ class PeerDaemon(ExchangeServer):
             if isinstance(evaluator, CausalEvaluator):
                 with (Path(out_dir) / GENERATIONS_FILE).open("a") as f:
                     for sample in evaluator.generations(adapter):
-                        f.write(json.dumps({"round": daemon.round, "peer": net.peer_id, **sample}) + "\n")
+                        f.write(strict_json.dumps({"round": daemon.round, "peer": net.peer_id, **sample}) + "\n")
             return scores
 
         local = LocalPeer(
@@ -857,5 +857,5 @@ class PeerDaemon(ExchangeServer):
             "unsettled_links": len(self.settlements.pending),
             "config": self.run.as_dict(),
         }
-        (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        (self.out / "summary.json").write_text(strict_json.dumps(summary, indent=2) + "\n")
         return summary

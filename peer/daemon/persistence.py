@@ -48,6 +48,7 @@ from typing import Any, Protocol
 import torch
 import xxhash
 
+from peer import strict_json
 from peer.daemon.checkpoint import (
     CHECKPOINT,
     dump_state,
@@ -383,13 +384,13 @@ class Persistence:
         """Append a round's line unless it is the last one there (a restart after a crash between the
         checkpoint and the line writes it from the checkpoint; exactly once either way)."""
         if self.last_logged_round is None or record["round"] > self.last_logged_round:
-            self.store.append_line(ROUNDS_LOG, json.dumps(record))
+            self.store.append_line(ROUNDS_LOG, strict_json.dumps(record))
             self.last_logged_round = record["round"]
 
     def append_event(self, record: dict) -> None:
         """What happens between rounds (a jump forward, a link settled after the last round), in
         ``events.jsonl``: ``rounds.jsonl`` keeps one line per round."""
-        self.store.append_line(EVENTS_LOG, json.dumps(record))
+        self.store.append_line(EVENTS_LOG, strict_json.dumps(record))
 
     def _scan_last_logged_round(self) -> int | None:
         lines = self.store.lines(ROUNDS_LOG)

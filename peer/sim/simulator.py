@@ -28,7 +28,6 @@ Outputs under ``--out DIR``:
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from collections.abc import Callable
@@ -37,6 +36,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from peer import strict_json
 from peer.algorithm.compression import WireDtype, round_trip
 from peer.algorithm.factors import A, B
 from peer.algorithm.mixing import consensus_distance, metropolis_hastings_matrix
@@ -133,7 +133,7 @@ def _write_generations(path: Path, round_: int, peers: list[LocalPeer], evaluato
     with path.open("a") as f:
         for name, adapter in adapters:
             for sample in evaluator.generations(adapter):
-                f.write(json.dumps({"round": round_, "peer": name, **sample}) + "\n")
+                f.write(strict_json.dumps({"round": round_, "peer": name, **sample}) + "\n")
 
 
 Tamper = Callable[[int, int, dict], dict]
@@ -192,7 +192,7 @@ def simulate(
         )
         if out_dir:
             with (out_dir / "metrics.jsonl").open("a") as f:
-                f.write(json.dumps(record) + "\n")
+                f.write(strict_json.dumps(record) + "\n")
     bar.close()
     references = run_references(cfg, data, parse_references(cfg.references), progress, evaluator)
     summary = {
@@ -210,5 +210,5 @@ def simulate(
     if out_dir:
         for p in peers:
             p.adapter.save_pretrained(out_dir / "peers" / p.peer_id / "adapter")
-        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        (out_dir / "summary.json").write_text(strict_json.dumps(summary, indent=2) + "\n")
     return summary

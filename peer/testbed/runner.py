@@ -23,8 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
+from peer import strict_json
 from peer.config import DEFAULT_PORT, RunConfig, default_peer_id, legacy_settings, load_config
 from peer.errors import ConfigError, UsageError
+from peer.strict_json import number
 from peer.testbed.netns import NetnsLab
 from peer.testbed.scenario import NETWORK_ACTIONS, Event
 from peer.transport.tls import make_run
@@ -295,7 +297,7 @@ def summarize_peers(peer_dirs: list[Path]) -> dict:
         s = json.loads(path.read_text())
         rounds = read_rounds(folder)
         peers[s["peer_id"]] = {
-            "accuracy": s["mean_accuracy"],
+            "accuracy": number(s["mean_accuracy"]),
             "rounds": s["rounds"],
             "bytes_sent": sum(r["bytes_sent"] for r in rounds),
             "bytes_received": sum(r["bytes_received"] for r in rounds),
@@ -343,7 +345,7 @@ def collect(results: Path, references: str | None = None) -> dict:
     adapters = [folder / "peers" / pid / "adapter" for folder, pid in zip(folders, peers)]
     if all(path.is_dir() for path in adapters):
         summary.update(assess(run, adapters))
-    (results / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (results / "summary.json").write_text(strict_json.dumps(summary, indent=2) + "\n")
     return summary
 
 
@@ -384,13 +386,13 @@ def plot(testbed: Testbed, path: Path, summary: dict | None = None) -> None:
     for index in range(testbed.run.peers):
         rounds = testbed.rounds(index)
         xs = [r["round"] for r in rounds]
-        scored = [(r["round"], r["accuracy"]) for r in rounds if "accuracy" in r]
+        scored = [(r["round"], number(r["accuracy"])) for r in rounds if "accuracy" in r]
         final = (summary or {}).get("peers", {}).get(default_peer_id(index))
         if final is not None and (not scored or scored[-1][0] < final["rounds"] - 1):
             scored.append((final["rounds"] - 1, final["accuracy"]))  # the evaluation after the last round
         if scored:
             acc_ax.plot(*zip(*scored), marker="o", label=default_peer_id(index))
-        loss_ax.plot(xs, [r["train_loss"] for r in rounds], label=default_peer_id(index))
+        loss_ax.plot(xs, [number(r["train_loss"]) for r in rounds], label=default_peer_id(index))
         link_ax.plot(xs, [len(r["neighbours"]) for r in rounds], marker=".", label=default_peer_id(index))
     draw_references(acc_ax, summary or {})
     acc_ax.set(xlabel="round", ylabel="validation accuracy", title="accuracy (after the round)")
@@ -435,7 +437,7 @@ def run_testbed(
     summary.update(
         assess(run, [testbed.peer_dir(i) / "peers" / default_peer_id(i) / "adapter" for i in range(run.peers)])
     )
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "summary.json").write_text(strict_json.dumps(summary, indent=2) + "\n")
     plot(testbed, out / "testbed.png", summary)
     return summary
 

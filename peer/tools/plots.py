@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from peer.errors import UsageError
+from peer.strict_json import number
 
 
 @dataclass
@@ -69,13 +70,12 @@ def load_run(folder: Path, label: str | None = None) -> RunCurves:
         for r in _jsonl(folder / "metrics.jsonl"):
             step = r["round"] + 1
             peer_losses = r["train_loss"]
-            curves.loss[step] = float(
-                np.mean(list(peer_losses.values()) if isinstance(peer_losses, dict) else peer_losses)
-            )
+            values = peer_losses.values() if isinstance(peer_losses, dict) else peer_losses
+            curves.loss[step] = float(np.mean([number(v) for v in values]))
             curves.consensus_a[step], curves.consensus_b[step] = r["consensus_a"], r["consensus_b"]
             curves.links.setdefault("edges", {})[step] = r.get("edges", 0)
             if "mean_accuracy" in r:
-                curves.accuracy[step] = r["mean_accuracy"]
+                curves.accuracy[step] = number(r["mean_accuracy"])
             if r.get("network_average") is not None:
                 curves.network_average[step] = r["network_average"]
         return curves
@@ -90,14 +90,14 @@ def load_run(folder: Path, label: str | None = None) -> RunCurves:
         name = peer.name if peer != folder else "peer"
         for r in _jsonl(peer / "rounds.jsonl"):
             step = r["round"] + 1
-            losses.setdefault(step, []).append(r["train_loss"])
+            losses.setdefault(step, []).append(number(r["train_loss"]))
             curves.links.setdefault(name, {})[step] = len(r["neighbours"])
             if "accuracy" in r:
-                accuracies.setdefault(step, []).append(r["accuracy"])
+                accuracies.setdefault(step, []).append(number(r["accuracy"]))
         summary = peer / "summary.json"
         if summary.exists():
             s = json.loads(summary.read_text())
-            accuracies.setdefault(s["rounds"], []).append(s["mean_accuracy"])
+            accuracies.setdefault(s["rounds"], []).append(number(s["mean_accuracy"]))
     curves.loss = {k: float(np.mean(v)) for k, v in sorted(losses.items())}
     curves.accuracy = {k: float(np.mean(v)) for k, v in sorted(accuracies.items())}
     return curves
