@@ -29,7 +29,7 @@ import torch
 import xxhash
 
 from peer.errors import TadloraError
-from peer.transport.codec import MAX_DIMENSION_SIZE, MAX_DIMENSIONS, SAFETENSORS_DTYPES
+from peer.transport.codec import MAX_DIMENSION_SIZE, MAX_DIMENSIONS, SAFETENSORS_DTYPES, safetensors_layout
 
 # Metadata keys of the safetensors header; a reader of plain safetensors sees the tensors by index.
 TREE_KEY = "tadlora-state"
@@ -47,7 +47,6 @@ TENSOR, PAIRS, TUPLE, SET, BYTES, DTYPE, DEVICE = (
 )
 # the format's dtypes, and the bounds on the dimensions a header may claim, as the wire codec has them
 _DTYPES = SAFETENSORS_DTYPES
-_CODES = {dtype: code for code, dtype in SAFETENSORS_DTYPES.items()}
 
 
 class StateFileError(TadloraError, ValueError):
@@ -58,18 +57,13 @@ def dumps(state: Any) -> bytearray:
     """``state`` (plain values and tensors only, enumerations already made plain) as one file's bytes."""
     tensors: list[torch.Tensor] = []
     tree = json.dumps(_encode(state, tensors), separators=(",", ":"))
-    cpu = [t.detach().cpu().contiguous() for t in tensors]
-    order = sorted(range(len(cpu)), key=lambda i: -cpu[i].element_size())
-    entries, end = {}, 0
-    for i in order:
-        size = cpu[i].numel() * cpu[i].element_size()
-        entries[str(i)] = {"dtype": _code(cpu[i].dtype), "shape": list(cpu[i].shape), "data_offsets": [end, end + size]}
-        end += size
+    cpu = {str(i): t.detach().cpu().contiguous() for i, t in enumerate(tensors)}
+    order, entries, end = safetensors_layout(cpu)
     header = _header(entries, tree)
     buffer = bytearray(_LENGTH.size + len(header) + end)
     start = len(buffer) - end
     buffer[: _LENGTH.size] = _LENGTH.pack(len(header))
-    _copy_into(buffer, start, [cpu[i] for i in order])
+    _copy_into(buffer, start, [cpu[name] for name in order])
     digest = _digest(header, memoryview(buffer)[start:])
     buffer[_LENGTH.size : start] = header.replace(_digest_field(_NO_DIGEST), _digest_field(digest))
     return buffer
@@ -122,12 +116,6 @@ def _encode(value: Any, tensors: list[torch.Tensor]) -> Any:
     if kind in (str, int, float, bool, type(None)):
         return value
     raise TypeError(f"a state holds no {kind.__name__}")  # loadable() refuses these first, with a path
-
-
-def _code(dtype: torch.dtype) -> str:
-    if dtype not in _CODES:
-        raise TypeError(f"a state's tensors are of {', '.join(map(str, _CODES))}, not {dtype}")
-    return _CODES[dtype]
 
 
 def _header(entries: dict, tree: str) -> bytes:

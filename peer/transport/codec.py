@@ -54,6 +54,7 @@ SAFETENSORS_DTYPES = {
     **{"I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "U8": torch.uint8},
     "BOOL": torch.bool,
 }
+SAFETENSORS_CODES = {dtype: code for code, dtype in SAFETENSORS_DTYPES.items()}
 _METADATA_KEY = "__metadata__"
 _HEADER_ALIGNMENT = 8
 # a header names each tensor in ~100 bytes: 16 MiB is far beyond any adapter's, and bounds the parse
@@ -90,21 +91,33 @@ def encode_factors(tensors: Mapping[str, torch.Tensor], wire: WireDtype = WireDt
     with one copy of the data: the header, then each tensor's bytes joined after it (widest types
     first, so every tensor sits at an offset aligned to its type; any safetensors reader loads it)."""
     sent = {name: t.detach().to("cpu").contiguous() for name, t in compress(tensors, wire).items()}
-    order = sorted(sent, key=lambda name: (-sent[name].element_size(), name))
-    entries, offset = {}, 0
-    for name in order:
-        size = sent[name].numel() * sent[name].element_size()
-        entries[name] = {
-            "dtype": _SAFETENSORS_CODE[sent[name].dtype],
-            "shape": list(sent[name].shape),
-            "data_offsets": [offset, offset + size],
-        }
-        offset += size
+    order, entries, _ = safetensors_layout(sent)
     header = json.dumps(entries, separators=(",", ":")).encode()
     header += b" " * (-len(header) % _HEADER_ALIGNMENT)  # the data starts aligned, as safetensors pads it
     parts: list[bytes | memoryview] = [len(header).to_bytes(8, "little"), header]
     parts += [sent[name].reshape(-1).view(torch.uint8).numpy().data for name in order]
     return b"".join(parts)
+
+
+def safetensors_layout(tensors: Mapping[str, torch.Tensor]) -> tuple[list[str], dict[str, dict], int]:
+    """Where each of ``tensors`` (CPU, contiguous) goes in a safetensors file, as the wire codec and a
+    peer's state files (``peer.daemon.state_file``) both lay them out: the names widest dtype first,
+    then by name, so that each tensor starts at an offset aligned to its type; each one's header entry
+    (dtype, shape, byte range); and the data's size. A dtype the format lacks is a TypeError."""
+    order = sorted(tensors, key=lambda name: (-tensors[name].element_size(), name))
+    entries, offset = {}, 0
+    for name in order:
+        tensor = tensors[name]
+        if tensor.dtype not in SAFETENSORS_CODES:
+            raise TypeError(f"safetensors holds {', '.join(map(str, SAFETENSORS_CODES))}, not {tensor.dtype}")
+        size = tensor.numel() * tensor.element_size()
+        entries[name] = {
+            "dtype": SAFETENSORS_CODES[tensor.dtype],
+            "shape": list(tensor.shape),
+            "data_offsets": [offset, offset + size],
+        }
+        offset += size
+    return order, entries, offset
 
 
 def payload_digest(payload: bytes) -> bytes:
