@@ -58,7 +58,7 @@ def received_from(tensors: dict[str, torch.Tensor], degree: int, wire: WireDtype
     """A link as the daemon has it: the payload as it came, and its factors decoded from it."""
     payload = bytearray(encode_factors(tensors, wire))
     decoded = decode_factors(payload, schema_of(tensors), set(tensors))
-    return Received(decoded, degree, len(payload), payload)
+    return Received(decoded, degree, len(payload), payload, ("A", "B"))
 
 
 def round_of_links(folder: Path, size_mb: float, links: int, scheme: Scheme, wire: WireDtype) -> float:

@@ -343,9 +343,12 @@ class Persistence:
         """Before a commit (client, ``final=False``) or an ack (server, ``final=True``): the payload
         as it arrived, which decodes to ``received.tensors`` again."""
         assert self.wal is not None and self.wal.round == round_, "a link is recorded in the open round"
-        assert received.payload is not None, "a link is recorded with the payload it came in"
+        assert received.payload is not None and received.factors, "a link is recorded as it came: payload, factors"
         counts = {"degree": received.degree, "bytes": received.payload_bytes, "final": final}
-        record = {"round": round_, "nonce": self.wal.nonce, "peer": peer_id, "payload": _as_uint8(received.payload)}
+        # the factors it holds too: an int8 payload does not name its tensors, so a restart checks that it
+        # reads the payload as the factors it came as
+        payload = {"payload": _as_uint8(received.payload), "factors": list(received.factors)}
+        record = {"round": round_, "nonce": self.wal.nonce, "peer": peer_id, **payload}
         self.store.append_record(WAL_LINKS, self.form.dumps({**record, **counts}))
         self.wal.links[peer_id] = {"tensors": received.tensors, **counts}
 

@@ -146,7 +146,7 @@ class LinkProtocol:
         state = await self._link_of_round(h, wait_for_round)  # again: the round may have moved on meanwhile
         self.on_header(h)
         tensors = self.decode(incoming, state.own.header)
-        state.staged[h.sender_id] = Received(tensors, h.degree, h.payload_size, incoming.payload)
+        state.staged[h.sender_id] = Received(tensors, h.degree, h.payload_size, incoming.payload, tuple(h.factors))
         return state.own
 
     async def _link_of_round(self, h: Header, wait: float) -> RoundState:
@@ -237,7 +237,8 @@ class LinkProtocol:
                 raise Rejected(Reason.ROUND, f"answer for round {reply.header.round} from {reply.header.sender_id}")
             self.on_header(reply.header)  # before the phase check: a split schedule is learned from it
             tensors = self.decode(reply, state.own.header)
-            received = Received(tensors, reply.header.degree, reply.header.payload_size, reply.payload)
+            h = reply.header
+            received = Received(tensors, h.degree, h.payload_size, reply.payload, tuple(h.factors))
             # before the commit: after it the server may count the link, and we must be able to as well
             self.persistence.record_link(state.round, peer_id, received, final=False)
             staged["received"] = received

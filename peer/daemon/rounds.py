@@ -38,13 +38,14 @@ class Decision(enum.Enum):
 @dataclass
 class Received:
     """What a neighbour sent for a link: its factors, its degree (for the weights), the payload size,
-    and the payload as it arrived (what the link's record holds; None for a link rebuilt from its
-    record, which is never recorded again)."""
+    and the payload as it arrived with the factors it holds (``A``, ``B``...: what the link's record
+    holds; None and empty for a link rebuilt from its record, which is never recorded again)."""
 
     tensors: dict[str, torch.Tensor]
     degree: int
     payload_bytes: int
     payload: Buffer | None = None
+    factors: tuple[str, ...] = ()
 
 
 @dataclass

@@ -40,7 +40,7 @@ PAYLOAD = encode_factors(TENSORS)
 
 def _received(degree: int) -> Received:
     """TENSORS as a neighbour of ``degree`` sent them, with the payload they came in."""
-    return Received(dict(TENSORS), degree, len(PAYLOAD), PAYLOAD)
+    return Received(dict(TENSORS), degree, len(PAYLOAD), PAYLOAD, ("A", "B"))
 
 
 def _protocol(store=None) -> tuple[LinkProtocol, RoundBook, Persistence]:
@@ -305,7 +305,7 @@ def test_a_link_record_holds_the_payload_as_it_came_and_a_compressed_one_stays_c
     }
     schema = schema_of(factors)
     payload = bytearray(encode_factors(factors, WireDtype.INT8))
-    received = Received(decode_factors(payload, schema, set(factors)), 3, len(payload), payload)
+    received = Received(decode_factors(payload, schema, set(factors)), 3, len(payload), payload, ("A", "B"))
     files = Persistence(FolderStore(tmp_path))
     files.open_round(0, {"x": torch.ones(1)}, ["peer-02"], {})
     files.record_link(0, "peer-02", received, final=False)
@@ -332,7 +332,7 @@ def test_a_restart_decodes_a_recorded_payload_reads_an_earlier_builds_factors_an
     payload = bytearray(encode_factors(TENSORS, WireDtype.INT8))
     files = Persistence(FolderStore(tmp_path))
     files.open_round(0, {"x": torch.ones(1)}, ["peer-02"], {})
-    received = Received(decode_factors(payload, schema, set(TENSORS)), 2, len(payload), payload)
+    received = Received(decode_factors(payload, schema, set(TENSORS)), 2, len(payload), payload, ("A", "B"))
     files.record_link(0, "peer-02", received, final=False)
     link = Persistence(FolderStore(tmp_path)).load_wal().links["peer-02"]
     again = recorded(state, link)
@@ -344,3 +344,6 @@ def test_a_restart_decodes_a_recorded_payload_reads_an_earlier_builds_factors_an
     with pytest.raises(CheckpointError, match="does not decode") as broken:
         recorded(state, {"degree": 1, "bytes": 10, "final": True})
     assert "\n" not in str(broken.value)
+    # an int8 payload names no tensors: one recorded as A alone is never read as this round's A and B
+    with pytest.raises(CheckpointError, match=r"holds \['A'\], the round mixes \['A', 'B'\]"):
+        recorded(state, {**Persistence(FolderStore(tmp_path)).load_wal().links["peer-02"], "factors": ["A"]})
