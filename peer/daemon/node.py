@@ -552,11 +552,11 @@ class PeerDaemon(ExchangeServer):
         process holds the payload, decoded here with the round's factors exactly as when it came (and
         kept in ``link``); one recorded by this process, or by an earlier build, holds the factors."""
         if "tensors" not in link:
-            if link.get("factors", list(state.own.header.factors)) != list(state.own.header.factors):
+            mixed = list(state.own.header.factors)
+            if link.get("factors", mixed) != mixed:
                 raise CheckpointError(
                     f"{WAL_LINKS}: a link of round {state.round} holds {link['factors']}, the round mixes "
-                    f"{list(state.own.header.factors)}; this round cannot be finished from these files: "
-                    "start afresh with a new --out"
+                    f"{mixed}; this round cannot be finished from these files: start afresh with a new --out"
                 )
             try:
                 link["tensors"] = self._decoded(state, recorded_payload(link))

@@ -156,7 +156,7 @@ class FolderStore:
 def _as_uint8(payload: Buffer) -> torch.Tensor:
     """A payload's bytes as a tensor, which a state file writes in one copy (a read-only buffer is
     copied first: ``torch.frombuffer`` warns on one, and nothing may write through the view)."""
-    return torch.frombuffer(payload if not memoryview(payload).readonly else bytearray(payload), dtype=torch.uint8)
+    return torch.frombuffer(bytearray(payload) if memoryview(payload).readonly else payload, dtype=torch.uint8)
 
 
 def recorded_payload(link: dict) -> memoryview:
@@ -345,11 +345,16 @@ class Persistence:
         assert self.wal is not None and self.wal.round == round_, "a link is recorded in the open round"
         assert received.payload is not None and received.factors, "a link is recorded as it came: payload, factors"
         counts = {"degree": received.degree, "bytes": received.payload_bytes, "final": final}
-        # the factors it holds too: an int8 payload does not name its tensors, so a restart checks that it
-        # reads the payload as the factors it came as
-        payload = {"payload": _as_uint8(received.payload), "factors": list(received.factors)}
-        record = {"round": round_, "nonce": self.wal.nonce, "peer": peer_id, **payload}
-        self.store.append_record(WAL_LINKS, self.form.dumps({**record, **counts}))
+        record = {
+            "round": round_,
+            "nonce": self.wal.nonce,
+            "peer": peer_id,
+            "payload": _as_uint8(received.payload),
+            # an int8 payload does not name its tensors: a restart checks it reads them as these factors
+            "factors": list(received.factors),
+            **counts,
+        }
+        self.store.append_record(WAL_LINKS, self.form.dumps(record))
         self.wal.links[peer_id] = {"tensors": received.tensors, **counts}
 
     def _write_wal(self) -> None:

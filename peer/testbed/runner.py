@@ -26,7 +26,6 @@ import numpy as np
 from peer import strict_json
 from peer.config import DEFAULT_PORT, RunConfig, default_peer_id, legacy_settings, load_config
 from peer.errors import ConfigError, UsageError
-from peer.strict_json import number
 from peer.testbed.netns import NetnsLab
 from peer.testbed.scenario import NETWORK_ACTIONS, Event
 from peer.transport.tls import make_run
@@ -297,7 +296,7 @@ def summarize_peers(peer_dirs: list[Path]) -> dict:
         s = json.loads(path.read_text())
         rounds = read_rounds(folder)
         peers[s["peer_id"]] = {
-            "accuracy": number(s["mean_accuracy"]),
+            "accuracy": strict_json.number(s["mean_accuracy"]),
             "rounds": s["rounds"],
             "bytes_sent": sum(r["bytes_sent"] for r in rounds),
             "bytes_received": sum(r["bytes_received"] for r in rounds),
@@ -386,13 +385,13 @@ def plot(testbed: Testbed, path: Path, summary: dict | None = None) -> None:
     for index in range(testbed.run.peers):
         rounds = testbed.rounds(index)
         xs = [r["round"] for r in rounds]
-        scored = [(r["round"], number(r["accuracy"])) for r in rounds if "accuracy" in r]
+        scored = [(r["round"], strict_json.number(r["accuracy"])) for r in rounds if "accuracy" in r]
         final = (summary or {}).get("peers", {}).get(default_peer_id(index))
         if final is not None and (not scored or scored[-1][0] < final["rounds"] - 1):
             scored.append((final["rounds"] - 1, final["accuracy"]))  # the evaluation after the last round
         if scored:
             acc_ax.plot(*zip(*scored), marker="o", label=default_peer_id(index))
-        loss_ax.plot(xs, [number(r["train_loss"]) for r in rounds], label=default_peer_id(index))
+        loss_ax.plot(xs, [strict_json.number(r["train_loss"]) for r in rounds], label=default_peer_id(index))
         link_ax.plot(xs, [len(r["neighbours"]) for r in rounds], marker=".", label=default_peer_id(index))
     draw_references(acc_ax, summary or {})
     acc_ax.set(xlabel="round", ylabel="validation accuracy", title="accuracy (after the round)")
