@@ -106,6 +106,7 @@ def build_trainer(
         LrSchedule(cfg.lr_schedule),
         total_steps or cfg.rounds * cfg.local_steps,
         0.0 if reference else cfg.lr_warmup,
+        cfg.local_steps,
     )
 
 

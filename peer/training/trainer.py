@@ -7,13 +7,20 @@ nine others or alone in a daemon process, and after a restart.
 Which examples, in which batches
 --------------------------------
 A peer walks through its shard in epochs, each a fresh seeded permutation, so every example is seen
-equally often. With ``Batching.BY_LENGTH`` (the default) the stream is cut into pools of
-``POOL_BATCHES`` batches; inside a pool the examples are sorted by length, cut into batches and the
-batches shuffled. The examples a peer sees, and how often, are exactly those of the random order;
-only which of them share a batch changes, so a batch pads to its own longest sentence instead of
-to the longest of a random draw (measured on the movie reviews: random batches of 16 are 43 %
-padding). ``Batching.RANDOM`` keeps the random order's batches. Batch ``g`` of the run is a pure
-function of the seed, the peer and ``g``, so a restarted round trains on the same batches.
+equally often. With ``Batching.BY_LENGTH`` (the default) the stream is cut into pools of whole
+rounds, about ``POOL_BATCHES`` batches; inside a pool the examples are sorted by length and cut into
+batches. The examples a peer sees, and how often, are exactly those of the random order; only which
+of them share a batch changes, so a batch pads to its own longest sentence instead of to the longest
+of a random draw (measured on the movie reviews: random batches of 16 are 43 % padding).
+``Batching.RANDOM`` keeps the random order's batches. Batch ``g`` of the run is a pure function of
+the seed, the peer, the round's steps and ``g``, so a restarted round trains on the same batches.
+
+A pool's batches are dealt to its rounds so that every round holds short and long batches alike
+(``balanced_rounds``), then the rounds and the steps inside each are shuffled. Rounds are
+synchronous, so every peer waits for the slowest peer's round: with the batches shuffled at random,
+one peer's round of long batches beside another's of short ones made the bare loops of the MiniLM
+benchmark lose 6 to 8 % to that wait (``benchmarks/training_overhead.py``); dealt, a round costs
+about the same on every peer.
 
 Optimizer state: one AdamW per peer (Hugging Face's defaults: betas (0.9, 0.999), eps 1e-8, no weight
 decay), kept across rounds. The learning rate is constant or decays linearly to 0 over the run's
@@ -41,8 +48,9 @@ from peer.training.causal import answer_labels, answer_loss, collate_answers
 from peer.training.precision import Precision, autocast, gradient_scaler
 from peer.training.tokenizer import Encoded
 
-# Batches per length-sorted pool. Larger pools pad less but put ever more similar lengths together;
-# 32 batches of 16 (512 sentences) already cut the padding of the movie reviews to a few percent.
+# Batches per length-sorted pool, at least (a pool holds whole rounds). Larger pools pad less but put
+# ever more similar lengths together; 32 batches of 16 (512 sentences) already cut the padding of the
+# movie reviews to a few percent.
 POOL_BATCHES = 32
 EVAL_BATCH_SIZE = 128
 
@@ -96,8 +104,26 @@ def collate(data: Encoded, indices, device: torch.device) -> dict[str, torch.Ten
     return {k: v.to(device) for k, v in batch.items()}
 
 
+def balanced_rounds(batch_count: int, round_steps: int, rng: np.random.Generator) -> list[int]:
+    """An order of ``batch_count`` batches, sorted from cheapest to dearest, in which every run of
+    ``round_steps`` (a round) holds one batch of each of ``round_steps`` cost bands: band ``s`` is the
+    ``s``-th slice of ``batch_count // round_steps`` batches, dealt to the rounds forwards in even bands
+    and backwards in odd ones, so that a round with a dear batch of one band gets a cheap one of the
+    next. The rounds and the steps inside each are shuffled. ``batch_count`` is a multiple of
+    ``round_steps``."""
+    rounds = batch_count // round_steps
+    dealt = [
+        [band * rounds + (r if band % 2 == 0 else rounds - 1 - r) for band in range(round_steps)] for r in range(rounds)
+    ]
+    order: list[int] = []
+    for r in rng.permutation(rounds):
+        order.extend(dealt[r][s] for s in rng.permutation(round_steps))
+    return order
+
+
 class BatchPlan:
-    """Which shard examples make up batch ``g`` of a peer's run (see the module docstring)."""
+    """Which shard examples make up batch ``g`` of a peer's run (see the module docstring); a round is
+    ``round_steps`` batches, ``g // round_steps`` its index."""
 
     def __init__(
         self,
@@ -107,14 +133,17 @@ class BatchPlan:
         seed: int,
         peer_index: int,
         batching: Batching = Batching.BY_LENGTH,
+        round_steps: int = 1,
     ) -> None:
         self.shard_size, self.batch_size, self.seed, self.peer_index = shard_size, batch_size, seed, peer_index
         self.lengths = np.asarray(lengths)
         self.batching = Batching(batching)
+        self.round_steps = max(1, round_steps)
+        self.pool_batches = -(-POOL_BATCHES // self.round_steps) * self.round_steps  # whole rounds
         self._pool = lru_cache(maxsize=2)(self._build_pool)
 
     def batch(self, g: int) -> np.ndarray:
-        return self._pool(g // POOL_BATCHES)[g % POOL_BATCHES]
+        return self._pool(g // self.pool_batches)[g % self.pool_batches]
 
     def _epoch(self, e: int) -> np.ndarray:
         return np.random.default_rng([self.seed, self.peer_index, e, 0xE90C]).permutation(self.shard_size)
@@ -127,14 +156,14 @@ class BatchPlan:
         return epochs[start - offset : stop - offset]
 
     def _build_pool(self, pool: int) -> list[np.ndarray]:
-        size = POOL_BATCHES * self.batch_size
+        size = self.pool_batches * self.batch_size
         examples = self._stream(pool * size, (pool + 1) * size)
         if self.batching is Batching.RANDOM:
-            return [examples[b * self.batch_size : (b + 1) * self.batch_size] for b in range(POOL_BATCHES)]
+            return [examples[b * self.batch_size : (b + 1) * self.batch_size] for b in range(self.pool_batches)]
         by_length = examples[np.argsort(self.lengths[examples], kind="stable")]  # stable: ties keep random order
-        batches = [by_length[b * self.batch_size : (b + 1) * self.batch_size] for b in range(POOL_BATCHES)]
-        order = np.random.default_rng([self.seed, self.peer_index, pool, 0xBA7C]).permutation(POOL_BATCHES)
-        return [batches[b] for b in order]
+        batches = [by_length[b * self.batch_size : (b + 1) * self.batch_size] for b in range(self.pool_batches)]
+        rng = np.random.default_rng([self.seed, self.peer_index, pool, 0xBA7C])
+        return [batches[b] for b in balanced_rounds(self.pool_batches, self.round_steps, rng)]
 
 
 class Evaluator:
@@ -186,13 +215,15 @@ class LocalTrainer:
         schedule: LrSchedule = LrSchedule.CONSTANT,
         total_steps: int = 0,
         warmup: float = 0.0,
+        round_steps: int = 1,
     ) -> None:
         if len(shard) == 0:
             raise DataError(f"peer {peer_index} has no training examples")
         self.adapter, self.shard, self.batch_size = adapter, shard, batch_size
         self.seed, self.peer_index, self.precision = seed, peer_index, Precision(precision)
         self.device = adapter.owner.device
-        self.plan = BatchPlan(len(shard), batch_size, [len(ids) for ids in shard.input_ids], seed, peer_index, batching)
+        lengths = [len(ids) for ids in shard.input_ids]
+        self.plan = BatchPlan(len(shard), batch_size, lengths, seed, peer_index, batching, round_steps)
         self.optimizer = torch.optim.AdamW(
             adapter.parameters(), lr=learning_rate, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0
         )
