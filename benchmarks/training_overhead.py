@@ -2,13 +2,14 @@
 
     python benchmarks/training_overhead.py [--peers 2] [--rounds 8] [--local-steps 10] [--batch-size 8]
 
-bare: MiniLM + peft LoRA (r=8, query/value), AdamW; process i trains peer i's shard on exactly the
-batches the daemon of peer i times (rounds 1 to the last, in its batch order); nothing else; one torch
-thread, in ``--peers`` processes at once (so that the bare loops share the machine exactly as the
-daemons do). Samples/s after one warm-up step, median over the processes. Both sides run in the
-precision ``--precision`` resolves to (auto: bf16 autocast on a CPU that computes bf16 natively, as
-the daemon picks; fp32 elsewhere): before, the bare loop ran fp32 beside bf16 daemons on such a CPU,
-and came out 0.79 of them.
+bare: MiniLM + peft LoRA (the run's rank, alpha, dropout and targets; the classification head
+trained too when the run trains it, as peft's SEQ_CLS task type does), AdamW; process i trains peer
+i's shard on exactly the batches the daemon of peer i times (rounds 1 to the last, in its batch
+order); nothing else; one torch thread, in ``--peers`` processes at once (so that the bare loops
+share the machine exactly as the daemons do). Samples/s after one warm-up step, median over the
+processes. Both sides run in the precision ``--precision`` resolves to (auto: bf16 autocast on a CPU
+that computes bf16 natively, as the daemon picks; fp32 elsewhere): before, the bare loop ran fp32
+beside bf16 daemons on such a CPU, and came out 0.79 of them.
 
 daemon: ``--peers`` real ``tadlora run`` daemons on loopback (real gRPC and mDNS, one torch thread
 each, the same model, data, batch and steps, complete graph, lora so that every round trains and
@@ -48,7 +49,7 @@ def bare_loop(cfg, peer_index: int, precision: Precision) -> list[float]:
     """Seconds of each timed round of a plain peft loop (transformers + peft only, no tadlora training
     code; a round is ``local_steps`` steps), its forward pass under ``torch.autocast`` when the daemon's
     precision is bf16, as a user's loop on such a CPU."""
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig, TaskType, get_peft_model
     from transformers import AutoModelForSequenceClassification
 
     from peer.core.run_setup import prepare_data
@@ -59,15 +60,21 @@ def bare_loop(cfg, peer_index: int, precision: Precision) -> list[float]:
     data = prepare_data(cfg)
     shard = data.shards[peer_index]
     base = AutoModelForSequenceClassification.from_pretrained(resolve_model_path(cfg.model), num_labels=2)
-    model = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.1, target_modules=["query", "value"]))
+    lora = LoraConfig(
+        task_type=TaskType.SEQ_CLS if cfg.train_head else None,  # SEQ_CLS: the head trains beside the factors
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=[name.strip() for name in cfg.lora_targets.split(",") if name.strip()],
+    )
+    model = get_peft_model(base, lora)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate)
     model.train()
     # the very batches the daemon of this peer times (its shard, its batch order, rounds 1 on; batch g
     # is step g % local_steps of round g // local_steps), after one warm-up step on its first batch:
     # batches of similar length differ in cost, so other batches would measure other arithmetic
-    order = BatchPlan(
-        len(shard), cfg.batch_size, [len(ids) for ids in shard.input_ids], cfg.seed, peer_index, cfg.batching
-    )
+    lengths = [len(ids) for ids in shard.input_ids]
+    order = BatchPlan(len(shard), cfg.batch_size, lengths, cfg.seed, peer_index, cfg.batching, cfg.local_steps)
     timed = range(cfg.local_steps, cfg.rounds * cfg.local_steps)
     batches = [order.batch(0)] + [order.batch(g) for g in timed]
     step_seconds = []
