@@ -1,6 +1,6 @@
 """Training throughput of a gossiping daemon against a bare peft training loop, side by side.
 
-    python benchmarks/training_overhead.py [--peers 2] [--rounds 8] [--local-steps 10] [--batch-size 8]
+    python benchmarks/training_overhead.py [--peers 2] [--rounds 8] [--local-steps 10] [--batch-size 8] [--repeats 3]
 
 bare: MiniLM + peft LoRA (the run's rank, alpha, dropout and targets; the classification head
 trained too when the run trains it, as peft's SEQ_CLS task type does), AdamW; process i trains peer
@@ -24,8 +24,12 @@ Prints both ratios against bare (target for training throughput: >= 0.95), and e
 bare loops held to synchronous rounds (each bare round as long as the slowest peer's batches of that
 round): the pace a daemon of synchronous rounds could reach on these batches if the rest of its round
 cost nothing. That ratio is what the daemon costs beyond the barrier, its training thread's speed
-included, up to the noise between the two runs (the bare loops run after the daemons). With 2 peers
-on 2 cores each daemon has a core, as each bare loop does.
+included, up to the noise between the two runs. With 2 peers on 2 cores each daemon has a core, as
+each bare loop does.
+
+``--repeats``: the daemons and the bare loops run one after the other, so a machine whose speed drifts
+moves one side and not the other (the bare loop alone moved by 10 % between runs on this VM). Each
+repeat runs both, alternating which goes first; the script prints every repeat and the medians.
 """
 
 from __future__ import annotations
@@ -119,6 +123,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--repeats", type=int, default=3, help="daemon and bare runs, alternating which goes first")
     parser.add_argument(
         "--precision", default="auto", help="auto | fp32 | bf16, for both sides (auto: bf16 on a CPU that has it)"
     )
@@ -143,28 +148,61 @@ def main() -> None:
     # both sides in the precision the daemon runs in: the ratio is about what the daemon adds
     precision = resolve_precision(cfg.precision, torch.device("cpu"))
     out = args.out or Path(tempfile.mkdtemp(prefix="tadlora-overhead-"))
-    per_peer_training, per_peer_end_to_end = daemon_run(cfg, out)
-    with mp.get_context("spawn").Pool(cfg.peers) as pool:
-        per_peer_rounds = pool.starmap(bare_loop, [(cfg, i, precision) for i in range(cfg.peers)])
+    repeats = [measure(cfg, precision, out / f"repeat-{k}", daemons_first=k % 2 == 0) for k in range(args.repeats)]
+    print(f"precision: {precision}; {args.repeats} repeat(s), daemons and bare loops in alternating order\n")
+    columns = ["repeat", "bare", "daemon, training", "daemon, end to end", "bare held to synchronous rounds"]
+    print("| " + " | ".join([*columns, "end to end / bare"]) + " |\n" + "|---" * (len(columns) + 1) + "|")
+    for k, r in enumerate(repeats):
+        figures = " | ".join(f"{r[key]:.2f}" for key in FIGURES)
+        print(f"| {k} | {figures} | {r['daemon_end_to_end_samples_per_s'] / r['bare_samples_per_s']:.2f} |")
+    median = {key: statistics.median(r[key] for r in repeats) for key in FIGURES}
+    print(json.dumps({key: round(value, 2) for key, value in median.items()}))
+    report(median, cfg.peers, [r["end_to_end_to_bare"] for r in repeats])
+    print_per_peer(*repeats[-1]["per_peer"])
+
+
+FIGURES = (
+    "bare_samples_per_s",
+    "daemon_training_samples_per_s",
+    "daemon_end_to_end_samples_per_s",
+    "bare_synchronous_samples_per_s",
+)
+
+
+def measure(cfg, precision: Precision, out: Path, daemons_first: bool) -> dict:
+    """One daemon run and one run of the bare loops, in the order given: on a noisy machine the two
+    sides drift apart between runs, so repeats alternate which goes first."""
+
+    def bare() -> list[list[float]]:
+        with mp.get_context("spawn").Pool(cfg.peers) as pool:
+            return pool.starmap(bare_loop, [(cfg, i, precision) for i in range(cfg.peers)])
+
+    if daemons_first:
+        (per_peer_training, per_peer_end_to_end), per_peer_rounds = daemon_run(cfg, out), bare()
+    else:
+        per_peer_rounds = bare()
+        per_peer_training, per_peer_end_to_end = daemon_run(cfg, out)
     samples_per_round = cfg.local_steps * cfg.batch_size
     per_peer_bare = [samples_per_round * len(seconds) / sum(seconds) for seconds in per_peer_rounds]
-    synchronous = barrier_bound(per_peer_rounds, samples_per_round)
-    bare, training, end_to_end = map(statistics.median, (per_peer_bare, per_peer_training, per_peer_end_to_end))
+    bare_median, training, end_to_end = map(statistics.median, (per_peer_bare, per_peer_training, per_peer_end_to_end))
+    return {
+        "bare_samples_per_s": bare_median,
+        "daemon_training_samples_per_s": training,
+        "daemon_end_to_end_samples_per_s": end_to_end,
+        "bare_synchronous_samples_per_s": barrier_bound(per_peer_rounds, samples_per_round),
+        "end_to_end_to_bare": end_to_end / bare_median,
+        "per_peer": (per_peer_bare, per_peer_training, per_peer_end_to_end),
+    }
+
+
+def report(median: dict, peers: int, ratios: list[float]) -> None:
+    """The medians over the repeats, as ratios to the bare loop."""
+    bare, training, end_to_end, synchronous = (median[key] for key in FIGURES)
     print(
-        json.dumps(
-            {
-                "bare_samples_per_s": round(bare, 2),
-                "daemon_training_samples_per_s": round(training, 2),
-                "daemon_end_to_end_samples_per_s": round(end_to_end, 2),
-                "bare_synchronous_samples_per_s": round(synchronous, 2),
-            }
-        )
+        f"\nmedians over the repeats\n| | samples/s | ratio to bare |\n|---|---|---|\n"
+        f"| bare peft loop (median of {peers} processes, 1 thread each) | {bare:.2f} | 1.00 |"
     )
-    print(
-        f"precision: {precision}\n| | samples/s | ratio to bare |\n|---|---|---|\n"
-        f"| bare peft loop (median of {cfg.peers} processes, 1 thread each) | {bare:.2f} | 1.00 |"
-    )
-    print(f"| daemon, local training (median of {cfg.peers}) | {training:.2f} | {training / bare:.2f} |")
+    print(f"| daemon, local training (median of {peers}) | {training:.2f} | {training / bare:.2f} |")
     print(
         f"| daemon, end to end (training + exchange + mix + checkpoint) | {end_to_end:.2f} | {end_to_end / bare:.2f} |"
     )
@@ -174,7 +212,10 @@ def main() -> None:
         f"{end_to_end / synchronous:.2f} (the daemon's cost beyond the barrier, its training speed included; "
         f"the barrier on unequal shards costs {1 - synchronous / bare:.0%} of the free-running bare loop)"
     )
-    print_per_peer(per_peer_bare, per_peer_training, per_peer_end_to_end)
+    print(
+        f"end to end / bare, repeat by repeat: {', '.join(f'{r:.2f}' for r in ratios)} "
+        f"(median {statistics.median(ratios):.2f}, spread {min(ratios):.2f} to {max(ratios):.2f})"
+    )
 
 
 def print_per_peer(bare: list[float], training: list[float], end_to_end: list[float]) -> None:
