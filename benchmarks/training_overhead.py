@@ -155,9 +155,7 @@ def main() -> None:
     for k, r in enumerate(repeats):
         figures = " | ".join(f"{r[key]:.2f}" for key in FIGURES)
         print(f"| {k} | {figures} | {r['daemon_end_to_end_samples_per_s'] / r['bare_samples_per_s']:.2f} |")
-    median = {key: statistics.median(r[key] for r in repeats) for key in FIGURES}
-    print(json.dumps({key: round(value, 2) for key, value in median.items()}))
-    report(median, cfg.peers, [r["end_to_end_to_bare"] for r in repeats])
+    report(repeats, cfg.peers)
     print_per_peer(*repeats[-1]["per_peer"])
 
 
@@ -190,29 +188,34 @@ def measure(cfg, precision: Precision, out: Path, daemons_first: bool) -> dict:
         "daemon_training_samples_per_s": training,
         "daemon_end_to_end_samples_per_s": end_to_end,
         "bare_synchronous_samples_per_s": barrier_bound(per_peer_rounds, samples_per_round),
-        "end_to_end_to_bare": end_to_end / bare_median,
         "per_peer": (per_peer_bare, per_peer_training, per_peer_end_to_end),
     }
 
 
-def report(median: dict, peers: int, ratios: list[float]) -> None:
-    """The medians over the repeats, as ratios to the bare loop."""
-    bare, training, end_to_end, synchronous = (median[key] for key in FIGURES)
+def report(repeats: list[dict], peers: int) -> None:
+    """Samples/s: the medians over the repeats. Ratios: the median of each repeat's ratio, the two sides
+    of a ratio always from the same repeat."""
+    median = {key: statistics.median(r[key] for r in repeats) for key in FIGURES}
+    print(json.dumps({key: round(value, 2) for key, value in median.items()}))
+
+    def ratio(top: str, bottom: str) -> float:
+        return statistics.median(r[top] / r[bottom] for r in repeats)
+
+    bare, training, end_to_end, synchronous = FIGURES
+    rows = [
+        (f"bare peft loop (median of {peers} processes, 1 thread each)", bare),
+        (f"daemon, local training (median of {peers})", training),
+        ("daemon, end to end (training + exchange + mix + checkpoint)", end_to_end),
+        ("bare loops held to synchronous rounds (each round as long as its slowest peer's)", synchronous),
+    ]
+    print("\nmedians over the repeats\n| | samples/s | ratio to bare |\n|---|---|---|")
+    for label, key in rows:
+        print(f"| {label} | {median[key]:.2f} | {ratio(key, bare):.2f} |")
+    ratios = [r[end_to_end] / r[bare] for r in repeats]
     print(
-        f"\nmedians over the repeats\n| | samples/s | ratio to bare |\n|---|---|---|\n"
-        f"| bare peft loop (median of {peers} processes, 1 thread each) | {bare:.2f} | 1.00 |"
-    )
-    print(f"| daemon, local training (median of {peers}) | {training:.2f} | {training / bare:.2f} |")
-    print(
-        f"| daemon, end to end (training + exchange + mix + checkpoint) | {end_to_end:.2f} | {end_to_end / bare:.2f} |"
-    )
-    print(
-        f"| bare loops held to synchronous rounds (each round as long as its slowest peer's) | {synchronous:.2f} "
-        f"| {synchronous / bare:.2f} |\n\ndaemon end to end / bare loops held to synchronous rounds: "
-        f"{end_to_end / synchronous:.2f} (the daemon's cost beyond the barrier, its training speed included; "
-        f"the barrier on unequal shards costs {1 - synchronous / bare:.0%} of the free-running bare loop)"
-    )
-    print(
+        f"\ndaemon end to end / bare loops held to synchronous rounds: {ratio(end_to_end, synchronous):.2f} (the "
+        f"daemon's cost beyond the barrier, its training speed included; the barrier on unequal shards costs "
+        f"{1 - ratio(synchronous, bare):.0%} of the free-running bare loop)\n"
         f"end to end / bare, repeat by repeat: {', '.join(f'{r:.2f}' for r in ratios)} "
         f"(median {statistics.median(ratios):.2f}, spread {min(ratios):.2f} to {max(ratios):.2f})"
     )
