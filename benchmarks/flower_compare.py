@@ -18,8 +18,9 @@ status probes and TLS-free gRPC for tadlora; gRPC for Flower). Needs root for th
 the bytes column shows the payload bytes from the logs instead.
 
 The two move different amounts by design: a star moves 2·N adapters a round through one server;
-gossip on a complete graph moves N·(N-1) (every pair swaps both ways), with no server. ``--topology
-ring`` moves 2·N, as the star does: each daemon swaps with two neighbours, the server with N clients.
+gossip on a complete graph moves N·(N-1) (every pair swaps both ways), with no server. ``--equal-bytes``
+runs the daemons on a random graph of edge probability 2/(N-1) instead (``--topology er``): N·(N-1)
+adapters times that probability, 2·N a round on average, as the star moves.
 Flower runs in a separate environment (flwr pins a protobuf that tadlora's generated code refuses).
 """
 
@@ -116,8 +117,9 @@ class NamespacedTestbed(Testbed):
         return self.ns.wrap(super().command(index, extra))
 
 
-def exchange_config(peers: int, rounds: int, training: bool = True, topology: str = "complete", **overrides):
-    """MiniLM's adapter swapped whole (strategy lora) on ``topology``, one step of one example per
+def exchange_config(peers: int, rounds: int, training: bool = True, equal_bytes: bool = False, **overrides):
+    """MiniLM's adapter swapped whole (strategy lora) on a complete graph (``equal_bytes``: on a random
+    graph that moves as many adapters a round, on average, as a star of ``peers``), one step of one example per
     round that trains, no evaluation. ``training``: every round trains; otherwise one round trains,
     then ``rounds`` consensus rounds only exchange and mix. Shared with lane_rounds.py."""
     return load_config(
@@ -126,7 +128,8 @@ def exchange_config(peers: int, rounds: int, training: bool = True, topology: st
             strategy="lora",
             consensus_rounds=0 if training else rounds,
             peers=peers,
-            topology=topology,
+            topology="er" if equal_bytes else "complete",
+            edge_prob=2 / (peers - 1) if equal_bytes else 0.5,
             rounds=rounds if training else 1,
             local_steps=1,
             batch_size=1,
@@ -140,11 +143,11 @@ def exchange_config(peers: int, rounds: int, training: bool = True, topology: st
 
 
 def run_tadlora(
-    peers: int, rounds: int, folder: Path, wire_dtype: str = "fp32", training: bool = True, topology: str = "complete"
+    peers: int, rounds: int, folder: Path, wire_dtype: str = "fp32", training: bool = True, equal_bytes: bool = False
 ) -> dict:
     """``training``: every round trains one step; otherwise one round trains, then ``rounds`` consensus
     rounds only exchange and mix (measured from the third round on, when no neighbour still trains)."""
-    cfg = exchange_config(peers, rounds, training, topology, wire_dtype=wire_dtype)
+    cfg = exchange_config(peers, rounds, training, equal_bytes, wire_dtype=wire_dtype)
     with Loopback() as ns:
         bed = NamespacedTestbed(cfg, folder, dict(discovery_wait=60.0, round_timeout_max=30.0), ns=ns)
         before = ns.bytes()
@@ -169,14 +172,21 @@ def main() -> None:
     parser.add_argument("--flower-python", default=sys.executable, help="a Python with flwr and numpy installed")
     parser.add_argument("--wire-dtype", default="fp32", help="how the daemons send their factors (fp32 | bf16 | int8)")
     parser.add_argument(
-        "--topology", default="complete", help="the daemons' graph: complete, or ring (as many bytes as Flower's star)"
+        "--equal-bytes",
+        action="store_true",
+        help="the daemons on a random graph of edge probability 2/(N-1): as many adapters a round as Flower's star",
     )
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="tadlora-flower-"))
     flower = run_flower(args.flower_python, args.peers, args.rounds, folder)
-    training = run_tadlora(args.peers, args.rounds, folder / "tadlora", args.wire_dtype, topology=args.topology)
+    training = run_tadlora(args.peers, args.rounds, folder / "tadlora", args.wire_dtype, equal_bytes=args.equal_bytes)
     mixing = run_tadlora(
-        args.peers, args.rounds, folder / "tadlora-mixing", args.wire_dtype, training=False, topology=args.topology
+        args.peers,
+        args.rounds,
+        folder / "tadlora-mixing",
+        args.wire_dtype,
+        training=False,
+        equal_bytes=args.equal_bytes,
     )
     mb = 1e6
     print(f"adapter payload: {flower['payload'] / 1e3:.0f} KB; {args.peers} processes; {args.rounds} rounds\n")
@@ -185,9 +195,10 @@ def main() -> None:
         f"| Flower (FedAvg server + {args.peers} clients) | {flower['overhead']:.3f} | "
         f"{flower['bytes_per_round'] / mb if flower['bytes_per_round'] else float('nan'):.2f} |"
     )
+    graph = f"random graph p = 2/{args.peers - 1}" if args.equal_bytes else "complete graph"
     for what, ours in (("one training step a round", training), ("rounds that train nothing", mixing)):
         print(
-            f"| tadlora ({args.peers} daemons, {args.topology} graph, {args.wire_dtype}, {what}; exchange phase "
+            f"| tadlora ({args.peers} daemons, {graph}, {args.wire_dtype}, {what}; exchange phase "
             f"{ours['exchange']:.3f}) | {ours['overhead']:.3f} | {ours['bytes_per_round'] / mb:.2f} |"
         )
     byte_ratio = training["bytes_per_round"] / flower["bytes_per_round"] if flower["bytes_per_round"] else float("nan")
