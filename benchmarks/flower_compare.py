@@ -142,6 +142,10 @@ def exchange_config(peers: int, rounds: int, training: bool = True, equal_bytes:
     )
 
 
+# a round's parts beyond training that rounds.jsonl times (``*_seconds``), in the order they happen
+ROUND_PARTS = ("files_wait", "write_ahead", "exchange", "mix")
+
+
 def run_tadlora(
     peers: int, rounds: int, folder: Path, wire_dtype: str = "fp32", training: bool = True, equal_bytes: bool = False
 ) -> dict:
@@ -160,6 +164,12 @@ def run_tadlora(
         "overhead": statistics.median(r["seconds"] - r["train_seconds"] for r in records),
         # of which the exchange phase: swaps, and waiting for neighbours that still train
         "exchange": statistics.median(r["exchange_seconds"] for r in records),
+        # and the rest of the round, part by part (medians: they need not add up to the overhead)
+        "parts": {
+            part: statistics.median(r[f"{part}_seconds"] for r in records)
+            for part in ROUND_PARTS
+            if all(f"{part}_seconds" in r for r in records)
+        },
         "bytes_per_round": (after - before) / cfg.total_rounds if before is not None else payload,
         "payload_per_round": payload,
     }
@@ -208,6 +218,9 @@ def main() -> None:
         f" (payload per round: tadlora {training['payload_per_round'] / mb:.2f} MB sent, Flower 2 x {args.peers} x "
         f"{flower['payload'] / mb:.2f} MB)"
     )
+    for what, ours in (("one training step a round", training), ("rounds that train nothing", mixing)):
+        parts = ", ".join(f"{part} {seconds * 1e3:.1f}" for part, seconds in ours["parts"].items())
+        print(f"tadlora's round beyond training, part by part ({what}; medians, ms): {parts or 'not timed'}")
 
 
 if __name__ == "__main__":

@@ -595,7 +595,9 @@ class PeerDaemon(ExchangeServer):
         else:
             (state, record), tentative = await self._train_and_open(round_), {}
         record["exchange_seconds"] = await self._exchange(state, tentative)
+        mixing = self.now()
         record.update(self._mix(state))
+        record["mix_seconds"] = self.now() - mixing
         record["deadline"] = self.deadline.current()
         if self.evaluate is not None and self._evaluation_due(round_):
             record.update(await self.offload(self.evaluate))
@@ -645,8 +647,12 @@ class PeerDaemon(ExchangeServer):
             **({"settled": settled} if settled else {}),
         }
         candidates = self._choose_links(round_)
+        waited = self.now()
         await self.files_written()  # the previous round's, written while this one trained
+        opened = self.now()
         self.persistence.open_round(round_, self.local.state(), candidates, {**self._round_extras(), "record": record})
+        # where a slow round's time went, beside train_seconds and exchange_seconds (rounds.jsonl)
+        record.update(files_wait_seconds=opened - waited, write_ahead_seconds=self.now() - opened)
         return self._open_round(round_, candidates), record
 
     def _reopen(self, wal: WriteAhead) -> tuple[RoundState, dict, dict[str, Received]]:
