@@ -45,12 +45,12 @@ from peer.algorithm.mixing import metropolis_hastings_weights
 from peer.algorithm.schedule import ScheduleGossip
 from peer.config import DaemonConfig, RunConfig
 from peer.core.local_peer import LocalPeer
-from peer.daemon.checkpoint import CheckpointError
+from peer.daemon.checkpoint import CHECKPOINT, CheckpointError
 from peer.daemon.clock import AdaptiveDeadline
 from peer.daemon.links import LinkBackoff, synthetic_link_up
 from peer.daemon.membership import Membership
 from peer.daemon.observe import Observer, Observers
-from peer.daemon.persistence import WAL_LINKS, FolderStore, Persistence, WriteAhead, recorded_payload, snapshot
+from peer.daemon.persistence import WAL, WAL_LINKS, FolderStore, Persistence, WriteAhead, recorded_payload, snapshot
 from peer.daemon.phases import PhaseAgreement
 from peer.daemon.protocol import Identity, LinkProtocol
 from peer.daemon.rounds import Decision, Received, RoundBook, RoundState
@@ -650,7 +650,10 @@ class PeerDaemon(ExchangeServer):
         waited = self.now()
         await self.files_written()  # the previous round's, written while this one trained
         opened = self.now()
-        self.persistence.open_round(round_, self.local.state(), candidates, {**self._round_extras(), "record": record})
+        # nothing trained, nothing settled: the checkpoint of this round holds the local state already
+        unchanged = not plan.train and not settled and self.persistence.checkpoint_round == round_
+        local_state = None if unchanged else self.local.state()
+        self.persistence.open_round(round_, local_state, candidates, {**self._round_extras(), "record": record})
         # where a slow round's time went, beside train_seconds and exchange_seconds (rounds.jsonl)
         record.update(files_wait_seconds=opened - waited, write_ahead_seconds=self.now() - opened)
         return self._open_round(round_, candidates), record
@@ -659,7 +662,14 @@ class PeerDaemon(ExchangeServer):
         """Reopen the round a crash interrupted, from its write-ahead record: the same trained factors,
         the same links and degree. Links written as final count at once (before the transport serves,
         so that an outcome query finds them); tentative ones are returned, to be asked about."""
-        self.local.load_state(wal.local_state)
+        if not wal.local_state_in_checkpoint:
+            self.local.load_state(wal.local_state)
+        elif self.persistence.checkpoint_round != wal.round:  # resume() loaded it when it is there
+            raise CheckpointError(
+                f"{WAL}: round {wal.round} left its state in the checkpoint of that round, and "
+                f"{CHECKPOINT} is {'missing' if self.persistence.checkpoint_round is None else 'of another round'}; "
+                "this round cannot be finished from these files: start afresh with a new --out"
+            )
         if self.phases is not None:
             self.phases.load_state(wal.extras.get("phases", {}))
         self.settlements.load_state(wal.extras.get("pending", []))

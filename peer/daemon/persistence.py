@@ -7,7 +7,10 @@ fsync), the others are appended and fsynced:
                    recent rounds (to answer a neighbour's outcome query after a restart), and links
                    whose outcome is still unknown (``pending``).
 ``wal.pt``         the write-ahead record of the round in progress: the factors after local training
-                   (what this peer sends) and its candidate links, written when the round opens.
+                   (what this peer sends) and its candidate links, written when the round opens. A
+                   round that trained nothing (a consensus round) and changed nothing since the
+                   checkpoint of that round does not write the state again: its record says that the
+                   checkpoint holds it (``LOCAL_STATE_IN_CHECKPOINT``), a restart reads it there.
 ``wal-links.bin``  its links, one appended record each: every link this peer is about to count
                    (``final``: the server side, written before its ack) or may count (``tentative``:
                    the client side, written before its commit). Appended, not rewritten with the
@@ -65,6 +68,9 @@ WAL = "wal.pt"
 WAL_LINKS = "wal-links.bin"
 ROUNDS_LOG = "rounds.jsonl"
 EVENTS_LOG = "events.jsonl"
+# the local state of a write-ahead record whose round trained nothing: the checkpoint of that round
+# holds the state (a consensus round wrote the optimizer's moments and the factors twice per round)
+LOCAL_STATE_IN_CHECKPOINT = "in_checkpoint_of_round"
 # a record of ``wal-links.bin``: this magic, the data's length and its xxh3-64 digest, then the data
 RECORD_MAGIC = b"TDLR"
 _RECORD_HEAD = struct.Struct("<4sQQ")
@@ -303,6 +309,11 @@ class WriteAhead:
     # (not those of another run's record of the same round number left in the same folder)
     nonce: str = field(default_factory=lambda: os.urandom(8).hex())
 
+    @property
+    def local_state_in_checkpoint(self) -> bool:
+        """Whether the checkpoint of this round holds the local state (a round that trained nothing)."""
+        return LOCAL_STATE_IN_CHECKPOINT in self.local_state
+
     def as_dict(self) -> dict:
         return {
             "nonce": self.nonce,
@@ -319,14 +330,20 @@ class Persistence:
         self.store, self.form = store, form
         self.wal: WriteAhead | None = None
         self.last_logged_round = self._scan_last_logged_round()  # read once: the log only grows here
+        self.checkpoint_round: int | None = None  # the round of the checkpoint last written or read
 
     # checkpoint -------------------------------------------------------------------------------
     def save_checkpoint(self, state: dict) -> None:
         self.store.write(CHECKPOINT, self.form.dumps(state))
+        self.checkpoint_round = int(state["round"])
 
     def load_checkpoint(self) -> dict | None:
         data = self.store.read(CHECKPOINT)
-        return None if data is None else self._load(data, CHECKPOINT)
+        if data is None:
+            return None
+        state = self._load(data, CHECKPOINT)
+        self.checkpoint_round = int(state["round"])
+        return state
 
     def _load(self, data: bytes, what: str) -> dict:
         try:
@@ -335,7 +352,11 @@ class Persistence:
             raise unreadable(what, exc) from exc
 
     # write-ahead record -----------------------------------------------------------------------
-    def open_round(self, round_: int, local_state: dict, candidates: list[str], extras: dict) -> None:
+    def open_round(self, round_: int, local_state: dict | None, candidates: list[str], extras: dict) -> None:
+        """``local_state`` None: the checkpoint of ``round_`` (written or read last) holds it, unchanged."""
+        if local_state is None:
+            assert self.checkpoint_round == round_, "only the checkpoint of the round holds its state"
+            local_state = {LOCAL_STATE_IN_CHECKPOINT: round_}
         self.wal = WriteAhead(round_, local_state, sorted(candidates), extras)
         self._write_wal()
 

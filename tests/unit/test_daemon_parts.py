@@ -317,6 +317,25 @@ def test_a_link_record_holds_the_payload_as_it_came_and_a_compressed_one_stays_c
     assert all(torch.equal(again[name], received.tensors[name]) for name in factors)  # the very factors mixed
 
 
+def test_a_round_that_trained_nothing_leaves_its_state_in_the_checkpoint_and_a_restart_needs_it(tmp_path):
+    files = Persistence(FolderStore(tmp_path))
+    files.save_checkpoint({"round": 4, "local": {"x": torch.ones(4096)}})
+    files.open_round(4, None, ["peer-02"], {})
+    assert (tmp_path / WAL).stat().st_size < 4096  # the state is not written again
+    restarted = Persistence(FolderStore(tmp_path))
+    wal = restarted.load_wal()
+    assert wal.local_state_in_checkpoint and restarted.checkpoint_round is None
+    assert restarted.load_checkpoint()["round"] == restarted.checkpoint_round == 4
+    with pytest.raises(AssertionError, match="only the checkpoint of the round"):
+        files.open_round(5, None, ["peer-02"], {})  # the checkpoint is of round 4: it holds not round 5's
+    # a restart without that checkpoint cannot finish the round, and says so in one line
+    for checkpoint_round in (None, 3):
+        stub = types.SimpleNamespace(persistence=types.SimpleNamespace(checkpoint_round=checkpoint_round))
+        with pytest.raises(CheckpointError, match="left its state in the checkpoint") as missing:
+            PeerDaemon._reopen(stub, wal)
+        assert "\n" not in str(missing.value)
+
+
 def _record_reader(schema):
     """``PeerDaemon._recorded`` of a daemon of this schema, without the rest of a daemon."""
     stub = types.SimpleNamespace(schema=schema, me=types.SimpleNamespace(device=torch.device("cpu")))
