@@ -93,6 +93,18 @@ def _flags(settings: dict) -> list[str]:
     return out
 
 
+# the folder that holds the ``peer`` package this testbed runs
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]
+
+
+def daemon_env() -> dict[str, str]:
+    """The environment for a daemon that runs the very code of the testbed starting it: this package's
+    folder first on its path (with ``-P``, which keeps the working directory off it). Without it, a
+    testbed of one checkout started in another checkout's folder ran that folder's daemons, silently."""
+    paths = [str(PACKAGE_ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+
+
 class Testbed:
     """``tls``: create a certificate authority for the run and give every daemon its certificate."""
 
@@ -121,6 +133,7 @@ class Testbed:
     def command(self, index: int, extra: dict | None = None) -> list[str]:
         return [
             sys.executable,
+            "-P",  # not the working directory first: a ``peer`` folder there is not this code (daemon_env)
             "-m",
             "peer.cli",
             "run",
@@ -135,7 +148,7 @@ class Testbed:
     def start(self, index: int, extra: dict | None = None) -> subprocess.Popen:
         """Start peer ``index``; ``extra`` overrides daemon settings for this peer only."""
         self.peer_dir(index).mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+        env = {**daemon_env(), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
         log = (self.peer_dir(index) / "daemon.log").open("ab")
         with INTERRUPTS.held():  # a Ctrl-C right here must not leave a daemon that stop_all does not know
             proc = subprocess.Popen(
