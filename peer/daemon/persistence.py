@@ -355,7 +355,8 @@ class Persistence:
     def open_round(self, round_: int, local_state: dict | None, candidates: list[str], extras: dict) -> None:
         """``local_state`` None: the checkpoint of ``round_`` (written or read last) holds it, unchanged."""
         if local_state is None:
-            assert self.checkpoint_round == round_, "only the checkpoint of the round holds its state"
+            if self.checkpoint_round != round_:  # raised, not asserted: python -O must not write a false record
+                raise AssertionError("only the checkpoint of the round holds its state")
             local_state = {LOCAL_STATE_IN_CHECKPOINT: round_}
         self.wal = WriteAhead(round_, local_state, sorted(candidates), extras)
         self._write_wal()

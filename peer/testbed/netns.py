@@ -24,6 +24,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from peer.errors import UsageError
+from peer.testbed.processes import daemon_env
 
 DEFAULT_SUBNET = "10.213.7"
 
@@ -197,6 +198,7 @@ class NetnsLab:
                 i,
                 [
                     sys.executable,
+                    "-P",  # this package, not a ``peer`` folder in the working directory (daemon_env)
                     "-m",
                     "peer.testbed.netdelay",
                     "--queue",
@@ -212,6 +214,7 @@ class NetnsLab:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            env=daemon_env(),
         )
         self.delayers[i] = proc
         assert proc.stdout is not None and proc.stderr is not None  # both PIPE

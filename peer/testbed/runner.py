@@ -27,6 +27,7 @@ from peer import strict_json
 from peer.config import DEFAULT_PORT, RunConfig, default_peer_id, legacy_settings, load_config
 from peer.errors import ConfigError, UsageError
 from peer.testbed.netns import NetnsLab
+from peer.testbed.processes import daemon_env
 from peer.testbed.scenario import NETWORK_ACTIONS, Event
 from peer.transport.tls import make_run
 
@@ -91,18 +92,6 @@ def _flags(settings: dict) -> list[str]:
     for key, value in settings.items():
         out += ["--" + key.replace("_", "-"), str(value)]
     return out
-
-
-# the folder that holds the ``peer`` package this testbed runs
-PACKAGE_ROOT = Path(__file__).resolve().parents[2]
-
-
-def daemon_env() -> dict[str, str]:
-    """The environment for a daemon that runs the very code of the testbed starting it: this package's
-    folder first on its path (with ``-P``, which keeps the working directory off it). Without it, a
-    testbed of one checkout started in another checkout's folder ran that folder's daemons, silently."""
-    paths = [str(PACKAGE_ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
 
 
 class Testbed:

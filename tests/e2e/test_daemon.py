@@ -16,6 +16,7 @@ from peer.config import load_config
 from peer.daemon.signals import STOP_GRACE_S
 from peer.sim import simulate
 from peer.testbed import Testbed
+from peer.testbed.processes import daemon_env
 from peer.testbed.runner import collect, mixing_sum_drift
 from peer.transport.base import Header, Rejected
 from peer.transport.codec import encode_factors
@@ -404,7 +405,12 @@ def test_a_stop_signal_at_any_moment_ends_the_daemon_within_seconds(tmp_path, mo
     with (folder / "daemon.log").open("ab") as log:
         # SIGINT ignored, as a daemon started in the background by a script inherits it
         proc = subprocess.Popen(
-            bed.command(0), stdout=log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_ignore_sigint
+            bed.command(0),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_ignore_sigint,
+            env=daemon_env(),
         )
     try:
         moment(proc, folder)

@@ -4,7 +4,8 @@ import subprocess
 import sys
 
 from peer.config import load_config
-from peer.testbed.runner import PACKAGE_ROOT, Testbed, daemon_env
+from peer.testbed.processes import PACKAGE_ROOT, daemon_env
+from peer.testbed.runner import Testbed
 
 
 def test_a_daemon_imports_the_testbeds_package_not_a_peer_folder_where_it_starts(tmp_path):
