@@ -336,6 +336,53 @@ def test_a_round_that_trained_nothing_leaves_its_state_in_the_checkpoint_and_a_r
         assert "\n" not in str(missing.value)
 
 
+def _opening_daemon(checkpoint_round: int, trains: bool, settled: list):
+    """``PeerDaemon._train_and_open``'s collaborators, the round's own decisions left to it."""
+    files = Persistence(MemoryStore())
+    files.checkpoint_round = checkpoint_round
+    plan = types.SimpleNamespace(train=frozenset({"A"}) if trains else frozenset(), phase="A" if trains else "AB")
+
+    async def offload(fn, *args):
+        return fn(*args)
+
+    async def files_written():
+        return None
+
+    return types.SimpleNamespace(
+        settlements=types.SimpleNamespace(apply=lambda add: settled),
+        phases=None,
+        known={},
+        strategy=types.SimpleNamespace(plan=lambda r: plan),
+        local=types.SimpleNamespace(train=lambda r: 0.5 if trains else float("nan"), state=lambda: {"adapter": "now"}),
+        now=lambda: 0.0,
+        offload=offload,
+        files_written=files_written,
+        persistence=files,
+        _add_settled_term=None,
+        _choose_links=lambda r: ["peer-02"],
+        _round_extras=lambda: {},
+        _open_round=lambda r, candidates: None,
+    )
+
+
+@pytest.mark.parametrize(
+    "checkpoint_round, trains, settled, in_checkpoint",
+    [
+        (4, False, [], True),  # a consensus round, nothing changed since the checkpoint of round 4
+        (4, True, [], False),  # it trained
+        (4, False, [{"round": 2, "peer": "peer-02"}], False),  # a late settlement changed the factors
+        (3, False, [], False),  # the checkpoint is of another round (a first round, say)
+        (None, False, [], False),
+    ],
+)
+def test_only_an_unchanged_round_leaves_its_state_in_the_checkpoint(checkpoint_round, trains, settled, in_checkpoint):
+    daemon = _opening_daemon(checkpoint_round, trains, settled)
+    asyncio.run(PeerDaemon._train_and_open(daemon, 4))
+    wal = daemon.persistence.wal
+    assert wal.local_state_in_checkpoint is in_checkpoint
+    assert in_checkpoint or wal.local_state == {"adapter": "now"}
+
+
 def _record_reader(schema):
     """``PeerDaemon._recorded`` of a daemon of this schema, without the rest of a daemon."""
     stub = types.SimpleNamespace(schema=schema, me=types.SimpleNamespace(device=torch.device("cpu")))
