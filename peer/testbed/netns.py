@@ -19,12 +19,11 @@ import importlib.util
 import os
 import shutil
 import subprocess
-import sys
 import uuid
 from dataclasses import dataclass, field
 
 from peer.errors import UsageError
-from peer.testbed.processes import daemon_env
+from peer.testbed.processes import python_module, same_code_env
 
 DEFAULT_SUBNET = "10.213.7"
 
@@ -197,10 +196,7 @@ class NetnsLab:
             self.wrap(
                 i,
                 [
-                    sys.executable,
-                    "-P",  # this package, not a ``peer`` folder in the working directory (daemon_env)
-                    "-m",
-                    "peer.testbed.netdelay",
+                    *python_module("peer.testbed.netdelay"),
                     "--queue",
                     "0",
                     "--delay-ms",
@@ -214,7 +210,7 @@ class NetnsLab:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env=daemon_env(),
+            env=same_code_env(),
         )
         self.delayers[i] = proc
         assert proc.stdout is not None and proc.stderr is not None  # both PIPE

@@ -27,7 +27,7 @@ from peer import strict_json
 from peer.config import DEFAULT_PORT, RunConfig, default_peer_id, legacy_settings, load_config
 from peer.errors import ConfigError, UsageError
 from peer.testbed.netns import NetnsLab
-from peer.testbed.processes import daemon_env
+from peer.testbed.processes import python_module, same_code_env
 from peer.testbed.scenario import NETWORK_ACTIONS, Event
 from peer.transport.tls import make_run
 
@@ -121,10 +121,7 @@ class Testbed:
 
     def command(self, index: int, extra: dict | None = None) -> list[str]:
         return [
-            sys.executable,
-            "-P",  # not the working directory first: a ``peer`` folder there is not this code (daemon_env)
-            "-m",
-            "peer.cli",
+            *python_module("peer.cli"),
             "run",
             "--peer-index",
             str(index),
@@ -137,7 +134,7 @@ class Testbed:
     def start(self, index: int, extra: dict | None = None) -> subprocess.Popen:
         """Start peer ``index``; ``extra`` overrides daemon settings for this peer only."""
         self.peer_dir(index).mkdir(parents=True, exist_ok=True)
-        env = {**daemon_env(), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+        env = {**same_code_env(), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
         log = (self.peer_dir(index) / "daemon.log").open("ab")
         with INTERRUPTS.held():  # a Ctrl-C right here must not leave a daemon that stop_all does not know
             proc = subprocess.Popen(

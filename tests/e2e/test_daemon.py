@@ -16,7 +16,7 @@ from peer.config import load_config
 from peer.daemon.signals import STOP_GRACE_S
 from peer.sim import simulate
 from peer.testbed import Testbed
-from peer.testbed.processes import daemon_env
+from peer.testbed.processes import same_code_env
 from peer.testbed.runner import collect, mixing_sum_drift
 from peer.transport.base import Header, Rejected
 from peer.transport.codec import encode_factors
@@ -410,7 +410,7 @@ def test_a_stop_signal_at_any_moment_ends_the_daemon_within_seconds(tmp_path, mo
             stderr=subprocess.STDOUT,
             start_new_session=True,
             preexec_fn=_ignore_sigint,
-            env=daemon_env(),
+            env=same_code_env(),
         )
     try:
         moment(proc, folder)
