@@ -162,9 +162,8 @@ def run_tadlora(
     payload = sum(r["bytes_sent"] for i in range(peers) for r in bed.rounds(i)) / cfg.total_rounds
     return {
         "overhead": statistics.median(r["seconds"] - r["train_seconds"] for r in records),
-        # of which the exchange phase: swaps, and waiting for neighbours that still train
-        "exchange": statistics.median(r["exchange_seconds"] for r in records),
-        # and the rest of the round, part by part (medians: they need not add up to the overhead)
+        # of which, part by part (medians: they need not add up to the overhead), the exchange phase:
+        # swaps, and waiting for neighbours that still train
         "parts": {
             part: statistics.median(r[f"{part}_seconds"] for r in records)
             for part in ROUND_PARTS
@@ -206,10 +205,11 @@ def main() -> None:
         f"{flower['bytes_per_round'] / mb if flower['bytes_per_round'] else float('nan'):.2f} |"
     )
     graph = f"random graph p = 2/{args.peers - 1}" if args.equal_bytes else "complete graph"
-    for what, ours in (("one training step a round", training), ("rounds that train nothing", mixing)):
+    runs = (("one training step a round", training), ("rounds that train nothing", mixing))
+    for what, ours in runs:
         print(
             f"| tadlora ({args.peers} daemons, {graph}, {args.wire_dtype}, {what}; exchange phase "
-            f"{ours['exchange']:.3f}) | {ours['overhead']:.3f} | {ours['bytes_per_round'] / mb:.2f} |"
+            f"{ours['parts']['exchange']:.3f}) | {ours['overhead']:.3f} | {ours['bytes_per_round'] / mb:.2f} |"
         )
     byte_ratio = training["bytes_per_round"] / flower["bytes_per_round"] if flower["bytes_per_round"] else float("nan")
     print(
@@ -218,7 +218,7 @@ def main() -> None:
         f" (payload per round: tadlora {training['payload_per_round'] / mb:.2f} MB sent, Flower 2 x {args.peers} x "
         f"{flower['payload'] / mb:.2f} MB)"
     )
-    for what, ours in (("one training step a round", training), ("rounds that train nothing", mixing)):
+    for what, ours in runs:
         parts = ", ".join(f"{part} {seconds * 1e3:.1f}" for part, seconds in ours["parts"].items())
         print(f"tadlora's round beyond training, part by part ({what}; medians, ms): {parts or 'not timed'}")
 

@@ -131,13 +131,14 @@ class Simulation:
         self.guards: dict[int, _Guarded] = {}
         self.closing: list[asyncio.Future] = []
         self.crashes: Counter = Counter()
+        consensus_rounds = consensus_rounds_of(schedule)
         self.run = RunConfig(
             strategy="tad",
             peers=schedule.peers,
             # the last 1 to 3 rounds of a schedule are consensus rounds (mixing only), whose write-ahead
             # record leaves the local state in the round's checkpoint: crashes must meet them too
-            rounds=schedule.rounds - consensus_rounds_of(schedule),
-            consensus_rounds=consensus_rounds_of(schedule),
+            rounds=schedule.rounds - consensus_rounds,
+            consensus_rounds=consensus_rounds,
             switch_interval=schedule.switch_interval,
             topology="er" if schedule.edge_prob < 1 else "complete",
             edge_prob=schedule.edge_prob,
