@@ -50,7 +50,15 @@ from peer.daemon.clock import AdaptiveDeadline
 from peer.daemon.links import LinkBackoff, synthetic_link_up
 from peer.daemon.membership import Membership
 from peer.daemon.observe import Observer, Observers
-from peer.daemon.persistence import WAL, WAL_LINKS, FolderStore, Persistence, WriteAhead, recorded_payload, snapshot
+from peer.daemon.persistence import (
+    WAL,
+    WAL_LINKS,
+    FolderStore,
+    Persistence,
+    RoundFiles,
+    WriteAhead,
+    recorded_payload,
+)
 from peer.daemon.phases import PhaseAgreement
 from peer.daemon.protocol import Identity, LinkProtocol
 from peer.daemon.rounds import Decision, Received, RoundBook, RoundState
@@ -604,7 +612,9 @@ class PeerDaemon(ExchangeServer):
         self.book.close(round_)
         self._publish_latest(round_ + 1)
         record["seconds"] = self.now() - t0  # the round's time, up to its files
-        self.writing = self._spawn(self._write_round(record, snapshot(self._checkpoint_state(round_ + 1))))
+        self.writing = self._spawn(
+            self._write_round(self.persistence.round_files(record, self._checkpoint_state(round_ + 1)))
+        )
         self.round = round_ + 1
         self.observer.round_done(record)
         log.info(
@@ -616,14 +626,14 @@ class PeerDaemon(ExchangeServer):
             ",".join(record["neighbours"]) or "-",
         )
 
-    async def _write_round(self, record: dict, next_state: dict) -> None:
+    async def _write_round(self, files: RoundFiles) -> None:
         """The round's files (the next round's checkpoint, the round's line, the WAL's removal), written
-        beside the next round's training from a private copy of the state. The next round opens its
+        beside the next round's training, encoded before it began. The next round opens its
         WAL only after they are durable (``files_written``): a crash before that finishes this round
         again from its WAL, exactly as a crash between the mix and the checkpoint always did, and
         nothing of the next round has been sent by then."""
         started = self.now()
-        await self.write_behind(self.persistence.finish_round, record, next_state)
+        await self.write_behind(self.persistence.finish_round, files)
         self.observer.checkpoint(self.now() - started)
 
     async def files_written(self) -> None:

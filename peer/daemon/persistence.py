@@ -325,6 +325,16 @@ class WriteAhead:
         }
 
 
+@dataclass(frozen=True)
+class RoundFiles:
+    """What ``finish_round`` writes: the round's line, and the next round's checkpoint (holding the
+    line too) already encoded, which nothing changes after."""
+
+    record: dict
+    checkpoint: Any  # bytes (FileFormat) or a private copy of the state (CopyFormat)
+    next_round: int
+
+
 class Persistence:
     def __init__(self, store: Store, form=FileFormat) -> None:
         self.store, self.form = store, form
@@ -334,8 +344,11 @@ class Persistence:
 
     # checkpoint -------------------------------------------------------------------------------
     def save_checkpoint(self, state: dict) -> None:
-        self.store.write(CHECKPOINT, self.form.dumps(state))
-        self.checkpoint_round = int(state["round"])
+        self._write_checkpoint(self.form.dumps(state), int(state["round"]))
+
+    def _write_checkpoint(self, encoded: Any, round_: int) -> None:
+        self.store.write(CHECKPOINT, encoded)
+        self.checkpoint_round = round_
 
     def load_checkpoint(self) -> dict | None:
         data = self.store.read(CHECKPOINT)
@@ -404,10 +417,16 @@ class Persistence:
         self.store.clear_records(WAL_LINKS)
         self.wal = None
 
-    def finish_round(self, record: dict, next_state: dict) -> None:
+    def round_files(self, record: dict, next_state: dict) -> RoundFiles:
+        """A finished round's files, encoded now, on the caller's thread: ``finish_round`` may then
+        write them from another thread while the next round changes the state. (Encoding here costs
+        less than copying the state for the writer to encode: no state is copied twice.)"""
+        return RoundFiles(record, self.form.dumps({**next_state, "record": record}), int(next_state["round"]))
+
+    def finish_round(self, files: RoundFiles) -> None:
         """The next round's checkpoint (holding this round's line), then the line, then the WAL goes."""
-        self.save_checkpoint({**next_state, "record": record})
-        self.log_round(record)
+        self._write_checkpoint(files.checkpoint, files.next_round)
+        self.log_round(files.record)
         self.discard_wal()
 
     def log_round(self, record: dict) -> None:

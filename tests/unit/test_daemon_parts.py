@@ -235,7 +235,7 @@ def test_link_records_of_an_earlier_round_are_ignored_and_a_finished_round_clear
     files.open_round(0, {"x": torch.ones(1)}, ["peer-02"], {})
     files.record_link(0, "peer-02", _received(2), final=True)
     stale = (tmp_path / WAL_LINKS).read_bytes()
-    files.finish_round({"round": 0}, {"round": 1})
+    files.finish_round(files.round_files({"round": 0}, {"round": 1}))
     assert (tmp_path / WAL_LINKS).read_bytes() == b"" and not (tmp_path / WAL).exists()
     files.open_round(1, {"x": torch.ones(1)}, ["peer-02"], {})
     (tmp_path / WAL_LINKS).write_bytes(stale)  # a power cut undid the clearing: round 0's record is back
