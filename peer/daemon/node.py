@@ -647,7 +647,9 @@ class PeerDaemon(ExchangeServer):
         schedule_info = self.phases.advance(round_, len(self.known) + 1) if self.phases else {}
         plan = self.strategy.plan(round_)
         trained = self.now()
-        loss = await self.offload(self.local.train, round_)
+        # a round that trains nothing does not wake the training thread: a consensus round is all
+        # overhead, and the hop there and back is two thread switches on a loaded machine
+        loss = await self.offload(self.local.train, round_) if plan.train else float("nan")
         record = {
             "round": round_,
             "phase": plan.phase,
