@@ -16,7 +16,9 @@ Round r, at every peer:
    ``w_ij = 1 / (1 + max(deg_i, deg_j))`` (``algorithm/mixing.py``; degrees travel in the headers) and
    ``w_ii = 1 − Σ w_ij``: the matrix is symmetric and doubly stochastic whatever links failed, so the
    network-wide sum of every factor is kept.
-6. Append the round's line to ``rounds.jsonl``, write the checkpoint of round r + 1, drop the WAL.
+6. Write the checkpoint of round r + 1 (which holds the round's line too), append the line to
+   ``rounds.jsonl``, drop the WAL: on a thread of their own, beside round r + 1's training; when round
+   r + 1 trains nothing, that round writes them itself before it opens (``files_written``).
 
 Round clock: the round number travels in every header and a factor of another round is never mixed
 (refused with ``round-behind`` / ``round-ahead``). A peer two or more rounds behind a neighbour (a late
@@ -149,6 +151,7 @@ class PeerDaemon(ExchangeServer):
         # the round's files are written by write_behind while the next round trains (_write_round)
         self.write_behind = write_behind
         self.writing: asyncio.Task | None = None
+        self.unwritten: RoundFiles | None = None  # files the next round writes itself (it trains nothing)
         self.peer_id = net.peer_id
         self.strategy = local.strategy
         factors = local.factors()
@@ -612,9 +615,11 @@ class PeerDaemon(ExchangeServer):
         self.book.close(round_)
         self._publish_latest(round_ + 1)
         record["seconds"] = self.now() - t0  # the round's time, up to its files
-        self.writing = self._spawn(
-            self._write_round(self.persistence.round_files(record, self._checkpoint_state(round_ + 1)))
-        )
+        files = self.persistence.round_files(record, self._checkpoint_state(round_ + 1))
+        if self.strategy.plan(round_ + 1).train:
+            self.writing = self._spawn(self._write_round(files))
+        else:  # nothing to write them beside: the next round writes them first, on this thread
+            self.unwritten = files
         self.round = round_ + 1
         self.observer.round_done(record)
         log.info(
@@ -637,10 +642,17 @@ class PeerDaemon(ExchangeServer):
         self.observer.checkpoint(self.now() - started)
 
     async def files_written(self) -> None:
-        """Wait until the last round's files are durable (raises what writing them raised)."""
+        """Wait until the last round's files are durable (raises what writing them raised). Those of a
+        round followed by one that trains nothing are written here: the writer thread would overlap
+        nothing, and waking it and then the event loop again cost such a round two thread switches."""
         writing, self.writing = self.writing, None
         if writing is not None:
             await writing
+        unwritten, self.unwritten = self.unwritten, None
+        if unwritten is not None:
+            started = self.now()
+            self.persistence.finish_round(unwritten)
+            self.observer.checkpoint(self.now() - started)
 
     async def _train_and_open(self, round_: int) -> tuple[RoundState, dict]:
         settled = self.settlements.apply(self._add_settled_term)
