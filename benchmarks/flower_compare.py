@@ -17,6 +17,11 @@ its loopback counted are exactly the bytes of the run, every protocol overhead i
 status probes and TLS-free gRPC for tadlora; gRPC for Flower). Needs root for that; without root
 the bytes column shows the payload bytes from the logs instead.
 
+``--cpu`` also measures the CPU seconds that all of each side's processes spend per round (Flower's
+server and clients; the daemons in rounds that train nothing), from two runs of each, ``--rounds`` and
+``CPU_LONG_RUN`` times as many, so that start-up cancels. Divided by the cores, it says whether a round
+is bound by CPU: when it is, only less work per round shortens it, not less waiting.
+
 The two move different amounts by design: a star moves 2·N adapters a round through one server;
 gossip on a complete graph moves N·(N-1) (every pair swaps both ways), with no server. ``--equal-bytes``
 runs the daemons on a random graph of edge probability 2/(N-1) instead (``--topology er``): N·(N-1)
@@ -29,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -77,6 +83,7 @@ class Loopback:
 
 
 def run_flower(python: str, clients: int, rounds: int, folder: Path) -> dict:
+    folder.mkdir(parents=True, exist_ok=True)
     with Loopback() as ns:
         before = ns.bytes()
         times = folder / "flower_times.json"
@@ -142,6 +149,27 @@ def exchange_config(peers: int, rounds: int, training: bool = True, equal_bytes:
     )
 
 
+# --cpu: the longer of the two runs whose difference is the CPU of rounds alone, in multiples of --rounds
+CPU_LONG_RUN = 10
+
+
+def children_cpu_seconds() -> float:
+    """User and system CPU seconds of this process's children that ended and were waited for."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def cpu_per_round(run, rounds: int) -> float:
+    """CPU seconds per round of every process ``run(n)`` starts (and waits for) to run ``n`` rounds:
+    ``rounds`` and ``CPU_LONG_RUN`` times as many, differenced, so that imports and loading cancel."""
+    spent = []
+    for n in (rounds, CPU_LONG_RUN * rounds):
+        before = children_cpu_seconds()
+        run(n)
+        spent.append(children_cpu_seconds() - before)
+    return (spent[1] - spent[0]) / ((CPU_LONG_RUN - 1) * rounds)
+
+
 # a round's parts beyond training that rounds.jsonl times (``*_seconds``), in the order they happen
 ROUND_PARTS = ("files_wait", "write_ahead", "exchange", "mix")
 
@@ -185,6 +213,12 @@ def main() -> None:
         action="store_true",
         help="the daemons on a random graph of edge probability 2/(N-1): as many adapters a round as Flower's star",
     )
+    parser.add_argument(
+        "--cpu",
+        action="store_true",
+        help=f"also the CPU seconds per round of each side's processes (two more runs of each: --rounds and "
+        f"{CPU_LONG_RUN} times as many)",
+    )
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="tadlora-flower-"))
     flower = run_flower(args.flower_python, args.peers, args.rounds, folder)
@@ -221,6 +255,33 @@ def main() -> None:
     for what, ours in runs:
         parts = ", ".join(f"{part} {seconds * 1e3:.1f}" for part, seconds in ours["parts"].items())
         print(f"tadlora's round beyond training, part by part ({what}; medians, ms): {parts or 'not timed'}")
+    if args.cpu:
+        report_cpu(args, folder, flower["overhead"], mixing["overhead"])
+
+
+def report_cpu(args, folder: Path, flower_round: float, tadlora_round: float) -> None:
+    """CPU per round of each side, against its round time on this machine's cores."""
+    flower = cpu_per_round(
+        lambda n: run_flower(args.flower_python, args.peers, n, folder / f"cpu-flower-{n}"), args.rounds
+    )
+    tadlora = cpu_per_round(
+        lambda n: run_tadlora(
+            args.peers, n, folder / f"cpu-tadlora-{n}", args.wire_dtype, training=False, equal_bytes=args.equal_bytes
+        ),
+        args.rounds,
+    )
+    cores = os.cpu_count() or 1
+    print(f"\nCPU per round, all processes of a side ({cores} cores; rounds that train nothing for tadlora):")
+    print("| | CPU per round (ms) | per process (ms) | CPU / cores (ms) | round time (ms) |\n|---|---|---|---|---|")
+    for name, cpu, processes, round_time in (
+        (f"Flower (server + {args.peers} clients)", flower, args.peers + 1, flower_round),
+        (f"tadlora ({args.peers} daemons)", tadlora, args.peers, tadlora_round),
+    ):
+        print(
+            f"| {name} | {cpu * 1e3:.1f} | {cpu * 1e3 / processes:.1f} | {cpu * 1e3 / cores:.1f} | "
+            f"{round_time * 1e3:.1f} |"
+        )
+    print(f"ratio tadlora/Flower, CPU per round: {tadlora / flower:.2f}")
 
 
 if __name__ == "__main__":
