@@ -60,6 +60,7 @@ from peer.daemon.persistence import (
     RoundFiles,
     WriteAhead,
     recorded_payload,
+    snapshot,
 )
 from peer.daemon.phases import PhaseAgreement
 from peer.daemon.protocol import Identity, LinkProtocol
@@ -148,10 +149,11 @@ class PeerDaemon(ExchangeServer):
         self.local, self.run, self.net, self.persistence, self.transport = local, run, net, persistence, transport
         self.wire = WireDtype(run.wire_dtype)  # how this peer's factors travel (it decodes any form)
         self.offload, self.evaluate = offload, evaluate
-        # the round's files are written by write_behind while the next round trains (_write_round)
+        # the round's files are written by write_behind while the next round trains (_write_round);
+        # before a round that trains nothing, that round writes them itself (unwritten, files_written)
         self.write_behind = write_behind
         self.writing: asyncio.Task | None = None
-        self.unwritten: RoundFiles | None = None  # files the next round writes itself (it trains nothing)
+        self.unwritten: RoundFiles | None = None
         self.peer_id = net.peer_id
         self.strategy = local.strategy
         factors = local.factors()
@@ -615,11 +617,11 @@ class PeerDaemon(ExchangeServer):
         self.book.close(round_)
         self._publish_latest(round_ + 1)
         record["seconds"] = self.now() - t0  # the round's time, up to its files
-        files = self.persistence.round_files(record, self._checkpoint_state(round_ + 1))
+        next_state = self._checkpoint_state(round_ + 1)
         if self.strategy.plan(round_ + 1).train:
-            self.writing = self._spawn(self._write_round(files))
+            self.writing = self._spawn(self._write_round(record, snapshot(next_state)))
         else:  # nothing to write them beside: the next round writes them first, on this thread
-            self.unwritten = files
+            self.unwritten = self.persistence.round_files(record, next_state)
         self.round = round_ + 1
         self.observer.round_done(record)
         log.info(
@@ -631,14 +633,15 @@ class PeerDaemon(ExchangeServer):
             ",".join(record["neighbours"]) or "-",
         )
 
-    async def _write_round(self, files: RoundFiles) -> None:
-        """The round's files (the next round's checkpoint, the round's line, the WAL's removal), written
-        beside the next round's training, encoded before it began. The next round opens its
-        WAL only after they are durable (``files_written``): a crash before that finishes this round
-        again from its WAL, exactly as a crash between the mix and the checkpoint always did, and
-        nothing of the next round has been sent by then."""
+    async def _write_round(self, record: dict, next_state: dict) -> None:
+        """The round's files (the next round's checkpoint, the round's line, the WAL's removal),
+        encoded and written beside the next round's training from a private copy of the state (a copy
+        where the state lives, on the GPU say, holds up training less than encoding it there would).
+        The next round opens its WAL only after they are durable (``files_written``): a crash before
+        that finishes this round again from its WAL, exactly as a crash between the mix and the
+        checkpoint always did, and nothing of the next round has been sent by then."""
         started = self.now()
-        await self.write_behind(self.persistence.finish_round, files)
+        await self.write_behind(lambda: self.persistence.finish_round(self.persistence.round_files(record, next_state)))
         self.observer.checkpoint(self.now() - started)
 
     async def files_written(self) -> None:
@@ -672,7 +675,7 @@ class PeerDaemon(ExchangeServer):
         }
         candidates = self._choose_links(round_)
         waited = self.now()
-        await self.files_written()  # the previous round's, written while this one trained
+        await self.files_written()  # the previous round's: written while this one trained, or now
         opened = self.now()
         # nothing trained, nothing settled: the checkpoint of this round holds the local state already
         unchanged = not plan.train and not settled and self.persistence.checkpoint_round == round_

@@ -328,7 +328,7 @@ class WriteAhead:
 @dataclass(frozen=True)
 class RoundFiles:
     """What ``finish_round`` writes: the round's line, and the next round's checkpoint (holding the
-    line too) already encoded, which nothing changes after."""
+    line too), already encoded."""
 
     record: dict
     checkpoint: Any  # bytes (FileFormat) or a private copy of the state (CopyFormat)
@@ -418,9 +418,8 @@ class Persistence:
         self.wal = None
 
     def round_files(self, record: dict, next_state: dict) -> RoundFiles:
-        """A finished round's files, encoded now, on the caller's thread: ``finish_round`` may then
-        write them from another thread while the next round changes the state. (Encoding here costs
-        less than copying the state for the writer to encode: no state is copied twice.)"""
+        """A finished round's files, encoded now (``finish_round`` writes them). Nothing may change
+        ``record`` after: its line is written from it."""
         return RoundFiles(record, self.form.dumps({**next_state, "record": record}), int(next_state["round"]))
 
     def finish_round(self, files: RoundFiles) -> None:

@@ -12,7 +12,7 @@ import torch
 from peer.algorithm.compression import WireDtype
 from peer.algorithm.mixing import metropolis_hastings_weights
 from peer.algorithm.schedule import AgreedSchedule
-from peer.daemon.checkpoint import CheckpointError
+from peer.daemon.checkpoint import CHECKPOINT, CheckpointError
 from peer.daemon.links import DORMANT_AFTER_FAILURES, MAX_BACKOFF_ROUNDS, LinkBackoff
 from peer.daemon.node import PeerDaemon
 from peer.daemon.persistence import (
@@ -381,6 +381,52 @@ def test_only_an_unchanged_round_leaves_its_state_in_the_checkpoint(checkpoint_r
     wal = daemon.persistence.wal
     assert wal.local_state_in_checkpoint is in_checkpoint
     assert in_checkpoint or wal.local_state == {"adapter": "now"}
+
+
+class _RecordingStore(MemoryStore):
+    """A ``MemoryStore`` that keeps the order of its writes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[tuple[str, str]] = []
+
+    def write(self, name, data):
+        self.ops.append(("write", name))
+        super().write(name, data)
+
+    def delete(self, name):
+        self.ops.append(("delete", name))
+        super().delete(name)
+
+    def append_line(self, name, line):
+        self.ops.append(("line", name))
+        super().append_line(name, line)
+
+    def clear_records(self, name):
+        self.ops.append(("clear", name))
+        super().clear_records(name)
+
+
+def test_a_round_that_trains_nothing_writes_the_last_rounds_files_itself_before_its_record():
+    daemon = _opening_daemon(checkpoint_round=3, trains=False, settled=[])
+    store = _RecordingStore()
+    daemon.persistence = Persistence(store)
+    daemon.persistence.open_round(3, {"x": torch.ones(1)}, ["peer-02"], {})  # round 3, finished, not yet written
+    store.ops.clear()
+    daemon.writing, daemon.observer = None, types.SimpleNamespace(checkpoint=lambda seconds: None)
+    daemon.unwritten = daemon.persistence.round_files({"round": 3}, {"round": 4, "local": {"x": torch.ones(1)}})
+    daemon.files_written = lambda: PeerDaemon.files_written(daemon)  # the daemon's own, not a stub
+    asyncio.run(PeerDaemon._train_and_open(daemon, 4))
+    # round 3's files, in their order, all before round 4's record: the crash guarantees of the writer
+    assert store.ops == [
+        ("write", CHECKPOINT),
+        ("line", ROUNDS_LOG),
+        ("delete", WAL),
+        ("clear", WAL_LINKS),
+        ("write", WAL),
+    ]
+    assert daemon.unwritten is None and daemon.persistence.wal.round == 4
+    assert daemon.persistence.wal.local_state_in_checkpoint  # the checkpoint just written is round 4's
 
 
 def _record_reader(schema):
