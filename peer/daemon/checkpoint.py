@@ -118,8 +118,14 @@ def save_checkpoint(directory: Path, state: dict) -> Path:
 
 def dump_state(state: dict) -> bytearray:
     """A state's bytes, as a checkpoint or write-ahead file holds them. A ``bytearray``, never changed
-    after: a copy into ``bytes`` cost 8 times the encoding itself at 30 MB (fresh pages to fault in)."""
-    return state_file.dumps(loadable(state))
+    after: a copy into ``bytes`` cost 8 times the encoding itself at 30 MB (fresh pages to fault in).
+    A value it cannot hold is an ``UnloadableState`` that says where it sits (``loadable``, asked only
+    then: building every value's path cost as much as encoding the state)."""
+    try:
+        return state_file.dumps(state)
+    except TypeError:
+        loadable(state)  # raises the error with the value's path
+        raise  # not a value of the state: a dtype safetensors lacks, say
 
 
 def load_state(data: bytes | bytearray) -> dict:

@@ -23,6 +23,7 @@ import ctypes
 import json
 import math
 import struct
+from enum import Enum
 from typing import Any
 
 import torch
@@ -54,7 +55,8 @@ class StateFileError(TadloraError, ValueError):
 
 
 def dumps(state: Any) -> bytearray:
-    """``state`` (plain values and tensors only, enumerations already made plain) as one file's bytes."""
+    """``state`` (tensors and the plain values ``checkpoint.loadable`` lets through) as one file's
+    bytes; a TypeError for any other value."""
     tensors: list[torch.Tensor] = []
     tree = json.dumps(_encode(state, tensors), separators=(",", ":"))
     cpu = {str(i): t.detach().cpu().contiguous() for i, t in enumerate(tensors)}
@@ -95,14 +97,19 @@ def is_state_file(data: bytes | bytearray | memoryview) -> bool:
 
 
 def _encode(value: Any, tensors: list[torch.Tensor]) -> Any:
+    """``value`` as its JSON tree, its tensors appended to ``tensors``. The protocol's enumerations
+    (values and keys) become the plain values they stand for, as ``checkpoint.loadable`` has them: one
+    walk of the state, not a checked copy and then a walk of the copy (which cost twice this walk)."""
     if isinstance(value, torch.Tensor):
         tensors.append(value)
         return {TENSOR: len(tensors) - 1}
     kind = type(value)
     if kind is dict:
-        if all(type(key) is str and not key.startswith(_TAG) for key in value):
-            return {key: _encode(item, tensors) for key, item in value.items()}
-        return {PAIRS: [[_encode(key, tensors), _encode(item, tensors)] for key, item in value.items()]}
+        if not all(type(key) is str and not key.startswith(_TAG) for key in value):
+            value = {_plain(key): item for key, item in value.items()}
+            if not all(type(key) is str and not key.startswith(_TAG) for key in value):
+                return {PAIRS: [[_encode(key, tensors), _encode(item, tensors)] for key, item in value.items()]}
+        return {key: _encode(item, tensors) for key, item in value.items()}
     if kind is list:
         return [_encode(item, tensors) for item in value]
     if kind in (tuple, set):
@@ -115,7 +122,14 @@ def _encode(value: Any, tensors: list[torch.Tensor]) -> Any:
         return {DEVICE: str(value)}
     if kind in (str, int, float, bool, type(None)):
         return value
-    raise TypeError(f"a state holds no {kind.__name__}")  # loadable() refuses these first, with a path
+    if isinstance(value, Enum) and isinstance(value, str | int):
+        return value.value
+    raise TypeError(f"a state holds no {kind.__name__}")  # dump_state then asks loadable() where it sits
+
+
+def _plain(key: Any) -> Any:
+    """A dict key as ``checkpoint.loadable`` writes it: an enumeration's plain value."""
+    return key.value if isinstance(key, Enum) and isinstance(key, str | int) else key
 
 
 def _header(entries: dict, tree: str) -> bytes:

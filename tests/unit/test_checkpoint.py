@@ -14,12 +14,16 @@ import pytest
 import torch
 
 import peer.daemon.checkpoint as ckpt
+from peer.daemon import state_file
 from peer.daemon.checkpoint import (
     CHECKPOINT,
     TEMP_PREFIX,
     CheckpointError,
     UnloadableState,
+    dump_state,
     load_checkpoint,
+    load_state,
+    loadable,
     save_checkpoint,
 )
 
@@ -181,3 +185,14 @@ def test_a_changed_plain_value_is_a_checkpoint_error(tmp_path):
     (tmp_path / CHECKPOINT).write_bytes(altered)
     with pytest.raises(CheckpointError, match="digest"):
         load_checkpoint(tmp_path)
+
+
+def test_the_protocols_enumerations_are_written_as_the_plain_values_they_stand_for():
+    from peer.algorithm.factors import Block, Phase
+
+    state = {"phase": Phase.AB, Block.A: [Block.HEAD, (Phase.B, 1)], "by_block": {Block.B: 2}, (Phase.A, "x"): {3}}
+    data = dump_state(state)
+    assert bytes(data) == bytes(state_file.dumps(loadable(state)))  # one walk, the checked copy's bytes
+    back = load_state(data)
+    assert back == {"phase": "AB", "A": ["H", ("B", 1)], "by_block": {"B": 2}, ("A", "x"): {3}}
+    assert type(back["phase"]) is str and type(back["A"][0]) is str
