@@ -21,6 +21,7 @@ from collections.abc import Hashable, Iterable, Mapping
 from typing import Any, TypeVar, cast
 
 import numpy as np
+import torch
 
 Edge = tuple[int, int]
 # a neighbour's key: a peer index in the simulator, a peer id in the daemon
@@ -112,6 +113,8 @@ def mix(
     neighbours = _in_order_of_names(neighbours)
     if sent is not None:
         return _mix_differences(own, neighbours, weights, sent)
+    if all(isinstance(value, torch.Tensor) for value in own.values()):
+        return _mix_tensors(own, neighbours, weights, self_weight)
     mixed: dict[str, TensorLike] = {}
     for name, value in own.items():
         acc = value * self_weight
@@ -119,6 +122,18 @@ def mix(
             acc = acc + to_like(tensors[name], value) * weights[peer]
         mixed[name] = acc
     return mixed
+
+
+def _mix_tensors(own, neighbours, weights, self_weight) -> dict[str, TensorLike]:
+    """``mix`` of torch tensors, each step one call over all of them (``torch._foreach_*``): the same
+    operations in the same order, so the same bits, at two thirds of the time of a call per tensor
+    (MiniLM's 26 factors and two neighbours: 0.25 ms against 0.39)."""
+    names, values = list(own), list(own.values())
+    mixed = torch._foreach_mul(values, self_weight)
+    for peer, tensors in neighbours.items():
+        theirs = [to_like(tensors[name], value) for name, value in zip(names, values)]
+        torch._foreach_add_(mixed, torch._foreach_mul(theirs, weights[peer]))
+    return dict(zip(names, mixed))
 
 
 def _in_order_of_names(neighbours: Mapping[Node, Any]) -> dict[Node, Any]:

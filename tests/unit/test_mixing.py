@@ -91,3 +91,17 @@ def test_mix_works_on_torch_tensors_too():
     torch = pytest.importorskip("torch")
     out = mix({"a": torch.ones(2)}, {1: {"a": torch.zeros(2)}}, {1: 0.25}, 0.75)
     assert torch.allclose(out["a"], torch.full((2,), 0.75))
+
+
+def test_mix_of_torch_tensors_gives_the_bits_of_the_arithmetic_tensor_by_tensor():
+    torch = pytest.importorskip("torch")
+    gen = torch.Generator().manual_seed(0)
+    shapes = {"a.lora_A": (8, 16), "a.lora_B": (16, 8), "head/w": (3,)}
+    own = {name: torch.randn(shape, generator=gen) for name, shape in shapes.items()}
+    neighbours = {p: {name: torch.randn(shape, generator=gen) for name, shape in shapes.items()} for p in ("x", "y")}
+    weights = {"x": 0.2, "y": 0.3}
+    mixed = mix(own, neighbours, weights, 0.5)
+    for name, value in own.items():
+        expected = value * 0.5 + neighbours["x"][name] * 0.2 + neighbours["y"][name] * 0.3
+        assert torch.equal(mixed[name], expected), name
+        assert mixed[name].data_ptr() != value.data_ptr()  # a new tensor: the own one stays as it was
