@@ -10,6 +10,7 @@ name with ``HEAD_PREFIX`` in front, which is how ``factor_of`` tells them apart 
 """
 
 from enum import StrEnum
+from functools import lru_cache
 
 
 class Block(StrEnum):
@@ -34,6 +35,12 @@ FACTORS = (A, B)
 HEAD_PREFIX = "head/"
 
 
+# names a peer checks are its adapter's, and each name is looked up a dozen times a round (``select``,
+# ``blocks_of``): kept once; a neighbour's odd names are refused earlier, and the cache is bounded anyway
+_NAMES_KEPT = 4096
+
+
+@lru_cache(maxsize=_NAMES_KEPT)
 def factor_of(tensor_name: str) -> Block:
     """Return ``"A"``, ``"B"`` or ``"H"`` for a tensor name; raise ValueError for anything else."""
     if tensor_name.startswith(HEAD_PREFIX):

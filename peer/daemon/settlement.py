@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from peer.algorithm.factors import blocks_of, select
+from peer.algorithm.factors import Block, factor_of
 from peer.daemon.protocol import LinkProtocol
 
 log = logging.getLogger("tadlora.daemon")
@@ -35,15 +35,19 @@ class PendingLink:
         return {name: (self.received[name] - self.sent[name]) * self.weight for name in self.sent}
 
 
-def factor_sum(tensors: dict[str, torch.Tensor], factor: str) -> float:
-    return float(sum(float(v.double().sum()) for v in select(tensors, [factor]).values()))
-
-
 def block_sums(tensors: dict[str, torch.Tensor], key: str) -> dict[str, float]:
     """The float64 sum of each block present, under ``key`` with the block's letter in place of
     ``{}``: ``block_sums(t, "sum_{}_after")`` gives ``sum_a_after``, ``sum_b_after`` (and
-    ``sum_h_after`` when the head trains). The fault simulator adds these up across the network."""
-    return {key.format(block.lower()): factor_sum(tensors, block) for block in blocks_of(tensors)}
+    ``sum_h_after`` when the head trains). The fault simulator adds these up across the network.
+    One sum over each block's tensors laid end to end: a round takes these sums twice, and three
+    torch calls per tensor cost a tenth of a millisecond each time at MiniLM's 39 tensors."""
+    by_block: dict[Block, list[torch.Tensor]] = {}
+    for name, tensor in tensors.items():
+        by_block.setdefault(factor_of(name), []).append(tensor.reshape(-1))
+    return {
+        key.format(block.lower()): float(torch.cat(parts).sum(dtype=torch.float64))
+        for block, parts in sorted(by_block.items())
+    }
 
 
 class Settlements:
