@@ -30,7 +30,7 @@ import torch
 import xxhash
 
 from peer.errors import TadloraError
-from peer.transport.codec import MAX_DIMENSION_SIZE, MAX_DIMENSIONS, SAFETENSORS_DTYPES, safetensors_layout
+from peer.transport.codec import MAX_DIMENSION_SIZE, MAX_DIMENSIONS, SAFETENSORS_DTYPES, layout_json
 
 # Metadata keys of the safetensors header; a reader of plain safetensors sees the tensors by index.
 TREE_KEY = "tadlora-state"
@@ -59,9 +59,9 @@ def dumps(state: Any) -> bytearray:
     bytes; a TypeError for any other value."""
     tensors: list[torch.Tensor] = []
     tree = json.dumps(_encode(state, tensors), separators=(",", ":"))
-    cpu = {str(i): t.detach().cpu().contiguous() for i, t in enumerate(tensors)}
-    order, entries, end = safetensors_layout(cpu)
-    header = _header(entries, tree)
+    cpu = {str(i): _contiguous_on_cpu(t) for i, t in enumerate(tensors)}
+    order, members, end = layout_json(cpu)
+    header = _header(members, tree)
     buffer = bytearray(_LENGTH.size + len(header) + end)
     start = len(buffer) - end
     buffer[: _LENGTH.size] = _LENGTH.pack(len(header))
@@ -132,11 +132,17 @@ def _plain(key: Any) -> Any:
     return key.value if isinstance(key, Enum) and isinstance(key, str | int) else key
 
 
-def _header(entries: dict, tree: str) -> bytes:
-    """The JSON header with a placeholder digest of the same width as a digest, padded with spaces
-    (which the format allows) so that the data starts aligned."""
-    metadata = {TREE_KEY: tree, DIGEST_KEY: _NO_DIGEST}
-    encoded = json.dumps({_METADATA: metadata, **entries}, separators=(",", ":")).encode()
+def _contiguous_on_cpu(tensor: torch.Tensor) -> torch.Tensor:
+    # most of a state's tensors are so already: three torch calls each cost more than the copy
+    return tensor if tensor.is_cpu and tensor.is_contiguous() else tensor.detach().cpu().contiguous()
+
+
+def _header(members: str, tree: str) -> bytes:
+    """The JSON header (the metadata, then the tensors' entries, ``members`` of ``layout_json``) with a
+    placeholder digest of the same width as a digest, padded with spaces (which the format allows)
+    so that the data starts aligned."""
+    metadata = json.dumps({_METADATA: {TREE_KEY: tree, DIGEST_KEY: _NO_DIGEST}}, separators=(",", ":"))
+    encoded = (metadata[:-1] + ("," + members if members else "") + "}").encode()
     return encoded + b" " * (-(_LENGTH.size + len(encoded)) % _ALIGNMENT)
 
 

@@ -15,6 +15,7 @@ import hashlib
 import json
 import math
 from collections.abc import Mapping
+from functools import lru_cache
 
 import torch
 import xxhash
@@ -91,8 +92,8 @@ def encode_factors(tensors: Mapping[str, torch.Tensor], wire: WireDtype = WireDt
     with one copy of the data: the header, then each tensor's bytes joined after it (widest types
     first, so every tensor sits at an offset aligned to its type; any safetensors reader loads it)."""
     sent = {name: t.detach().to("cpu").contiguous() for name, t in compress(tensors, wire).items()}
-    order, entries, _ = safetensors_layout(sent)
-    header = json.dumps(entries, separators=(",", ":")).encode()
+    order, members, _ = layout_json(sent)
+    header = ("{" + members + "}").encode()
     header += b" " * (-len(header) % _HEADER_ALIGNMENT)  # the data starts aligned, as safetensors pads it
     parts: list[bytes | memoryview] = [len(header).to_bytes(8, "little"), header]
     parts += [sent[name].reshape(-1).view(torch.uint8).numpy().data for name in order]
@@ -118,6 +119,25 @@ def safetensors_layout(tensors: Mapping[str, torch.Tensor]) -> tuple[list[str], 
         }
         offset += size
     return order, entries, offset
+
+
+# layouts kept (``layout_json``): a peer's messages and its state files repeat a handful of them
+_LAYOUTS_KEPT = 32
+
+
+def layout_json(tensors: Mapping[str, torch.Tensor]) -> tuple[tuple[str, ...], str, int]:
+    """``safetensors_layout``'s order and data size, and its header entries as JSON members (the
+    object without its braces), kept per set of names, dtypes and shapes: a peer's messages and its
+    states repeat the same few every round, and building the entries and their JSON again cost 0.2 ms
+    of a consensus round's checkpoint (its 104 tensors) and 0.1 ms of each message."""
+    return _layout_json(tuple((name, t.dtype, t.shape) for name, t in tensors.items()))
+
+
+@lru_cache(maxsize=_LAYOUTS_KEPT)
+def _layout_json(signature: tuple[tuple[str, torch.dtype, torch.Size], ...]) -> tuple[tuple[str, ...], str, int]:
+    stand_ins = {name: torch.empty(shape, dtype=dtype, device="meta") for name, dtype, shape in signature}
+    order, entries, end = safetensors_layout(stand_ins)
+    return tuple(order), json.dumps(entries, separators=(",", ":"))[1:-1], end
 
 
 def payload_digest(payload: bytes) -> bytes:

@@ -1,4 +1,5 @@
 import contextlib
+import json
 import re
 
 import pytest
@@ -88,3 +89,16 @@ def test_tensors_apart_or_of_two_dtypes_are_each_checked():
     tensors["m1.lora_B.weight"] = torch.randn(8, 2).bfloat16()
     back = decode_factors(st_save(tensors), schema)
     assert all(torch.equal(back[name], t.float()) for name, t in tensors.items())
+
+
+def test_a_message_is_the_file_safetensors_itself_writes_for_its_tensors():
+    from safetensors.torch import load as st_load
+
+    from peer.transport.codec import layout_json, safetensors_layout
+
+    tensors = {"b.lora_B": torch.randn(4, 2), "a.lora_A": torch.randn(2, 4), "h": torch.zeros(3, dtype=torch.float64)}
+    for _ in range(2):  # built, then kept: the same bytes
+        payload = encode_factors(tensors)
+        assert {k: v.tolist() for k, v in st_load(payload).items()} == {k: v.tolist() for k, v in tensors.items()}
+    order, entries, end = safetensors_layout(tensors)
+    assert layout_json(tensors) == (tuple(order), json.dumps(entries, separators=(",", ":"))[1:-1], end)
