@@ -95,6 +95,7 @@ class FolderStore:
         self.directory.mkdir(parents=True, exist_ok=True)
         remove_stale_temp_files(self.directory)
         self._records_end: dict[str, int] = {}  # where the next record goes, once the file was checked
+        self._lines_checked: set[str] = set()  # logs whose torn last line (a crash's) this process cut
 
     def write(self, name: str, data: bytes | bytearray) -> None:
         write_atomically(self.directory / name, lambda f: f.write(data))
@@ -107,12 +108,21 @@ class FolderStore:
         (self.directory / name).unlink(missing_ok=True)
 
     def append_line(self, name: str, line: str) -> None:
+        """Append one line and fsync it. A torn last line (a crash's, or an append of this process
+        that raised) is cut first: checked at the first append, and again after one that raised; an
+        append that returned ended with its newline (the check cost each round an open and a read)."""
         path = self.directory / name
-        _cut_torn_line(path)
-        with path.open("a") as f:
-            f.write(line + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        if name not in self._lines_checked:
+            _cut_torn_line(path)
+            self._lines_checked.add(name)
+        try:
+            with path.open("a") as f:
+                f.write(line + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError:
+            self._lines_checked.discard(name)
+            raise
 
     def lines(self, name: str) -> list[str]:
         path = self.directory / name

@@ -4,6 +4,7 @@ agreed phase schedule, and the files a peer keeps (no model, no network)."""
 import asyncio
 import itertools
 import json
+import os
 import types
 
 import pytest
@@ -211,6 +212,23 @@ def test_a_line_after_a_torn_one_starts_clean(tmp_path):
     files = Persistence(FolderStore(tmp_path))
     files.log_round({"round": 1})
     assert [json.loads(line)["round"] for line in (tmp_path / ROUNDS_LOG).read_text().splitlines()] == [0, 1]
+
+
+def test_an_append_that_failed_midway_is_cut_before_the_next_line(tmp_path, monkeypatch):
+    store = FolderStore(tmp_path)
+    store.append_line(ROUNDS_LOG, '{"round": 0}')  # the file checked once: later appends skip the check
+    real_fsync = os.fsync
+
+    def torn_then_failed(fd):  # the disk took half a line, then the append raised
+        os.ftruncate(fd, os.fstat(fd).st_size - 5)
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "fsync", torn_then_failed)
+    with pytest.raises(OSError):
+        store.append_line(ROUNDS_LOG, '{"round": 1}')
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    store.append_line(ROUNDS_LOG, '{"round": 2}')
+    assert store.lines(ROUNDS_LOG) == ['{"round": 0}', '{"round": 2}']
 
 
 def test_links_are_appended_records_and_a_torn_last_one_is_never_read(tmp_path):
