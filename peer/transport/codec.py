@@ -231,19 +231,24 @@ def _float_spans(view: memoryview, start: int, entries: dict, tensors: dict[str,
 
 
 def _in_local_dtypes(floats: Mapping[str, torch.Tensor], schema: Schema) -> dict[str, torch.Tensor]:
-    return {name: t.to(_torch_dtype(schema[name][0])) for name, t in floats.items()}
+    wanted = {name: _torch_dtype(schema[name][0]) for name in floats}
+    return {name: t if t.dtype == wanted[name] else t.to(wanted[name]) for name, t in floats.items()}
 
 
 def _tensor_at(view: memoryview, start: int, name: str, entry: object) -> torch.Tensor:
     """One header entry's tensor, a view of ``view`` (no copy)."""
     try:
-        assert isinstance(entry, dict)
-        dtype = SAFETENSORS_DTYPES[entry["dtype"]]
-        shape = [int(d) for d in entry["shape"]]
-        first, last = (int(o) for o in entry["data_offsets"])
-        assert len(shape) <= MAX_DIMENSIONS and all(0 <= d < MAX_DIMENSION_SIZE for d in shape)
-        assert 0 <= first <= last <= len(view) - start
-    except (AssertionError, KeyError, TypeError, ValueError):
+        dtype = SAFETENSORS_DTYPES[entry["dtype"]]  # type: ignore[index]
+        shape = entry["shape"]  # type: ignore[index]
+        first, last = entry["data_offsets"]  # type: ignore[index]
+        # JSON gives ints as ints: a float, a bool or a string where a count belongs is malformed
+        if not (type(shape) is list and len(shape) <= MAX_DIMENSIONS and type(first) is int and type(last) is int):
+            raise ValueError
+        if not all(type(d) is int and 0 <= d < MAX_DIMENSION_SIZE for d in shape) or not (
+            0 <= first <= last <= len(view) - start
+        ):
+            raise ValueError
+    except (KeyError, TypeError, ValueError):
         raise DecodeError(Reason.MALFORMED_PAYLOAD, f"bad safetensors entry for {shown(str(name), 80)}") from None
     numel = math.prod(shape)
     if (last - first) != numel * dtype.itemsize:
@@ -331,6 +336,7 @@ def _finite(tensor: torch.Tensor) -> bool:
     return bool(torch.isfinite(torch.stack(torch.aminmax(tensor))).all())
 
 
+@lru_cache(maxsize=len(SAFETENSORS_DTYPES))  # the local schema's names of dtypes: a handful
 def _torch_dtype(name: str) -> torch.dtype:
     dtype = getattr(torch, name)
     assert isinstance(dtype, torch.dtype), name

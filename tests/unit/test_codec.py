@@ -102,3 +102,21 @@ def test_a_message_is_the_file_safetensors_itself_writes_for_its_tensors():
         assert {k: v.tolist() for k, v in st_load(payload).items()} == {k: v.tolist() for k, v in tensors.items()}
     order, entries, end = safetensors_layout(tensors)
     assert layout_json(tensors) == (tuple(order), json.dumps(entries, separators=(",", ":"))[1:-1], end)
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"dtype": "F32", "shape": [2.0], "data_offsets": [0, 8]},
+        {"dtype": "F32", "shape": [True, 2], "data_offsets": [0, 8]},
+        {"dtype": "F32", "shape": [2], "data_offsets": [0.0, 8]},
+        {"dtype": "F32", "shape": "2", "data_offsets": [0, 8]},
+        {"dtype": "F32", "shape": [2], "data_offsets": [0, 8, 16]},
+        ["F32", [2], [0, 8]],
+    ],
+)
+def test_an_entry_whose_counts_are_not_json_integers_is_malformed(entry):
+    header = json.dumps({"x.lora_A": entry}).encode()
+    payload = len(header).to_bytes(8, "little") + header + bytes(8)
+    with pytest.raises(DecodeError, match="malformed-payload"):
+        decode_factors(payload, {"x.lora_A": ("float32", (2,))})
