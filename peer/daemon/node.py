@@ -621,7 +621,8 @@ class PeerDaemon(ExchangeServer):
         if self.strategy.plan(round_ + 1).train:
             self.writing = self._spawn(self._write_round(record, snapshot(next_state)))
         else:  # nothing to write them beside: the next round writes them first, on this thread
-            self.unwritten = self.persistence.round_files(record, next_state)
+            trained = bool(self.strategy.plan(round_).train)
+            self.unwritten = self.persistence.round_files(record, next_state, optimizer_unchanged=not trained)
         self.round = round_ + 1
         self.observer.round_done(record)
         log.info(

@@ -1,11 +1,16 @@
 """What a peer keeps on disk, and in which order it writes it, so that a crash at any instant is survivable.
 
-Five files; the first two are written atomically and durably (temp file, fsync, rename, directory
+Six files; the first three are written atomically and durably (temp file, fsync, rename, directory
 fsync), the others are appended and fsynced:
 
 ``checkpoint.pt``  the state at the start of a round: factors, optimizer, schedule, the decisions of
                    recent rounds (to answer a neighbour's outcome query after a restart), and links
-                   whose outcome is still unknown (``pending``).
+                   whose outcome is still unknown (``pending``). Each one has a random id.
+``checkpoint-consensus.pt``  the same, written instead by a round that trained nothing (a consensus
+                   round), without the optimizer's moments, which it did not change: it names the id of
+                   the ``checkpoint.pt`` that holds them, and a restart reads the two together. The
+                   next whole checkpoint makes it stale (another id) and removes it. The moments are
+                   two thirds of MiniLM's state, and twice a large adapter's factors.
 ``wal.pt``         the write-ahead record of the round in progress: the factors after local training
                    (what this peer sends) and its candidate links, written when the round opens. A
                    round that trained nothing (a consensus round) and changed nothing since the
@@ -71,6 +76,12 @@ EVENTS_LOG = "events.jsonl"
 # the local state of a write-ahead record whose round trained nothing: the checkpoint of that round
 # holds the state (a consensus round wrote the optimizer's moments and the factors twice per round)
 LOCAL_STATE_IN_CHECKPOINT = "in_checkpoint_of_round"
+# A round that trains nothing changes the factors, not the optimizer's moments: its checkpoint goes to
+# this file without them, naming the whole checkpoint (``checkpoint.pt``) that holds them by its id.
+CONSENSUS_CHECKPOINT = "checkpoint-consensus.pt"
+CHECKPOINT_ID = "checkpoint_id"
+BASE_CHECKPOINT = "base_checkpoint"
+OPTIMIZER = "optimizer"
 # a record of ``wal-links.bin``: this magic, the data's length and its xxh3-64 digest, then the data
 RECORD_MAGIC = b"TDLR"
 _RECORD_HEAD = struct.Struct("<4sQQ")
@@ -338,11 +349,14 @@ class WriteAhead:
 @dataclass(frozen=True)
 class RoundFiles:
     """What ``finish_round`` writes: the round's line, and the next round's checkpoint (holding the
-    line too), already encoded."""
+    line too), already encoded: a whole one (``checkpoint_id`` its new id), or one of a round that
+    trained nothing (``base`` the id of the whole one that holds its optimizer)."""
 
     record: dict
     checkpoint: Any  # bytes (FileFormat) or a private copy of the state (CopyFormat)
     next_round: int
+    checkpoint_id: str | None = None
+    base: str | None = None
 
 
 class Persistence:
@@ -351,20 +365,53 @@ class Persistence:
         self.wal: WriteAhead | None = None
         self.last_logged_round = self._scan_last_logged_round()  # read once: the log only grows here
         self.checkpoint_round: int | None = None  # the round of the checkpoint last written or read
+        self.checkpoint_id: str | None = None  # the id of the whole checkpoint on disk (written or read)
+        self.consensus_on_disk = False  # whether a consensus checkpoint may be there (written or read)
 
     # checkpoint -------------------------------------------------------------------------------
     def save_checkpoint(self, state: dict) -> None:
-        self._write_checkpoint(self.form.dumps(state), int(state["round"]))
+        self._write_checkpoint(self._whole(state, int(state["round"])))
 
-    def _write_checkpoint(self, encoded: Any, round_: int) -> None:
-        self.store.write(CHECKPOINT, encoded)
-        self.checkpoint_round = round_
+    def _whole(self, state: dict, round_: int, record: dict | None = None) -> RoundFiles:
+        checkpoint_id = os.urandom(8).hex()
+        extra = {CHECKPOINT_ID: checkpoint_id, **({"record": record} if record is not None else {})}
+        return RoundFiles(record or {}, self.form.dumps({**state, **extra}), round_, checkpoint_id=checkpoint_id)
+
+    def _consensus(self, state: dict, round_: int, record: dict) -> RoundFiles:
+        """The state without the optimizer's moments, which the whole checkpoint holds unchanged."""
+        assert self.checkpoint_id is not None
+        local = {key: value for key, value in state["local"].items() if key != OPTIMIZER}
+        light = {**state, "local": local, "record": record, BASE_CHECKPOINT: self.checkpoint_id}
+        return RoundFiles(record, self.form.dumps(light), round_, base=self.checkpoint_id)
+
+    def _write_checkpoint(self, files: RoundFiles) -> None:
+        if files.base is None:
+            self.store.write(CHECKPOINT, files.checkpoint)
+            self.checkpoint_id = files.checkpoint_id
+            if self.consensus_on_disk:  # stale now (made over another id): a lost removal is harmless
+                self.store.delete(CONSENSUS_CHECKPOINT)
+                self.consensus_on_disk = False
+        else:
+            if files.base != self.checkpoint_id:  # raised, not asserted: it would be a state no restart finds
+                raise AssertionError("a consensus checkpoint is written over the whole checkpoint it was made for")
+            self.store.write(CONSENSUS_CHECKPOINT, files.checkpoint)
+            self.consensus_on_disk = True
+        self.checkpoint_round = files.next_round
 
     def load_checkpoint(self) -> dict | None:
+        """The state of the last checkpoint written: the whole one, or a consensus round's made over it
+        (with the whole one's optimizer). A consensus checkpoint of another whole one is stale."""
         data = self.store.read(CHECKPOINT)
         if data is None:
             return None
         state = self._load(data, CHECKPOINT)
+        self.checkpoint_id = state.pop(CHECKPOINT_ID, None)  # an earlier build's checkpoint has none
+        consensus = self.store.read(CONSENSUS_CHECKPOINT)
+        self.consensus_on_disk = consensus is not None
+        if consensus is not None and self.checkpoint_id is not None:
+            light = self._load(consensus, CONSENSUS_CHECKPOINT)
+            if light.pop(BASE_CHECKPOINT, None) == self.checkpoint_id and int(light["round"]) > int(state["round"]):
+                state = {**light, "local": {**light["local"], OPTIMIZER: state["local"][OPTIMIZER]}}
         self.checkpoint_round = int(state["round"])
         return state
 
@@ -427,14 +474,20 @@ class Persistence:
         self.store.clear_records(WAL_LINKS)
         self.wal = None
 
-    def round_files(self, record: dict, next_state: dict) -> RoundFiles:
+    def round_files(self, record: dict, next_state: dict, optimizer_unchanged: bool = False) -> RoundFiles:
         """A finished round's files, encoded now (``finish_round`` writes them). Nothing may change
-        ``record`` after: its line is written from it."""
-        return RoundFiles(record, self.form.dumps({**next_state, "record": record}), int(next_state["round"]))
+        ``record`` after: its line is written from it. ``optimizer_unchanged``: the round trained
+        nothing, so the optimizer's moments are those of the whole checkpoint on disk: a consensus
+        checkpoint leaves them out (MiniLM's AdamW moments are two thirds of its state; a large
+        adapter's, twice its factors)."""
+        round_ = int(next_state["round"])
+        if optimizer_unchanged and self.checkpoint_id is not None:
+            return self._consensus(next_state, round_, record)
+        return self._whole(next_state, round_, record)
 
     def finish_round(self, files: RoundFiles) -> None:
         """The next round's checkpoint (holding this round's line), then the line, then the WAL goes."""
-        self._write_checkpoint(files.checkpoint, files.next_round)
+        self._write_checkpoint(files)
         self.log_round(files.record)
         self.discard_wal()
 

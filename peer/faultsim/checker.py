@@ -15,6 +15,9 @@
   that could not travel; ``AgreedSchedule``'s reconciliation covers what comes after.
 - finish: every peer finished every round, logged each round it ran exactly once, and left a
   checkpoint that loads (at the last round) and no write-ahead record.
+- state: that checkpoint holds what the peer holds at the end (factors, optimizer, trained blocks),
+  crashes and restarts or not: a consensus round's checkpoint, which leaves the optimizer to the
+  whole one before it, loses nothing (``check_states``).
 """
 
 from __future__ import annotations
@@ -23,6 +26,9 @@ import itertools
 import json
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import Any
+
+import torch
 
 from peer.config import default_peer_id
 from peer.daemon.persistence import EVENTS_LOG, ROUNDS_LOG, WAL, FileFormat, MemoryStore, Persistence
@@ -96,6 +102,39 @@ def _check_files(pid: str, files: Persistence, total_rounds: int) -> list[Violat
     if files.store.read(WAL) is not None:
         out.append(Violation("files", f"{pid} left a write-ahead record"))
     return out
+
+
+def check_states(stores: list[MemoryStore], live: list[dict], form=FileFormat) -> list[Violation]:
+    """Each peer's checkpoint against its local state at the end (``live``, by peer index)."""
+    out = []
+    for i, (store, state) in enumerate(zip(stores, live, strict=True)):
+        try:
+            saved = Persistence(store, form).load_checkpoint()
+        except Exception:
+            continue  # _check_files reports it
+        where = _first_difference(saved["local"], state, "local") if saved is not None else "local: no checkpoint"
+        if where is not None:
+            out.append(Violation("state", f"{default_peer_id(i)}'s checkpoint differs from its state at {where}"))
+    return out
+
+
+def _first_difference(saved: Any, live: Any, where: str) -> str | None:
+    if isinstance(live, dict):
+        if not isinstance(saved, dict) or set(map(str, saved)) != set(map(str, live)):
+            return where
+        by_name = {str(key): value for key, value in saved.items()}
+        return next(
+            (d for key, value in live.items() if (d := _first_difference(by_name[str(key)], value, f"{where}.{key}"))),
+            None,
+        )
+    if isinstance(live, torch.Tensor):
+        return None if isinstance(saved, torch.Tensor) and torch.equal(saved.cpu(), live.cpu()) else where
+    if isinstance(live, list | tuple):
+        same_length = isinstance(saved, list | tuple) and len(saved) == len(live)
+        pairs = zip(saved, live, strict=True) if same_length else ()
+        differences = (_first_difference(s, v, f"{where}[{n}]") for n, (s, v) in enumerate(pairs))
+        return next((d for d in differences if d), None) if same_length else where
+    return None if saved == live else where
 
 
 def _counted(rounds, settled, pid: str, round_: int) -> set[str]:

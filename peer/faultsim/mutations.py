@@ -16,6 +16,7 @@ from peer.algorithm.schedule import AgreedSchedule, interval_for_link_rate
 from peer.algorithm.strategies import Strategy
 from peer.core.local_peer import LocalPeer
 from peer.daemon import node, phases, protocol
+from peer.daemon.persistence import Persistence
 from peer.daemon.rounds import Decision
 from peer.transport.codec import decode_factors
 
@@ -147,3 +148,15 @@ DEFECTS = {
     "catch-up adopts a neighbour's factors": catch_up_adopts_a_neighbours_factors,
     "auto T without freeze or adoption": auto_schedule_without_freeze_or_adoption,
 }
+
+
+def consensus_checkpoint_after_training():
+    """Never was: a round's checkpoint written without the optimizer even when the round trained (its
+    moments changed), so the checkpoint holds the moments of the whole one before. The ``state``
+    invariant is what catches it."""
+    original = Persistence.round_files
+
+    def round_files(self, record, next_state, optimizer_unchanged=False):
+        return original(self, record, next_state, optimizer_unchanged=True)
+
+    return _patched(Persistence, "round_files", round_files)

@@ -14,7 +14,7 @@ from peer.algorithm.strategies import make_strategy
 from peer.config import DaemonConfig, RunConfig, default_peer_id
 from peer.daemon.node import PeerDaemon
 from peer.daemon.persistence import CopyFormat, FileFormat, MemoryStore, Persistence, SimulatedCrash
-from peer.faultsim.checker import Violation, check
+from peer.faultsim.checker import Violation, check, check_states
 from peer.faultsim.clock import Deadlock, VirtualTimeLoop
 from peer.faultsim.faults import Crash, FaultSchedule, address_of
 from peer.faultsim.stand_in import stand_in_peer
@@ -314,6 +314,9 @@ def run_schedule(
         logging.getLogger("tadlora").setLevel(previous)
     form = FileFormat if seed % FILE_FORMAT_EVERY == 0 else CopyFormat
     violations += check(schedule, [p.store for p in sim.peers], SCHEDULE_WINDOW, form)
+    if not violations:  # every peer finished: what each holds at the end is what its checkpoint says
+        live = [p.daemon.local.state() for p in sim.peers if p.daemon is not None]  # all of them, finished
+        violations += check_states([p.store for p in sim.peers], live, form)
     return ScheduleResult(schedule, violations, Counter(schedule.injected), sim.crashes, virtual)
 
 

@@ -87,6 +87,12 @@ def test_the_checker_catches_catch_up_that_adopts_a_neighbours_factors():
     assert found.get("continuity", 0) > 0, found
 
 
+def test_the_checker_catches_a_checkpoint_that_leaves_out_moments_that_changed():
+    with mutations.consensus_checkpoint_after_training():
+        found = _violations(range(12))
+    assert found.get("state", 0) > 0, found
+
+
 def test_the_checker_watches_the_sum_of_the_head_too():
     with mutations.head_mixed_by_a_plain_mean():
         summary = run_many(list(range(20)))

@@ -13,10 +13,13 @@ import torch
 from peer.algorithm.compression import WireDtype
 from peer.algorithm.mixing import metropolis_hastings_weights
 from peer.algorithm.schedule import AgreedSchedule
-from peer.daemon.checkpoint import CHECKPOINT, CheckpointError
+from peer.daemon.checkpoint import CHECKPOINT, CheckpointError, dump_state
 from peer.daemon.links import DORMANT_AFTER_FAILURES, MAX_BACKOFF_ROUNDS, LinkBackoff
 from peer.daemon.node import PeerDaemon
 from peer.daemon.persistence import (
+    BASE_CHECKPOINT,
+    CHECKPOINT_ID,
+    CONSENSUS_CHECKPOINT,
     ROUNDS_LOG,
     WAL,
     WAL_LINKS,
@@ -477,3 +480,48 @@ def test_a_restart_decodes_a_recorded_payload_reads_an_earlier_builds_factors_an
     # an int8 payload names no tensors: one recorded as A alone is never read as this round's A and B
     with pytest.raises(CheckpointError, match=r"holds \['A'\], the round mixes \['A', 'B'\]"):
         recorded(state, {**Persistence(FolderStore(tmp_path)).load_wal().links["peer-02"], "factors": ["A"]})
+
+
+def _peer_state(round_: int, factor: float, moment: float) -> dict:
+    optimizer = {"state": {0: {"exp_avg": torch.full((4,), moment)}}, "param_groups": [{"lr": 0.1}]}
+    return {"round": round_, "local": {"adapter": {"a": torch.full((2,), factor)}, "optimizer": optimizer}}
+
+
+def test_a_round_that_trained_nothing_writes_its_checkpoint_without_the_optimizer_which_restarts_find(tmp_path):
+    files = Persistence(FolderStore(tmp_path))
+    files.save_checkpoint(_peer_state(4, factor=1.0, moment=7.0))
+    whole = (tmp_path / CHECKPOINT).read_bytes()
+    files.finish_round(files.round_files({"round": 4}, _peer_state(5, 2.0, 7.0), optimizer_unchanged=True))
+    assert (tmp_path / CHECKPOINT).read_bytes() == whole  # the whole one stays as it was
+    assert (tmp_path / CONSENSUS_CHECKPOINT).stat().st_size < len(whole)  # no moments in it
+    restarted = Persistence(FolderStore(tmp_path))
+    state = restarted.load_checkpoint()
+    assert state["round"] == 5 and restarted.checkpoint_round == 5 and state["record"] == {"round": 4}
+    assert state["local"]["adapter"]["a"].tolist() == [2.0, 2.0]  # the consensus round's factors
+    assert state["local"]["optimizer"]["state"][0]["exp_avg"].tolist() == [7.0] * 4  # the whole one's moments
+    assert CHECKPOINT_ID not in state and BASE_CHECKPOINT not in state
+    # a round that trained writes a whole checkpoint again, and the consensus one goes
+    restarted.finish_round(restarted.round_files({"round": 5}, _peer_state(6, 3.0, 8.0)))
+    assert not (tmp_path / CONSENSUS_CHECKPOINT).exists()
+    state = Persistence(FolderStore(tmp_path)).load_checkpoint()
+    assert state["round"] == 6 and state["local"]["optimizer"]["state"][0]["exp_avg"].tolist() == [8.0] * 4
+
+
+def test_a_consensus_checkpoint_made_over_another_whole_one_is_stale(tmp_path):
+    files = Persistence(FolderStore(tmp_path))
+    files.save_checkpoint(_peer_state(4, 1.0, 7.0))
+    files.finish_round(files.round_files({"round": 4}, _peer_state(5, 2.0, 7.0), optimizer_unchanged=True))
+    stale = (tmp_path / CONSENSUS_CHECKPOINT).read_bytes()
+    files.save_checkpoint(_peer_state(5, 9.0, 8.0))  # a whole one of the same round (a jump, a start)
+    (tmp_path / CONSENSUS_CHECKPOINT).write_bytes(stale)  # its removal lost in a power cut
+    state = Persistence(FolderStore(tmp_path)).load_checkpoint()
+    assert state["local"]["adapter"]["a"].tolist() == [9.0, 9.0]
+
+
+def test_without_the_id_of_an_earlier_builds_checkpoint_a_round_writes_a_whole_one(tmp_path):
+    (tmp_path / CHECKPOINT).write_bytes(bytes(dump_state(_peer_state(4, 1.0, 7.0))))  # no checkpoint_id
+    files = Persistence(FolderStore(tmp_path))
+    assert files.load_checkpoint()["round"] == 4
+    files.finish_round(files.round_files({"round": 4}, _peer_state(5, 2.0, 7.0), optimizer_unchanged=True))
+    assert not (tmp_path / CONSENSUS_CHECKPOINT).exists()
+    assert Persistence(FolderStore(tmp_path)).load_checkpoint()["round"] == 5
