@@ -33,7 +33,8 @@ OUT_HELP = {
     "testbed": "directory for summary.json, testbed.png and one folder per daemon, peer-NN/ (its daemon.log and "
     "what tadlora run writes to --out) (default: runs/testbed)",
     "run": "directory for endpoint.json (address, pid), rounds.jsonl (one line per round), checkpoint.pt (every "
-    "round; a restart with the same --out resumes) and at the end summary.json and peers/<peer-id>/adapter/ "
+    "round, with checkpoint-consensus.pt after rounds that train nothing; a restart with the same --out resumes) "
+    "and at the end summary.json and peers/<peer-id>/adapter/ "
     "(default: runs/<run-id>/<peer-id>)",
 }
 
