@@ -113,7 +113,7 @@ def mix(
     neighbours = _in_order_of_names(neighbours)
     if sent is not None:
         return _mix_differences(own, neighbours, weights, sent)
-    if all(isinstance(value, torch.Tensor) for value in own.values()):
+    if own and all(isinstance(value, torch.Tensor) for value in own.values()):
         return _mix_tensors(own, neighbours, weights, self_weight)
     mixed: dict[str, TensorLike] = {}
     for name, value in own.items():

@@ -389,8 +389,11 @@ class Persistence:
             self.store.write(CHECKPOINT, files.checkpoint)
             self.checkpoint_id = files.checkpoint_id
             if self.consensus_on_disk:  # stale now (made over another id): a lost removal is harmless
-                self.store.delete(CONSENSUS_CHECKPOINT)
-                self.consensus_on_disk = False
+                try:
+                    self.store.delete(CONSENSUS_CHECKPOINT)
+                    self.consensus_on_disk = False
+                except OSError:  # so is one that failed: the next whole checkpoint tries again
+                    pass
         else:
             if files.base != self.checkpoint_id:  # raised, not asserted: it would be a state no restart finds
                 raise AssertionError("a consensus checkpoint is written over the whole checkpoint it was made for")

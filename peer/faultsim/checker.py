@@ -34,6 +34,9 @@ from peer.config import default_peer_id
 from peer.daemon.persistence import EVENTS_LOG, ROUNDS_LOG, WAL, FileFormat, MemoryStore, Persistence
 
 SUM_TOLERANCE = 1e-9
+# the stand-in optimizer's state (``peer.faultsim.stand_in``): its step count, one step a round that trains
+STAND_IN_STEPS = "steps"
+STAND_IN_STEPS_PER_ROUND = 1
 
 
 # Not a violation, a measurement: rounds after a decision that could not be shared, in which peers
@@ -105,16 +108,24 @@ def _check_files(pid: str, files: Persistence, total_rounds: int) -> list[Violat
 
 
 def check_states(stores: list[MemoryStore], live: list[dict], form=FileFormat) -> list[Violation]:
-    """Each peer's checkpoint against its local state at the end (``live``, by peer index)."""
+    """Each peer's checkpoint against its local state at the end (``live``, by peer index), and the
+    stand-in optimizer's step count against the rounds the peer logged as trained (one step each): an
+    optimizer that a restart loaded from the wrong checkpoint would carry on, and agree with every
+    checkpoint after, but not with the log."""
     out = []
     for i, (store, state) in enumerate(zip(stores, live, strict=True)):
+        pid = default_peer_id(i)
         try:
             saved = Persistence(store, form).load_checkpoint()
         except Exception:
             continue  # _check_files reports it
         where = _first_difference(saved["local"], state, "local") if saved is not None else "local: no checkpoint"
         if where is not None:
-            out.append(Violation("state", f"{default_peer_id(i)}'s checkpoint differs from its state at {where}"))
+            out.append(Violation("state", f"{pid}'s checkpoint differs from its state at {where}"))
+        steps = state.get("optimizer", {}).get(STAND_IN_STEPS)
+        trained = sum(json.loads(line)["train_loss"] is not None for line in store.lines(ROUNDS_LOG))
+        if steps is not None and steps != trained * STAND_IN_STEPS_PER_ROUND:
+            out.append(Violation("state", f"{pid}'s optimizer took {steps} steps in {trained} rounds that trained"))
     return out
 
 

@@ -525,3 +525,19 @@ def test_without_the_id_of_an_earlier_builds_checkpoint_a_round_writes_a_whole_o
     files.finish_round(files.round_files({"round": 4}, _peer_state(5, 2.0, 7.0), optimizer_unchanged=True))
     assert not (tmp_path / CONSENSUS_CHECKPOINT).exists()
     assert Persistence(FolderStore(tmp_path)).load_checkpoint()["round"] == 5
+
+
+def test_a_stale_consensus_checkpoint_that_cannot_be_removed_does_not_stop_the_round():
+    class NoDeleting(MemoryStore):
+        def delete(self, name):
+            if name == CONSENSUS_CHECKPOINT:
+                raise OSError("read-only")
+            super().delete(name)
+
+    files = Persistence(NoDeleting())
+    files.save_checkpoint(_peer_state(4, 1.0, 7.0))
+    files.finish_round(files.round_files({"round": 4}, _peer_state(5, 2.0, 7.0), optimizer_unchanged=True))
+    files.finish_round(files.round_files({"round": 5}, _peer_state(6, 3.0, 8.0)))  # whole: the removal fails
+    assert files.consensus_on_disk  # tried again at the next whole checkpoint
+    state = Persistence(files.store).load_checkpoint()
+    assert state["round"] == 6 and state["local"]["adapter"]["a"].tolist() == [3.0, 3.0]

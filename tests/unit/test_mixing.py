@@ -105,3 +105,7 @@ def test_mix_of_torch_tensors_gives_the_bits_of_the_arithmetic_tensor_by_tensor(
         expected = value * 0.5 + neighbours["x"][name] * 0.2 + neighbours["y"][name] * 0.3
         assert torch.equal(mixed[name], expected), name
         assert mixed[name].data_ptr() != value.data_ptr()  # a new tensor: the own one stays as it was
+
+
+def test_mix_of_nothing_is_nothing():
+    assert mix({}, {}, {}, 1.0) == {}
