@@ -17,7 +17,8 @@
   checkpoint that loads (at the last round) and no write-ahead record.
 - state: that checkpoint holds what the peer holds at the end (factors, optimizer, trained blocks),
   crashes and restarts or not: a consensus round's checkpoint, which leaves the optimizer to the
-  whole one before it, loses nothing (``check_states``).
+  whole one before it, loses nothing; and the stand-in optimizer took one step per round the peer
+  logged as trained (``check_states``).
 """
 
 from __future__ import annotations
