@@ -20,7 +20,10 @@ the bytes column shows the payload bytes from the logs instead.
 ``--cpu`` also measures the CPU seconds that all of each side's processes spend per round (Flower's
 server and clients; the daemons in rounds that train nothing), from two runs of each, ``--rounds`` and
 ``CPU_LONG_RUN`` times as many, so that start-up cancels. Divided by the cores, it says whether a round
-is bound by CPU: when it is, only less work per round shortens it, not less waiting.
+is bound by CPU: when it is, only less work per round shortens it, not less waiting. On a noisy
+machine start-ups differ by more than many rounds' worth (three runs of the same code once gave
+1.24, 1.79 and 0.77 times Flower's CPU); ``consensus_cpu.py`` reads the daemons' CPU over steady
+rounds only, for comparing two versions of tadlora.
 
 The two move different amounts by design: a star moves 2·N adapters a round through one server;
 gossip on a complete graph moves N·(N-1) (every pair swaps both ways), with no server. ``--equal-bytes``
