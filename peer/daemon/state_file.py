@@ -105,9 +105,9 @@ def _encode(value: Any, tensors: list[torch.Tensor]) -> Any:
         return {TENSOR: len(tensors) - 1}
     kind = type(value)
     if kind is dict:
-        if not all(type(key) is str and not key.startswith(_TAG) for key in value):
+        if not _keys_are_plain_strings(value):
             value = {_plain(key): item for key, item in value.items()}
-            if not all(type(key) is str and not key.startswith(_TAG) for key in value):
+            if not _keys_are_plain_strings(value):
                 return {PAIRS: [[_encode(key, tensors), _encode(item, tensors)] for key, item in value.items()]}
         return {key: _encode(item, tensors) for key, item in value.items()}
     if kind is list:
@@ -125,6 +125,11 @@ def _encode(value: Any, tensors: list[torch.Tensor]) -> Any:
     if isinstance(value, Enum) and isinstance(value, str | int):
         return value.value
     raise TypeError(f"a state holds no {kind.__name__}")  # dump_state then asks loadable() where it sits
+
+
+def _keys_are_plain_strings(value: dict) -> bool:
+    """Whether a dict can be a JSON object as it is: string keys, none of them starting with the tag."""
+    return all(type(key) is str and not key.startswith(_TAG) for key in value)
 
 
 def _plain(key: Any) -> Any:

@@ -142,10 +142,10 @@ def _first_difference(saved: Any, live: Any, where: str) -> str | None:
     if isinstance(live, torch.Tensor):
         return None if isinstance(saved, torch.Tensor) and torch.equal(saved.cpu(), live.cpu()) else where
     if isinstance(live, list | tuple):
-        same_length = isinstance(saved, list | tuple) and len(saved) == len(live)
-        pairs = zip(saved, live, strict=True) if same_length else ()
-        differences = (_first_difference(s, v, f"{where}[{n}]") for n, (s, v) in enumerate(pairs))
-        return next((d for d in differences if d), None) if same_length else where
+        if not isinstance(saved, list | tuple) or len(saved) != len(live):
+            return where
+        differences = (_first_difference(s, v, f"{where}[{n}]") for n, (s, v) in enumerate(zip(saved, live)))
+        return next((d for d in differences if d), None)
     return None if saved == live else where
 
 
