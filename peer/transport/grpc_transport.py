@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
@@ -51,7 +52,16 @@ from peer.transport.framing import (
     reject_frame,
     to_frames,
 )
-from peer.transport.lane import TOKEN_BYTES, Lane, LaneBroken, LaneListener, host_of, new_token, open_lane
+from peer.transport.lane import (
+    TOKEN_BYTES,
+    Lane,
+    LaneBroken,
+    LaneListener,
+    hello_for,
+    host_of,
+    new_token,
+    open_lane,
+)
 from peer.transport.pb import peer_pb2 as pb
 from peer.transport.tls import TLS_NAME, TlsMaterial
 
@@ -68,11 +78,13 @@ MAX_CHANNELS = 256
 
 # How long a server keeps an Exchange stream open after a swap's ack, waiting for the caller's next
 # swap; it holds one of the caller's stream slots (``Limits.max_streams_per_address``) meanwhile. A
-# round longer than this only costs the next swap the opening of a new stream.
+# round longer than this only costs the next swap the opening of a new stream. A swap's payload lane
+# is kept as long, in one of the caller's lane slots.
 KEPT_STREAM_IDLE_S = 60.0
-# A client reuses a kept stream only if it has been idle for less than this: well inside the server's
-# wait, so that the server rarely ends a stream just as a swap starts on it (a swap that finds its
-# kept stream ended before any answer is sent again on a new stream).
+# A client reuses a kept stream (or lane) only if it has been idle for less than this: well inside the
+# server's wait, so that the server rarely ends one just as a swap starts on it (a swap that finds its
+# kept stream ended before any answer is sent again on a new stream; one whose kept lane the server
+# closed meanwhile fails, as any swap whose connection breaks).
 REUSE_KEPT_STREAM_WITHIN_S = KEPT_STREAM_IDLE_S / 2
 # How long a client whose lane broke mid-reply waits for the server's refusal on the stream, which
 # says why (the server sends it before it closes the lane); without one the swap failed on the network.
@@ -509,6 +521,8 @@ class _Swap:
                 if self.reader.lane_token:  # before the screen: the connection waits for its claim only so long
                     self.lane = await self._claim_lane(header)
                 early = await screen(header)
+                if early is not None and self.lane is not None:
+                    self._send_on_lane(early)  # before the receive starts: its thread must not wait behind it
                 self.receiving = asyncio.ensure_future(self._receive(header))
                 if early is not None:
                     async for frame in self._send(early):
@@ -527,7 +541,8 @@ class _Swap:
             if kind == "commit" and answer.commit.round == incoming.header.round:  # type: ignore[union-attr]
                 committed = await self.server.commit(incoming.header)
                 if committed:
-                    yield pb.Frame(ack=pb.CommitAck(round=incoming.header.round))
+                    lane_kept = await self._keep_lane()
+                    yield pb.Frame(ack=pb.CommitAck(round=incoming.header.round, lane_kept=lane_kept))
                     self.acked = True
                 else:
                     yield reject_frame(Rejected(Reason.ROUND_CLOSED, "the server mixed this round already"))
@@ -540,14 +555,13 @@ class _Swap:
     async def _send(self, reply: FactorMessage) -> AsyncIterator[Frame]:
         """The reply's frames, cut by the rate floor: a caller that stops reading blocks the writes
         (HTTP/2 flow control). Stops early when the incoming message is refused meanwhile. On a lane,
-        only the header goes on the stream; the payload follows on the lane (``_end`` closes it)."""
-        sending_time = _sending_time(self.limits, reply.header.payload_size)
-        if self.lane is not None:
+        only the header goes on the stream, once the payload is on its way on the lane (``_end`` closes it)."""
+        if self.lane is not None:  # the payload first, as the client does (``_ClientSwap._on_lane``)
+            if self.sending is None:
+                self._send_on_lane(reply)
             yield header_frame(reply.header, lane_token=self.reader.lane_token, lane_port=self.lane_port)
-            deadline = asyncio.get_running_loop().time() + sending_time
-            self.sending = asyncio.ensure_future(self.lane.send(reply.payload, deadline))
             return
-        watchdog = _cancel_after(sending_time)
+        watchdog = _cancel_after(_sending_time(self.limits, reply.header.payload_size))
         try:
             for frame in to_frames(reply, self.limits.chunk_size, self.lane_port):
                 if self._refused_meanwhile():
@@ -555,6 +569,11 @@ class _Swap:
                 yield frame
         finally:
             watchdog.cancel()
+
+    def _send_on_lane(self, reply: FactorMessage) -> None:
+        assert self.lane is not None
+        deadline = asyncio.get_running_loop().time() + _sending_time(self.limits, reply.header.payload_size)
+        self.sending = asyncio.ensure_future(self.lane.send(reply.payload, deadline))
 
     def _refused_meanwhile(self) -> bool:
         return self.receiving is not None and _failed(self.receiving)
@@ -583,6 +602,25 @@ class _Swap:
         finally:
             if going_out:
                 sending.remove_done_callback(reply_out)  # type: ignore[union-attr]
+
+    async def _keep_lane(self) -> bool:
+        """Hand the lane to the listener for the client's next swap, once the reply went out whole on
+        it: on a shaped link a warm connection carries more of the link's rate than a new one."""
+        lane, sending = self.lane, self.sending
+        if lane is None or self.lanes is None or sending is None:
+            return False
+        # the client committed, so it has all of the reply: the sending thread is done, or says so now
+        await asyncio.wait((sending,), timeout=self.limits.frame_timeout)
+        if not sending.done() or sending.cancelled() or sending.exception() is not None:
+            return False
+        sock = lane.detach()
+        if sock is None:
+            return False
+        if not self.lanes.keep(sock, lane.host):
+            sock.close()
+            return False
+        self.lane = None
+        return True
 
     async def _end(self, committed: bool) -> None:
         receiving = self.receiving
@@ -639,12 +677,20 @@ class _StreamEndedBeforeSwap(Exception):
 
 
 @dataclass
+class _KeptLane:
+    sock: socket.socket
+    port: int  # the lane port it was opened to
+    idle_since: float  # the loop's time of its last swap's ack
+
+
+@dataclass
 class _Peer:
     """A kept channel to one address and its methods (made once: a stub per call costs), and the
-    Exchange stream of its last swap that ended with an ack, for the next swap."""
+    Exchange stream and payload lane of its last swap that ended with an ack, for the next swap."""
 
     channel: grpc.aio.Channel
     kept: _KeptStream | None = None
+    kept_lane: _KeptLane | None = None
     lane_port: int = 0  # the server's payload lane, as its last reply header named it (0: none)
     unreachable_lane: int = 0  # a lane port that could not be connected to: not tried again before
     unreachable_until: float = 0.0  # this time of the event loop (``LANE_RETRY_AFTER_S`` after the try)
@@ -666,6 +712,33 @@ class _Peer:
             return False
         self.kept = _KeptStream(call, now)
         return True
+
+    def take_lane(self, port: int, now: float) -> Lane | None:
+        """The kept lane for one swap to ``port`` (it is no longer kept meanwhile), if it is open and
+        fresh."""
+        kept, self.kept_lane = self.kept_lane, None
+        if kept is None:
+            return None
+        lane = Lane(kept.sock)
+        if kept.port == port and now - kept.idle_since <= REUSE_KEPT_STREAM_WITHIN_S and lane.still_open():
+            return lane
+        lane.close()
+        return None
+
+    def keep_lane(self, sock: socket.socket, port: int, now: float) -> bool:
+        """Keep a lane for the next swap, unless another one is kept already."""
+        if self.kept_lane is not None:
+            return False
+        self.kept_lane = _KeptLane(sock, port, now)
+        return True
+
+    def drop_kept(self) -> None:
+        """End the kept stream and close the kept lane (the channel closes)."""
+        if self.kept is not None:
+            self.kept.call.cancel()
+        if self.kept_lane is not None:
+            self.kept_lane.sock.close()
+        self.kept = self.kept_lane = None
 
     def __post_init__(self) -> None:
         c = self.channel
@@ -711,6 +784,7 @@ class _ClientSwap:
         self.sending: asyncio.Future[None] | None = None  # our payload going out on the lane
         self.receiving: asyncio.Future[tuple[bytearray, bytes]] | None = None  # the reply's payload on the lane
         self.after_reply: asyncio.Future[Frame | None] | None = None  # on a lane: the frame after the reply
+        self.lane_port = 0  # the port of that lane
 
     async def on(self, call, *, reused: bool) -> FactorMessage:
         address, lost = self.address, self.transport._lost
@@ -739,6 +813,8 @@ class _ClientSwap:
                     raise Rejected(Reason.of(ack.reject.reason), shown(ack.reject.detail), ack.reject.current_round)
                 if ack is None or kind_of(ack) != "ack":
                     raise ExchangeOutcomeUnknown(reply)
+                if isinstance(ack, pb.Frame) and ack.ack.lane_kept:
+                    await self._keep_lane()
             kept = self.peer.keep(call, asyncio.get_running_loop().time())
             return reply  # the ack is the protocol's last word: no half-close, the stream waits for the next swap
         except TimeoutError:
@@ -773,8 +849,23 @@ class _ClientSwap:
                 call.cancel()
             if self.lane is not None:
                 self.lane.close()
-                pending = (task for task in (self.sending, self.receiving, self.after_reply) if task is not None)
-                await asyncio.gather(*pending, return_exceptions=True)
+            tasks: tuple[asyncio.Future | None, ...] = (self.sending, self.receiving, self.after_reply)
+            pending = [task for task in tasks if task is not None]
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _keep_lane(self) -> None:
+        """Keep the lane for the next swap, as the server does (its ack said so), once our payload is
+        out: the server has all of it, so the sending thread is done, or says so now."""
+        lane, sending = self.lane, self.sending
+        if lane is None or sending is None:
+            return
+        await asyncio.wait((sending,))
+        if sending.cancelled() or sending.exception() is not None or (sock := lane.detach()) is None:
+            return
+        if self.peer.keep_lane(sock, self.lane_port, asyncio.get_running_loop().time()):
+            self.lane = None
+        else:
+            sock.close()
 
     async def _send_and_receive(self, call, next_frame: _CallReader) -> FactorMessage:
         """Send ours and read the server's reply at the same time: a server may stream its reply (or
@@ -817,13 +908,17 @@ class _ClientSwap:
         )
 
     async def _open_lane(self) -> tuple[Lane | None, bytes]:
-        """A lane to the server, its hello sent; None if it cannot be opened within a frame timeout
-        (the server restarted without one, say): the swap then goes in chunks, and the lane is
-        forgotten until a reply header names one again."""
+        """A lane to the server, and this swap's token for its hello: the lane kept from the last swap
+        if it is still open, else a new one; None if it cannot be opened within a frame timeout (the
+        server restarted without one, say): the swap then goes in chunks, and the lane is forgotten
+        until a reply header names one again."""
         token, loop, port = new_token(), asyncio.get_running_loop(), self.peer.lane_port
+        self.lane_port = port
+        if (kept := self.peer.take_lane(port, loop.time())) is not None:
+            return kept, token
         deadline = min(self.deadline, loop.time() + min(LANE_CONNECT_TIMEOUT_S, self.transport.limits.frame_timeout))
         try:
-            lane = await open_lane(self.address, port, token, len(self.outgoing.payload), deadline)
+            lane = await open_lane(self.address, port, deadline)
         except (OSError, TimeoutError) as exc:
             log.info("%s: its lane (port %d) cannot be reached (%s): payloads go in chunks", self.address, port, exc)
             self.peer.lane_port, self.peer.unreachable_lane = 0, port
@@ -836,8 +931,11 @@ class _ClientSwap:
         stream and its payload on the lane. Whatever comes on the stream meanwhile is a refusal (or its
         end): it is read beside the lane, and kept as the frame where the ack belongs."""
         self.lane, limits = lane, self.transport.limits
+        # the payload first: the header's write waits on gRPC's own thread (about a millisecond), and
+        # on a shaped link each direction's flow loses more than its delay when it starts apart
+        payload = self.outgoing.payload
+        self.sending = asyncio.ensure_future(lane.send(payload, self.deadline, hello_for(token, len(payload))))
         await call.write(header_frame(self.outgoing.header, lane_token=token))
-        self.sending = asyncio.ensure_future(lane.send(self.outgoing.payload, self.deadline))
         reader = FrameReader(next_frame, limits)
         try:
             header = await reader.header()
@@ -950,7 +1048,9 @@ class GrpcTransport(Transport):
         lane_port = 0
         if self.tls is None and self.limits.lane_min_bytes is not None:
             limits = self.limits
-            self._lanes = LaneListener(limits.max_streams, limits.max_streams_per_address, limits.frame_timeout)
+            self._lanes = LaneListener(
+                limits.max_streams, limits.max_streams_per_address, limits.frame_timeout, KEPT_STREAM_IDLE_S
+            )
             lane_port = await self._lanes.start(host_of(address), self.listen_lane_port)
         self.servicer = _Servicer(server, self.limits, self.tls, self._lanes, lane_port)
         self._server.add_generic_rpc_handlers((_handlers(self.servicer),))
@@ -976,6 +1076,7 @@ class GrpcTransport(Transport):
             if len(self._channels) >= MAX_CHANNELS:  # announcements of many fake addresses: drop the least
                 oldest = next(iter(self._channels))  # recently used; its calls in flight get a frame timeout
                 stale = self._channels.pop(oldest)
+                stale.drop_kept()
                 closing = stale.channel.close(grace=self.limits.frame_timeout)
                 self._closing.add(task := asyncio.ensure_future(closing))  # kept until done
                 task.add_done_callback(self._closing.discard)
@@ -1064,8 +1165,7 @@ class GrpcTransport(Transport):
 
     async def close(self) -> None:
         for peer in self._channels.values():
-            if peer.kept is not None:
-                peer.kept.call.cancel()
+            peer.drop_kept()
             await peer.channel.close()
         self._channels.clear()
         if self._server is not None:

@@ -11,14 +11,22 @@ The stream still carries everything else: both headers, any refusal, the commit 
 swap's outcome is decided exactly as before, and a link counts at both ends or at neither. A swap
 on the lane:
 
-1. The client connects to the lane port the server named in an earlier reply header and sends a
-   hello: ``LANE_MAGIC``, a random token and its payload's size; its payload follows on the same
-   connection. Its header, on the stream, carries the token.
+1. The client connects to the lane port the server named in an earlier reply header (or takes the
+   connection kept from its last swap with that server) and sends a hello: ``LANE_MAGIC``, a random
+   token and its payload's size; its payload follows on the same connection. Its header, on the
+   stream, carries the token.
 2. The server claims the connection whose hello carried the token of the header it read (waiting
-   for the hello at most ``frame_timeout``), reads the payload from it, and sends its own reply's
-   payload on it, after a reply header on the stream that carries the same token.
-3. Both close the connection when the swap ends: a lane carries one swap, so a swap cut short
-   leaves nothing behind for the next.
+   for the hello at most ``frame_timeout``), starts sending its own reply's payload on it, then
+   sends a reply header on the stream that carries the same token, and reads the client's payload.
+   Each side starts its payload before its header: on a shaped link, two directions that started
+   even a tenth of a millisecond apart on a new connection lost up to a tenth of the link's rate
+   (``benchmarks/README.md``, section 5).
+3. A swap that ends with the ack leaves the connection open for the next swap between the two: the
+   server says so in the ack (``CommitAck.lane_kept``) once the connection waits for its next hello,
+   as long as a kept stream (``grpc_transport.KEPT_STREAM_IDLE_S``); the client reuses it within half
+   that. Any other end closes it at
+   both ends, so a swap cut short leaves nothing behind for the next. A peer that predates this
+   never says it keeps a lane, and closes it.
 
 Over TLS there is no lane: every payload goes through gRPC, encrypted. A server that listens for
 lanes names the port in each reply header; a client sends on the lane only payloads of at least
@@ -27,7 +35,8 @@ token.
 
 What a remote peer can make a server hold: connections that wait for their hello or their claim,
 at most ``Limits.max_streams`` in all and ``max_streams_per_address`` from one address, each closed
-after ``frame_timeout``; a hello is 32 bytes; a payload is read only into the buffer of a header that
+after ``frame_timeout`` (a kept lane: after its keep time, or at once when a new connection needs
+its slot); a hello is 32 bytes; a payload is read only into the buffer of a header that
 passed the screen and the byte budget. The lane adds no authentication to an insecure run's: as on
 its gRPC streams, anyone who can reach the port can talk to it (a token is 128 random bits, so a
 third party cannot take over a swap's lane without seeing the traffic).
@@ -109,24 +118,33 @@ class Lane:
     closed only once no thread uses it any more, so that a thread between two calls never meets a
     descriptor number that the process has given to another connection meanwhile."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, host: str = "") -> None:
         sock.setblocking(True)
-        self.sock = sock
+        self.sock, self.host = sock, host  # host: the remote address, on a server's side
         self._lock = threading.Lock()  # guards the three below, from the loop and the threads
         self._using, self._shut, self._released = 0, False, False
 
-    async def send(self, payload: Buffer, deadline: float) -> None:
-        """All of ``payload`` by the event loop's time ``deadline``; LaneBroken, or TimeoutError at the
-        deadline (the lane is closed then)."""
+    async def send(self, payload: Buffer, deadline: float, hello: bytes = b"") -> None:
+        """``hello`` (a client's, ``hello_for``), then all of ``payload``, by the event loop's time
+        ``deadline``; LaneBroken, or TimeoutError at the deadline (the lane is closed then)."""
         view = memoryview(payload).cast("B")
-        await self._bounded(lambda: self.sock.sendall(view), deadline)
+
+        def write() -> None:
+            if hello:
+                self.sock.sendall(hello)
+            self.sock.sendall(view)
+
+        await self._bounded(write, deadline)
 
     async def receive(self, size: int, deadline: float) -> tuple[bytearray, bytes]:
         """``size`` bytes by ``deadline``, and their ``payload_digest``; LaneBroken, or TimeoutError at
-        the deadline (the lane is closed then)."""
-        buffer, digest = bytearray(size), new_payload_digest()
+        the deadline (the lane is closed then). The buffer is made in the thread: zeroing it takes
+        milliseconds at tens of MB, which would hold up the event loop, and with it the start of the
+        other direction's transfer."""
+        digest = new_payload_digest()
 
-        def read() -> None:
+        def read() -> bytearray:
+            buffer = bytearray(size)
             view, got = memoryview(buffer), 0
             while got < size:
                 n = self.sock.recv_into(view[got : got + RECEIVE_SLICE_BYTES])
@@ -134,25 +152,25 @@ class Lane:
                     raise LaneBroken(f"the lane ended after {got} of {size} bytes")
                 digest.update(view[got : got + n])
                 got += n
+            return buffer
 
-        await self._bounded(read, deadline)
-        return buffer, digest.digest()
+        return await self._bounded(read, deadline), digest.digest()
 
-    async def _bounded(self, work: Callable[[], None], deadline: float) -> None:
-        def guarded() -> None:
+    async def _bounded(self, work: Callable[[], T], deadline: float) -> T:
+        def guarded() -> T:
             with self._lock:
                 if self._shut:
                     raise LaneBroken("the lane was closed")
                 self._using += 1
             try:
-                work()
+                return work()
             finally:
                 self._leave()
 
         timeout = asyncio.timeout_at(deadline)
         try:
             async with timeout:
-                await _in_thread(guarded)
+                return await _in_thread(guarded)
         except TimeoutError as exc:  # an OSError too: the deadline's, or the connection's own (ETIMEDOUT)
             self.close()
             if timeout.expired():
@@ -176,6 +194,26 @@ class Lane:
         if release:
             self.sock.close()
 
+    def still_open(self) -> bool:
+        """Whether a kept lane is still good for a swap: the other end has neither closed it nor sent
+        anything unasked (between swaps it sends nothing). Does not block."""
+        try:
+            self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+        return False  # it read b"" (closed), or bytes that no swap asked for
+
+    def detach(self) -> socket.socket | None:
+        """The connection, to be kept for a next swap, if no thread uses it and it was not closed; this
+        Lane is done with it either way."""
+        with self._lock:
+            if self._shut or self._using:
+                return None
+            self._shut = self._released = True
+        return self.sock
+
     def close(self) -> None:
         """Shut the connection down (ending the calls blocked on it); its descriptor is closed now, or by
         the last thread that still uses it."""
@@ -191,9 +229,14 @@ class Lane:
             self.sock.close()
 
 
-async def open_lane(address: str, port: int, token: bytes, size: int, deadline: float) -> Lane:
-    """A connection to the lane of the peer at ``address`` (its gRPC ``host:port``), the hello sent:
-    to each address its host resolves to in turn, until one connects; OSError if none does, and
+def hello_for(token: bytes, size: int) -> bytes:
+    """What a client sends on a lane before each payload: the swap's token, and the payload's size."""
+    return _HELLO.pack(LANE_MAGIC, token, size)
+
+
+async def open_lane(address: str, port: int, deadline: float) -> Lane:
+    """A connection to the lane of the peer at ``address`` (its gRPC ``host:port``): to each address
+    its host resolves to in turn, until one connects; OSError if none does, and
     TimeoutError at ``deadline``. An address that drops the connection silently takes what is left of
     the time: only those that refuse at once fall through to the next."""
     loop = asyncio.get_running_loop()
@@ -209,7 +252,6 @@ async def open_lane(address: str, port: int, token: bytes, size: int, deadline: 
                 sock.setblocking(False)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 await loop.sock_connect(sock, target)
-                await loop.sock_sendall(sock, _HELLO.pack(LANE_MAGIC, token, size))
             except OSError as exc:
                 sock.close()
                 failure = exc
@@ -234,15 +276,20 @@ class _Arrival:
 class LaneListener:
     """A server's lane port: accepts connections, reads their hellos, and hands each one to the swap
     whose header names its token (``claim``). ``max_waiting`` / ``max_waiting_per_address``:
-    connections that may wait for their hello or their claim; ``wait_s``: how long each may."""
+    connections that may wait for their hello or their claim; ``wait_s``: how long each may. A lane
+    whose swap ended with an ack comes back (``keep``) to wait ``kept_s`` for the hello of the
+    client's next swap, within the same caps."""
 
-    def __init__(self, max_waiting: int, max_waiting_per_address: int, wait_s: float) -> None:
+    def __init__(self, max_waiting: int, max_waiting_per_address: int, wait_s: float, kept_s: float) -> None:
         self.max_waiting, self.max_waiting_per_address, self.wait_s = max_waiting, max_waiting_per_address, wait_s
+        self.kept_s = kept_s
         self.waiting: dict[str, int] = {}  # per address: connections before their claim
         self.arrived: dict[bytes, _Arrival] = {}  # by token: hello read, not claimed yet
         self.claims: dict[bytes, asyncio.Future[_Arrival]] = {}  # by token: swaps waiting for a hello
         self.greeting: dict[asyncio.Task, tuple[socket.socket, str]] = {}  # hellos being read: connection, address
+        self.idle_kept: dict[asyncio.Task, str] = {}  # of those, kept lanes before any byte: address, oldest first
         self.claimed = 0  # connections handed to swaps, in all
+        self.accepted = 0  # connections accepted within the caps, in all (a kept lane is accepted once)
         self.listener: socket.socket | None = None
         self.accepting: asyncio.Task | None = None
 
@@ -264,26 +311,58 @@ class LaneListener:
                 log.warning("lane: accept failed: %s", exc)
                 await asyncio.sleep(self.wait_s / 10)
                 continue
-            host = str(remote[0])
-            if sum(self.waiting.values()) >= self.max_waiting or (
-                self.waiting.get(host, 0) >= self.max_waiting_per_address
-            ):
+            if not self._admit(sock, str(remote[0])):
                 sock.close()
                 continue
-            self.waiting[host] = self.waiting.get(host, 0) + 1
-            task = asyncio.ensure_future(self._greet(sock, host, loop.time() + self.wait_s))
-            self.greeting[task] = (sock, host)
-            task.add_done_callback(self._greeted)
+            self.accepted += 1
+
+    def keep(self, sock: socket.socket, host: str) -> bool:
+        """Wait for the next hello on the lane of a swap that ended with an ack, ``kept_s`` at most;
+        False (the caller closes it) where the caps leave no room."""
+        if self._full(host):
+            return False
+        self.idle_kept[self._wait_for_hello(sock, host, self.kept_s)] = host
+        return True
+
+    def _admit(self, sock: socket.socket, host: str) -> bool:
+        """Wait for the hello of a new connection, ``wait_s`` at most; at a cap, a kept lane that still
+        waits for its next swap is closed to make room (the oldest; of ``host`` if that address is at
+        its cap), whose caller's next swap opens a new one. False where none is."""
+        if self._full(host) and not self._close_oldest_idle(host):
+            return False
+        self._wait_for_hello(sock, host, self.wait_s)
+        return True
+
+    def _full(self, host: str) -> bool:
+        at_cap = sum(self.waiting.values()) >= self.max_waiting
+        return at_cap or self.waiting.get(host, 0) >= self.max_waiting_per_address
+
+    def _close_oldest_idle(self, host: str) -> bool:
+        at_address_cap = self.waiting.get(host, 0) >= self.max_waiting_per_address
+        for task, owner in self.idle_kept.items():
+            if not at_address_cap or owner == host:
+                del self.idle_kept[task]
+                task.cancel()  # its greeting closes the connection, and frees the slot, at the loop's next turn
+                return True
+        return False
+
+    def _wait_for_hello(self, sock: socket.socket, host: str, within: float) -> asyncio.Task:
+        self.waiting[host] = self.waiting.get(host, 0) + 1
+        task = asyncio.ensure_future(self._greet(sock, host, asyncio.get_running_loop().time() + within))
+        self.greeting[task] = (sock, host)
+        task.add_done_callback(self._greeted)
+        return task
 
     def _greeted(self, task: asyncio.Task) -> None:
+        self.idle_kept.pop(task, None)
         sock, host = self.greeting.pop(task)
         if task.cancelled():  # cancelled before it ran (close): its connection is closed here
             self._forget(host)
             sock.close()
 
     async def _greet(self, sock: socket.socket, host: str, until: float) -> None:
-        """Read the hello by ``until``; the connection then waits for its claim until then too, or goes
-        to the swap already waiting for it."""
+        """Read the hello by ``until``; the connection then waits for its claim until then too (``wait_s``
+        at most), or goes to the swap already waiting for it."""
         loop = asyncio.get_running_loop()
         try:
             sock.setblocking(False)
@@ -294,6 +373,8 @@ class LaneListener:
                     if n == 0:
                         raise LaneBroken("closed before its hello")
                     got += n
+            if (me := asyncio.current_task()) is not None:
+                self.idle_kept.pop(me, None)  # in use: no longer closed to make room
             magic, token, size = _HELLO.unpack(hello)
             if magic != LANE_MAGIC or token in self.arrived:
                 raise LaneBroken("not a lane's hello")
@@ -306,7 +387,7 @@ class LaneListener:
         if waiter is not None and not waiter.done():
             waiter.set_result(arrival)
             return
-        arrival.expiry = loop.call_at(until, self._expire, token, arrival)
+        arrival.expiry = loop.call_at(min(until, loop.time() + self.wait_s), self._expire, token, arrival)
         self.arrived[token] = arrival
 
     def _expire(self, token: bytes, arrival: _Arrival) -> None:
@@ -346,7 +427,7 @@ class LaneListener:
             arrival.sock.close()
             raise Rejected(Reason.FRAMING, f"the lane announced {arrival.size} bytes, the header {size}")
         self.claimed += 1
-        return Lane(arrival.sock)
+        return Lane(arrival.sock, arrival.host)
 
     def _drop(self, arrival: _Arrival) -> None:
         self._forget(arrival.host)

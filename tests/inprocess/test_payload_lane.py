@@ -71,7 +71,97 @@ def test_a_client_learns_the_lane_from_a_reply_and_sends_the_next_swaps_on_it():
             assert torch.equal(decode_factors(reply.payload, SCHEMA)["layer.0.lora_A.weight"], torch.full((4, 16), 7.0))
             assert torch.equal(p.peer.received[-1]["layer.0.lora_A.weight"], torch.full((4, 16), 2.0))
             assert p.peer.commits == [("peer-a", 5), ("peer-a", 6)] and p.peer.aborts == []
-            assert await until(lambda: not p.lanes.waiting and not p.lanes.arrived)
+            assert await until(lambda: p.lanes.waiting == {"127.0.0.1": 1} and not p.lanes.arrived)  # kept
+
+    run(scenario())
+
+
+async def swap(p: Pair, round_: int, value: float = 1.0) -> FactorMessage:
+    p.peer.round = round_
+    return await p.client_t.exchange(p.address, message("peer-a", round_, value), accept, timeout=5)
+
+
+def kept_lane(p: Pair):
+    return p.client_t._channels[(p.address, TLS_NAME)].kept_lane
+
+
+def test_a_lane_is_kept_after_each_acked_swap_and_carries_the_next():
+    # a new connection per swap starts each direction apart on a shaped link (benchmarks/README.md)
+    async def scenario():
+        async with Pair() as p:
+            p.client_t.learn_lane(p.address, p.server_t.lane_port)
+            for round_ in (5, 6, 7):
+                reply = decode_factors((await swap(p, round_, float(round_))).payload, SCHEMA)
+                assert torch.equal(reply["layer.0.lora_A.weight"], torch.full((4, 16), 7.0))
+                assert torch.equal(p.peer.received[-1]["layer.0.lora_A.weight"], torch.full((4, 16), float(round_)))
+                assert kept_lane(p) is not None
+            assert p.lanes.claimed == 3 and p.lanes.accepted == 1  # one connection for all three
+            assert p.peer.commits == [("peer-a", 5), ("peer-a", 6), ("peer-a", 7)]
+            await p.client_t.close()  # the client's close closes its kept lane: the server forgets it
+            assert await until(lambda: not p.lanes.waiting and not p.lanes.greeting)
+
+    run(scenario())
+
+
+def test_a_kept_lane_the_server_closed_is_replaced_and_one_kept_too_long_is_not_used():
+    async def scenario():
+        async with Pair() as p:
+            p.client_t.learn_lane(p.address, p.server_t.lane_port)
+            await swap(p, 5)
+            p.lanes.kept_s = 0.2  # the server's wait for the next swap on it: over before that swap
+            await swap(p, 6)
+            assert await until(lambda: not p.lanes.waiting)  # the kept lane waited its time, and was closed
+            await swap(p, 7)  # the client sees it closed, and opens a new one
+            assert p.lanes.accepted == 2 and p.lanes.claimed == 3
+            p.lanes.kept_s = 60.0
+            await swap(p, 8)
+            stub = p.client_t._channels[(p.address, TLS_NAME)]
+            stub.kept_lane.idle_since -= 3600  # idle longer than a client reuses one: closed, not used
+            await swap(p, 9)
+            assert p.lanes.accepted == 3 and p.lanes.claimed == 5
+            assert await until(lambda: p.lanes.waiting == {"127.0.0.1": 1})  # the stale one closed, the new one kept
+            assert p.peer.commits == [("peer-a", r) for r in range(5, 10)]
+
+    run(scenario())
+
+
+def test_no_lane_is_kept_after_a_refusal_or_where_the_server_has_no_room():
+    async def scenario():
+        async with Pair() as p:
+            p.client_t.learn_lane(p.address, p.server_t.lane_port)
+            p.peer.round = 9
+            with pytest.raises(Rejected):
+                await p.client_t.exchange(p.address, message("peer-a", 5, 1.0), accept, timeout=5)
+            assert kept_lane(p) is None and await until(lambda: not p.lanes.waiting)
+            keep = p.lanes.keep
+            p.lanes.keep = lambda sock, host: False  # no room to keep it (the caps): the ack says so
+            await swap(p, 6)
+            assert kept_lane(p) is None and await until(lambda: not p.lanes.waiting)
+            p.lanes.keep = keep
+            await swap(p, 7)
+            assert kept_lane(p) is not None and p.lanes.accepted == 3 and p.lanes.claimed == 3
+            assert p.peer.commits == [("peer-a", 6), ("peer-a", 7)]
+
+    run(scenario())
+
+
+def test_a_new_lane_at_the_cap_closes_the_oldest_kept_lane_waiting_and_the_stop_closes_the_rest():
+    async def scenario():
+        async with Pair() as p, Pair(peer=FakePeer("peer-b", 5, 7.0, early=True)) as q:
+            for pair in (p, q):  # two clients, each with a lane kept at p's server: on loopback, one address
+                pair.client_t.learn_lane(p.address, p.server_t.lane_port)
+                await pair.client_t.exchange(p.address, message("peer-a", 5, 1.0), accept, timeout=5)
+                p.peer.commits.clear()
+            assert await until(lambda: p.lanes.waiting == {"127.0.0.1": 2})
+            p.lanes.max_waiting_per_address = 2
+            sock = socket.create_connection(("127.0.0.1", p.server_t.lane_port))  # a new lane, at the cap
+            assert await until(lambda: p.lanes.accepted == 3 and p.lanes.waiting == {"127.0.0.1": 2})
+            first = p.client_t._channels[(p.address, TLS_NAME)].kept_lane.sock
+            assert closed_by_server(first)  # the oldest kept lane made room
+            sock.close()
+            second, lanes = q.client_t._channels[(p.address, TLS_NAME)].kept_lane.sock, p.lanes
+            await p.server_t.close()
+            assert closed_by_server(second) and not lanes.greeting and not lanes.waiting
 
     run(scenario())
 

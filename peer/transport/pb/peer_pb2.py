@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15tadlora/v1/peer.proto\x12\ntadlora.v1\"\xe8\x02\n\x06Header\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x11\n\tsender_id\x18\x03 \x01(\t\x12\r\n\x05round\x18\x04 \x01(\x04\x12\r\n\x05phase\x18\x05 \x01(\t\x12\x0f\n\x07\x66\x61\x63tors\x18\x06 \x03(\t\x12\x15\n\rschema_digest\x18\x07 \x01(\x0c\x12\x16\n\x0epayload_digest\x18\x08 \x01(\x0c\x12\x14\n\x0cpayload_size\x18\t \x01(\x04\x12\x0e\n\x06\x64\x65gree\x18\n \x01(\r\x12\x15\n\rlink_estimate\x18\x0b \x01(\x01\x12\x17\n\x0fswitch_interval\x18\x0c \x01(\r\x12\x16\n\x0eschedule_round\x18\r \x01(\x04\x12\x19\n\x11proposed_interval\x18\x0e \x01(\r\x12\x13\n\x0bphase_start\x18\x0f \x01(\x04\x12\x12\n\nlane_token\x18\x10 \x01(\x0c\x12\x11\n\tlane_port\x18\x11 \x01(\r\"\x15\n\x05\x43hunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"\x17\n\x06\x43ommit\x12\r\n\x05round\x18\x01 \x01(\x04\"\x1a\n\tCommitAck\x12\r\n\x05round\x18\x01 \x01(\x04\"?\n\x06Reject\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\t\x12\x15\n\rcurrent_round\x18\x03 \x01(\x04\"\xcb\x01\n\x05\x46rame\x12$\n\x06header\x18\x01 \x01(\x0b\x32\x12.tadlora.v1.HeaderH\x00\x12\"\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x11.tadlora.v1.ChunkH\x00\x12$\n\x06\x63ommit\x18\x03 \x01(\x0b\x32\x12.tadlora.v1.CommitH\x00\x12$\n\x03\x61\x63k\x18\x04 \x01(\x0b\x32\x15.tadlora.v1.CommitAckH\x00\x12$\n\x06reject\x18\x05 \x01(\x0b\x32\x12.tadlora.v1.RejectH\x00\x42\x06\n\x04kind\"\x0f\n\rStatusRequest\"]\n\tNeighbour\x12\x0f\n\x07peer_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x12\n\nlast_round\x18\x03 \x01(\x03\x12\x1a\n\x12last_exchange_unix\x18\x04 \x01(\x01\"\xd8\x02\n\x0bStatusReply\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x0f\n\x07peer_id\x18\x02 \x01(\t\x12\x0e\n\x06run_id\x18\x03 \x01(\t\x12\r\n\x05round\x18\x04 \x01(\x03\x12\r\n\x05phase\x18\x05 \x01(\t\x12)\n\nneighbours\x18\x06 \x03(\x0b\x32\x15.tadlora.v1.Neighbour\x12\x15\n\rschema_digest\x18\x07 \x01(\x0c\x12\x17\n\x0fswitch_interval\x18\x08 \x01(\r\x12\x37\n\x08rejected\x18\t \x03(\x0b\x32%.tadlora.v1.StatusReply.RejectedEntry\x12\x13\n\x0bphase_start\x18\n \x01(\x04\x12\x16\n\x0eschedule_round\x18\x0b \x01(\x04\x1a/\n\rRejectedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"/\n\x0c\x46\x65tchRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07peer_id\x18\x02 \x01(\t\"@\n\x0eOutcomeRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07peer_id\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\x04\".\n\x0cOutcomeReply\x12\x0f\n\x07\x63ounted\x18\x01 \x01(\x08\x12\r\n\x05known\x18\x02 \x01(\x08\x32\xf3\x01\n\x04Peer\x12\x34\n\x08\x45xchange\x12\x11.tadlora.v1.Frame\x1a\x11.tadlora.v1.Frame(\x01\x30\x01\x12<\n\x06Status\x12\x19.tadlora.v1.StatusRequest\x1a\x17.tadlora.v1.StatusReply\x12\x36\n\x05\x46\x65tch\x12\x18.tadlora.v1.FetchRequest\x1a\x11.tadlora.v1.Frame0\x01\x12?\n\x07Outcome\x12\x1a.tadlora.v1.OutcomeRequest\x1a\x18.tadlora.v1.OutcomeReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15tadlora/v1/peer.proto\x12\ntadlora.v1\"\xe8\x02\n\x06Header\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x11\n\tsender_id\x18\x03 \x01(\t\x12\r\n\x05round\x18\x04 \x01(\x04\x12\r\n\x05phase\x18\x05 \x01(\t\x12\x0f\n\x07\x66\x61\x63tors\x18\x06 \x03(\t\x12\x15\n\rschema_digest\x18\x07 \x01(\x0c\x12\x16\n\x0epayload_digest\x18\x08 \x01(\x0c\x12\x14\n\x0cpayload_size\x18\t \x01(\x04\x12\x0e\n\x06\x64\x65gree\x18\n \x01(\r\x12\x15\n\rlink_estimate\x18\x0b \x01(\x01\x12\x17\n\x0fswitch_interval\x18\x0c \x01(\r\x12\x16\n\x0eschedule_round\x18\r \x01(\x04\x12\x19\n\x11proposed_interval\x18\x0e \x01(\r\x12\x13\n\x0bphase_start\x18\x0f \x01(\x04\x12\x12\n\nlane_token\x18\x10 \x01(\x0c\x12\x11\n\tlane_port\x18\x11 \x01(\r\"\x15\n\x05\x43hunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"\x17\n\x06\x43ommit\x12\r\n\x05round\x18\x01 \x01(\x04\"-\n\tCommitAck\x12\r\n\x05round\x18\x01 \x01(\x04\x12\x11\n\tlane_kept\x18\x02 \x01(\x08\"?\n\x06Reject\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\t\x12\x15\n\rcurrent_round\x18\x03 \x01(\x04\"\xcb\x01\n\x05\x46rame\x12$\n\x06header\x18\x01 \x01(\x0b\x32\x12.tadlora.v1.HeaderH\x00\x12\"\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x11.tadlora.v1.ChunkH\x00\x12$\n\x06\x63ommit\x18\x03 \x01(\x0b\x32\x12.tadlora.v1.CommitH\x00\x12$\n\x03\x61\x63k\x18\x04 \x01(\x0b\x32\x15.tadlora.v1.CommitAckH\x00\x12$\n\x06reject\x18\x05 \x01(\x0b\x32\x12.tadlora.v1.RejectH\x00\x42\x06\n\x04kind\"\x0f\n\rStatusRequest\"]\n\tNeighbour\x12\x0f\n\x07peer_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x12\n\nlast_round\x18\x03 \x01(\x03\x12\x1a\n\x12last_exchange_unix\x18\x04 \x01(\x01\"\xd8\x02\n\x0bStatusReply\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x0f\n\x07peer_id\x18\x02 \x01(\t\x12\x0e\n\x06run_id\x18\x03 \x01(\t\x12\r\n\x05round\x18\x04 \x01(\x03\x12\r\n\x05phase\x18\x05 \x01(\t\x12)\n\nneighbours\x18\x06 \x03(\x0b\x32\x15.tadlora.v1.Neighbour\x12\x15\n\rschema_digest\x18\x07 \x01(\x0c\x12\x17\n\x0fswitch_interval\x18\x08 \x01(\r\x12\x37\n\x08rejected\x18\t \x03(\x0b\x32%.tadlora.v1.StatusReply.RejectedEntry\x12\x13\n\x0bphase_start\x18\n \x01(\x04\x12\x16\n\x0eschedule_round\x18\x0b \x01(\x04\x1a/\n\rRejectedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"/\n\x0c\x46\x65tchRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07peer_id\x18\x02 \x01(\t\"@\n\x0eOutcomeRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07peer_id\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\x04\".\n\x0cOutcomeReply\x12\x0f\n\x07\x63ounted\x18\x01 \x01(\x08\x12\r\n\x05known\x18\x02 \x01(\x08\x32\xf3\x01\n\x04Peer\x12\x34\n\x08\x45xchange\x12\x11.tadlora.v1.Frame\x1a\x11.tadlora.v1.Frame(\x01\x30\x01\x12<\n\x06Status\x12\x19.tadlora.v1.StatusRequest\x1a\x17.tadlora.v1.StatusReply\x12\x36\n\x05\x46\x65tch\x12\x18.tadlora.v1.FetchRequest\x1a\x11.tadlora.v1.Frame0\x01\x12?\n\x07Outcome\x12\x1a.tadlora.v1.OutcomeRequest\x1a\x18.tadlora.v1.OutcomeReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,25 +40,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_COMMIT']._serialized_start=423
   _globals['_COMMIT']._serialized_end=446
   _globals['_COMMITACK']._serialized_start=448
-  _globals['_COMMITACK']._serialized_end=474
-  _globals['_REJECT']._serialized_start=476
-  _globals['_REJECT']._serialized_end=539
-  _globals['_FRAME']._serialized_start=542
-  _globals['_FRAME']._serialized_end=745
-  _globals['_STATUSREQUEST']._serialized_start=747
-  _globals['_STATUSREQUEST']._serialized_end=762
-  _globals['_NEIGHBOUR']._serialized_start=764
-  _globals['_NEIGHBOUR']._serialized_end=857
-  _globals['_STATUSREPLY']._serialized_start=860
-  _globals['_STATUSREPLY']._serialized_end=1204
-  _globals['_STATUSREPLY_REJECTEDENTRY']._serialized_start=1157
-  _globals['_STATUSREPLY_REJECTEDENTRY']._serialized_end=1204
-  _globals['_FETCHREQUEST']._serialized_start=1206
-  _globals['_FETCHREQUEST']._serialized_end=1253
-  _globals['_OUTCOMEREQUEST']._serialized_start=1255
-  _globals['_OUTCOMEREQUEST']._serialized_end=1319
-  _globals['_OUTCOMEREPLY']._serialized_start=1321
-  _globals['_OUTCOMEREPLY']._serialized_end=1367
-  _globals['_PEER']._serialized_start=1370
-  _globals['_PEER']._serialized_end=1613
+  _globals['_COMMITACK']._serialized_end=493
+  _globals['_REJECT']._serialized_start=495
+  _globals['_REJECT']._serialized_end=558
+  _globals['_FRAME']._serialized_start=561
+  _globals['_FRAME']._serialized_end=764
+  _globals['_STATUSREQUEST']._serialized_start=766
+  _globals['_STATUSREQUEST']._serialized_end=781
+  _globals['_NEIGHBOUR']._serialized_start=783
+  _globals['_NEIGHBOUR']._serialized_end=876
+  _globals['_STATUSREPLY']._serialized_start=879
+  _globals['_STATUSREPLY']._serialized_end=1223
+  _globals['_STATUSREPLY_REJECTEDENTRY']._serialized_start=1176
+  _globals['_STATUSREPLY_REJECTEDENTRY']._serialized_end=1223
+  _globals['_FETCHREQUEST']._serialized_start=1225
+  _globals['_FETCHREQUEST']._serialized_end=1272
+  _globals['_OUTCOMEREQUEST']._serialized_start=1274
+  _globals['_OUTCOMEREQUEST']._serialized_end=1338
+  _globals['_OUTCOMEREPLY']._serialized_start=1340
+  _globals['_OUTCOMEREPLY']._serialized_end=1386
+  _globals['_PEER']._serialized_start=1389
+  _globals['_PEER']._serialized_end=1632
 # @@protoc_insertion_point(module_scope)

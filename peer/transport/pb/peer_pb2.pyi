@@ -57,10 +57,12 @@ class Commit(_message.Message):
     def __init__(self, round: _Optional[int] = ...) -> None: ...
 
 class CommitAck(_message.Message):
-    __slots__ = ("round",)
+    __slots__ = ("round", "lane_kept")
     ROUND_FIELD_NUMBER: _ClassVar[int]
+    LANE_KEPT_FIELD_NUMBER: _ClassVar[int]
     round: int
-    def __init__(self, round: _Optional[int] = ...) -> None: ...
+    lane_kept: bool
+    def __init__(self, round: _Optional[int] = ..., lane_kept: _Optional[bool] = ...) -> None: ...
 
 class Reject(_message.Message):
     __slots__ = ("reason", "detail", "current_round")
