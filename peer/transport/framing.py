@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from peer.algorithm.schedule import ScheduleGossip
 from peer.transport.base import PROTOCOL_VERSION, FactorMessage, Header, Reason, Rejected, shown
-from peer.transport.codec import new_payload_digest, payload_digest
+from peer.transport.codec import new_payload_digest, payload_digest, unfilled_bytearray
 from peer.transport.defaults import DEFAULT_CHUNK_SIZE, DEFAULT_FRAME_TIMEOUT_S, DEFAULT_LANE_MIN_BYTES
 from peer.transport.pb import peer_pb2 as pb
 
@@ -284,7 +284,7 @@ class FrameReader:
             if end > header.payload_size:
                 raise Rejected(Reason.TOO_LARGE, f"more bytes than the {header.payload_size} announced")
             if not payload:
-                payload = bytearray(header.payload_size)
+                payload = unfilled_bytearray(header.payload_size)  # each byte is written before any is read
             payload[received:end] = data
             digest.update(data)
             received = end

@@ -57,7 +57,7 @@ from typing import TypeVar
 
 from peer.errors import TadloraError
 from peer.transport.base import Reason, Rejected
-from peer.transport.codec import Buffer, new_payload_digest
+from peer.transport.codec import Buffer, new_payload_digest, unfilled_bytearray
 
 log = logging.getLogger("tadlora.transport")
 
@@ -138,13 +138,10 @@ class Lane:
 
     async def receive(self, size: int, deadline: float) -> tuple[bytearray, bytes]:
         """``size`` bytes by ``deadline``, and their ``payload_digest``; LaneBroken, or TimeoutError at
-        the deadline (the lane is closed then). The buffer is made in the thread: zeroing it takes
-        milliseconds at tens of MB, which would hold up the event loop, and with it the start of the
-        other direction's transfer."""
-        digest = new_payload_digest()
+        the deadline (the lane is closed then)."""
+        digest, buffer = new_payload_digest(), unfilled_bytearray(size)
 
         def read() -> bytearray:
-            buffer = bytearray(size)
             view, got = memoryview(buffer), 0
             while got < size:
                 n = self.sock.recv_into(view[got : got + RECEIVE_SLICE_BYTES])

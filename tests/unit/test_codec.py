@@ -8,7 +8,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save as st_save
 
-from peer.transport.codec import DecodeError, decode_factors, encode_factors, schema_digest, schema_of
+from peer.transport.codec import (
+    DecodeError,
+    decode_factors,
+    encode_factors,
+    schema_digest,
+    schema_of,
+    unfilled_bytearray,
+)
 
 T = {"m.lora_A.weight": torch.randn(2, 8), "m.lora_B.weight": torch.zeros(8, 2)}
 SCHEMA = schema_of(T)
@@ -120,3 +127,11 @@ def test_an_entry_whose_counts_are_not_json_integers_is_malformed(entry):
     payload = len(header).to_bytes(8, "little") + header + bytes(8)
     with pytest.raises(DecodeError, match="malformed-payload"):
         decode_factors(payload, {"x.lora_A": ("float32", (2,))})
+
+
+def test_an_unfilled_bytearray_is_a_writable_bytearray_of_its_size():
+    for size in (0, 1, 4096, 5 << 20):
+        buffer = unfilled_bytearray(size)
+        assert type(buffer) is bytearray and len(buffer) == size
+        buffer[:] = bytes(range(256)) * (size // 256) + bytes(size % 256)
+        assert torch.frombuffer(buffer, dtype=torch.uint8).numel() == size if size else True
