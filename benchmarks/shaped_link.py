@@ -11,7 +11,9 @@ answers (its directions one after the other); gossip sends both directions at on
 streams its reply while it receives. Gossip with its payloads in chunks on the gRPC stream, and on the
 payload lane (``peer/transport/lane.py``): the swap alone (the daemon encodes its factors once a
 round, for all its neighbours, before any swap), and on the lane with the client's encode and
-checksum. Target: gossip at least 0.9 of the link rate.
+checksum. A lane is kept from one swap to the next, as between a daemon and each neighbour: the
+first timed swap opens it (its own column), the others reuse it. Target: gossip at least 0.9 of the
+link rate.
 """
 
 from __future__ import annotations
@@ -81,8 +83,9 @@ def client(kind: str, address: str, size: int, repeats: int) -> list[tuple[float
     return time_grpc_parts(address, size, CHUNK, repeats, Path(kind))
 
 
-def measure(lab: NetnsLab, kind: str, size: int, repeats: int, freed: str) -> tuple[float, float]:
-    """Median swap time, and median time of encode + swap."""
+def measure(lab: NetnsLab, kind: str, size: int, repeats: int, freed: str) -> tuple[float, float, float]:
+    """Median swap time, median time of encode + swap, and the first swap's time; on the lane, the
+    medians leave out that first swap, which opened the lane."""
     me = [sys.executable, str(FilePath(__file__).resolve()), "--freed-memory", freed]
     server = subprocess.Popen(
         lab.wrap(1, [*me, "--serve", kind, "--host", lab.address(1), "--size", str(size)]),
@@ -98,8 +101,10 @@ def measure(lab: NetnsLab, kind: str, size: int, repeats: int, freed: str) -> tu
             text=True,
             check=True,
         )
-        parts = json.loads(out.stdout.strip().splitlines()[-1])
-        return statistics.median(swap for _, swap in parts), statistics.median(encode + swap for encode, swap in parts)
+        first, *rest = json.loads(out.stdout.strip().splitlines()[-1])
+        parts = rest if kind == Path.LANE else [first, *rest]
+        swaps = statistics.median(swap for _, swap in parts)
+        return swaps, statistics.median(encode + swap for encode, swap in parts), first[1]
     finally:
         server.kill()
         server.wait()
@@ -109,7 +114,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rate-mbit", type=int, default=1000)
     parser.add_argument("--sizes-mb", default="3,30,200")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=4, help="timed swaps per path and size (the lane: one more)")
     parser.add_argument("--serve", choices=list(Path))
     parser.add_argument("--client", choices=list(Path))
     parser.add_argument("--host")
@@ -135,19 +140,21 @@ def main() -> None:
         print(f"link: {args.rate_mbit} Mbit/s each way (tc tbf, burst {BURST}), between two namespaces")
         print(
             "| payload | raw swap (median s) | raw, each way / link | chunks: swap (median s) | chunks / link"
-            " | lane: swap (median s) | lane / link | lane with the encode (median s) | with the encode / link |"
+            " | lane: swap (median s) | lane / link | lane with the encode (median s) | with the encode / link"
+            " | new lane: swap (s) | new lane / link |"
         )
-        print("|---|---|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
         for mb in [float(x) for x in args.sizes_mb.split(",")]:
             size = int(mb * 1e6) // 4 * 4
-            raw, _ = measure(lab, Path.RAW, size, args.repeats, args.freed_memory)
-            chunks, _ = measure(lab, Path.CHUNKS, size, args.repeats, args.freed_memory)
-            lane, whole = measure(lab, Path.LANE, size, args.repeats, args.freed_memory)
+            raw, _, _ = measure(lab, Path.RAW, size, args.repeats, args.freed_memory)
+            chunks, _, _ = measure(lab, Path.CHUNKS, size, args.repeats, args.freed_memory)
+            lane, whole, new_lane = measure(lab, Path.LANE, size, args.repeats + 1, args.freed_memory)
             # raw: two transfers one after the other; gossip: each direction carries size bytes
             # (and the safetensors header) during the swap, at once where the protocol allows
             print(
                 f"| {mb:g} MB | {raw:.3f} | {2 * size / raw / rate:.2f} | {chunks:.3f} | {size / chunks / rate:.2f}"
-                f" | {lane:.3f} | {size / lane / rate:.2f} | {whole:.3f} | {size / whole / rate:.2f} |",
+                f" | {lane:.3f} | {size / lane / rate:.2f} | {whole:.3f} | {size / whole / rate:.2f}"
+                f" | {new_lane:.3f} | {size / new_lane / rate:.2f} |",
                 flush=True,
             )
     finally:
