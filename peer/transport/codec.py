@@ -149,7 +149,7 @@ def payload_digest(payload: bytes) -> bytes:
 
 
 # CPython's constructor leaves a new bytearray's bytes as malloc gave them when it is given no source
-_new_bytearray = getattr(ctypes.pythonapi, "PyByteArray_FromStringAndSize", None)
+_new_bytearray = getattr(getattr(ctypes, "pythonapi", None), "PyByteArray_FromStringAndSize", None)
 if _new_bytearray is not None:
     _new_bytearray.argtypes, _new_bytearray.restype = (ctypes.c_char_p, ctypes.c_ssize_t), ctypes.py_object
 

@@ -541,7 +541,7 @@ class _Swap:
             if kind == "commit" and answer.commit.round == incoming.header.round:  # type: ignore[union-attr]
                 committed = await self.server.commit(incoming.header)
                 if committed:
-                    lane_kept = await self._keep_lane()
+                    lane_kept = self._keep_lane()
                     yield pb.Frame(ack=pb.CommitAck(round=incoming.header.round, lane_kept=lane_kept))
                     self.acked = True
                 else:
@@ -603,18 +603,13 @@ class _Swap:
             if going_out:
                 sending.remove_done_callback(reply_out)  # type: ignore[union-attr]
 
-    async def _keep_lane(self) -> bool:
+    def _keep_lane(self) -> bool:
         """Hand the lane to the listener for the client's next swap, once the reply went out whole on
-        it: on a shaped link a warm connection carries more of the link's rate than a new one."""
-        lane, sending = self.lane, self.sending
-        if lane is None or self.lanes is None or sending is None:
-            return False
-        # the client committed, so it has all of the reply: the sending thread is done, or says so now
-        await asyncio.wait((sending,), timeout=self.limits.frame_timeout)
-        if not sending.done() or sending.cancelled() or sending.exception() is not None:
-            return False
-        sock = lane.detach()
-        if sock is None:
+        it (the client committed, so it has all of it: the sending thread is done, or about to be; if
+        not yet, the lane is not kept): on a shaped link a kept connection carries more of the link's
+        rate than a new one."""
+        lane = self.lane
+        if lane is None or self.lanes is None or (sock := lane.detach()) is None:
             return False
         if not self.lanes.keep(sock, lane.host):
             sock.close()
@@ -695,6 +690,7 @@ class _Peer:
     unreachable_lane: int = 0  # a lane port that could not be connected to: not tried again before
     unreachable_until: float = 0.0  # this time of the event loop (``LANE_RETRY_AFTER_S`` after the try)
     lane_used: bool = False  # a swap with it went on its lane (said once in the log per channel)
+    closed: bool = False  # its channel was closed: nothing is kept for it any more
 
     def take_kept(self, now: float) -> grpc.aio.StreamStreamCall | None:
         """The kept stream for one swap (it is no longer kept meanwhile), if it is open and fresh."""
@@ -708,7 +704,7 @@ class _Peer:
 
     def keep(self, call: grpc.aio.StreamStreamCall, now: float) -> bool:
         """Keep ``call`` for the next swap, unless another stream is kept already."""
-        if self.kept is not None:
+        if self.kept is not None or self.closed:
             return False
         self.kept = _KeptStream(call, now)
         return True
@@ -727,18 +723,24 @@ class _Peer:
 
     def keep_lane(self, sock: socket.socket, port: int, now: float) -> bool:
         """Keep a lane for the next swap, unless another one is kept already."""
-        if self.kept_lane is not None:
+        if self.kept_lane is not None or self.closed:
             return False
         self.kept_lane = _KeptLane(sock, port, now)
         return True
 
     def drop_kept(self) -> None:
-        """End the kept stream and close the kept lane (the channel closes)."""
+        """End the kept stream and close the kept lane, and keep nothing from now on (the channel
+        closes)."""
+        self.closed = True
         if self.kept is not None:
             self.kept.call.cancel()
+        self.kept = None
+        self.drop_kept_lane()
+
+    def drop_kept_lane(self) -> None:
         if self.kept_lane is not None:
             self.kept_lane.sock.close()
-        self.kept = self.kept_lane = None
+        self.kept_lane = None
 
     def __post_init__(self) -> None:
         c = self.channel
@@ -788,7 +790,7 @@ class _ClientSwap:
 
     async def on(self, call, *, reused: bool) -> FactorMessage:
         address, lost = self.address, self.transport._lost
-        committed, reply, kept = False, None, False
+        committed, reply, kept, lane_kept = False, None, False, False
         next_frame = _CallReader(call)
         self.lane = self.sending = self.receiving = self.after_reply = None
         try:
@@ -813,9 +815,11 @@ class _ClientSwap:
                     raise Rejected(Reason.of(ack.reject.reason), shown(ack.reject.detail), ack.reject.current_round)
                 if ack is None or kind_of(ack) != "ack":
                     raise ExchangeOutcomeUnknown(reply)
-                if isinstance(ack, pb.Frame) and ack.ack.lane_kept:
-                    await self._keep_lane()
-            kept = self.peer.keep(call, asyncio.get_running_loop().time())
+                lane_kept = isinstance(ack, pb.Frame) and ack.ack.lane_kept
+            now = asyncio.get_running_loop().time()
+            kept = self.peer.keep(call, now)
+            if lane_kept:
+                self._keep_lane(now)
             return reply  # the ack is the protocol's last word: no half-close, the stream waits for the next swap
         except TimeoutError:
             if committed and reply is not None:
@@ -853,16 +857,12 @@ class _ClientSwap:
             pending = [task for task in tasks if task is not None]
             await asyncio.gather(*pending, return_exceptions=True)
 
-    async def _keep_lane(self) -> None:
-        """Keep the lane for the next swap, as the server does (its ack said so), once our payload is
-        out: the server has all of it, so the sending thread is done, or says so now."""
-        lane, sending = self.lane, self.sending
-        if lane is None or sending is None:
+    def _keep_lane(self, now: float) -> None:
+        """Keep the lane for the next swap, as the server does (its ack said so); both transfers are done
+        (``_on_lane`` returns only then)."""
+        if self.lane is None or (sock := self.lane.detach()) is None:
             return
-        await asyncio.wait((sending,))
-        if sending.cancelled() or sending.exception() is not None or (sock := lane.detach()) is None:
-            return
-        if self.peer.keep_lane(sock, self.lane_port, asyncio.get_running_loop().time()):
+        if self.peer.keep_lane(sock, self.lane_port, now):
             self.lane = None
         else:
             sock.close()
@@ -876,6 +876,8 @@ class _ClientSwap:
             lane, token = await self._open_lane()
             if lane is not None:
                 return await self._on_lane(call, next_frame, lane, token)
+        else:  # a kept lane that this swap does not want is not left open until the server closes it
+            self.peer.drop_kept_lane()
 
         async def write_message() -> None:
             for frame in to_frames(self.outgoing, limits.chunk_size):

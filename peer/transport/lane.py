@@ -16,11 +16,12 @@ on the lane:
    token and its payload's size; its payload follows on the same connection. Its header, on the
    stream, carries the token.
 2. The server claims the connection whose hello carried the token of the header it read (waiting
-   for the hello at most ``frame_timeout``), starts sending its own reply's payload on it, then
-   sends a reply header on the stream that carries the same token, and reads the client's payload.
-   Each side starts its payload before its header: on a shaped link, two directions that started
-   even a tenth of a millisecond apart on a new connection lost up to a tenth of the link's rate
-   (``benchmarks/README.md``, section 5).
+   for the hello at most ``frame_timeout``). With its reply ready at once (a daemon's own factors),
+   it sets the reply's payload going on the lane, then sends a reply header on the stream that
+   carries the same token, while it reads the client's payload; otherwise it reads the payload
+   first. Each side sets its payload going before it writes its header: on a shaped link, two
+   directions that started even a tenth of a millisecond apart on a new connection lost up to a
+   tenth of the link's rate (``benchmarks/README.md``, section 5).
 3. A swap that ends with the ack leaves the connection open for the next swap between the two: the
    server says so in the ack (``CommitAck.lane_kept``) once the connection waits for its next hello,
    as long as a kept stream (``grpc_transport.KEPT_STREAM_IDLE_S``); the client reuses it within half
@@ -123,6 +124,7 @@ class Lane:
         self.sock, self.host = sock, host  # host: the remote address, on a server's side
         self._lock = threading.Lock()  # guards the three below, from the loop and the threads
         self._using, self._shut, self._released = 0, False, False
+        self._sent = False  # a payload went out whole on it (set by the sending thread)
 
     async def send(self, payload: Buffer, deadline: float, hello: bytes = b"") -> None:
         """``hello`` (a client's, ``hello_for``), then all of ``payload``, by the event loop's time
@@ -133,6 +135,7 @@ class Lane:
             if hello:
                 self.sock.sendall(hello)
             self.sock.sendall(view)
+            self._sent = True
 
         await self._bounded(write, deadline)
 
@@ -203,10 +206,11 @@ class Lane:
         return False  # it read b"" (closed), or bytes that no swap asked for
 
     def detach(self) -> socket.socket | None:
-        """The connection, to be kept for a next swap, if no thread uses it and it was not closed; this
-        Lane is done with it either way."""
+        """The connection, to be kept for a next swap: once a payload went out whole on it, while no
+        thread uses it and it is not closed; the Lane is done with it then. None otherwise (the
+        caller closes the Lane, as after any swap)."""
         with self._lock:
-            if self._shut or self._using:
+            if self._shut or self._using or not self._sent:
                 return None
             self._shut = self._released = True
         return self.sock
@@ -260,6 +264,14 @@ async def open_lane(address: str, port: int, deadline: float) -> Lane:
         raise failure
 
 
+def _has_bytes(sock: socket.socket) -> bool:
+    """Whether bytes wait to be read on ``sock`` (a non-blocking one): a kept lane's next hello."""
+    try:
+        return bool(sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+    except OSError:  # none yet (BlockingIOError), or the connection failed
+        return False
+
+
 @dataclass
 class _Arrival:
     """A connection whose hello was read, waiting for the swap that claims its token."""
@@ -284,7 +296,9 @@ class LaneListener:
         self.arrived: dict[bytes, _Arrival] = {}  # by token: hello read, not claimed yet
         self.claims: dict[bytes, asyncio.Future[_Arrival]] = {}  # by token: swaps waiting for a hello
         self.greeting: dict[asyncio.Task, tuple[socket.socket, str]] = {}  # hellos being read: connection, address
-        self.idle_kept: dict[asyncio.Task, str] = {}  # of those, kept lanes before any byte: address, oldest first
+        self.idle_kept: dict[asyncio.Task, str] = {}  # of those, kept lanes before their next hello: address
+        self.evicted: set[asyncio.Task] = set()  # of those, closed to make room: their slot is free already
+        self.closing = False
         self.claimed = 0  # connections handed to swaps, in all
         self.accepted = 0  # connections accepted within the caps, in all (a kept lane is accepted once)
         self.listener: socket.socket | None = None
@@ -315,8 +329,8 @@ class LaneListener:
 
     def keep(self, sock: socket.socket, host: str) -> bool:
         """Wait for the next hello on the lane of a swap that ended with an ack, ``kept_s`` at most;
-        False (the caller closes it) where the caps leave no room."""
-        if self._full(host):
+        False (the caller closes it) where the caps leave no room, or the listener closes."""
+        if self.closing or self._full(host):
             return False
         self.idle_kept[self._wait_for_hello(sock, host, self.kept_s)] = host
         return True
@@ -337,10 +351,13 @@ class LaneListener:
     def _close_oldest_idle(self, host: str) -> bool:
         at_address_cap = self.waiting.get(host, 0) >= self.max_waiting_per_address
         for task, owner in self.idle_kept.items():
-            if not at_address_cap or owner == host:
-                del self.idle_kept[task]
-                task.cancel()  # its greeting closes the connection, and frees the slot, at the loop's next turn
-                return True
+            if task.done() or (at_address_cap and owner != host) or _has_bytes(self.greeting[task][0]):
+                continue  # ended already; not the address at its cap; or a next swap's hello is coming
+            del self.idle_kept[task]
+            self.evicted.add(task)
+            self._forget(owner)  # its slot is free now; its greeting closes the connection
+            task.cancel()
+            return True
         return False
 
     def _wait_for_hello(self, sock: socket.socket, host: str, within: float) -> asyncio.Task:
@@ -353,14 +370,16 @@ class LaneListener:
     def _greeted(self, task: asyncio.Task) -> None:
         self.idle_kept.pop(task, None)
         sock, host = self.greeting.pop(task)
-        if task.cancelled():  # cancelled before it ran (close): its connection is closed here
-            self._forget(host)
+        if task.cancelled():  # cancelled before it ran (close, or making room): its connection is closed here
+            if task not in self.evicted:
+                self._forget(host)
             sock.close()
+        self.evicted.discard(task)
 
     async def _greet(self, sock: socket.socket, host: str, until: float) -> None:
         """Read the hello by ``until``; the connection then waits for its claim until then too (``wait_s``
         at most), or goes to the swap already waiting for it."""
-        loop = asyncio.get_running_loop()
+        loop, me = asyncio.get_running_loop(), asyncio.current_task()
         try:
             sock.setblocking(False)
             hello, got = bytearray(HELLO_BYTES), 0
@@ -369,14 +388,15 @@ class LaneListener:
                     n = await loop.sock_recv_into(sock, memoryview(hello)[got:])
                     if n == 0:
                         raise LaneBroken("closed before its hello")
+                    if me is not None:
+                        self.idle_kept.pop(me, None)  # a next swap's hello: no longer closed to make room
                     got += n
-            if (me := asyncio.current_task()) is not None:
-                self.idle_kept.pop(me, None)  # in use: no longer closed to make room
             magic, token, size = _HELLO.unpack(hello)
             if magic != LANE_MAGIC or token in self.arrived:
                 raise LaneBroken("not a lane's hello")
         except (OSError, TimeoutError, asyncio.CancelledError):
-            self._forget(host)
+            if me not in self.evicted:
+                self._forget(host)
             sock.close()
             return  # a cancelled greeting ends here: its task is not marked cancelled, nor closed twice
         arrival = _Arrival(sock, size, host)
@@ -431,6 +451,7 @@ class LaneListener:
         arrival.sock.close()
 
     async def close(self) -> None:
+        self.closing = True
         if self.accepting is not None:
             self.accepting.cancel()
             await asyncio.gather(self.accepting, return_exceptions=True)

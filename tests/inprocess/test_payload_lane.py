@@ -111,9 +111,9 @@ def test_a_kept_lane_the_server_closed_is_replaced_and_one_kept_too_long_is_not_
             p.lanes.kept_s = 0.2  # the server's wait for the next swap on it: over before that swap
             await swap(p, 6)
             assert await until(lambda: not p.lanes.waiting)  # the kept lane waited its time, and was closed
+            p.lanes.kept_s = 60.0
             await swap(p, 7)  # the client sees it closed, and opens a new one
             assert p.lanes.accepted == 2 and p.lanes.claimed == 3
-            p.lanes.kept_s = 60.0
             await swap(p, 8)
             stub = p.client_t._channels[(p.address, TLS_NAME)]
             stub.kept_lane.idle_since -= 3600  # idle longer than a client reuses one: closed, not used
@@ -121,6 +121,18 @@ def test_a_kept_lane_the_server_closed_is_replaced_and_one_kept_too_long_is_not_
             assert p.lanes.accepted == 3 and p.lanes.claimed == 5
             assert await until(lambda: p.lanes.waiting == {"127.0.0.1": 1})  # the stale one closed, the new one kept
             assert p.peer.commits == [("peer-a", r) for r in range(5, 10)]
+
+    run(scenario())
+
+
+def test_a_server_that_answers_after_the_payload_keeps_its_lane_too():
+    async def scenario():
+        async with Pair(peer=FakePeer("peer-b", 5, 7.0, early=False)) as p:
+            p.client_t.learn_lane(p.address, p.server_t.lane_port)
+            for round_ in (5, 6):
+                reply = decode_factors((await swap(p, round_)).payload, SCHEMA)
+                assert torch.equal(reply["layer.0.lora_A.weight"], torch.full((4, 16), 7.0))
+            assert p.lanes.claimed == 2 and p.lanes.accepted == 1 and kept_lane(p) is not None
 
     run(scenario())
 
@@ -154,14 +166,19 @@ def test_a_new_lane_at_the_cap_closes_the_oldest_kept_lane_waiting_and_the_stop_
                 p.peer.commits.clear()
             assert await until(lambda: p.lanes.waiting == {"127.0.0.1": 2})
             p.lanes.max_waiting_per_address = 2
+            first = p.client_t._channels[(p.address, TLS_NAME)].kept_lane.sock
+            second = q.client_t._channels[(p.address, TLS_NAME)].kept_lane.sock
             sock = socket.create_connection(("127.0.0.1", p.server_t.lane_port))  # a new lane, at the cap
             assert await until(lambda: p.lanes.accepted == 3 and p.lanes.waiting == {"127.0.0.1": 2})
-            first = p.client_t._channels[(p.address, TLS_NAME)].kept_lane.sock
             assert closed_by_server(first)  # the oldest kept lane made room
+            second.sendall(LANE_MAGIC[:4])  # a next swap's hello begins on the other one
+            third = socket.create_connection(("127.0.0.1", p.server_t.lane_port))  # at the cap again
+            await asyncio.sleep(0.2)
+            assert p.lanes.accepted == 3 and closed_by_server(third)  # nothing idle to close: refused
             sock.close()
-            second, lanes = q.client_t._channels[(p.address, TLS_NAME)].kept_lane.sock, p.lanes
+            lanes = p.lanes
             await p.server_t.close()
-            assert closed_by_server(second) and not lanes.greeting and not lanes.waiting
+            assert closed_by_server(second) and not lanes.greeting and not lanes.waiting and not lanes.evicted
 
     run(scenario())
 
