@@ -3,7 +3,7 @@ to 1 Gbit/s with ``tc tbf``; one swap between a client in one namespace and a se
 against the same bytes over a plain TCP connection on the same link. Needs root (it creates the
 namespaces, and removes them, their processes and its blackhole route on any exit).
 
-    sudo .venv/bin/python benchmarks/shaped_link.py [--rate-mbit 1000] [--sizes-mb 3,30,200] [--repeats 3]
+    sudo .venv/bin/python benchmarks/shaped_link.py [--rate-mbit 1000] [--sizes-mb 3,30,200] [--repeats 4]
 
 Prints, per payload size, the median time of a swap (each side sends ``size`` bytes, the server its
 reply) and what each direction achieved as a fraction of the link rate: the raw socket sends, then
