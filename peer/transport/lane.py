@@ -197,13 +197,7 @@ class Lane:
     def still_open(self) -> bool:
         """Whether a kept lane is still good for a swap: the other end has neither closed it nor sent
         anything unasked (between swaps it sends nothing). Does not block."""
-        try:
-            self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            return True
-        except OSError:
-            return False
-        return False  # it read b"" (closed), or bytes that no swap asked for
+        return _peek(self.sock) is None
 
     def detach(self) -> socket.socket | None:
         """The connection, to be kept for a next swap: once a payload went out whole on it, while no
@@ -264,12 +258,15 @@ async def open_lane(address: str, port: int, deadline: float) -> Lane:
         raise failure
 
 
-def _has_bytes(sock: socket.socket) -> bool:
-    """Whether bytes wait to be read on ``sock`` (a non-blocking one): a kept lane's next hello."""
+def _peek(sock: socket.socket) -> bytes | None:
+    """Without blocking or reading it: the first byte waiting on ``sock``; None if none waits yet, b""
+    if the other end closed it (or it failed)."""
     try:
-        return bool(sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
-    except OSError:  # none yet (BlockingIOError), or the connection failed
-        return False
+        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return None
+    except OSError:
+        return b""
 
 
 @dataclass
@@ -351,7 +348,7 @@ class LaneListener:
     def _close_oldest_idle(self, host: str) -> bool:
         at_address_cap = self.waiting.get(host, 0) >= self.max_waiting_per_address
         for task, owner in self.idle_kept.items():
-            if task.done() or (at_address_cap and owner != host) or _has_bytes(self.greeting[task][0]):
+            if task.done() or (at_address_cap and owner != host) or _peek(self.greeting[task][0]):
                 continue  # ended already; not the address at its cap; or a next swap's hello is coming
             del self.idle_kept[task]
             self.evicted.add(task)
@@ -371,8 +368,7 @@ class LaneListener:
         self.idle_kept.pop(task, None)
         sock, host = self.greeting.pop(task)
         if task.cancelled():  # cancelled before it ran (close, or making room): its connection is closed here
-            if task not in self.evicted:
-                self._forget(host)
+            self._free_slot(task, host)
             sock.close()
         self.evicted.discard(task)
 
@@ -395,8 +391,7 @@ class LaneListener:
             if magic != LANE_MAGIC or token in self.arrived:
                 raise LaneBroken("not a lane's hello")
         except (OSError, TimeoutError, asyncio.CancelledError):
-            if me not in self.evicted:
-                self._forget(host)
+            self._free_slot(me, host)
             sock.close()
             return  # a cancelled greeting ends here: its task is not marked cancelled, nor closed twice
         arrival = _Arrival(sock, size, host)
@@ -411,6 +406,11 @@ class LaneListener:
         if self.arrived.get(token) is arrival:
             del self.arrived[token]
             self._drop(arrival)
+
+    def _free_slot(self, greeting: asyncio.Task | None, host: str) -> None:
+        """The slot of a greeting that ended without a hello; one closed to make room freed it then."""
+        if greeting not in self.evicted:
+            self._forget(host)
 
     def _forget(self, host: str) -> None:
         self.waiting[host] -= 1
